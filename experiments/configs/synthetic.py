@@ -1,0 +1,32 @@
+"""The embedded synthetic micro-expression set: small and CPU-friendly (the `make demo` job).
+
+Usage: --config experiments/configs/synthetic.py        (demo)
+       --config experiments/configs/synthetic.py:smoke  (tiny, for tests)
+"""
+
+from mjfn_jax.config import base_config
+
+
+def get_config(arg=None):
+    config = base_config()
+    config.data.name = "synthetic"
+    config.data.builder_config = "tvl1_48"
+    config.model.num_classes = 3
+    config.model.input_size = 48
+    config.model.stem_stride = 1
+    config.model.widths = (16, 32, 64, 128)
+    config.model.dropout = 0.2
+    config.train.num_epochs = 15
+    config.train.batch_size = 32
+    config.train.warmup_epochs = 1
+    config.augment.max_translate = 2
+    config.checkpoint.every_epochs = 5
+    if arg == "smoke":
+        config.model.input_size = 32
+        config.model.widths = (4, 8, 8, 16)
+        config.model.blocks_per_stage = (1, 1, 1, 1)
+        config.train.num_epochs = 2
+        config.train.batch_size = 8
+    elif arg not in (None, ""):
+        raise ValueError(f"synthetic config: unknown argument {arg!r} (expected none or 'smoke')")
+    return config

@@ -1,0 +1,78 @@
+"""The one place where every configuration field and its default is documented.
+
+Experiment configs in ``experiments/configs/`` start from :func:`base_config` and override what
+differs. Field groups: ``model`` (the network), ``loss``, ``data`` (which built dataset),
+``folds`` (evaluation protocol), ``train`` (optimizer, schedule, budget), ``augment`` (on-device
+augmentation), ``parallel`` (strategy and mesh), ``checkpoint``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_model_config() -> ml_collections.ConfigDict:
+    """The reference MJFN reconstruction (DESIGN.md §1) at 112x112."""
+    m = ml_collections.ConfigDict()
+    m.num_classes = 3  # 3 for SMIC / MEGC2019 / synthetic, 5 for CASME II and SAMM.
+    m.input_size = 112  # Square flow image side, pixels.
+    m.stem_stride = 2  # 3x3 conv stem stride: 2 at 112x112, 1 for small inputs such as 48x48.
+    m.widths = (64, 128, 256, 512)  # Channels of backbone stages 1..4.
+    m.blocks_per_stage = (2, 2, 2, 2)  # BasicBlocks per stage (ResNet-18 layout).
+    m.dropout = 0.5  # Dropout before every linear head.
+    # Fusion of the four heads' predictions: 'mean_prob' (mean of softmaxes), 'mean_logit',
+    # or 'learned' (softmax-normalised learned weights over the heads).
+    m.fusion = "mean_prob"
+    # Cross-entropy weights of the heads, in the order (backbone, jfm1, jfm2, jfm3).
+    m.head_loss_weights = (1.0, 1.0, 1.0, 1.0)
+    m.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
+    return m
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = base_model_config()
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.label_smoothing = 0.0
+    # 'none', or 'balanced' (inverse class frequency of each fold's training set).
+    c.loss.class_weights = "none"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "megc2019"  # TFDS builder name (data_builders/<name>).
+    c.data.builder_config = "tvl1_112"  # BuilderConfig: '<flow method>_<resolution>'.
+    c.data.data_dir = "data/tfds"  # Where `python -m data_builders build` wrote it.
+    c.data.split = "train"
+
+    c.folds = ml_collections.ConfigDict()
+    c.folds.protocol = "loso"  # 'loso' (leave one subject out) or 'kfold' (k folds by subject).
+    c.folds.num_folds = 5  # Only for 'kfold'.
+    # Optional early stopping: a validation split drawn from the TRAINING subjects only.
+    c.folds.val_subject_fraction = 0.0  # 0 disables the validation split.
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_epochs = 40  # Fixed epoch budget (the default, leakage-free protocol).
+    c.train.batch_size = 32
+    c.train.optimizer = "adamw"  # 'adam' or 'adamw'.
+    c.train.learning_rate = 1e-3  # Peak learning rate.
+    c.train.warmup_epochs = 2  # Linear warmup, then cosine decay to 0.
+    c.train.weight_decay = 1e-4  # Decoupled weight decay (adamw only).
+    c.train.grad_clip_norm = 0.0  # Global-norm clipping; 0 disables.
+    c.train.early_stopping_patience = 0  # Epochs without val improvement; 0 disables.
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.hflip = True  # Horizontal flip that negates the u channel.
+    c.augment.max_translate = 4  # Random translation in pixels (zero-padded); 0 disables.
+
+    c.parallel = ml_collections.ConfigDict()
+    # 'auto' (chosen per platform by measurement), 'vmap' (folds on a sharded fold axis) or
+    # 'sequential' (one fold at a time, batch sharded over the data axis).
+    c.parallel.strategy = "auto"
+    c.parallel.fold_group_size = 0  # Folds trained together under 'vmap'; 0 = all folds.
+    c.parallel.epochs_per_call = 1  # Epochs fused into one jitted call (lax.scan).
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_epochs = 5  # Periodic Orbax save per fold; the latest is always kept.
+    c.checkpoint.max_to_keep = 2
+    return c
