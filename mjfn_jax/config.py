@@ -60,6 +60,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.weight_decay = 1e-4  # Decoupled weight decay (adamw only).
     c.train.grad_clip_norm = 0.0  # Global-norm clipping; 0 disables.
     c.train.early_stopping_patience = 0  # Epochs without val improvement; 0 disables.
+    # Early stopping watches the validation loss (fused head NLL) and restores the best-on-
+    # VALIDATION parameters; needs folds.val_subject_fraction > 0.
+    c.train.eval_batch_size = 64  # Batch size of validation/test prediction (memory only).
+    # Test/debug knob: stop (raise TrainingInterrupted) after this many epochs trained by this
+    # process, after checkpointing, to simulate a killed run; 0 disables.
+    c.train.stop_after_epochs = 0
 
     c.augment = ml_collections.ConfigDict()
     c.augment.hflip = True  # Horizontal flip that negates the u channel.
@@ -71,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel.strategy = "auto"
     c.parallel.fold_group_size = 0  # Folds trained together under 'vmap'; 0 = all folds.
     c.parallel.epochs_per_call = 1  # Epochs fused into one jitted call (lax.scan).
+    c.parallel.num_devices = 0  # Devices of the 'fold' / 'data' mesh axis; 0 = all.
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 5  # Periodic Orbax save per fold; the latest is always kept.

@@ -1,0 +1,177 @@
+"""Shared logic of the MJFN-JAX TFDS builders: configs, features, clip specs, skips, the flow pool.
+
+Every builder (``data_builders/<name>/<name>_dataset_builder.py``) only knows how to turn its
+manual folder into a list of :class:`ClipSpec` (annotation parsing, frame lookup, labels). This
+module turns clip specs into TFDS examples: it reads the onset and apex frames, calls
+``mjfn_jax.preprocess.process_pair`` (crop, optical flow, strain, encoding) in a process pool,
+encodes the images as PNG with OpenCV (so TensorFlow is never needed; DESIGN.md §3) and counts
+every skipped clip with its reason.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tqdm import tqdm
+
+from data_builders.flow_worker import ClipSpec, init_worker, process_clip
+from data_builders.skips import SkipLog
+
+FLOW_METHODS = ("tvl1", "farneback", "dis")
+SIZES = (32, 48, 64, 112, 224)
+THREE_CLASSES = ("negative", "positive", "surprise")
+
+
+@dataclasses.dataclass
+class FlowConfig(tfds.core.BuilderConfig):
+    """A BuilderConfig is what changes the bytes on disk: the flow method and the resolution."""
+
+    flow_method: str = "tvl1"
+    size: int = 112
+
+
+def make_configs() -> list[FlowConfig]:
+    """All `<method>_<size>` configs, e.g. tvl1_112, farneback_112, dis_112, tvl1_48."""
+    return [
+        FlowConfig(
+            name=f"{method}_{size}",
+            flow_method=method,
+            size=size,
+            description=f"{method} optical flow between onset and apex, {size}x{size} output.",
+        )
+        for size in SIZES
+        for method in FLOW_METHODS
+    ]
+
+
+def make_features(class_names: Sequence[str], size: int) -> tfds.features.FeaturesDict:
+    image = lambda: tfds.features.Image(shape=(size, size, 3), encoding_format="png")
+    frame = lambda: tfds.features.Scalar(dtype=np.int32)
+    return tfds.features.FeaturesDict(
+        {
+            "flow_image": image(),  # [S, S, 3] uint8: (u, v, strain), per-channel min-max.
+            "flow": tfds.features.Tensor(shape=(size, size, 2), dtype=np.float32),  # pixels
+            "onset": image(),  # [S, S, 3] uint8 RGB, cropped face
+            "apex": image(),
+            "label": tfds.features.ClassLabel(names=list(class_names)),
+            "emotion": tfds.features.Text(),  # as annotated (lower case)
+            "subject": tfds.features.Text(),  # canonical, source-prefixed: "casme2/sub01"
+            "source": tfds.features.Text(),  # "casme2", "samm", "smic", "synthetic"
+            "clip": tfds.features.Text(),
+            "onset_frame": frame(),
+            "apex_frame": frame(),
+            "offset_frame": frame(),
+        }
+    )
+
+
+def generate_examples(
+    clips: Sequence[ClipSpec],
+    *,
+    flow_method: str,
+    size: int,
+    workers: int | None,
+    skips: SkipLog,
+    desc: str,
+) -> Iterator[tuple[str, dict]]:
+    """Computes every clip's flow in a process pool (tfds itself generates in one process)."""
+    workers = max(1, min(workers or os.cpu_count() or 1, len(clips) or 1))
+    jobs = [(clip, flow_method, size) for clip in clips]
+    bar = tqdm(total=len(jobs), desc=desc, unit="pair", dynamic_ncols=True)
+    if workers == 1:
+        init_worker()
+        results: Iterator = map(process_clip, jobs)
+        pool = None
+    else:
+        # spawn, not fork: forking a process that has started threads (jax, tfds) can deadlock.
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker
+        )
+        results = pool.map(process_clip, jobs, chunksize=1)
+    try:
+        for clip, example, reason in results:
+            bar.update(1)
+            if example is None:
+                skips.skip(reason, f"{clip.key} (onset frame {clip.onset_path})")
+                continue
+            yield clip.key, example
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+class FlowBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base class of the five builders: subclasses set CLASS_NAMES and implement list_clips."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = make_configs()
+    DEFAULT_BUILDER_CONFIG_NAME = "tvl1_112"
+    CLASS_NAMES: tuple[str, ...] = ()
+    HOMEPAGE = ""
+
+    def __init__(
+        self, *, workers: int | None = None, crop: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if crop not in (None, "haar", "center", "none"):
+            raise ValueError(f"crop must be None, 'haar', 'center' or 'none', got {crop!r}")
+        self.workers = workers  # Flow worker processes; None = os.cpu_count().
+        # None: each source's crop follows its manual folder (raw frames: 'haar', an official
+        # cropped set: 'none'). An override is for frames that are already face-aligned.
+        self.crop = crop
+        self.skips = SkipLog()
+        self.crop_modes: collections.Counter[str] = collections.Counter()
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=make_features(self.CLASS_NAMES, self.builder_config.size),
+            supervised_keys=("flow_image", "label"),
+            homepage=self.HOMEPAGE,
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    @abc.abstractmethod
+    def list_clips(self, dl_manager: tfds.download.DownloadManager) -> list[ClipSpec]:
+        """Parses the manual folder into clip specs; counts skipped rows in self.skips."""
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        clips = self.list_clips(dl_manager)
+        if not clips:
+            raise ValueError(f"{self.name}: no usable clip found; skipped: {self.skips.as_dict()}")
+        if self.crop is not None:
+            clips = [dataclasses.replace(clip, crop=self.crop) for clip in clips]
+        self.crop_modes.update(clip.crop for clip in clips)
+        return {"train": self._generate_examples(clips)}
+
+    def _generate_examples(self, clips: list[ClipSpec]):
+        config = self.builder_config
+        start = time.perf_counter()
+        yield from generate_examples(
+            clips,
+            flow_method=config.flow_method,
+            size=config.size,
+            workers=self.workers,
+            skips=self.skips,
+            desc=f"{self.name}/{config.name}",
+        )
+        # Persisted in metadata.json so that a later summary still knows what was left out.
+        self.info.metadata.update(
+            {
+                "skipped": self.skips.as_dict(),
+                "crop": dict(self.crop_modes),
+                "clips": len(clips),
+                "flow_seconds": round(time.perf_counter() - start, 3),
+            }
+        )

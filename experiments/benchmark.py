@@ -1,0 +1,190 @@
+"""JAX engine vs. the conventional PyTorch LOSO trainer, in ONE process, on the same data.
+
+Measures (all on synthetic flow images from ``mjfn_jax.synthetic.make_flow_arrays``; no tfds):
+- training throughput (samples/s) of one training step per batch size: JAX jitted engine step,
+  the engine's epoch-as-one-``lax.scan`` call, PyTorch eager and ``torch.compile``d; the
+  frameworks alternate and medians are taken; compile / warm-up time separately;
+- forward+backward FLOPs per sample (XLA cost analysis of the grad fn), achieved FLOP/s;
+- peak memory (host RSS on CPU, device allocator peaks on GPU);
+- the full LOSO wall time at composite scale (442 samples, 68 subjects) for JAX vmap, JAX
+  sequential, PyTorch eager and compiled, and UF1/UAR parity of both trainers over seeds.
+
+Usage: python experiments/benchmark.py --preset cpu|gpu|quick [--machine NAME] [--out DIR]
+Writes <out>/<machine>/benchmark.md and benchmark.json (default out: experiments/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments import benchmark_lib as lib  # noqa: E402
+from experiments import benchmark_report as report  # noqa: E402
+
+# Model / data / budget per preset. 'cpu' must finish in < 15 min on the 2-core dev machine.
+PRESETS = {
+    "quick": dict(
+        config="experiments/configs/synthetic.py:smoke",
+        overrides=["train.num_epochs=1", "train.batch_size=8"],
+        batch_sizes=(8,),
+        steps=2,
+        repeats=2,
+        scan_steps=2,
+        loso=dict(num_subjects=3, num_samples=12),
+        seeds=(0,),
+        loso_variants=("jax_vmap", "jax_sequential", "torch_eager"),
+        parity_variants=("jax_sequential", "torch_eager"),
+    ),
+    "cpu": dict(
+        config="experiments/configs/synthetic.py",
+        overrides=[
+            "model.input_size=32",
+            "model.widths=(8, 16, 32, 64)",
+            "model.blocks_per_stage=(1, 1, 1, 1)",
+            "train.num_epochs=2",
+            "train.batch_size=32",
+        ],
+        batch_sizes=(16, 32, 64),
+        steps=5,
+        repeats=5,
+        scan_steps=8,
+        loso=dict(num_subjects=68, num_samples=442),
+        seeds=(0, 1, 2),
+        loso_variants=("jax_vmap", "jax_sequential", "torch_eager", "torch_compiled"),
+        parity_variants=("jax_sequential", "torch_eager"),
+    ),
+    "gpu": dict(
+        config="experiments/configs/megc2019.py",
+        # 17 folds per vmapped group: 68 x ResNet-18-size states + activations fit one GPU.
+        overrides=["train.num_epochs=5", "parallel.fold_group_size=17"],
+        batch_sizes=(32, 64, 128, 256),
+        steps=20,
+        repeats=5,
+        scan_steps=14,
+        loso=dict(num_subjects=68, num_samples=442),
+        seeds=(0, 1, 2),
+        loso_variants=("jax_vmap", "jax_sequential", "torch_eager", "torch_compiled"),
+        parity_variants=("jax_vmap", "torch_eager"),
+    ),
+}
+STEP_VARIANTS = ("jax_step", "jax_scan", "torch_eager", "torch_compiled")
+
+
+def bench_throughput(config, preset: dict, compile_torch: bool) -> dict:
+    """Per batch size: compile/warm-up, then ``repeats`` rounds alternating the variants."""
+    rows = []
+    variants = [v for v in STEP_VARIANTS if compile_torch or v != "torch_compiled"]
+    for batch in preset["batch_sizes"]:
+        runners, row = {}, {"batch_size": batch, "variants": {}}
+        for name in variants:  # build + warm up each; memory peak while it runs
+            with lib.PeakMemory(name) as mem:
+                try:
+                    runner = lib.make_runner(name, config, batch, preset["scan_steps"])
+                    warm_s = runner.warm_up()
+                    runner.run(preset["steps"])
+                except Exception as e:  # noqa: BLE001 (recorded honestly, e.g. compile fails)
+                    row["variants"][name] = {"error": f"{type(e).__name__}: {e}"[:500]}
+                    print(f"  {name} B={batch}: FAILED {e!r:.200}", flush=True)
+                    continue
+            runners[name] = runner
+            row["variants"][name] = {"warmup_s": warm_s, "memory": mem.result}
+        times = {name: [] for name in runners}
+        for _ in range(preset["repeats"]):
+            for name, runner in runners.items():  # alternate frameworks within a round
+                times[name].append(runner.run(preset["steps"]))
+        for name, runner in runners.items():
+            samples = runner.samples_per_run(preset["steps"])
+            med = float(np.median(times[name]))
+            row["variants"][name] |= {
+                "samples_per_s": samples / med,
+                "step_s": med * batch / samples,
+                "times_s": times[name],
+            }
+            print(f"  B={batch} {name}: {samples / med:.1f} samples/s", flush=True)
+        del runners
+        rows.append(row)
+    return {"rows": rows, "steps_per_timing": preset["steps"], "repeats": preset["repeats"]}
+
+
+def bench_loso(config, dataset, preset: dict, compile_torch: bool, root: str) -> list[dict]:
+    """Full LOSO runs: every variant at the first seed, parity variants at the others."""
+    runs = []
+    for i, seed in enumerate(preset["seeds"]):
+        names = preset["loso_variants"] if i == 0 else preset["parity_variants"]
+        for name in names:
+            if name == "torch_compiled" and not compile_torch:
+                continue
+            workdir = tempfile.mkdtemp(prefix=f"{name}_s{seed}_", dir=root)
+            print(f"LOSO {name} seed {seed} ...", flush=True)
+            with lib.PeakMemory(name) as mem:
+                run = lib.run_loso(name, config, dataset, seed, workdir)
+            run |= {"variant": name, "seed": seed, "memory": mem.result}
+            print(
+                f"  {name} seed {seed}: {run.get('wall_s', float('nan')):.1f}s "
+                f"UF1 {run.get('uf1')} {run.get('error', '')}",
+                flush=True,
+            )
+            runs.append(run)
+            shutil.rmtree(workdir, ignore_errors=True)
+    return runs
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--machine", default=None, help="results folder name (default: derived)")
+    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--no_torch_compile", action="store_true")
+    parser.add_argument("--skip_loso", action="store_true", help="throughput only")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="config override on top of the preset, e.g. model.dtype=bfloat16",
+    )
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    t0 = time.perf_counter()
+    env = lib.environment(" ".join(["python", *sys.argv]) if argv is None else str(argv))
+    machine = args.machine or lib.default_machine_name()
+    config = lib.load_preset_config(preset["config"], [*preset["overrides"], *args.override])
+    compile_torch = not args.no_torch_compile
+    print(f"benchmark preset {args.preset} on {env['device']} -> {machine}", flush=True)
+
+    result = {"preset": args.preset, "machine": machine, "env": env, "preset_spec": preset}
+    result["config"] = lib.config_dict(config)
+    result["flops"] = lib.flops_per_sample(config, min(preset["batch_sizes"]))
+    result["throughput"] = bench_throughput(config, preset, compile_torch)
+    if not args.skip_loso:
+        dataset = lib.synthetic_dataset(config, **preset["loso"])
+        result["loso_data"] = {"n": len(dataset.labels), "subjects": len(set(dataset.subjects))}
+        root = tempfile.mkdtemp(prefix="mjfn_bench_")
+        try:
+            result["loso"] = bench_loso(config, dataset, preset, compile_torch, root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    result["total_s"] = time.perf_counter() - t0
+    result["summary"] = report.summarize(result)
+    out_dir = os.path.join(args.out, machine)
+    os.makedirs(out_dir, exist_ok=True)
+    markdown = report.to_markdown(result)
+    with open(os.path.join(out_dir, "benchmark.json"), "w") as f:
+        json.dump(lib.json_safe(result), f, indent=1)
+    with open(os.path.join(out_dir, "benchmark.md"), "w") as f:
+        f.write(markdown)
+    print(markdown)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""Pieces of ``experiments/benchmark.py``: step runners, LOSO runs, memory, environment.
+
+JAX runners reuse the engine (``mjfn_jax.engine.FoldProgram``): its per-step function (jitted
+on its own, one Python call per step) and its epoch program (all steps of an epoch in one
+``lax.scan``). PyTorch runners reuse the baseline's ``make_train_step`` (eager or
+``torch.compile``). Each runner keeps one uint8 batch resident on the device; a step converts
+it to float, runs forward + 4-head loss + backward + the optimizer update. The JAX step also
+applies the engine's on-device augmentation (flip + translation); the PyTorch step does not
+(its augmentation runs in the DataLoader, outside the step), which favours PyTorch slightly.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import gc
+import importlib.metadata
+import os
+import platform
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from experiments.pytorch_baseline.train import (
+    dataset_from_arrays,
+    make_optimizer,
+    make_train_step,
+    train_loso_torch,
+)
+from mjfn_jax.config_io import load_config
+
+MIB = 1024.0 * 1024.0
+
+
+def torch_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+def default_machine_name() -> str:
+    """'cpu-<n>core' on CPU, else the accelerator's name (e.g. 'nvidia-h100-80gb-hbm3')."""
+    if jax.default_backend() == "cpu":
+        return f"cpu-{os.cpu_count()}core"
+    kind = jax.devices()[0].device_kind
+    return "".join(c if c.isalnum() else "-" for c in kind.lower()).strip("-")
+
+
+def environment(command: str) -> dict:
+    versions = {"python": platform.python_version()}
+    for name in ("jax", "jaxlib", "flax", "optax", "torch", "numpy"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    dev = jax.devices()[0]
+    device = f"{dev.device_kind} ({jax.default_backend()})"
+    if jax.default_backend() == "cpu":
+        device = f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "device": device,
+        "jax_devices": len(jax.devices()),
+        "torch_device": torch_device(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_at_start": os.getloadavg(),
+        "versions": versions,
+    }
+
+
+def load_preset_config(spec: str, overrides):
+    config = load_config(spec, overrides)
+    config.checkpoint.every_epochs = 0  # one save per fold at its end, like the torch baseline
+    return config
+
+
+def config_dict(config) -> dict:
+    return json_safe(config.to_dict())
+
+
+def json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def synthetic_dataset(config, *, num_subjects: int, num_samples: int):
+    from mjfn_jax.synthetic import make_flow_arrays
+
+    arrays = make_flow_arrays(
+        num_subjects, None, config.model.input_size, 0, num_samples=num_samples
+    )
+    return dataset_from_arrays(arrays)
+
+
+# Memory --------------------------------------------------------------------------------------
+
+
+def _proc_status_kib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak memory while the block runs. Host: the process's peak RSS (VmHWM, reset through
+    /proc/self/clear_refs where Linux allows, else ru_maxrss, which never resets). GPU: the
+    torch allocator's peak (reset here) or JAX's peak_bytes_in_use (never reset: monotone)."""
+
+    def __init__(self, name: str):
+        self.name, self.result = name, {}
+
+    def __enter__(self):
+        gc.collect()
+        self.resettable = False
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            self.resettable = True
+        except OSError:
+            pass
+        self.rss_before = _proc_status_kib("VmRSS")
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc):
+        peak = _proc_status_kib("VmHWM") if self.resettable else None
+        if peak is None:  # ru_maxrss is KiB on Linux; process lifetime peak
+            peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        r = {"host_peak_rss_mib": peak / 1024.0, "host_peak_resettable": self.resettable}
+        if self.rss_before is not None:
+            r["host_rss_before_mib"] = self.rss_before / 1024.0
+        if on_gpu() and self.name.startswith("jax"):
+            stats = jax.devices()[0].memory_stats() or {}
+            if "peak_bytes_in_use" in stats:
+                r["device_peak_mib"] = stats["peak_bytes_in_use"] / MIB
+                r["device_peak_note"] = "jax peak_bytes_in_use (process lifetime, monotone)"
+        elif torch.cuda.is_available() and self.name.startswith("torch"):
+            r["device_peak_mib"] = torch.cuda.max_memory_allocated() / MIB
+        self.result = r
+        return False
+
+
+# FLOPs ---------------------------------------------------------------------------------------
+
+
+def flops_per_sample(config, batch: int) -> dict:
+    """Forward+backward FLOPs per training sample: XLA cost analysis of the grad fn (train
+    mode, 4-head loss), and of the forward alone, at batch ``batch``."""
+    from flax import nnx
+
+    from mjfn_jax.models import MJFN, count_flops, mjfn_loss
+
+    abstract = nnx.eval_shape(lambda: MJFN(config.model, rngs=nnx.Rngs(0)))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    size = config.model.input_size
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    weights = tuple(config.model.head_loss_weights)
+
+    def loss_fn(params, rest, x, y):
+        model = nnx.merge(graphdef, params, rest, copy=True)
+        model.train()
+        return mjfn_loss(model(x), y, head_loss_weights=weights)[0]
+
+    spec = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+    grad = count_flops(jax.grad(loss_fn), spec(params), spec(rest), x, y)
+    fwd = count_flops(loss_fn, spec(params), spec(rest), x, y)
+    return {
+        "train_flops_per_sample": grad / batch,
+        "forward_flops_per_sample": fwd / batch,
+        "batch": batch,
+        "method": "XLA cost_analysis()['flops'] of jax.grad(loss) (fwd+bwd), train mode",
+    }
+
+
+# Step runners --------------------------------------------------------------------------------
+
+
+def _random_batch(config, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    s = config.model.input_size
+    images = rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8)  # [n, S, S, 3] uint8
+    labels = rng.integers(0, config.model.num_classes, n).astype(np.int32)  # [n]
+    return images, labels
+
+
+def _fold_inputs(config, n: int) -> dict:
+    return {
+        "key": jax.random.key(0),
+        "train_idx": jnp.arange(n, dtype=jnp.int32),
+        "train_count": jnp.asarray(n, jnp.int32),
+        "val_idx": jnp.zeros((1,), jnp.int32),
+        "val_mask": jnp.zeros((1,), bool),
+        "class_weights": jnp.ones((config.model.num_classes,), jnp.float32),
+    }
+
+
+class JaxRunner:
+    """'jax_step': the engine's train step, jitted alone (one dispatch per step);
+    'jax_scan': the engine's epoch call, ``scan_steps`` steps in one ``lax.scan``."""
+
+    def __init__(self, config, batch: int, scan: bool, scan_steps: int):
+        from mjfn_jax.engine import FoldProgram
+
+        self.batch, self.scan = batch, scan
+        self.steps_per_call = scan_steps if scan else 1
+        n = batch * self.steps_per_call
+        self.program = FoldProgram(config, steps_per_epoch=self.steps_per_call)
+        images, labels = _random_batch(config, n)
+        self.data = {"images": jnp.asarray(images), "labels": jnp.asarray(labels)}
+        self.fold = _fold_inputs(config, n)
+        self.state = jax.jit(self.program.init)(self.fold["key"])
+        if scan:
+            self.fn = jax.jit(self.program.train_epochs, donate_argnums=0)
+        else:
+            idx = jnp.arange(batch, dtype=jnp.int32)
+            step = lambda state, fold, data, key: self.program._train_step(
+                state, (idx, key), fold, data
+            )
+            self.fn = jax.jit(step, donate_argnums=0)
+        self.calls = 0
+
+    def _call(self):
+        self.calls += 1
+        if self.scan:
+            epochs = jnp.asarray([self.calls], jnp.int32)
+            self.state, out = self.fn(self.state, self.fold, self.data, epochs)
+            return out["loss"]
+        key = jax.random.fold_in(self.fold["key"], self.calls)
+        self.state, (loss, _) = self.fn(self.state, self.fold, self.data, key)
+        return loss
+
+    def calls_for(self, steps: int) -> int:
+        return max(1, round(steps / self.steps_per_call))
+
+    def samples_per_run(self, steps: int) -> int:
+        return self.calls_for(steps) * self.steps_per_call * self.batch
+
+    def warm_up(self) -> float:
+        start = time.perf_counter()
+        jax.block_until_ready(self._call())  # compile + first call
+        return time.perf_counter() - start
+
+    def run(self, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(self.calls_for(steps)):
+            loss = self._call()
+        jax.block_until_ready(loss)
+        return time.perf_counter() - start
+
+
+class TorchRunner:
+    """The baseline's train step on a resident batch, eager or torch.compile'd."""
+
+    def __init__(self, config, batch: int, compiled: bool):
+        from experiments.pytorch_baseline.model import MJFNTorch
+
+        self.device = torch.device(torch_device())
+        self.batch = batch
+        torch.manual_seed(0)
+        self.model = MJFNTorch(config.model).to(self.device).train()
+        forward = torch.compile(self.model) if compiled else self.model
+        opt, sched = make_optimizer(self.model, config.train, steps_per_epoch=100_000)
+        amp = config.model.dtype == "bfloat16"
+        self.step = make_train_step(self.model, forward, opt, sched, config, amp=amp,
+                                    device=self.device)  # fmt: skip
+        images, labels = _random_batch(config, batch)
+        self.images = torch.from_numpy(images).to(self.device)
+        self.labels = torch.from_numpy(labels).long().to(self.device)
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _call(self):
+        x = self.images.float() / 255.0  # [B, S, S, 3] float32
+        return self.step(x, self.labels)[0]
+
+    def samples_per_run(self, steps: int) -> int:
+        return steps * self.batch
+
+    def warm_up(self) -> float:
+        start = time.perf_counter()
+        float(self._call())  # torch.compile traces and generates code here
+        self._sync()
+        return time.perf_counter() - start
+
+    def run(self, steps: int) -> float:
+        self._sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = self._call()
+        float(loss)
+        self._sync()
+        return time.perf_counter() - start
+
+
+def make_runner(name: str, config, batch: int, scan_steps: int):
+    if name in ("jax_step", "jax_scan"):
+        return JaxRunner(config, batch, scan=name == "jax_scan", scan_steps=scan_steps)
+    if name in ("torch_eager", "torch_compiled"):
+        return TorchRunner(config, batch, compiled=name == "torch_compiled")
+    raise ValueError(f"unknown variant {name!r}")
+
+
+# LOSO ----------------------------------------------------------------------------------------
+
+
+def run_loso(name: str, config, dataset, seed: int, workdir: str) -> dict:
+    """One full LOSO run; errors are recorded (not raised) so the benchmark still reports."""
+    cfg = copy.deepcopy(config)
+    cfg.seed = seed
+    start = time.perf_counter()
+    try:
+        if name.startswith("jax_"):
+            from mjfn_jax.train import train_and_evaluate
+
+            cfg.parallel.strategy = name.removeprefix("jax_")
+            res = train_and_evaluate(cfg, workdir, dataset=dataset)
+            t = res["timing"]
+            extra = {"compile_s": t.get("compile_s"), "train_s": t.get("train_s")}
+        else:
+            res = train_loso_torch(cfg, dataset, workdir, compile=name == "torch_compiled")
+            t = res["timing"]
+            extra = {"train_s": float(np.sum(t["fold_train_s"]))}
+    except Exception as e:  # noqa: BLE001 (a failing variant is a result, e.g. torch.compile)
+        return {"error": f"{type(e).__name__}: {e}"[:500], "wall_s": time.perf_counter() - start}
+    pooled = res["pooled"]
+    return {
+        "wall_s": time.perf_counter() - start,
+        "engine_wall_s": t.get("wall_s"),
+        **extra,
+        "uf1": pooled["uf1"],
+        "uar": pooled["uar"],
+        "accuracy": pooled["accuracy"],
+        "num_folds": res.get("num_folds"),
+    }

@@ -1,0 +1,51 @@
+"""On-device augmentation of min-max normalised flow images (inside the jitted step).
+
+Channels are (u, v, strain), each min-max normalised per sample to [0, 1]. Mirroring a face
+left-right negates the horizontal flow u; since minmax(-u) = 1 - minmax(u), the flipped image's
+u channel is 1 - u (v and strain are only mirrored).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def hflip_flow(images: jax.Array) -> jax.Array:
+    """Mirror along W and replace channel u by 1 - u. images: [B, H, W, 3] float in [0, 1]."""
+    mirrored = images[:, :, ::-1, :]
+    return mirrored.at[..., 0].set(1.0 - mirrored[..., 0])
+
+
+def translate(images: jax.Array, shifts: jax.Array, pad: int) -> jax.Array:
+    """Shift each image by (dy, dx) pixels with zero padding; positive dx moves content right.
+
+    images [B, H, W, C]; shifts [B, 2] int32 in [-pad, pad] (pad static) -> [B, H, W, C].
+    """
+    _, h, w, c = images.shape
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+    def one(img, shift):  # img [H + 2p, W + 2p, C]
+        start = (pad - shift[0], pad - shift[1], 0)
+        return jax.lax.dynamic_slice(img, start, (h, w, c))
+
+    return jax.vmap(one)(padded, shifts)
+
+
+def augment_batch(
+    key: jax.Array, images: jax.Array, *, hflip: bool, max_translate: int
+) -> jax.Array:
+    """Random flow-aware flip (p = 0.5) and translation (uniform in [-t, t]^2, zero pad).
+
+    images: [B, H, W, 3] float32 in [0, 1] -> same shape and dtype.
+    """
+    flip_key, shift_key = jax.random.split(key)
+    if hflip:
+        flip = jax.random.bernoulli(flip_key, 0.5, (images.shape[0],))
+        images = jnp.where(flip[:, None, None, None], hflip_flow(images), images)
+    if max_translate > 0:
+        shifts = jax.random.randint(
+            shift_key, (images.shape[0], 2), -max_translate, max_translate + 1
+        )
+        images = translate(images, shifts, max_translate)
+    return images

@@ -1,0 +1,122 @@
+"""Loading config files, command-line style overrides, and the workdir's saved config.
+
+``load_config("experiments/configs/synthetic.py:smoke")`` imports the file and calls
+``get_config("smoke")``, like ``config_flags.DEFINE_config_file`` does for the CLI.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+from collections.abc import Iterable
+
+import ml_collections
+
+CONFIG_FILE = "config.json"
+# Settings that change HOW a run executes, not WHAT it computes: a resumed run may change them
+# (e.g. continue on a machine with a different device count).
+RESUMABLE_KEYS = ("parallel", "checkpoint", "train.stop_after_epochs", "data.data_dir")
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """Config from "path/to/file.py[:arg]", then overrides such as "train.num_epochs=3"."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path!r} (from {spec!r})")
+    module_spec = importlib.util.spec_from_file_location("_mjfn_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise AttributeError(f"config file {path!r} defines no get_config(arg)")
+    config = module.get_config(arg or None)
+    return apply_overrides(config, overrides)
+
+
+def _parse_value(text: str, current):
+    """Parse an override's text like the type of the field it replaces."""
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if isinstance(current, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        return bool(value)
+    if isinstance(current, float) and isinstance(value, int | str):
+        return float(value)  # also "inf", "nan"; a non-number raises naming the text
+    if isinstance(current, tuple) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Iterable[str]
+) -> ml_collections.ConfigDict:
+    """Apply "a.b.c=value" overrides (an optional leading "--config." is accepted)."""
+    for item in overrides:
+        key, sep, text = item.removeprefix("--").removeprefix("config.").partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form field=value")
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            if part not in node:
+                raise KeyError(f"override {item!r}: no config group {part!r}")
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"override {item!r}: no config field {key!r}")
+        node[leaf] = _parse_value(text, node[leaf])
+    return config
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+    """JSON-friendly plain dict (tuples become lists)."""
+    return json.loads(config.to_json())
+
+
+def _strip_resumable(d: dict) -> dict:
+    d = json.loads(json.dumps(d))
+    for key in RESUMABLE_KEYS:
+        *parents, leaf = key.split(".")
+        node = d
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return d
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: saved {va!r} != new {vb!r}")
+    return out
+
+
+def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Write workdir/config.json, or refuse if a different config was saved there before.
+
+    Resuming with a different model, data, fold or training setting would silently mix two
+    experiments in one results table; only the RESUMABLE_KEYS may differ.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, CONFIG_FILE)
+    new = config_to_dict(config)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        diffs = _diff(_strip_resumable(saved), _strip_resumable(new))
+        if diffs:
+            raise ValueError(
+                f"workdir {workdir!r} holds a run with a different config ({path}); "
+                "use a new --workdir or the same config. Differences:\n  " + "\n  ".join(diffs)
+            )
+    with open(path, "w") as f:
+        json.dump(new, f, indent=2, sort_keys=True)

@@ -1,0 +1,202 @@
+"""Datasets as host arrays: a whole split is read once, then lives on the device (DESIGN.md §2, §4).
+
+`load_dataset` reads a split written by `python -m data_builders build` (array_record files,
+no TensorFlow); `Dataset.from_arrays` wraps arrays made elsewhere (benchmarks, tests).
+tensorflow_datasets and the builders are imported inside `load_dataset` only, so importing this
+module stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+# Decoded by us (cv2) or not at all: tfds would also decode the unused onset/apex images.
+_UNDECODED = ("flow_image", "onset", "apex", "flow")
+
+
+def _check_strings(name: str, values: np.ndarray, n: int) -> None:
+    if values.ndim != 1 or len(values) != n:
+        raise ValueError(f"Dataset.{name}: expected shape [{n}], got {values.shape}")
+    if values.dtype.kind != "U":
+        raise TypeError(f"Dataset.{name}: expected a numpy str array, got dtype {values.dtype}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """One split in host memory, one row per clip.
+
+    images: uint8 [N, H, W, 3] flow images; labels: int32 [N] in [0, num_classes);
+    subjects: str [N], canonical and source-prefixed ("casme2/sub01"); sources: str [N]
+    ("casme2"); clips: str [N]; class_names: the label names, index = label.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    subjects: np.ndarray
+    sources: np.ndarray
+    clips: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        images, labels = self.images, self.labels
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+            raise TypeError(
+                f"Dataset.images: expected a uint8 numpy array, got {type(images)} "
+                f"{getattr(images, 'dtype', '')}"
+            )
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"Dataset.images: expected shape [N, H, W, 3], got {images.shape}")
+        n = images.shape[0]
+        if not isinstance(labels, np.ndarray) or labels.dtype != np.int32:
+            raise TypeError(
+                f"Dataset.labels: expected an int32 numpy array, got "
+                f"{getattr(labels, 'dtype', type(labels))}"
+            )
+        if labels.shape != (n,):
+            raise ValueError(f"Dataset.labels: expected shape [{n}], got {labels.shape}")
+        for name in ("subjects", "sources", "clips"):
+            _check_strings(name, getattr(self, name), n)
+        names = self.class_names
+        if not isinstance(names, tuple) or not names or len(set(names)) != len(names):
+            raise ValueError(
+                f"Dataset.class_names: expected a tuple of unique names, got {names!r}"
+            )
+        if n and (labels.min() < 0 or labels.max() >= len(names)):
+            raise ValueError(
+                f"Dataset.labels: values must lie in [0, {len(names)}), got "
+                f"[{labels.min()}, {labels.max()}]"
+            )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def unique_subjects(self) -> np.ndarray:
+        """Sorted unique subject ids, str [num_subjects]."""
+        return np.unique(self.subjects)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=self.num_classes)
+        return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
+
+    def take(self, indices: np.ndarray | Sequence[int]) -> Dataset:
+        """The rows at `indices` (int [M]), as a new Dataset."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return Dataset(
+            self.images[idx],
+            self.labels[idx],
+            self.subjects[idx],
+            self.sources[idx],
+            self.clips[idx],
+            self.class_names,
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        images: np.ndarray,
+        labels: np.ndarray | Sequence[int],
+        subjects: np.ndarray | Sequence[str],
+        class_names: Sequence[str],
+        *,
+        sources: np.ndarray | Sequence[str] | None = None,
+        clips: np.ndarray | Sequence[str] | None = None,
+        source: str | None = None,
+    ) -> Dataset:
+        """Wraps arrays, converting dtypes where it is lossless.
+
+        source: prefixes subjects that have no 'source/' prefix yet (e.g. 's01' ->
+        'synthetic/s01', for `mjfn_jax.synthetic.make_flow_arrays`) and fills `sources`.
+        Without it, `sources` defaults to each subject's prefix. clips default to 'clip<i>'.
+        """
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise TypeError(f"images: expected uint8 (flow images 0..255), got {images.dtype}")
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"labels: expected integers, got dtype {labels.dtype}")
+        subjects = np.asarray(subjects).astype(str)
+        if source is not None:
+            subjects = np.asarray([s if "/" in s else f"{source}/{s}" for s in subjects], dtype=str)
+        if sources is None:
+            sources = np.asarray([s.split("/", 1)[0] if "/" in s else "" for s in subjects], str)
+        if clips is None:
+            clips = np.asarray([f"clip{i}" for i in range(len(subjects))], dtype=str)
+        return cls(
+            images,
+            labels.astype(np.int32),
+            subjects,
+            np.asarray(sources).astype(str),
+            np.asarray(clips).astype(str),
+            tuple(str(c) for c in class_names),
+        )
+
+
+def build_command(name: str, builder_config: str, data_dir: str | os.PathLike) -> str:
+    manual = "" if name == "synthetic" else " --manual_dir /path/to/" + name
+    return f"python -m data_builders build {name}/{builder_config} --data_dir {data_dir}{manual}"
+
+
+def _decode_png(data: bytes, where: str) -> np.ndarray:
+    """PNG bytes -> uint8 [H, W, 3] RGB."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot decode the flow image of {where}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def load_dataset(
+    name: str,
+    builder_config: str | None,
+    data_dir: str | os.PathLike,
+    split: str = "train",
+) -> Dataset:
+    """Reads a built split into a Dataset sorted by (subject, clip).
+
+    The records come back from array_record in a hashed order, so we sort by the ids carried in
+    the features. A dataset that was not built raises FileNotFoundError with the build command.
+    """
+    import tensorflow_datasets as tfds
+
+    from data_builders.build import make_builder
+
+    builder = make_builder(name, builder_config=builder_config, data_dir=data_dir)
+    config = builder.builder_config.name
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"dataset {name}/{config} is not built in {os.fspath(data_dir)} (looked for "
+            f"{builder.data_dir}). Build it with:\n  {build_command(name, config, data_dir)}"
+        )
+    if split not in builder.info.splits:
+        raise ValueError(f"{name}/{config}: no split {split!r}; have {list(builder.info.splits)}")
+    decoders = {key: tfds.decode.SkipDecoding() for key in _UNDECODED}
+    source = builder.as_data_source(split=split, decoders=decoders)
+    records = source.__getitems__(range(len(source))) if len(source) else []
+    subjects = [_text(r["subject"]) for r in records]
+    clips = [_text(r["clip"]) for r in records]
+    order = sorted(range(len(records)), key=lambda i: (subjects[i], clips[i]))
+    size = builder.builder_config.size
+    images = np.zeros((len(records), size, size, 3), np.uint8)  # [N, S, S, 3] uint8
+    for row, i in enumerate(order):
+        images[row] = _decode_png(records[i]["flow_image"], f"{subjects[i]}/{clips[i]}")
+    pick = lambda values: np.asarray([values[i] for i in order], dtype=str)
+    return Dataset(
+        images=images,
+        labels=np.asarray([records[i]["label"] for i in order], np.int32),
+        subjects=pick(subjects),
+        sources=pick([_text(r["source"]) for r in records]),
+        clips=pick(clips),
+        class_names=tuple(builder.info.features["label"].names),
+    )

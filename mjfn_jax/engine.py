@@ -1,0 +1,214 @@
+"""Pure per-fold programs: init, a scan over epochs of a scan over steps, and prediction.
+
+Everything here works on ONE fold's pytrees (no fold axis); ``mjfn_jax.train`` lifts these
+functions over a leading fold axis (jax.vmap, or a squeeze for one fold at a time) and jits
+them. The model lives as ``nnx.split`` pieces: a static graphdef plus state pytrees (params,
+BN statistics), merged with ``copy=True`` inside the traced functions. Random streams are pure
+functions of (fold key, epoch, step), so a resumed run draws exactly what an uninterrupted one
+would, whatever the chunking of epochs into calls.
+
+Pytrees (one fold):
+  state: {"params", "batch_stats": nnx.State, "opt_state": optax state,
+          with early stopping also "best_params", "best_batch_stats", "best_val" f32 [],
+          "since_best" int32 [], "stopped" bool []}
+  fold:  {"key": typed PRNG key, "train_idx" int32 [T], "train_count" int32 [],
+          "val_idx" int32 [V], "val_mask" bool [V], "class_weights" float32 [C]}
+  data:  {"images": uint8 [N, H, W, 3], "labels": int32 [N]}  (whole dataset, on device)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from mjfn_jax.augment import augment_batch
+from mjfn_jax.folds import epoch_batches
+from mjfn_jax.models import MJFN, mjfn_loss
+
+
+def make_optimizer(train: ml_collections.ConfigDict, steps_per_epoch: int):
+    """Adam/AdamW with per-step linear warmup + cosine decay to 0, optional clipping.
+
+    Weight decay (adamw) applies to kernels only (ndim > 1), not to BN scales or biases.
+    """
+    total = max(1, train.num_epochs * steps_per_epoch)
+    warmup = min(train.warmup_epochs * steps_per_epoch, total - 1)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, train.learning_rate, warmup_steps=max(warmup, 0), decay_steps=total, end_value=0.0
+    )
+    if train.optimizer == "adamw":
+        decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+        opt = optax.adamw(schedule, weight_decay=train.weight_decay, mask=decay_mask)
+    elif train.optimizer == "adam":
+        opt = optax.adam(schedule)
+    else:
+        raise ValueError(f"train.optimizer must be 'adam' or 'adamw', got {train.optimizer!r}")
+    if train.grad_clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), opt)
+    return opt
+
+
+class FoldProgram:
+    """The jit-able functions of one fold, closed over the (static) config."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        *,
+        steps_per_epoch: int,
+        data_sharding: NamedSharding | None = None,
+    ):
+        self.config = config
+        self.steps = steps_per_epoch
+        self.data_sharding = data_sharding  # batch sharding for the 'data' axis, or None
+        self.early_stopping = config.train.early_stopping_patience > 0
+        abstract = nnx.eval_shape(lambda: MJFN(config.model, rngs=nnx.Rngs(0)))
+        self.graphdef, _, _, self.rng_template = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
+        self.tx = make_optimizer(config.train, steps_per_epoch)
+
+    # Model assembly ---------------------------------------------------------------------
+
+    def _model(self, params, batch_stats, key: jax.Array, *, train: bool) -> MJFN:
+        # Each dropout stream i gets fold_in(key, i): the same function of the step key
+        # in every run, so nothing random has to be checkpointed.
+        leaves, treedef = jax.tree.flatten(self.rng_template)
+        fresh = [
+            jax.random.fold_in(key, i)
+            if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+            else jnp.zeros(leaf.shape, leaf.dtype)
+            for i, leaf in enumerate(leaves)
+        ]
+        rng_state = jax.tree.unflatten(treedef, fresh)
+        model = nnx.merge(self.graphdef, params, batch_stats, rng_state, copy=True)
+        model.train() if train else model.eval()
+        return model
+
+    def init(self, fold_key: jax.Array) -> dict:
+        """A fresh train state from the fold's key (init key = fold_in(fold_key, 0))."""
+        init_key = jax.random.fold_in(fold_key, 0)
+        model = MJFN(self.config.model, rngs=nnx.Rngs(init_key))
+        _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+        state = {"params": params, "batch_stats": batch_stats, "opt_state": self.tx.init(params)}
+        if self.early_stopping:
+            state |= {
+                "best_params": params,
+                "best_batch_stats": batch_stats,
+                "best_val": jnp.array(jnp.inf, jnp.float32),
+                "since_best": jnp.array(0, jnp.int32),
+                "stopped": jnp.array(False),
+            }
+        return state
+
+    # Training ---------------------------------------------------------------------------
+
+    def _train_step(self, state: dict, xs, fold: dict, data: dict):
+        batch_idx, step_key = xs  # [B] int32, key
+        cfg = self.config
+        aug_key, dropout_key = jax.random.split(step_key)
+        images = data["images"][batch_idx].astype(jnp.float32) / 255.0  # [B, H, W, 3]
+        if self.data_sharding is not None:
+            images = jax.lax.with_sharding_constraint(images, self.data_sharding)
+        images = augment_batch(
+            aug_key, images, hflip=cfg.augment.hflip, max_translate=cfg.augment.max_translate
+        )
+        labels = data["labels"][batch_idx]  # [B] int32
+        class_weights = fold["class_weights"] if cfg.loss.class_weights != "none" else None
+
+        def loss_fn(params):
+            model = self._model(params, state["batch_stats"], dropout_key, train=True)
+            outputs = model(images)
+            loss, _ = mjfn_loss(
+                outputs,
+                labels,
+                head_loss_weights=tuple(cfg.model.head_loss_weights),
+                label_smoothing=cfg.loss.label_smoothing,
+                class_weights=class_weights,
+            )
+            return loss, (nnx.state(model, nnx.BatchStat), outputs["fused"])
+
+        (loss, (batch_stats, fused)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        correct = jnp.sum(jnp.argmax(fused, -1) == labels)
+        new_state = state | {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}
+        return new_state, (loss, correct)
+
+    def _epoch(self, state: dict, epoch: jax.Array, fold: dict, data: dict):
+        batch_size = self.config.train.batch_size
+        epoch_key = jax.random.fold_in(jax.random.fold_in(fold["key"], 1), epoch)
+        order = epoch_batches(
+            jax.random.fold_in(epoch_key, 0),
+            fold["train_idx"],
+            fold["train_count"],
+            self.steps,
+            batch_size,
+        )  # [steps, B]
+        step_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps)
+        step = lambda s, xs: self._train_step(s, xs, fold, data)
+        state, (losses, correct) = jax.lax.scan(step, state, (order, step_keys))
+        finite = jnp.isfinite(losses)
+        metrics = {
+            "loss": jnp.mean(losses),
+            "train_acc": jnp.sum(correct) / (self.steps * batch_size),
+            # First step with a non-finite loss, or -1.
+            "nonfinite_step": jnp.where(jnp.all(finite), -1, jnp.argmin(finite)),
+        }
+        if self.early_stopping:
+            state, val_metrics = self._early_stopping(state, fold, data)
+            metrics |= val_metrics
+        return state, metrics
+
+    def _early_stopping(self, state: dict, fold: dict, data: dict):
+        """Validation loss after the epoch; keep the best-on-VALIDATION params."""
+        log_probs = self._predict(state["params"], state["batch_stats"], data, fold["val_idx"])
+        labels = data["labels"][fold["val_idx"]]
+        mask = fold["val_mask"].astype(jnp.float32)
+        nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+        count = jnp.maximum(jnp.sum(mask), 1.0)
+        val_loss = jnp.sum(nll * mask) / count
+        val_acc = jnp.sum((jnp.argmax(log_probs, -1) == labels) * mask) / count
+        improved = (val_loss < state["best_val"]) & ~state["stopped"]
+        pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(improved, a, b), new, old)
+        since = jnp.where(improved, 0, state["since_best"] + jnp.where(state["stopped"], 0, 1))
+        state = state | {
+            "best_params": pick(state["params"], state["best_params"]),
+            "best_batch_stats": pick(state["batch_stats"], state["best_batch_stats"]),
+            "best_val": jnp.where(improved, val_loss, state["best_val"]),
+            "since_best": since,
+            "stopped": state["stopped"] | (since >= self.config.train.early_stopping_patience),
+        }
+        return state, {"val_loss": val_loss, "val_acc": val_acc, "stopped": state["stopped"]}
+
+    def train_epochs(self, state: dict, fold: dict, data: dict, epochs: jax.Array):
+        """Train the epochs listed in ``epochs`` (int32 [E]); metrics come back as [E]."""
+        epoch_fn = lambda s, e: self._epoch(s, e, fold, data)
+        return jax.lax.scan(epoch_fn, state, epochs)
+
+    # Prediction -------------------------------------------------------------------------
+
+    def _predict(self, params, batch_stats, data: dict, idx: jax.Array) -> jax.Array:
+        """Eval-mode fused log-probs [M, C] float32 for dataset indices idx [M]."""
+        m = idx.shape[0]
+        chunk = min(self.config.train.eval_batch_size, m)
+        padded = -(-m // chunk) * chunk
+        idx_chunks = jnp.pad(idx, (0, padded - m)).reshape(-1, chunk)
+        model_key = jax.random.key(0)  # dropout is off in eval mode; any key will do
+
+        def one(chunk_idx):  # [chunk] -> [chunk, C]
+            model = self._model(params, batch_stats, model_key, train=False)
+            return model(data["images"][chunk_idx].astype(jnp.float32) / 255.0)["fused"]
+
+        return jax.lax.map(one, idx_chunks).reshape(padded, -1)[:m]
+
+    def predict(self, state: dict, data: dict, idx: jax.Array) -> jax.Array:
+        """Test predictions of the final model (the best-on-validation one with early
+        stopping). idx [M] int32 -> log-probs [M, C] float32."""
+        if self.early_stopping:
+            return self._predict(state["best_params"], state["best_batch_stats"], data, idx)
+        return self._predict(state["params"], state["batch_stats"], data, idx)

@@ -1,0 +1,158 @@
+"""Building blocks of MJFN: a PyTorch-matching BatchNorm, conv-BN(-ReLU), BasicBlock, JFM.
+
+All tensors are NHWC. Padding is always explicit and symmetric (PyTorch's convention) so that
+the PyTorch twin (experiments/pytorch_baseline/model.py) computes the same function: 'SAME'
+padding of a stride-2 3x3 conv pads (0, 1) on even sizes and would shift every feature map.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# torchvision's ResNet init: He normal, fan_out (the PyTorch twin uses the same).
+CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over the last axis with PyTorch's semantics (``nn.BatchNorm2d``).
+
+    Train mode (``use_running_average=False``) normalises with the biased batch variance and
+    updates the running variance with the UNBIASED one (n / (n - 1)), as PyTorch does;
+    ``nnx.BatchNorm`` stores the biased variance, which would make running statistics drift
+    apart from the twin's. ``momentum`` is PyTorch's (weight of the new batch, 0.1), i.e.
+    flax's momentum 0.9. Statistics are computed in float32 whatever the compute dtype.
+    Parameter names follow flax (scale, bias; batch stats mean, var).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        momentum: float = 0.1,
+        epsilon: float = 1e-5,
+        dtype: jnp.dtype = jnp.float32,
+        use_running_average: bool = False,
+    ):
+        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.use_running_average = use_running_average
+
+    def set_view(self, use_running_average: bool | None = None):
+        """Used by ``nnx.view``; ``model.train()/eval()`` set the attribute directly."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # x: [..., C] in the compute dtype.
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            x32 = x.astype(jnp.float32)
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x32, axis=axes)
+            var = jnp.mean(jnp.square(x32 - mean), axis=axes)  # biased, used to normalise
+            n = x.size // x.shape[-1]
+            unbiased = var * (n / max(n - 1, 1))
+            m = self.momentum
+            self.mean[...] = jax.lax.stop_gradient((1 - m) * self.mean[...] + m * mean)
+            self.var[...] = jax.lax.stop_gradient((1 - m) * self.var[...] + m * unbiased)
+        mul = self.scale[...] * jax.lax.rsqrt(var + self.epsilon)  # [C] float32
+        shift = self.bias[...] - mean * mul
+        return (x * mul.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
+
+
+class ConvBN(nnx.Module):
+    """Bias-free conv (kernel k, stride s, symmetric padding k // 2), BatchNorm, optional ReLU."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int = 1,
+        *,
+        relu: bool = True,
+        dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        pad = kernel // 2
+        self.conv = nnx.Conv(
+            in_ch,
+            out_ch,
+            (kernel, kernel),
+            strides=(stride, stride),
+            padding=((pad, pad), (pad, pad)),
+            use_bias=False,
+            kernel_init=CONV_INIT,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            rngs=rngs,
+        )
+        self.bn = BatchNorm(out_ch, dtype=dtype)
+        self.relu = relu
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.bn(self.conv(x))
+        return jax.nn.relu(y) if self.relu else y
+
+
+class BasicBlock(nnx.Module):
+    """ResNet BasicBlock: 3x3 conv-BN-ReLU, 3x3 conv-BN, + shortcut, ReLU.
+
+    The shortcut is a 1x1 conv-BN projection where stride or width changes, else identity.
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, *, dtype: jnp.dtype, rngs: nnx.Rngs
+    ):
+        self.conv1 = ConvBN(in_ch, out_ch, 3, stride, dtype=dtype, rngs=rngs)
+        self.conv2 = ConvBN(out_ch, out_ch, 3, 1, relu=False, dtype=dtype, rngs=rngs)
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = ConvBN(in_ch, out_ch, 1, stride, relu=False, dtype=dtype, rngs=rngs)
+        else:
+            self.shortcut = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        return jax.nn.relu(self.conv2(self.conv1(x)) + identity)
+
+
+class JFM(nnx.Module):
+    """Joint feature module: joins a finer map (stage k) and the coarser one (stage k + 1).
+
+    finer [B, 2h, 2w, c_f] --3x3 s2 conv-BN-ReLU--> [B, h, w, c] ┐
+    coarser [B, h, w, c]   --1x1 conv-BN-ReLU-----> [B, h, w, c] ┴ concat [B, h, w, 2c]
+    --1x1 conv-BN-ReLU--> [B, h, w, c] --3x3 conv-BN-ReLU--> GAP [B, c] -> dropout -> linear.
+    """
+
+    def __init__(
+        self,
+        fine_ch: int,
+        coarse_ch: int,
+        num_classes: int,
+        dropout: float,
+        *,
+        dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.down = ConvBN(fine_ch, coarse_ch, 3, 2, dtype=dtype, rngs=rngs)
+        self.lateral = ConvBN(coarse_ch, coarse_ch, 1, 1, dtype=dtype, rngs=rngs)
+        self.fuse = ConvBN(2 * coarse_ch, coarse_ch, 1, 1, dtype=dtype, rngs=rngs)
+        self.mix = ConvBN(coarse_ch, coarse_ch, 3, 1, dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.head = nnx.Linear(
+            coarse_ch, num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+        )
+
+    def __call__(self, finer: jax.Array, coarser: jax.Array) -> jax.Array:
+        joined = jnp.concatenate([self.down(finer), self.lateral(coarser)], axis=-1)
+        features = self.mix(self.fuse(joined))  # [B, h, w, c]
+        pooled = jnp.mean(features, axis=(1, 2))  # [B, c]
+        return self.head(self.dropout(pooled))  # [B, num_classes] compute dtype

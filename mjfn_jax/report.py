@@ -1,0 +1,273 @@
+"""Evaluation report of a LOSO run: results.json, report.md, figures, predictions.csv.
+
+Framework-agnostic (numpy inputs only; neither jax nor torch is imported), so the JAX engine
+and the PyTorch baseline write the same files in the same format. The markdown rendering lives
+in :mod:`mjfn_jax.report_md`, the figures in :mod:`mjfn_jax.plots`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mjfn_jax import plots, report_md
+from mjfn_jax.metrics import (
+    check_predictions,
+    per_fold_table,
+    per_group_metrics,
+    per_sample_strings,
+    pooled_metrics,
+)
+from mjfn_jax.report_md import SOURCE_NAMES
+
+SCHEMA_VERSION = 1
+PROTOCOL = (
+    "Leave-one-subject-out (or k-fold by subject) with a FIXED epoch budget: each fold's model "
+    "after its last epoch (or after early stopping on a validation split drawn from its TRAINING "
+    "subjects only) predicts its test subject once. No model, epoch or threshold is selected on "
+    "the test subject. Metrics follow MEGC2019: the predictions of all folds are pooled, then "
+    "UF1 = mean over classes of F1_c = 2TP/(2TP+FP+FN) and UAR = mean over classes of "
+    "recall_c = TP/(TP+FN), over the classes present in the ground truth of the evaluated part."
+)
+ORACLE_LABEL = (
+    "ORACLE (best epoch chosen on the test subject itself: test-set leakage). Shown only to "
+    "compare with literature numbers that use this selection; NOT a result of this model."
+)
+# Full MEGC2019 composite (442 clips, 68 subjects, LOSO), as reported by their authors.
+PUBLISHED = (
+    ("OFF-ApexNet", 0.7196, 0.7096),
+    ("STSTNet", 0.7353, 0.7605),
+    ("Dual-Inception", 0.7322, 0.7278),
+    ("RCN", 0.7432, 0.7190),
+    ("EMR", 0.7885, 0.7824),
+    ("FeatRef", 0.7838, 0.7832),
+    ("HTNet", 0.8603, 0.8475),
+)
+PUBLISHED_NOTE = (
+    "THEIR numbers, copied from the publications, not reproduced by us. Several of these methods "
+    "pick each fold's best epoch on the test subject (test-set leakage); reproductions without "
+    "that report lower numbers (STSTNet's own PyTorch port 0.7209 / 0.725; EMR about 0.59 F1 "
+    "once the leak was removed). Our numbers above use no selection on the test subject."
+)
+COMPOSITE_SOURCES = {"smic", "casme2", "samm"}
+_VERSION_PACKAGES = (
+    "numpy", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "torch",
+    "tensorflow-datasets", "opencv-contrib-python-headless", "scikit-learn", "matplotlib",
+)  # fmt: skip
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions, read from package metadata (nothing is imported)."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSION_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _json_safe(obj):
+    """ConfigDicts, tuples and numpy values -> plain JSON types."""
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None  # JSON has no NaN/inf.
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return str(obj)
+
+
+def _check_probs(probs, n: int, c: int) -> np.ndarray | None:
+    if probs is None:
+        return None
+    p = np.asarray(probs, dtype=np.float64)  # [N, C]
+    if p.shape != (n, c):
+        raise ValueError(f"probs must have shape [N, C] = {(n, c)}, got {p.shape}")
+    if not np.all(np.isfinite(p)):
+        bad_rows = np.flatnonzero(~np.all(np.isfinite(p), axis=1))
+        raise ValueError(f"probs has non-finite values in rows {bad_rows[:5].tolist()}")
+    if np.any(p < -1e-6) or np.any(p > 1 + 1e-6):
+        raise ValueError(
+            "probs must be probabilities in [0, 1] (the model's 'fused' output is log-probs: "
+            "pass np.exp of it)"
+        )
+    return p
+
+
+def _data_name(config) -> str | None:
+    try:
+        return str(config["data"]["name"])
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _oracle_block(oracle: Mapping, y_true, names) -> dict:
+    if "y_pred" not in oracle:
+        raise ValueError("oracle must be a mapping with 'y_pred' [N] (best-epoch-on-test preds)")
+    metrics = pooled_metrics(y_true, oracle["y_pred"], names)
+    block = {"label": ORACLE_LABEL, "pooled": metrics}
+    if "best_epochs" in oracle:
+        block["best_epochs"] = _json_safe(oracle["best_epochs"])
+    return block
+
+
+def _history_summary(history: Mapping[str, Sequence[Mapping]]) -> dict:
+    """Mean over folds of each fold's LAST epoch record (numeric fields only)."""
+    last = [recs[-1] for recs in history.values() if recs]
+    keys = sorted({k for r in last for k, v in r.items() if isinstance(v, int | float)})
+    return {k: float(np.mean([r[k] for r in last if k in r])) for k in keys}
+
+
+def _write_predictions_csv(path, names, y_true, y_pred, probs, subjects, sources, clips, folds):
+    header = ["clip", "subject", "source", "fold", "label", "pred", "label_name", "pred_name"]
+    header += [f"prob_{name}" for name in names] if probs is not None else []
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for i in range(y_true.size):
+            row = [clips[i], subjects[i], sources[i], folds[i], int(y_true[i]), int(y_pred[i])]
+            row += [names[y_true[i]], names[y_pred[i]]]
+            row += [f"{v:.6f}" for v in probs[i]] if probs is not None else []
+            writer.writerow(row)
+
+
+def write_report(
+    workdir: str,
+    *,
+    class_names: Sequence[str],
+    y_true,
+    y_pred,
+    probs,
+    subjects,
+    sources,
+    clips,
+    folds,
+    history: Mapping[str, Sequence[Mapping]] | None = None,
+    config=None,
+    timing: Mapping | None = None,
+    framework: str = "jax",
+    title: str | None = None,
+    oracle: Mapping | None = None,
+    published: bool | None = None,
+) -> dict:
+    """Writes results.json, report.md, confusion.png, curves.png, predictions.csv into workdir.
+
+    Args:
+      class_names: C names; labels index into them.
+      y_true, y_pred: int [N] pooled test labels / predictions of every fold (one per clip).
+      probs: float [N, C] class probabilities of the predictions, or None.
+      subjects, sources, clips, folds: str [N] per prediction (fold = held-out fold name).
+      history: {fold: [{"epoch", "loss", "accuracy", optional "val_*"}, ...]} or None.
+      config: ConfigDict or dict of the run; timing: dict of timings (seconds) and device info.
+      framework: "jax" or "pytorch". title: report title.
+      oracle: optional {"y_pred": int [N] best-epoch-on-test predictions, "best_epochs": ...};
+        reported in its own labelled section, never as the headline.
+      published: include the published composite table; None = only for MEGC2019 composite runs.
+    Returns the results dict (as in results.json) with ``files`` naming what was written.
+    """
+    yt, yp, names = check_predictions(y_true, y_pred, class_names)
+    n = yt.size
+    p = _check_probs(probs, n, len(names))
+    subjects = per_sample_strings(subjects, "subjects", n)
+    sources = per_sample_strings(sources, "sources", n)
+    clips = per_sample_strings(clips, "clips", n)
+    folds = per_sample_strings(folds, "folds", n)
+    os.makedirs(workdir, exist_ok=True)
+    config_dict = _json_safe(config) if config is not None else None
+    if published is None:
+        published = _data_name(config_dict) == "megc2019" or COMPOSITE_SOURCES <= set(sources)
+    fold_rows = per_fold_table(yt, yp, folds, names)
+    for row in fold_rows:
+        row["subjects"] = sorted(set(subjects[folds == row["fold"]]))
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "title": title or f"MJFN ({framework})",
+        "framework": framework,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "versions": package_versions(),
+        "protocol": PROTOCOL,
+        "class_names": list(names),
+        "n": int(n),
+        "num_folds": len(fold_rows),
+        "num_subjects": len(set(subjects)),
+        "pooled": pooled_metrics(yt, yp, names),
+        "per_source": per_group_metrics(yt, yp, sources, names),
+        "per_fold": fold_rows,
+        "timing": _json_safe(timing) if timing is not None else None,
+        "config": config_dict,
+        "history_final": _history_summary(history) if history else None,
+    }
+    if published:
+        results["published"] = {
+            "note": PUBLISHED_NOTE,
+            "rows": [{"method": m, "uf1": f, "uar": r} for m, f, r in PUBLISHED],
+        }
+    if oracle is not None:
+        results["oracle"] = _oracle_block(oracle, yt, names)
+    files = plots.figure_paths(workdir)
+    title = results["title"]
+    plots.plot_confusion(results["pooled"]["confusion"], names, files["confusion"], title)
+    if not history or plots.plot_curves(history, files["curves"], title) is None:
+        files.pop("curves")
+    if history:
+        files["history"] = os.path.join(workdir, "history.json")
+        with open(files["history"], "w") as f:
+            json.dump(_json_safe(history), f)
+    files["predictions"] = os.path.join(workdir, "predictions.csv")
+    _write_predictions_csv(files["predictions"], names, yt, yp, p, subjects, sources, clips, folds)
+    files["report"] = os.path.join(workdir, "report.md")
+    files["results"] = os.path.join(workdir, "results.json")
+    results["files"] = {k: os.path.basename(v) for k, v in files.items()}
+    with open(files["report"], "w") as f:
+        f.write(report_md.render(results))
+    with open(files["results"], "w") as f:
+        json.dump(results, f, indent=1)
+    return results
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def format_results_table(results: Mapping) -> str:
+    """A short markdown table (pooled + per source) for the CLI and the demo to print."""
+    pooled = results["pooled"]
+    lines = [
+        f"{results.get('title', 'MJFN')}: {results['n']} clips, {results.get('num_folds', '?')} "
+        f"folds, pooled predictions ({results.get('framework', '?')})",
+        "| part | n | UF1 | UAR | accuracy |",
+        "|---|---:|---:|---:|---:|",
+        f"| all (pooled) | {pooled['n']} | {_fmt(pooled['uf1'])} | {_fmt(pooled['uar'])} | "
+        f"{_fmt(pooled['accuracy'])} |",
+    ]
+    for source, m in results.get("per_source", {}).items():
+        absent = f" (absent: {', '.join(m['absent_classes'])})" if m["absent_classes"] else ""
+        lines.append(
+            f"| {SOURCE_NAMES.get(source, source)}{absent} | {m['n']} | {_fmt(m['uf1'])} | "
+            f"{_fmt(m['uar'])} | {_fmt(m['accuracy'])} |"
+        )
+    return "\n".join(lines)
+
+
+def load_results(workdir_or_file: str) -> dict:
+    path = workdir_or_file
+    if os.path.isdir(path):
+        path = os.path.join(path, "results.json")
+    with open(path) as f:
+        return json.load(f)

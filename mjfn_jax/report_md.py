@@ -1,0 +1,147 @@
+"""report.md rendering of a results dict (as written to results.json by mjfn_jax.report)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+SOURCE_NAMES = {"smic": "SMIC", "casme2": "CASME II", "samm": "SAMM", "synthetic": "synthetic"}
+
+
+def _f(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _table(header: list[str], rows: list[list], align: str | None = None) -> list[str]:
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _headline(r: Mapping) -> list[str]:
+    p = r["pooled"]
+    out = ["## Headline (pooled over all folds)", ""]
+    out += _table(
+        ["metric", "value"],
+        [["UF1", _f(p["uf1"])], ["UAR", _f(p["uar"])], ["accuracy", _f(p["accuracy"])],
+         ["clips", p["n"]], ["folds", r["num_folds"]], ["subjects", r["num_subjects"]]],
+    )  # fmt: skip
+    if p["absent_classes"]:
+        out += [f"Classes with no test sample (excluded from UF1/UAR): {p['absent_classes']}", ""]
+    return out
+
+
+def _per_class(r: Mapping) -> list[str]:
+    rows = [
+        [name, c["support"], c["predicted"], _f(c["f1"]), _f(c["recall"]), _f(c["precision"])]
+        for name, c in r["pooled"]["per_class"].items()
+    ]
+    out = ["## Per class (pooled)", ""]
+    return out + _table(["class", "support", "predicted", "F1", "recall", "precision"], rows)
+
+
+def _per_source(r: Mapping) -> list[str]:
+    rows = []
+    for source, m in r["per_source"].items():
+        absent = ", ".join(m["absent_classes"]) or "-"
+        name = SOURCE_NAMES.get(source, source)
+        rows.append([name, m["n"], _f(m["uf1"]), _f(m["uar"]), _f(m["accuracy"]), absent])
+    out = ["## Per source dataset", ""]
+    out += _table(["source", "n", "UF1", "UAR", "accuracy", "absent classes"], rows, "lrrrrl")
+    return out + ["UF1/UAR of a source average over the classes present in that source.", ""]
+
+
+def _confusion(r: Mapping) -> list[str]:
+    names = r["class_names"]
+    cm = r["pooled"]["confusion"]
+    rows = [[f"**{names[i]}**", *cm[i], sum(cm[i])] for i in range(len(names))]
+    out = ["## Confusion matrix (pooled; rows = true, columns = predicted)", ""]
+    out += _table(["true \\ predicted", *names, "support"], rows)
+    if "confusion" in r.get("files", {}):
+        out += [f"![confusion matrix]({r['files']['confusion']})", ""]
+    return out
+
+
+def _per_fold(r: Mapping) -> list[str]:
+    out = [
+        "## Per fold",
+        "",
+        "Per-fold UF1/UAR are noisy (a fold holds one subject's few clips, rarely every class) "
+        "and average over the classes present in that fold only; the headline is the pooled "
+        "figure.",
+        "",
+    ]
+    # LOSO folds are named after their one subject: a subjects column only for k-fold runs.
+    loso = all(f["subjects"] == [f["fold"]] for f in r["per_fold"])
+    rows = [
+        [f["fold"], *([] if loso else [", ".join(f["subjects"])]), f["n"], f["correct"],
+         _f(f["accuracy"]), _f(f["uf1"]), ", ".join(f["absent_classes"]) or "-"]
+        for f in r["per_fold"]
+    ]  # fmt: skip
+    header = ["fold", *([] if loso else ["subjects"]), "n", "correct", "accuracy"]
+    header += ["UF1 (noisy)", "absent classes"]
+    return out + _table(header, rows, "l" + ("" if loso else "l") + "rrrrl")
+
+
+def _curves_and_timing(r: Mapping) -> list[str]:
+    out = []
+    if "curves" in r.get("files", {}):
+        out += ["## Training curves", "", f"![training curves]({r['files']['curves']})", ""]
+    if r.get("history_final"):
+        rows = [[k, f"{v:.4f}"] for k, v in r["history_final"].items() if k != "epoch"]
+        out += ["Mean over folds of the last epoch's training record:", ""]
+        out += _table(["field", "value"], rows)
+    if r.get("timing"):
+        out += ["## Timing", ""]
+        out += _table(["field", "value"], [[k, v] for k, v in r["timing"].items()], "ll")
+    return out
+
+
+def _published(r: Mapping) -> list[str]:
+    pub = r.get("published")
+    if not pub:
+        return []
+    out = [
+        "## Published results on the full MEGC2019 composite: THEIRS, NOT OURS",
+        "",
+        f"> {pub['note']}",
+        "",
+    ]
+    rows = [[row["method"], f"{row['uf1']:.4f}", f"{row['uar']:.4f}"] for row in pub["rows"]]
+    return out + _table(["method (published)", "UF1", "UAR"], rows)
+
+
+def _oracle(r: Mapping) -> list[str]:
+    oracle = r.get("oracle")
+    if not oracle:
+        return []
+    p = oracle["pooled"]
+    out = ["## ORACLE: best epoch on the test subject (leaky; not the result)", ""]
+    out += [f"> {oracle['label']}", ""]
+    return out + _table(
+        ["oracle metric", "value"],
+        [["UF1 (oracle)", _f(p["uf1"])], ["UAR (oracle)", _f(p["uar"])],
+         ["accuracy (oracle)", _f(p["accuracy"])]],
+    )  # fmt: skip
+
+
+def render(r: Mapping) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+    out = [
+        f"# {r['title']}",
+        "",
+        f"Framework: {r['framework']}. Date (UTC): {r['date']}. Versions: {versions}.",
+        "",
+        "## Protocol",
+        "",
+        r["protocol"],
+        "",
+    ]
+    for section in (_headline, _per_class, _per_source, _confusion, _per_fold):
+        out += section(r)
+    for section in (_curves_and_timing, _published, _oracle):
+        out += section(r)
+    files = ", ".join(f"`{v}`" for v in r.get("files", {}).values())
+    out += ["## Files", "", f"Written beside this report: {files}.", ""]
+    return "\n".join(out)

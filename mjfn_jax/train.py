@@ -1,0 +1,400 @@
+"""The fold engine: ``train_and_evaluate(config, workdir, dataset=None) -> results``.
+
+The whole dataset is placed on the device(s) once; per-fold functions from
+:mod:`mjfn_jax.engine` are lifted over a leading fold axis and jitted; every call trains
+``parallel.epochs_per_call`` epochs of every fold of a group as one ``lax.scan``. Folds run in
+groups (strategy 'vmap': many folds sharded over the mesh axis 'fold'; 'sequential': one fold,
+batch sharded over the mesh axis 'data'). Each fold checkpoints to ``workdir/folds/<fold>``;
+a rerun skips finished folds and resumes the others exactly (DESIGN.md §4, §5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from mjfn_jax import parallel
+from mjfn_jax.checkpoint import FoldCheckpointer
+from mjfn_jax.config_io import config_to_dict, save_or_check_config
+from mjfn_jax.engine import FoldProgram
+from mjfn_jax.folds import FoldArrays, make_folds, pad_folds, steps_per_epoch
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by the ``train.stop_after_epochs`` knob to simulate a killed run."""
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """n / (C * n_c) from one fold's training labels [n]; 0 for a class absent there."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, labels.size / (num_classes * np.maximum(counts, 1)), 0.0)
+    return weights.astype(np.float32)
+
+
+def _lift(fn, vmapped: bool, in_axes: tuple):
+    """fn over one fold -> fn over a leading fold axis: jax.vmap, or (one fold) a squeeze, so
+    that 'sequential' runs the plain per-fold program (no grouped convolutions)."""
+    if vmapped:
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def one_fold(*args):
+        args = [
+            jax.tree.map(lambda x: x[0], a) if ax == 0 else a
+            for a, ax in zip(args, in_axes, strict=True)
+        ]
+        return jax.tree.map(lambda x: x[None], fn(*args))
+
+    return one_fold
+
+
+class GroupRunner:
+    """Compiled programs for groups of ``group_size`` folds on one mesh."""
+
+    def __init__(self, program: FoldProgram, mesh, vmapped: bool):
+        self.program, self.mesh, self.vmapped = program, mesh, vmapped
+        self.group_sharding = (
+            parallel.sharded_leading(mesh) if vmapped else parallel.replicated(mesh)
+        )
+        self.init = jax.jit(_lift(program.init, vmapped, (0,)), out_shardings=self.group_sharding)
+        self._train = jax.jit(
+            _lift(program.train_epochs, vmapped, (0, 0, None, None)),
+            donate_argnums=0,
+            out_shardings=(self.group_sharding, self.group_sharding),
+        )
+        self._predict = jax.jit(_lift(program.predict, vmapped, (0, None, 0)))
+        self._compiled: dict[int, object] = {}
+        self.compile_s = 0.0
+
+    def train(self, states, folds, data, first_epoch: int, num_epochs: int):
+        """Train epochs [first_epoch, first_epoch + num_epochs) of a group."""
+        epochs = jnp.arange(first_epoch, first_epoch + num_epochs, dtype=jnp.int32)
+        args = (states, folds, data, epochs)
+        key = str(jax.tree.map(lambda x: (x.shape, str(x.dtype)), args))
+        if key not in self._compiled:  # one compile per scan length (and shapes)
+            start = time.perf_counter()
+            self._compiled[key] = self._train.lower(*args).compile()
+            seconds = time.perf_counter() - start
+            self.compile_s += seconds
+            log.info("compiled the %d-epoch training call in %.1f s", num_epochs, seconds)
+        return self._compiled[key](*args)
+
+    def predict(self, states, data, test_idx):
+        return self._predict(states, data, test_idx)
+
+
+# Runners (hence compiled programs) reused by later calls in the same process with the same
+# program-relevant config: a notebook or a test suite that reruns a config compiles once.
+_RUNNERS: dict[str, GroupRunner] = {}
+_NOT_PROGRAM = ("data", "folds", "checkpoint", "seed")
+
+
+def _get_runner(config, steps: int, mesh, vmapped: bool, data_sharding) -> GroupRunner:
+    program_config = {k: v for k, v in config_to_dict(config).items() if k not in _NOT_PROGRAM}
+    program_config["train"].pop("stop_after_epochs", None)
+    devices = [d.id for d in mesh.devices.flat]
+    key = json.dumps([program_config, steps, vmapped, mesh.axis_names, devices], sort_keys=True)
+    if key not in _RUNNERS:
+        program = FoldProgram(config, steps_per_epoch=steps, data_sharding=data_sharding)
+        _RUNNERS[key] = GroupRunner(program, mesh, vmapped)
+    return _RUNNERS[key]
+
+
+def _fold_inputs(config, dataset, arrays: FoldArrays, members: np.ndarray) -> dict:
+    """Host arrays of a group's folds (dummy members, -1, reuse the first real fold)."""
+    real = members[members >= 0]
+    take = np.where(members >= 0, members, real[0])
+    num_classes = config.model.num_classes
+    weights = [
+        balanced_class_weights(
+            dataset.labels[arrays.train_idx[f, : arrays.train_count[f]]], num_classes
+        )
+        for f in take
+    ]
+    base = jax.random.key(config.seed)
+    return {
+        "key": jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(take)),
+        "train_idx": arrays.train_idx[take],
+        "train_count": arrays.train_count[take],
+        "val_idx": arrays.val_idx[take],
+        "val_mask": arrays.val_mask[take],
+        "class_weights": np.stack(weights),
+    }
+
+
+def _slice(tree, i: int):
+    return jax.tree.map(lambda x: np.asarray(x[i]), tree)
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+class _Budget:
+    """The ``train.stop_after_epochs`` knob: epochs this process may still train."""
+
+    def __init__(self, limit: int):
+        self.left = limit if limit > 0 else None
+
+    def clip(self, n: int) -> int:
+        if self.left is None:
+            return n
+        if self.left <= 0:
+            raise TrainingInterrupted("train.stop_after_epochs reached (simulated interruption)")
+        return min(n, self.left)
+
+    def spend(self, n: int) -> None:
+        if self.left is not None:
+            self.left -= n
+
+
+def _resume(runner, ckpts, members, states):
+    """Restore a group from the newest epoch count checkpointed by ALL its real folds (folds
+    of a group train in lockstep, so they normally share it; a run killed between two folds'
+    saves falls back to the previous common one). Returns (states, epochs_done, histories)."""
+    real = [m for m in members if m >= 0]
+    common = set.intersection(*(set(ckpts[m].epochs()) for m in real))
+    histories = {m: [] for m in real}
+    if not common:
+        return states, 0, histories
+    done = max(common)
+    slices = []
+    for pos, m in enumerate(members):
+        like = _slice(states, pos)
+        if m >= 0:
+            like, meta = ckpts[m].restore(done, like)
+            histories[m] = meta["history"][:done]
+        slices.append(like)
+    restored = jax.device_put(_stack(slices), runner.group_sharding)
+    log.info("resumed folds %s from epoch %d", real, done)
+    return restored, done, histories
+
+
+def _epoch_records(metrics: dict, pos: int, first_epoch: int) -> list[dict]:
+    """Per-epoch history records of group member ``pos`` (report.py's history format)."""
+    names = {
+        "loss": "loss",
+        "train_acc": "accuracy",
+        "val_loss": "val_loss",
+        "val_acc": "val_accuracy",
+    }
+    n = metrics["loss"].shape[1]
+    return [
+        {"epoch": first_epoch + e + 1}
+        | {out: float(metrics[key][pos, e]) for key, out in names.items() if key in metrics}
+        for e in range(n)
+    ]
+
+
+def _check_finite(metrics: dict, members, names, first_epoch: int) -> None:
+    bad = metrics["nonfinite_step"]  # [G, E] int32, -1 where finite
+    for pos, m in enumerate(members):
+        if m >= 0 and np.any(bad[pos] >= 0):
+            e = int(np.flatnonzero(bad[pos] >= 0)[0])
+            raise FloatingPointError(
+                f"non-finite training loss in fold {names[m]!r} at epoch {first_epoch + e + 1} "
+                f"(1-based), step {int(bad[pos, e])} of that epoch; lower train.learning_rate "
+                "or set train.grad_clip_norm"
+            )
+
+
+def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, stats) -> None:
+    """Train (or resume) one group of folds to the end, then write their predictions."""
+    names = arrays.names
+    real = [int(m) for m in members if m >= 0]
+    folds = jax.device_put(_fold_inputs(config, dataset, arrays, members), runner.group_sharding)
+    states = runner.init(folds["key"])
+    states, epoch, histories = _resume(runner, ckpts, members, states)
+    total, every = config.train.num_epochs, config.checkpoint.every_epochs
+    stopped = False
+    label = names[real[0]] if len(real) == 1 else f"{len(real)} folds"
+    with tqdm(total=total, initial=epoch, desc=label, unit="epoch", leave=False) as bar:
+        while epoch < total and not stopped:
+            n = min(max(1, config.parallel.epochs_per_call), total - epoch)
+            if every > 0:
+                n = min(n, every - epoch % every)
+            n = budget.clip(n)
+            start = time.perf_counter()
+            states, metrics = runner.train(states, folds, data, epoch, n)
+            metrics = jax.tree.map(np.asarray, metrics)  # waits for the device
+            stats["train_s"] += time.perf_counter() - start
+            stats["samples"] += len(real) * n * runner.program.steps * config.train.batch_size
+            _check_finite(metrics, members, names, epoch)
+            for pos, m in enumerate(members):
+                if m >= 0:
+                    histories[m] += _epoch_records(metrics, pos, epoch)
+            epoch += n
+            budget.spend(n)
+            if "stopped" in metrics:  # early stopping: every real fold has stopped
+                stopped = bool(
+                    np.all(metrics["stopped"][[p for p, m in enumerate(members) if m >= 0], -1])
+                )
+            if (every > 0 and epoch % every == 0) or epoch == total or stopped:
+                for pos, m in enumerate(members):
+                    if m >= 0:
+                        meta = {"epochs_done": epoch, "history": histories[m]}
+                        ckpts[m].save(epoch, _slice(states, pos), meta)
+            bar.update(n)
+            bar.set_postfix(loss=f"{np.mean(metrics['loss'][:, -1]):.3f}")
+    test_idx = jax.device_put(
+        arrays.test_idx[np.where(members >= 0, members, real[0])], runner.group_sharding
+    )
+    log_probs = np.asarray(runner.predict(states, data, test_idx))  # [G, max_test, C]
+    for pos, m in enumerate(members):
+        if m >= 0:
+            mask = arrays.test_mask[m]
+            summary = {"fold": names[m], "epochs_trained": epoch, "history": histories[m]}
+            ckpts[m].write_result(arrays.test_idx[m][mask], log_probs[pos][mask], summary)
+
+
+def _load_dataset(config):
+    from mjfn_jax.data import load_dataset  # lazy: tfds only when reading from disk
+
+    return load_dataset(
+        config.data.name, config.data.builder_config, config.data.data_dir, split=config.data.split
+    )
+
+
+def _check_dataset(config, dataset) -> None:
+    n, h, w, c = dataset.images.shape
+    size = config.model.input_size
+    if (h, w, c) != (size, size, 3) or dataset.images.dtype != np.uint8:
+        raise ValueError(
+            f"dataset images are {dataset.images.dtype} [{n}, {h}, {w}, {c}]; the config "
+            f"(model.input_size={size}) needs uint8 [N, {size}, {size}, 3]"
+        )
+    if len(dataset.class_names) != config.model.num_classes:
+        raise ValueError(
+            f"dataset has {len(dataset.class_names)} classes {tuple(dataset.class_names)}, "
+            f"config model.num_classes={config.model.num_classes}"
+        )
+
+
+def _strategy_setup(config, arrays: FoldArrays):
+    """(vmapped, mesh, group_size, data_sharding) for the configured strategy."""
+    strategy = parallel.resolve_strategy(config.parallel.strategy)
+    num_devices = len(parallel.devices(config.parallel.num_devices))
+    if strategy == "vmap":
+        mesh = parallel.make_mesh("fold", num_devices)
+        return True, mesh, config.parallel.fold_group_size or arrays.num_folds, None
+    size = parallel.data_axis_size(config.train.batch_size, num_devices)
+    mesh = parallel.make_mesh("data", size)
+    data_sharding = NamedSharding(mesh, P("data")) if size > 1 else None
+    return False, mesh, 1, data_sharding
+
+
+def _gather_results(config, dataset, arrays, ckpts) -> dict:
+    """Pool every fold's saved test predictions, in dataset order."""
+    idx, log_probs, fold_of, history = [], [], [], {}
+    for name, ckpt in zip(arrays.names, ckpts, strict=True):
+        test_idx, lp, summary = ckpt.read_result()
+        idx.append(test_idx)
+        log_probs.append(lp)
+        fold_of += [name] * len(test_idx)
+        history[name] = summary["history"]
+    idx = np.concatenate(idx)
+    order = np.argsort(idx)
+    probs = np.exp(np.concatenate(log_probs)[order])  # [N, C]
+    idx = idx[order]
+    if not np.array_equal(idx, np.arange(len(dataset.labels))):
+        raise RuntimeError("fold predictions do not cover every sample exactly once")
+    return {
+        "y_true": np.asarray(dataset.labels)[idx],
+        "y_pred": np.argmax(probs, axis=-1),
+        "probs": probs,
+        "folds": np.asarray(fold_of)[order],
+        "history": history,
+    }
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> dict:
+    """Train every fold (resuming from ``workdir``), evaluate once per test sample, report.
+
+    dataset: a ``mjfn_jax.data.Dataset`` (or None: load ``config.data`` from disk).
+    Returns the dict of ``mjfn_jax.report.write_report`` (pooled metrics under "pooled") plus
+    "y_true", "y_pred" int [N], "probs" float [N, C], "folds" str [N], "history" and "timing".
+    """
+    from mjfn_jax.report import write_report
+
+    save_or_check_config(config, workdir)
+    dataset = _load_dataset(config) if dataset is None else dataset
+    _check_dataset(config, dataset)
+    folds = make_folds(
+        dataset.subjects,
+        protocol=config.folds.protocol,
+        num_folds=config.folds.num_folds,
+        val_subject_fraction=config.folds.val_subject_fraction,
+        seed=config.seed,
+    )
+    if config.train.early_stopping_patience > 0 and config.folds.val_subject_fraction <= 0:
+        raise ValueError("train.early_stopping_patience > 0 needs folds.val_subject_fraction > 0")
+    arrays = pad_folds(folds)
+    vmapped, mesh, group_size, data_sharding = _strategy_setup(config, arrays)
+    steps = steps_per_epoch(arrays.train_idx.shape[1], config.train.batch_size)
+    runner = _get_runner(config, steps, mesh, vmapped, data_sharding)
+    compile_before = runner.compile_s
+    data = parallel.put(
+        {"images": np.asarray(dataset.images), "labels": np.asarray(dataset.labels, np.int32)},
+        parallel.replicated(mesh),
+    )  # [N, H, W, 3] uint8, [N] int32: the whole dataset, once
+    ckpts = [
+        FoldCheckpointer(workdir, name, max_to_keep=config.checkpoint.max_to_keep)
+        for name in arrays.names
+    ]
+    pending = np.array([i for i, c in enumerate(ckpts) if not c.is_done()], np.int64)
+    log.info(
+        "%d folds (%d to train), strategy %s, mesh %s, %d steps/epoch",
+        arrays.num_folds, len(pending), "vmap" if vmapped else "sequential",
+        dict(mesh.shape), steps,
+    )  # fmt: skip
+    stats = {"train_s": 0.0, "samples": 0}
+    budget = _Budget(config.train.stop_after_epochs)
+    groups = parallel.fold_groups(len(pending), group_size, mesh.size if vmapped else 1)
+    start = time.perf_counter()
+    try:
+        for group in tqdm(groups, desc="fold groups", unit="group", disable=len(groups) < 2):
+            members = np.where(group >= 0, pending[np.maximum(group, 0)], -1)
+            _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, stats)
+    finally:
+        for c in ckpts:
+            c.close()
+    wall = time.perf_counter() - start
+    pooled = _gather_results(config, dataset, arrays, ckpts)
+    timing = {
+        "wall_s": wall,
+        "compile_s": runner.compile_s - compile_before,  # training calls compiled this run
+        "train_s": stats["train_s"],
+        "samples_per_s": stats["samples"] / stats["train_s"] if stats["train_s"] else None,
+        "strategy": "vmap" if vmapped else "sequential",
+        "mesh": {k: int(v) for k, v in mesh.shape.items()},
+        "device": jax.devices()[0].device_kind,
+        "platform": jax.default_backend(),
+        "folds_trained_this_run": len(pending),
+    }
+    log.info("timing: %s", timing)
+    results = write_report(
+        workdir,
+        class_names=dataset.class_names,
+        y_true=pooled["y_true"],
+        y_pred=pooled["y_pred"],
+        probs=pooled["probs"],
+        subjects=np.asarray(dataset.subjects).astype(str),
+        sources=np.asarray(dataset.sources).astype(str),
+        clips=np.asarray(dataset.clips).astype(str),
+        folds=pooled["folds"],
+        history=pooled["history"],
+        config=config_to_dict(config),
+        timing=timing,
+        framework="jax",
+    )
+    return results | pooled | {"timing": timing}

@@ -1,0 +1,90 @@
+"""mjfn_jax.data: Dataset validation and helpers, load_dataset order and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mjfn_jax.data import Dataset, load_dataset
+
+NAMES = ("negative", "positive", "surprise")
+
+
+def arrays(n=6, size=8):
+    rng = np.random.default_rng(0)
+    return dict(
+        images=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+        labels=np.arange(n, dtype=np.int32) % 3,
+        subjects=np.asarray([f"smic/s{i % 2:02d}" for i in range(n)]),
+        sources=np.asarray(["smic"] * n),
+        clips=np.asarray([f"c{i}" for i in range(n)]),
+        class_names=NAMES,
+    )
+
+
+def test_valid_dataset_and_helpers():
+    data = Dataset(**arrays())
+    assert len(data) == 6 and data.num_classes == 3
+    assert list(data.unique_subjects()) == ["smic/s00", "smic/s01"]
+    assert data.class_counts() == {"negative": 2, "positive": 2, "surprise": 2}
+    part = data.take([5, 0])
+    assert list(part.clips) == ["c5", "c0"] and part.images.shape == (2, 8, 8, 3)
+
+
+@pytest.mark.parametrize(
+    "field, value, error, message",
+    [
+        ("images", np.zeros((6, 8, 8, 3), np.float32), TypeError, "uint8"),
+        ("images", np.zeros((6, 8, 8), np.uint8), ValueError, r"\[N, H, W, 3\]"),
+        ("labels", np.zeros(6, np.int64), TypeError, "int32"),
+        ("labels", np.zeros(5, np.int32), ValueError, r"labels: expected shape \[6\]"),
+        ("labels", np.full(6, 3, np.int32), ValueError, r"\[0, 3\)"),
+        ("subjects", np.asarray(["a"] * 5), ValueError, "subjects"),
+        ("clips", np.arange(6), TypeError, "clips"),
+        ("class_names", ["a", "b", "c"], ValueError, "tuple"),
+        ("class_names", ("a", "a", "b"), ValueError, "unique"),
+    ],
+)
+def test_invalid_fields_are_named(field, value, error, message):
+    with pytest.raises(error, match=message):
+        Dataset(**{**arrays(), field: value})
+
+
+def test_from_arrays_prefixes_and_converts():
+    a = arrays()
+    data = Dataset.from_arrays(
+        a["images"],
+        a["labels"].astype(np.int64),
+        ["s01", "s02"] * 3,
+        list(NAMES),
+        source="synthetic",
+    )
+    assert data.labels.dtype == np.int32
+    assert set(data.subjects) == {"synthetic/s01", "synthetic/s02"}
+    assert set(data.sources) == {"synthetic"} and data.clips[0] == "clip0"
+    with pytest.raises(TypeError, match="uint8"):
+        Dataset.from_arrays(a["images"] / 255.0, a["labels"], a["subjects"], NAMES)
+
+
+def test_missing_dataset_prints_the_build_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m data_builders build megc2019/tvl1_112"):
+        load_dataset("megc2019", "tvl1_112", tmp_path)
+
+
+def test_load_sorted_and_matches_records(tmp_path):
+    from data_builders.build import build_dataset, make_builder
+
+    build_dataset("synthetic/farneback_32", data_dir=tmp_path, workers=1,
+                  builder_kwargs={"synthetic": {"num_subjects": 3, "clips_per_subject": 2,
+                                                "frame_size": 64}})  # fmt: skip
+    data = load_dataset("synthetic", "farneback_32", tmp_path)
+    keys = list(zip(data.subjects, data.clips, strict=True))
+    assert keys == sorted(keys) and len(keys) == 6
+    assert list(data.unique_subjects()) == ["synthetic/s01", "synthetic/s02", "synthetic/s03"]
+    source = make_builder("synthetic", builder_config="farneback_32", data_dir=tmp_path)
+    for record in source.as_data_source("train"):
+        row = keys.index((record["subject"].decode(), record["clip"].decode()))
+        np.testing.assert_array_equal(data.images[row], record["flow_image"])  # same RGB image
+        assert data.labels[row] == record["label"]
+    with pytest.raises(ValueError, match="no split 'test'"):
+        load_dataset("synthetic", "farneback_32", tmp_path, split="test")

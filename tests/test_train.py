@@ -1,0 +1,88 @@
+"""End-to-end smoke tests of the fold engine on a tiny synthetic dataset (sequential, CPU)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mjfn_jax.config_io import load_config
+from mjfn_jax.data import Dataset
+from mjfn_jax.synthetic import make_flow_arrays
+from mjfn_jax.train import balanced_class_weights, train_and_evaluate
+
+
+def tiny_dataset(num_subjects: int = 4, clips: int = 3) -> Dataset:
+    arrays = make_flow_arrays(num_subjects, clips, 32, 0)
+    return Dataset.from_arrays(
+        arrays["images"],
+        arrays["labels"],
+        arrays["subjects"],
+        arrays["class_names"],
+        clips=arrays["clips"],
+        source="synthetic",
+    )
+
+
+def smoke_config(*overrides: str):
+    return load_config(
+        "experiments/configs/synthetic.py:smoke",
+        ["parallel.strategy=sequential", "train.num_epochs=2", *overrides],
+    )
+
+
+@pytest.fixture(scope="module")
+def early_stopping_run(tmp_path_factory):
+    """4 subjects, LOSO, a validation subject per fold, early stopping (patience 1)."""
+    workdir = str(tmp_path_factory.mktemp("es"))
+    config = smoke_config("folds.val_subject_fraction=0.34", "train.early_stopping_patience=1")
+    dataset = tiny_dataset()
+    return config, workdir, dataset, train_and_evaluate(config, workdir, dataset=dataset)
+
+
+def test_end_to_end_results(early_stopping_run):
+    _, workdir, dataset, results = early_stopping_run
+    n = len(dataset.labels)
+    assert results["y_pred"].shape == (n,) and results["probs"].shape == (n, 3)
+    np.testing.assert_allclose(results["probs"].sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(results["y_true"], dataset.labels)
+    np.testing.assert_array_equal(results["y_pred"], results["probs"].argmax(-1))
+    # each sample is predicted by the fold that held its subject out
+    expected = [s.replace("/", "__") for s in dataset.subjects]
+    assert results["folds"].tolist() == expected
+    assert 0.0 <= results["pooled"]["uf1"] <= 1.0 and results["num_folds"] == 4
+    for fold in set(expected):
+        records = results["history"][fold]
+        assert 1 <= len(records) <= 2 and {"loss", "accuracy", "val_loss"} <= set(records[0])
+        assert os.path.exists(os.path.join(workdir, "folds", fold, "done.json"))
+        assert os.listdir(os.path.join(workdir, "folds", fold, "checkpoints"))
+    timing = results["timing"]
+    assert timing["strategy"] == "sequential" and timing["samples_per_s"] > 0
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f)["pooled"]["uf1"] == results["pooled"]["uf1"]
+
+
+def test_rerun_skips_finished_folds(early_stopping_run):
+    config, workdir, dataset, first = early_stopping_run
+    again = train_and_evaluate(config, workdir, dataset=dataset)
+    assert again["timing"]["folds_trained_this_run"] == 0
+    np.testing.assert_array_equal(again["probs"], first["probs"])
+
+
+def test_different_config_in_same_workdir_is_refused(early_stopping_run):
+    config, workdir, dataset, _ = early_stopping_run
+    other = smoke_config("folds.val_subject_fraction=0.34", "train.early_stopping_patience=1")
+    other.train.learning_rate = 0.5
+    with pytest.raises(ValueError, match="different config.*learning_rate"):
+        train_and_evaluate(other, workdir, dataset=dataset)
+
+
+def test_non_finite_loss_names_fold_and_epoch(tmp_path):
+    config = smoke_config("train.learning_rate=inf", "train.warmup_epochs=0")
+    with pytest.raises(FloatingPointError, match=r"fold 'synthetic__s01' at epoch \d+"):
+        train_and_evaluate(config, str(tmp_path), dataset=tiny_dataset(3, 3))
+
+
+def test_balanced_class_weights():
+    weights = balanced_class_weights(np.array([0, 0, 0, 1]), 3)
+    np.testing.assert_allclose(weights, [4 / 9, 4 / 3, 0.0])
