@@ -1,6 +1,6 @@
 """Annotation parsing shared by the builders: xlsx sheets (openpyxl), row rules, frame lookup.
 
-Every rejected row is counted in a :class:`data_builders.common.SkipLog` with its reason and
+Every rejected row is counted in a :class:`data_builders.skips.SkipLog` with its reason and
 logged with its file and row; missing folders and frames raise, naming what was expected.
 """
 

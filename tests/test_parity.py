@@ -96,10 +96,12 @@ def test_train_mode_outputs_and_running_stats_match(size):
     torch_model, jax_model = twin_pair(cfg, seed=3)
     torch_model.train()
     jax_model.train()
-    x = inputs(cfg, n=6, seed=1)
+    # A small batch makes torch's unbiased running variance (n / (n - 1), n = 2*4*4 at stage 4)
+    # clearly distinguishable from the biased one that nnx.BatchNorm would store.
+    x = inputs(cfg, n=2, seed=1)
     torch_out = torch_model(torch.from_numpy(x))
     assert_outputs_close(torch_out, jax_model(jnp.asarray(x)))
-    assert_state_close(torch_model, jax_model, what="stats")
+    assert_state_close(torch_model, jax_model, tol=1e-5, what="stats")
 
 
 def test_one_sgd_step_matches():

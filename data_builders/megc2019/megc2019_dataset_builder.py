@@ -84,4 +84,5 @@ class Builder(common.FlowBuilder):
         self.apex_fraction = apex_fraction  # SMIC apex position within a clip.
 
     def list_clips(self, dl_manager) -> list[common.ClipSpec]:
+        self.info.metadata["apex_fraction"] = self.apex_fraction
         return list_megc2019(Path(dl_manager.manual_dir), self.skips, self.apex_fraction)

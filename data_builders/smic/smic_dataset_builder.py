@@ -110,5 +110,6 @@ class Builder(common.FlowBuilder):
         self.apex_fraction = apex_fraction  # Position of the apex within a clip (no annotation).
 
     def list_clips(self, dl_manager) -> list[common.ClipSpec]:
+        self.info.metadata["apex_fraction"] = self.apex_fraction
         identity = {name: name for name in CLASS_NAMES}
         return list_smic(Path(dl_manager.manual_dir), identity, self.skips, self.apex_fraction)

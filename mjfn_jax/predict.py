@@ -1,0 +1,256 @@
+"""Class probabilities for a new clip from one fold's trained model in a workdir.
+
+    python -m mjfn_jax.predict --workdir DIR --fold SUBJECT --onset A.jpg --apex B.jpg
+    python -m mjfn_jax.predict --workdir DIR --fold SUBJECT --flow-image F.png
+
+The clip goes through the preprocessing of the dataset builders (``process_pair``: face crop,
+optical flow, strain, min-max encoding) with the settings of the run's saved config
+(``DIR/config.json``): flow method from ``data.builder_config`` ("<method>_<size>"), output side
+``model.input_size``, crop 'center' for the synthetic set and 'haar' otherwise (``--crop none``
+for frames that are already face-cropped). The model is the fold's latest checkpoint, restored
+into the engine's own train-state structure and evaluated by the engine's own predict function
+(so the best-on-validation weights are used when the run used early stopping).
+
+Which fold: a clip of a subject of the dataset must go to THAT subject's fold (the only model
+that never saw the subject). For a new person every fold's model is a valid choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+CONFIG_FILE = "config.json"  # written by mjfn_jax.config_io.save_or_check_config
+DEFAULT_CROP = {"synthetic": "center"}  # every other dataset: 'haar' on raw frames
+
+
+def load_run_config(workdir: str):
+    """The ConfigDict saved in ``workdir/config.json`` by the training run."""
+    import ml_collections
+
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"workdir not found: {workdir}")
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: {workdir} is not a training workdir (python -m mjfn_jax.main "
+            "writes config.json there first)"
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def available_folds(workdir: str) -> list[str]:
+    """Fold names under ``workdir/folds`` that hold at least one checkpoint."""
+    root = os.path.join(workdir, "folds")
+    if not os.path.isdir(root):
+        return []
+    names = []
+    for name in sorted(os.listdir(root)):
+        ckpt_dir = os.path.join(root, name, "checkpoints")
+        if os.path.isdir(ckpt_dir) and any(e.isdigit() for e in os.listdir(ckpt_dir)):
+            names.append(name)
+    return names
+
+
+def resolve_fold(workdir: str, fold: str) -> str:
+    """Accepts a fold name ("casme2__sub01", "fold03") or a subject id ("casme2/sub01")."""
+    from mjfn_jax.folds import sanitize_fold_name
+
+    folds = available_folds(workdir)
+    for candidate in (fold, sanitize_fold_name(fold)):
+        if candidate in folds:
+            return candidate
+    shown = ", ".join(folds[:40]) + (f", ... ({len(folds)} in all)" if len(folds) > 40 else "")
+    raise ValueError(
+        f"unknown fold {fold!r} in {workdir}; folds with a checkpoint: {shown or 'none'}"
+    )
+
+
+def preprocessing_settings(config, crop: str | None = None) -> dict:
+    """process_pair arguments that reproduce the run's dataset: flow_method, size, crop."""
+    method, _, built_size = str(config.data.builder_config).partition("_")
+    size = int(config.model.input_size)  # the engine requires images of exactly this side
+    if built_size.isdigit() and int(built_size) != size:
+        print(
+            f"warning: data.builder_config {config.data.builder_config!r} but model.input_size "
+            f"{size}; flow images are made at {size}x{size}",
+            file=sys.stderr,
+        )
+    crop = crop or DEFAULT_CROP.get(str(config.data.name), "haar")
+    return {"flow_method": method, "size": size, "crop": crop}
+
+
+def flow_image_from_pair(onset_path: str, apex_path: str, settings: dict) -> np.ndarray:
+    """Onset and apex frame files -> uint8 [S, S, 3] flow image, as the builders make it."""
+    from mjfn_jax.preprocess import process_pair, read_frame
+
+    onset, apex = read_frame(onset_path), read_frame(apex_path)  # name the file on failure
+    if onset.shape != apex.shape:
+        raise ValueError(
+            f"onset {onset_path} is {onset.shape[1]}x{onset.shape[0]} but apex {apex_path} is "
+            f"{apex.shape[1]}x{apex.shape[0]}: frames of one clip must have the same size"
+        )
+    return process_pair(onset, apex, **settings).flow_image
+
+
+def flow_image_from_file(path: str, size: int) -> np.ndarray:
+    """A saved flow image (PNG written by a builder or by --save-flow-image) -> uint8 [S, S, 3]."""
+    from mjfn_jax.preprocess import read_frame
+
+    image = read_frame(path)  # RGB, like the datasets' PNGs decode
+    if image.shape[:2] != (size, size):
+        raise ValueError(
+            f"flow image {path} is {image.shape[1]}x{image.shape[0]}; this model takes "
+            f"{size}x{size} (model.input_size). Pass --onset/--apex to compute one at that size."
+        )
+    return image
+
+
+def restore_fold(workdir: str, fold: str, config):
+    """(program, state, meta) of the fold's latest checkpoint.
+
+    The train state's structure comes from ``jax.eval_shape`` of the engine's own init (model
+    params, BN statistics, optimizer state and, with early stopping, the best-on-validation
+    copies), so it always matches what ``mjfn_jax.train`` saved with the same config.
+    """
+    import jax
+
+    from mjfn_jax.checkpoint import FoldCheckpointer
+    from mjfn_jax.engine import FoldProgram
+
+    program = FoldProgram(config, steps_per_epoch=1)  # the schedule length is irrelevant here
+    like = jax.eval_shape(program.init, jax.random.key(0))
+    ckpt = FoldCheckpointer(workdir, fold)
+    try:
+        epochs = ckpt.epochs()
+        if not epochs:
+            raise FileNotFoundError(f"fold {fold!r} has no checkpoint in {ckpt.fold_dir}")
+        state, meta = ckpt.restore(epochs[-1], like)
+        meta = dict(meta, epoch=epochs[-1], finished=ckpt.is_done())
+    finally:
+        ckpt.close()
+    return program, state, meta
+
+
+def class_probabilities(program, state, flow_image: np.ndarray) -> np.ndarray:
+    """uint8 [S, S, 3] flow image -> float64 [C] class probabilities (fused head, eval mode)."""
+    import jax
+    import jax.numpy as jnp
+
+    data = {"images": jnp.asarray(flow_image[None]), "labels": jnp.zeros((1,), jnp.int32)}
+    log_probs = jax.jit(program.predict)(state, data, jnp.zeros((1,), jnp.int32))  # [1, C]
+    return np.exp(np.asarray(log_probs, np.float64)[0])
+
+
+def class_names_for(workdir: str, config) -> tuple[str, ...]:
+    """From the run's results.json; else the 3-class task names; else class0, class1, ..."""
+    path = os.path.join(workdir, "results.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return tuple(json.load(f)["class_names"])
+    num_classes = int(config.model.num_classes)
+    if num_classes == 3 and config.data.name in ("synthetic", "smic", "megc2019"):
+        return ("negative", "positive", "surprise")
+    return tuple(f"class{i}" for i in range(num_classes))
+
+
+def predict(
+    workdir: str,
+    fold: str,
+    *,
+    onset: str | None = None,
+    apex: str | None = None,
+    flow_image: str | None = None,
+    crop: str | None = None,
+) -> dict:
+    """Probabilities of one clip. Returns fold, epoch, class_names, probs [C], pred, settings
+    and the flow image (uint8 [S, S, 3]) that went into the model."""
+    if (flow_image is None) == (onset is None or apex is None) or (onset is None) != (apex is None):
+        raise ValueError("give either both onset and apex frames, or one flow image")
+    config = load_run_config(workdir)
+    fold_name = resolve_fold(workdir, fold)
+    settings = preprocessing_settings(config, crop)
+    if flow_image is not None:
+        image = flow_image_from_file(flow_image, settings["size"])
+    else:
+        image = flow_image_from_pair(onset, apex, settings)
+    program, state, meta = restore_fold(workdir, fold_name, config)
+    probs = class_probabilities(program, state, image)
+    names = class_names_for(workdir, config)
+    if len(names) != probs.size:
+        names = tuple(f"class{i}" for i in range(probs.size))
+    return {
+        "fold": fold_name,
+        "epoch": meta["epoch"],
+        "finished": meta["finished"],
+        "num_epochs": int(config.train.num_epochs),
+        "class_names": names,
+        "probs": probs,
+        "pred": names[int(np.argmax(probs))],
+        "settings": settings,
+        "flow_image": image,
+    }
+
+
+def format_prediction(result: dict) -> str:
+    status = "" if result["finished"] else " (fold NOT finished training)"
+    lines = [
+        f"fold {result['fold']}: checkpoint after epoch {result['epoch']} of "
+        f"{result['num_epochs']}{status}",
+        "preprocessing: " + ", ".join(f"{k}={v}" for k, v in result["settings"].items()),
+        f"{'class':<14}probability",
+    ]
+    pairs = zip(result["class_names"], result["probs"], strict=True)
+    lines += [f"{name:<14}{prob:.4f}" for name, prob in pairs]
+    return "\n".join(lines + [f"prediction: {result['pred']}"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mjfn_jax.predict", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--workdir", required=True, help="training workdir (config.json, folds/)")
+    p.add_argument("--fold", required=True, help="fold name or subject id, e.g. casme2/sub01")
+    p.add_argument("--onset", help="onset frame image file")
+    p.add_argument("--apex", help="apex frame image file")
+    p.add_argument("--flow-image", help="an already computed flow image (PNG) instead")
+    p.add_argument("--crop", choices=("haar", "center", "none"), help="override the face crop")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--save-flow-image", help="also write the model's input flow image here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.flow_image is None and (args.onset is None or args.apex is None):
+        _parser().error("give --onset and --apex, or --flow-image")
+    if args.flow_image is not None and (args.onset or args.apex):
+        _parser().error("--flow-image excludes --onset/--apex")
+    try:
+        result = predict(
+            args.workdir, args.fold, onset=args.onset, apex=args.apex,
+            flow_image=args.flow_image, crop=args.crop,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.save_flow_image:
+        import cv2
+
+        cv2.imwrite(args.save_flow_image, result["flow_image"][..., ::-1])  # RGB -> BGR
+    if args.json:
+        out = {k: v for k, v in result.items() if k != "flow_image"}
+        out["probs"] = dict(zip(result["class_names"], map(float, result["probs"]), strict=True))
+        print(json.dumps(out, indent=1))
+    else:
+        print(format_prediction(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
