@@ -69,7 +69,9 @@ def _draw(ax, epochs, values, color: str, label: str, dashed: bool) -> None:
     with np.errstate(invalid="ignore"):
         mean = np.nanmean(values, axis=0)
     name = label if dashed else f"train {label}"
-    ax.plot(epochs, mean, style, color=color, linewidth=2.2, label=f"{name} (mean of folds)")
+    marker = "o" if len(epochs) <= 5 else None  # a 1-epoch run is a single point
+    ax.plot(epochs, mean, style, color=color, linewidth=2.2, marker=marker,
+            label=f"{name} (mean of folds)")  # fmt: skip
 
 
 def plot_curves(history: Mapping[str, Sequence[Mapping]], path: str, title: str = "") -> str | None:

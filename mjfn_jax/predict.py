@@ -58,13 +58,18 @@ def available_folds(workdir: str) -> list[str]:
 
 
 def resolve_fold(workdir: str, fold: str) -> str:
-    """Accepts a fold name ("casme2__sub01", "fold03") or a subject id ("casme2/sub01")."""
+    """Accepts a fold name ("casme2__sub01", "fold03"), a subject id ("casme2/sub01") or an
+    unambiguous subject id without its source prefix ("sub01")."""
     from mjfn_jax.folds import sanitize_fold_name
 
     folds = available_folds(workdir)
     for candidate in (fold, sanitize_fold_name(fold)):
         if candidate in folds:
             return candidate
+    # A subject id without its source prefix ("sub01" for "casme2__sub01"), if unambiguous.
+    matches = [f for f in folds if f.endswith("__" + sanitize_fold_name(fold))]
+    if len(matches) == 1:
+        return matches[0]
     shown = ", ".join(folds[:40]) + (f", ... ({len(folds)} in all)" if len(folds) > 40 else "")
     raise ValueError(
         f"unknown fold {fold!r} in {workdir}; folds with a checkpoint: {shown or 'none'}"

@@ -117,6 +117,13 @@ def _data_name(config) -> str | None:
         return None
 
 
+def _default_title(framework: str, config: Mapping | None) -> str:
+    try:
+        return f"MJFN ({framework}): {config['data']['name']}/{config['data']['builder_config']}"
+    except (KeyError, TypeError):
+        return f"MJFN ({framework})"
+
+
 def _oracle_block(oracle: Mapping, y_true, names) -> dict:
     if "y_pred" not in oracle:
         raise ValueError("oracle must be a mapping with 'y_pred' [N] (best-epoch-on-test preds)")
@@ -197,7 +204,7 @@ def write_report(
         row["subjects"] = sorted(set(subjects[folds == row["fold"]]))
     results = {
         "schema_version": SCHEMA_VERSION,
-        "title": title or f"MJFN ({framework})",
+        "title": title or _default_title(framework, config_dict),
         "framework": framework,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": package_versions(),
@@ -211,7 +218,7 @@ def write_report(
         "per_fold": fold_rows,
         "timing": _json_safe(timing) if timing is not None else None,
         "config": config_dict,
-        "history_final": _history_summary(history) if history else None,
+        "history_final": _json_safe(_history_summary(history)) if history else None,
     }
     if published:
         results["published"] = {
@@ -224,6 +231,8 @@ def write_report(
     title = results["title"]
     plots.plot_confusion(results["pooled"]["confusion"], names, files["confusion"], title)
     if not history or plots.plot_curves(history, files["curves"], title) is None:
+        if os.path.exists(files["curves"]):
+            os.remove(files["curves"])  # a stale figure of an earlier report in this workdir
         files.pop("curves")
     if history:
         files["history"] = os.path.join(workdir, "history.json")

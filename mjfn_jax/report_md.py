@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 SOURCE_NAMES = {"smic": "SMIC", "casme2": "CASME II", "samm": "SAMM", "synthetic": "synthetic"}
@@ -9,6 +10,12 @@ SOURCE_NAMES = {"smic": "SMIC", "casme2": "CASME II", "samm": "SAMM", "synthetic
 
 def _f(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return json.dumps(v) if isinstance(v, dict | list) else str(v)
 
 
 def _table(header: list[str], rows: list[list], align: str | None = None) -> list[str]:
@@ -73,7 +80,7 @@ def _per_fold(r: Mapping) -> list[str]:
         "",
     ]
     # LOSO folds are named after their one subject: a subjects column only for k-fold runs.
-    loso = all(f["subjects"] == [f["fold"]] for f in r["per_fold"])
+    loso = all(len(f["subjects"]) == 1 for f in r["per_fold"])
     rows = [
         [f["fold"], *([] if loso else [", ".join(f["subjects"])]), f["n"], f["correct"],
          _f(f["accuracy"]), _f(f["uf1"]), ", ".join(f["absent_classes"]) or "-"]
@@ -89,12 +96,13 @@ def _curves_and_timing(r: Mapping) -> list[str]:
     if "curves" in r.get("files", {}):
         out += ["## Training curves", "", f"![training curves]({r['files']['curves']})", ""]
     if r.get("history_final"):
-        rows = [[k, f"{v:.4f}"] for k, v in r["history_final"].items() if k != "epoch"]
+        rows = [[k, _f(v)] for k, v in r["history_final"].items() if k != "epoch"]
         out += ["Mean over folds of the last epoch's training record:", ""]
         out += _table(["field", "value"], rows)
     if r.get("timing"):
         out += ["## Timing", ""]
-        out += _table(["field", "value"], [[k, v] for k, v in r["timing"].items()], "ll")
+        rows = [[k, _value(v)] for k, v in r["timing"].items()]
+        out += _table(["field", "value"], rows, "ll")
     return out
 
 

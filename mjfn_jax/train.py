@@ -61,18 +61,22 @@ def _lift(fn, vmapped: bool, in_axes: tuple):
 class GroupRunner:
     """Compiled programs for groups of ``group_size`` folds on one mesh."""
 
-    def __init__(self, program: FoldProgram, mesh, vmapped: bool):
+    def __init__(self, program: FoldProgram, mesh, vmapped: bool, shared=None):
+        """shared: (init, predict) jitted by an earlier runner with the same model, optimizer
+        kind and mesh (they do not depend on learning-rate values, so need no recompiling)."""
         self.program, self.mesh, self.vmapped = program, mesh, vmapped
         self.group_sharding = (
             parallel.sharded_leading(mesh) if vmapped else parallel.replicated(mesh)
         )
-        self.init = jax.jit(_lift(program.init, vmapped, (0,)), out_shardings=self.group_sharding)
+        self.init, self._predict = shared or (
+            jax.jit(_lift(program.init, vmapped, (0,)), out_shardings=self.group_sharding),
+            jax.jit(_lift(program.predict, vmapped, (0, None, 0))),
+        )
         self._train = jax.jit(
             _lift(program.train_epochs, vmapped, (0, 0, None, None)),
             donate_argnums=0,
             out_shardings=(self.group_sharding, self.group_sharding),
         )
-        self._predict = jax.jit(_lift(program.predict, vmapped, (0, None, 0)))
         self._compiled: dict[int, object] = {}
         self.compile_s = 0.0
 
@@ -96,17 +100,30 @@ class GroupRunner:
 # Runners (hence compiled programs) reused by later calls in the same process with the same
 # program-relevant config: a notebook or a test suite that reruns a config compiles once.
 _RUNNERS: dict[str, GroupRunner] = {}
+_SHARED: dict[str, tuple] = {}
 _NOT_PROGRAM = ("data", "folds", "checkpoint", "seed")
 
 
 def _get_runner(config, steps: int, mesh, vmapped: bool, data_sharding) -> GroupRunner:
     program_config = {k: v for k, v in config_to_dict(config).items() if k not in _NOT_PROGRAM}
     program_config["train"].pop("stop_after_epochs", None)
-    devices = [d.id for d in mesh.devices.flat]
-    key = json.dumps([program_config, steps, vmapped, mesh.axis_names, devices], sort_keys=True)
+    placement = [vmapped, mesh.axis_names, [d.id for d in mesh.devices.flat]]
+    key = json.dumps([program_config, steps, placement], sort_keys=True)
+    train = config.train
+    shared_key = json.dumps(
+        [
+            program_config["model"],
+            [train.optimizer, train.grad_clip_norm > 0, train.early_stopping_patience > 0],
+            train.eval_batch_size,
+            placement,
+        ],
+        sort_keys=True,
+    )
     if key not in _RUNNERS:
         program = FoldProgram(config, steps_per_epoch=steps, data_sharding=data_sharding)
-        _RUNNERS[key] = GroupRunner(program, mesh, vmapped)
+        shared = _SHARED.get(shared_key)
+        _RUNNERS[key] = GroupRunner(program, mesh, vmapped, shared)
+        _SHARED[shared_key] = (_RUNNERS[key].init, _RUNNERS[key]._predict)
     return _RUNNERS[key]
 
 

@@ -168,7 +168,9 @@ def test_cross_entropy_matches_definition(smoothing, weights):
     logits = rng.normal(size=(6, 3)).astype(np.float32) * 3
     labels = np.array([0, 1, 2, 1, 1, 0], np.int32)
     cw = None if weights is None else jnp.asarray(weights, jnp.float32)
-    got = cross_entropy(jnp.asarray(logits), jnp.asarray(labels), label_smoothing=smoothing, class_weights=cw)
+    got = cross_entropy(
+        jnp.asarray(logits), jnp.asarray(labels), label_smoothing=smoothing, class_weights=cw
+    )
     np.testing.assert_allclose(got, _reference_ce(logits, labels, smoothing, weights), rtol=1e-5)
 
 
@@ -193,8 +195,12 @@ def test_mjfn_loss_is_weighted_sum_of_heads():
     loss, aux = mjfn_loss(outputs, labels, head_loss_weights=weights, label_smoothing=0.1)
     assert set(aux) == {f"loss/{h}" for h in HEADS}
     for h in HEADS:
-        np.testing.assert_allclose(aux[f"loss/{h}"], _reference_ce(outputs[h], labels, 0.1), rtol=1e-5)
-    np.testing.assert_allclose(loss, sum(w * aux[f"loss/{h}"] for w, h in zip(weights, HEADS)), rtol=1e-6)
+        np.testing.assert_allclose(
+            aux[f"loss/{h}"], _reference_ce(outputs[h], labels, 0.1), rtol=1e-5
+        )
+    np.testing.assert_allclose(
+        loss, sum(w * aux[f"loss/{h}"] for w, h in zip(weights, HEADS, strict=True)), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="head_loss_weights"):
         mjfn_loss(outputs, labels, head_loss_weights=(1.0, 1.0))
 
@@ -222,7 +228,10 @@ def test_summary_counts_and_flops():
     summary = model_summary(cfg)
     real = count_params(MJFN(cfg, rngs=nnx.Rngs(0)))
     assert summary["params"] == real
-    total = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(MJFN(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
+    total = sum(
+        int(np.prod(v.shape))
+        for v in jax.tree.leaves(nnx.state(MJFN(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+    )
     assert real["total"] == total
     # Heads: 4 linear layers C x width + C biases.
     assert real["heads"] == 3 * (16 + 8 + 8 + 16) + 4 * 3

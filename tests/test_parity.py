@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -76,7 +75,11 @@ def assert_state_close(torch_model, jax_model, tol=TOL, what="all"):
 
 @pytest.mark.parametrize(
     "size, blocks, fusion",
-    [(32, (1, 1, 1, 1), "mean_prob"), (48, (1, 1, 1, 1), "learned"), (32, (2, 2, 2, 2), "mean_logit")],
+    [
+        (32, (1, 1, 1, 1), "mean_prob"),
+        (48, (1, 1, 1, 1), "learned"),
+        (32, (2, 2, 2, 2), "mean_logit"),
+    ],
 )
 def test_eval_outputs_match(size, blocks, fusion):
     cfg = tiny_config(size, blocks, fusion)
@@ -111,6 +114,7 @@ def test_one_sgd_step_matches():
     loss_kwargs = dict(head_loss_weights=(1.0, 0.5, 0.5, 2.0), label_smoothing=0.1)
     weights = np.array([1.0, 2.0, 3.0], np.float32)
 
+    before = {k: v.clone() for k, v in torch_model.state_dict().items()}
     torch_model.train()
     torch_opt = torch.optim.SGD(torch_model.parameters(), lr=0.1)
     torch_loss, _ = mjfn_loss_torch(
@@ -127,13 +131,17 @@ def test_one_sgd_step_matches():
 
     def loss_fn(model):
         out = model(jnp.asarray(x))
-        return mjfn_loss(out, jnp.asarray(labels), class_weights=jnp.asarray(weights), **loss_kwargs)[0]
+        return mjfn_loss(
+            out, jnp.asarray(labels), class_weights=jnp.asarray(weights), **loss_kwargs
+        )[0]
 
     jax_loss, grads = nnx.value_and_grad(loss_fn)(jax_model)
     optimizer.update(jax_model, grads)
 
     assert abs(float(jax_loss) - torch_loss.item()) <= TOL
     assert_state_close(torch_model, jax_model)  # params and running stats after the step
+    step_size = max((torch_model.state_dict()[k] - v).abs().max().item() for k, v in before.items())
+    assert step_size > 1e-2  # the step really moved the weights
 
 
 def test_reverse_interop_round_trips_exactly():
@@ -149,7 +157,9 @@ def test_reverse_interop_round_trips_exactly():
     original = nnx.to_flat_state(nnx.state(jax_model, nnx.Any(nnx.Param, nnx.BatchStat)))
     restored = dict(nnx.to_flat_state(nnx.state(back, nnx.Any(nnx.Param, nnx.BatchStat))))
     for path, var in original:
-        np.testing.assert_array_equal(np.asarray(var[...]), np.asarray(restored[path][...]), err_msg=str(path))
+        np.testing.assert_array_equal(
+            np.asarray(var[...]), np.asarray(restored[path][...]), err_msg=str(path)
+        )
     torch_model.eval()
     jax_model.eval()
     x = inputs(cfg)

@@ -167,3 +167,16 @@ def test_input_validation(tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):
         write_report(str(tmp_path), **run)
     assert n > 3
+
+
+def test_non_finite_history_gives_valid_json_and_no_stale_curves(tmp_path):
+    run = _run()
+    first_fold = next(iter(run["history"]))
+    run["history"][first_fold][-1]["loss"] = float("nan")
+    write_report(str(tmp_path), **run)
+    text = (tmp_path / "results.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert (tmp_path / "curves.png").exists()
+    run["history"] = None
+    write_report(str(tmp_path), **run)  # same workdir, now without curves
+    assert not (tmp_path / "curves.png").exists()

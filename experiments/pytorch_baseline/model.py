@@ -80,7 +80,9 @@ class MJFNTorch(nn.Module):
             raise ValueError(f"unknown fusion {self.fusion!r}")
         self.stem = ConvBN(3, widths[0], 3, int(model_config.stem_stride))
         stages, in_ch = [], widths[0]
-        for width, blocks, stride in zip(widths, model_config.blocks_per_stage, STAGE_STRIDES):
+        for width, blocks, stride in zip(
+            widths, model_config.blocks_per_stage, STAGE_STRIDES, strict=True
+        ):
             stage = []
             for b in range(blocks):
                 stage.append(BasicBlock(in_ch, width, stride if b == 0 else 1))
@@ -136,7 +138,7 @@ def mjfn_loss_torch(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Twin of ``mjfn_jax.models.mjfn_loss``: weighted sum of per-head F.cross_entropy."""
     aux, total = {}, outputs[HEADS[0]].new_zeros(())
-    for name, weight in zip(HEADS, head_loss_weights):
+    for name, weight in zip(HEADS, head_loss_weights, strict=True):
         head_loss = F.cross_entropy(
             outputs[name], labels.long(), weight=class_weights, label_smoothing=label_smoothing
         )

@@ -54,16 +54,25 @@ class FlowImages(TorchDataset):
     def __getitem__(self, i: int):
         img = self.images[i].astype(np.float32) / 255.0  # [H, W, 3]
         # torch's global RNG: seeded by torch.manual_seed and per DataLoader worker.
-        if self.hflip and torch.rand(()) < 0.5:
-            img = img[:, ::-1].copy()
-            img[..., 0] = 1.0 - img[..., 0]
+        flip = self.hflip and bool(torch.rand(()) < 0.5)
         t = self.max_translate
-        if t > 0:
-            dy, dx = torch.randint(-t, t + 1, (2,)).tolist()
-            padded = np.pad(img, ((t, t), (t, t), (0, 0)))
-            h, w = img.shape[:2]
-            img = padded[t - dy : t - dy + h, t - dx : t - dx + w]
-        return torch.from_numpy(np.ascontiguousarray(img)), self.labels[i]
+        dy, dx = torch.randint(-t, t + 1, (2,)).tolist() if t > 0 else (0, 0)
+        img = augment_image(img, flip=flip, shift=(dy, dx), pad=t)
+        return torch.from_numpy(img), self.labels[i]
+
+
+def augment_image(img: np.ndarray, *, flip: bool, shift: tuple[int, int], pad: int) -> np.ndarray:
+    """``mjfn_jax.augment`` on one float image [H, W, 3]: optional flow-aware flip (mirror W,
+    u -> 1 - u), then a zero-padded shift by (dy, dx), |dy|, |dx| <= pad."""
+    if flip:
+        img = img[:, ::-1].copy()
+        img[..., 0] = 1.0 - img[..., 0]
+    if pad > 0:
+        dy, dx = shift
+        h, w = img.shape[:2]
+        padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)))
+        img = padded[pad - dy : pad - dy + h, pad - dx : pad - dx + w]
+    return np.ascontiguousarray(img)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int):

@@ -109,9 +109,7 @@ class BasicBlock(nnx.Module):
     The shortcut is a 1x1 conv-BN projection where stride or width changes, else identity.
     """
 
-    def __init__(
-        self, in_ch: int, out_ch: int, stride: int, *, dtype: jnp.dtype, rngs: nnx.Rngs
-    ):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.conv1 = ConvBN(in_ch, out_ch, 3, stride, dtype=dtype, rngs=rngs)
         self.conv2 = ConvBN(out_ch, out_ch, 3, 1, relu=False, dtype=dtype, rngs=rngs)
         if stride != 1 or in_ch != out_ch:

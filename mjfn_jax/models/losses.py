@@ -64,7 +64,7 @@ def mjfn_loss(
             f"labels must be [B] with B={outputs[HEADS[0]].shape[0]}; got {tuple(labels.shape)}"
         )
     aux, total = {}, jnp.zeros((), jnp.float32)
-    for name, weight in zip(HEADS, head_loss_weights):
+    for name, weight in zip(HEADS, head_loss_weights, strict=True):
         head_loss = cross_entropy(
             outputs[name], labels, label_smoothing=label_smoothing, class_weights=class_weights
         )

@@ -28,7 +28,9 @@ def _validate_config(cfg) -> None:
             f"{tuple(cfg.widths)} and {tuple(cfg.blocks_per_stage)}"
         )
     if min(cfg.blocks_per_stage) < 1 or min(cfg.widths) < 1:
-        raise ValueError(f"model.widths/blocks_per_stage must be >= 1: {cfg.widths}, {cfg.blocks_per_stage}")
+        raise ValueError(
+            f"model.widths/blocks_per_stage must be >= 1: {cfg.widths}, {cfg.blocks_per_stage}"
+        )
     if cfg.fusion not in FUSIONS:
         raise ValueError(f"model.fusion must be one of {FUSIONS}, got {cfg.fusion!r}")
     if cfg.dtype not in DTYPES:
@@ -63,7 +65,9 @@ class MJFN(nnx.Module):
         dt, widths = self.dtype, tuple(model_config.widths)
         self.stem = ConvBN(3, widths[0], 3, model_config.stem_stride, dtype=dt, rngs=rngs)
         stages, in_ch = [], widths[0]
-        for width, blocks, stride in zip(widths, model_config.blocks_per_stage, STAGE_STRIDES):
+        for width, blocks, stride in zip(
+            widths, model_config.blocks_per_stage, STAGE_STRIDES, strict=True
+        ):
             stage = []
             for b in range(blocks):
                 stage.append(BasicBlock(in_ch, width, stride if b == 0 else 1, dtype=dt, rngs=rngs))
@@ -72,7 +76,14 @@ class MJFN(nnx.Module):
         self.stages = nnx.List(stages)
         self.jfms = nnx.List(
             [
-                JFM(widths[k], widths[k + 1], self.num_classes, model_config.dropout, dtype=dt, rngs=rngs)
+                JFM(
+                    widths[k],
+                    widths[k + 1],
+                    self.num_classes,
+                    model_config.dropout,
+                    dtype=dt,
+                    rngs=rngs,
+                )
                 for k in range(3)
             ]
         )

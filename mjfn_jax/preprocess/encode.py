@@ -13,12 +13,14 @@ ENCODINGS = ("uvs", "hsv")
 def minmax_uint8(channels: np.ndarray) -> np.ndarray:
     """Per-channel min-max of a float [H, W, C] array to uint8 [0, 255] (rounded).
 
-    A constant channel (max == min) maps to 0 instead of dividing by zero.
+    A constant channel maps to 0 instead of dividing by zero. "Constant" means a span below
+    1e-6 (pixels, for flow): float rounding noise in an in-principle constant channel (e.g. the
+    strain of an affine flow) must not be stretched to the full 0..255 range.
     """
     x = channels.astype(np.float64)
     low = x.min(axis=(0, 1), keepdims=True)
     span = x.max(axis=(0, 1), keepdims=True) - low
-    scaled = np.divide(x - low, span, out=np.zeros_like(x), where=span > 0)
+    scaled = np.divide(x - low, span, out=np.zeros_like(x), where=span > 1e-6)
     return np.rint(scaled * 255.0).astype(np.uint8)
 
 

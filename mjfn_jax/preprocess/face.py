@@ -98,8 +98,11 @@ def detect_face_box(gray: np.ndarray, *, margin: float = 0.1, max_side: int = 64
     """
     height, width = gray.shape
     scale = min(1.0, max_side / max(height, width))
-    small = gray if scale == 1.0 else cv2.resize(gray, None, fx=scale, fy=scale,
-                                                 interpolation=cv2.INTER_AREA)
+    small = (
+        gray
+        if scale == 1.0
+        else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    )
     min_face = max(24, int(0.15 * min(small.shape)))
     faces = _haar_detector().detectMultiScale(
         cv2.equalizeHist(small), scaleFactor=1.1, minNeighbors=5, minSize=(min_face, min_face)

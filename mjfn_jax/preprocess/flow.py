@@ -21,8 +21,9 @@ FLOW_METHODS = ("tvl1", "farneback", "dis")
 TVL1_PARAMS = dict(nscales=3, warps=3)
 # Farneback: OpenCV's documented example values (pyr_scale, levels, winsize, iterations,
 # poly_n, poly_sigma, flags).
-FARNEBACK_PARAMS = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5,
-                        poly_sigma=1.2, flags=0)
+FARNEBACK_PARAMS = dict(
+    pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0
+)
 
 # The cv2 flow objects keep internal buffers: one per thread.
 _local = threading.local()
@@ -43,8 +44,9 @@ def compute_flow(onset_gray: np.ndarray, apex_gray: np.ndarray, method: str = "t
     if method not in FLOW_METHODS:
         raise ValueError(f"flow_method must be one of {FLOW_METHODS}, got {method!r}")
     if onset_gray.shape != apex_gray.shape or onset_gray.ndim != 2:
-        raise ValueError(f"flow needs two gray images of one shape: {onset_gray.shape}, "
-                         f"{apex_gray.shape}")
+        raise ValueError(
+            f"flow needs two gray images of one shape: {onset_gray.shape}, {apex_gray.shape}"
+        )
     if method == "farneback":
         flow = cv2.calcOpticalFlowFarneback(onset_gray, apex_gray, None, **FARNEBACK_PARAMS)
     else:

@@ -45,13 +45,20 @@ def context_region(frame: np.ndarray, box: Box, fraction: float) -> tuple[np.nda
     x0, y0 = box.x - pad_x, box.y - pad_y
     x1, y1 = box.x + box.w + pad_x, box.y + box.h + pad_y
     inside = frame[max(y0, 0) : min(y1, height), max(x0, 0) : min(x1, width)]
-    region = cv2.copyMakeBorder(inside, max(-y0, 0), max(y1 - height, 0), max(-x0, 0),
-                                max(x1 - width, 0), cv2.BORDER_REPLICATE)
+    region = cv2.copyMakeBorder(
+        inside,
+        max(-y0, 0),
+        max(y1 - height, 0),
+        max(-x0, 0),
+        max(x1 - width, 0),
+        cv2.BORDER_REPLICATE,
+    )
     return region, pad_x, pad_y
 
 
-def flow_on_box(onset_gray: np.ndarray, apex_gray: np.ndarray, box: Box, work: int,
-                method: str, context: float) -> np.ndarray:
+def flow_on_box(
+    onset_gray: np.ndarray, apex_gray: np.ndarray, box: Box, work: int, method: str, context: float
+) -> np.ndarray:
     """Flow over `box` at work x work pixels (float32 [work, work, 2], work-pixel units).
 
     The region around the box (context_region) is resized by the box's scale work / box side;

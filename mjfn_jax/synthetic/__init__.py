@@ -7,6 +7,7 @@ builder; `make_flow_arrays` encodes the true flows directly (fast; benchmark and
 from mjfn_jax.synthetic.faces import FaceGeometry, render_neutral, sample_geometry
 from mjfn_jax.synthetic.generate import (
     ANNOTATION_COLUMNS,
+    GENERATOR_VERSION,
     clip_labels,
     clip_spec,
     clips_per_subject_counts,
@@ -20,6 +21,7 @@ from mjfn_jax.synthetic.motion import CLASS_NAMES, ClipSpec, render_clip, true_f
 __all__ = [
     "ANNOTATION_COLUMNS",
     "CLASS_NAMES",
+    "GENERATOR_VERSION",
     "ClipSpec",
     "FaceGeometry",
     "clip_labels",

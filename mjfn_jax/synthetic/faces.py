@@ -118,34 +118,72 @@ def render_neutral(geometry: FaceGeometry, rng: np.random.Generator) -> np.ndarr
     cv2.ellipse(canvas, p((cx, cy)), (r(ax), r(ay)), 0, 0, 360, skin.tolist(), -1, cv2.LINE_AA)
     hair = (skin * rng.uniform(0.15, 0.45)).tolist()
     hair_line = cy - ay * rng.uniform(0.6, 0.8)  # forehead top: between brows and the crown
-    cv2.ellipse(canvas, p((cx, hair_line)), (r(ax * 1.05), r(ay * 0.45)), 0, 180, 360, hair, -1,
-                cv2.LINE_AA)
+    cv2.ellipse(
+        canvas, p((cx, hair_line)), (r(ax * 1.05), r(ay * 0.45)), 0, 180, 360, hair, -1, cv2.LINE_AA
+    )
     pts = geometry.points()
     dark = (skin * rng.uniform(0.2, 0.4)).tolist()
     lips = (skin * np.array([1.0, 0.6, 0.6]) * rng.uniform(0.7, 0.9)).tolist()
     for side in ("l", "r"):
         eye = pts[f"{side}_eye"]
-        cv2.ellipse(canvas, p(eye), (r(geometry.eye_r * 1.6), r(geometry.eye_r)), 0, 0, 360,
-                    (235, 235, 235), -1, cv2.LINE_AA)
+        cv2.ellipse(
+            canvas,
+            p(eye),
+            (r(geometry.eye_r * 1.6), r(geometry.eye_r)),
+            0,
+            0,
+            360,
+            (235, 235, 235),
+            -1,
+            cv2.LINE_AA,
+        )
         cv2.circle(canvas, p(eye), r(geometry.eye_r * 0.7), dark, -1, cv2.LINE_AA)
-        cv2.ellipse(canvas, p(eye), (r(geometry.eye_r * 1.7), r(geometry.eye_r * 1.1)), 0, 180,
-                    360, dark, r(0.8), cv2.LINE_AA)
+        cv2.ellipse(
+            canvas,
+            p(eye),
+            (r(geometry.eye_r * 1.7), r(geometry.eye_r * 1.1)),
+            0,
+            180,
+            360,
+            dark,
+            r(0.8),
+            cv2.LINE_AA,
+        )
         brow = np.array([p(pts[f"{side}_brow_{n}"]) for n in ("in", "mid", "out")], np.int32)
         cv2.polylines(canvas, [brow], False, dark, r(geometry.size * 0.025), cv2.LINE_AA)
-        cv2.circle(canvas, p(pts[f"{side}_ala"]), r(geometry.nose_half_w * 0.35), dark, -1,
-                   cv2.LINE_AA)
+        cv2.circle(
+            canvas, p(pts[f"{side}_ala"]), r(geometry.nose_half_w * 0.35), dark, -1, cv2.LINE_AA
+        )
         fold = np.array([p(pts[f"{side}_ala"]), p(pts[f"{side}_corner"])], np.int32)
         cv2.polylines(canvas, [fold], False, (skin * 0.8).tolist(), r(0.8), cv2.LINE_AA)
-    cv2.line(canvas, p(pts["nose_bridge"]), p((cx, geometry.nose_y)), (skin * 0.8).tolist(),
-             r(1.0), cv2.LINE_AA)
-    cv2.ellipse(canvas, p((cx, geometry.mouth_y)), (r(geometry.mouth_half_w), r(geometry.lip_h)),
-                0, 0, 360, lips, -1, cv2.LINE_AA)
+    cv2.line(
+        canvas,
+        p(pts["nose_bridge"]),
+        p((cx, geometry.nose_y)),
+        (skin * 0.8).tolist(),
+        r(1.0),
+        cv2.LINE_AA,
+    )
+    cv2.ellipse(
+        canvas,
+        p((cx, geometry.mouth_y)),
+        (r(geometry.mouth_half_w), r(geometry.lip_h)),
+        0,
+        0,
+        360,
+        lips,
+        -1,
+        cv2.LINE_AA,
+    )
     cv2.line(canvas, p(pts["l_corner"]), p(pts["r_corner"]), dark, r(0.7), cv2.LINE_AA)
     image = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
     # Skin texture (pores, freckles: fine and medium scale) lets flow be measured on the cheeks;
     # a linear lighting ramp of random direction and strength shades the whole frame.
-    texture = 1.0 + rng.uniform(0.06, 0.14) * _smooth_noise(rng, size, 0.8) + rng.uniform(
-        0.04, 0.1) * _smooth_noise(rng, size, 3.0)
+    texture = (
+        1.0
+        + rng.uniform(0.06, 0.14) * _smooth_noise(rng, size, 0.8)
+        + rng.uniform(0.04, 0.1) * _smooth_noise(rng, size, 3.0)
+    )
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = (np.mgrid[0:size, 0:size] - size / 2) / geometry.size
     light = 1.0 + rng.uniform(0.1, 0.35) * (np.cos(angle) * xx + np.sin(angle) * yy)

@@ -20,6 +20,9 @@ from mjfn_jax.preprocess import encode_flow, resize_flow
 from mjfn_jax.synthetic.faces import FaceGeometry, render_neutral, sample_geometry
 from mjfn_jax.synthetic.motion import CLASS_NAMES, ClipSpec, render_clip, sample_clip, true_flow
 
+# Bumped whenever the output for a given seed changes; callers that cache generated data (the
+# synthetic TFDS builder) can put it in their cache key.
+GENERATOR_VERSION = 1
 ANNOTATION_COLUMNS = ("subject", "clip", "onset_frame", "apex_frame", "offset_frame", "emotion")
 _GEOMETRY, _APPEARANCE, _CLIP = 1, 2, 3  # stream tags (distinct SeedSequence entropy)
 
@@ -42,8 +45,9 @@ def clip_spec(seed: int, subject: int, clip: int, label: int) -> ClipSpec:
     return sample_clip(np.random.default_rng([seed, _CLIP, subject, clip + 1]), int(label))
 
 
-def clips_per_subject_counts(num_subjects: int, clips_per_subject: int | None,
-                             num_samples: int | None) -> list[int]:
+def clips_per_subject_counts(
+    num_subjects: int, clips_per_subject: int | None, num_samples: int | None
+) -> list[int]:
     """Clip count of each subject: all equal, or `num_samples` spread as evenly as possible."""
     if num_samples is None:
         if clips_per_subject is None or clips_per_subject < 1:
@@ -55,8 +59,9 @@ def clips_per_subject_counts(num_subjects: int, clips_per_subject: int | None,
     return [base + (i < extra) for i in range(num_subjects)]
 
 
-def _write_subject(out_dir: str, seed: int, subject: int, num_clips: int,
-                   frame_size: int) -> list[tuple]:
+def _write_subject(
+    out_dir: str, seed: int, subject: int, num_clips: int, frame_size: int
+) -> list[tuple]:
     """Renders and writes one subject's clips; returns its annotation rows."""
     cv2.setNumThreads(1)  # parallelism is across subjects
     geometry = subject_geometry(seed, subject, frame_size)
@@ -75,8 +80,16 @@ def _write_subject(out_dir: str, seed: int, subject: int, num_clips: int,
         flow_dir.mkdir(parents=True, exist_ok=True)
         np.save(flow_dir / f"{clip_name}.npy", true_flow(geometry, spec).astype(np.float32))
         start = spec.start_frame
-        rows.append((name, clip_name, start, start + spec.apex_index,
-                     start + spec.num_frames - 1, CLASS_NAMES[label]))
+        rows.append(
+            (
+                name,
+                clip_name,
+                start,
+                start + spec.apex_index,
+                start + spec.num_frames - 1,
+                CLASS_NAMES[label],
+            )
+        )
     return rows
 
 

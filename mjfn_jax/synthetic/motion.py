@@ -2,7 +2,7 @@
 
 An AU is a set of Gaussian bumps of displacement centred on landmarks. A clip's motion at
 frame t maps the neutral face point x to  phi_t(x) = x + s(t) * d(x) + (t / T) * h(x):
-d is the expression field (sum of the clip's AUs, plus an occasional blink), s(t) the
+d is the expression field (the class's AUs plus random distractor AUs), s(t) the
 onset-apex-offset profile (s = 0 at onset, 1 at apex), h the head motion (sub-pixel translation,
 rotation and scale, plus a small smooth non-rigid wobble) growing linearly over the clip.
 Frame t is the neutral face warped forward by phi_t: frame_t(phi_t(x)) = neutral(x), rendered
@@ -11,6 +11,12 @@ by a backward map (cv2.remap) with phi_t^-1 found by fixed-point iteration.
 Since phi_onset is the identity, the true onset->apex flow is f(x) = phi_apex(x) - x =
 d(x) + h(x) at apex (the apex's head term scaled by t_apex / T), in OpenCV's convention:
 apex(x + f(x)) = onset(x). Flow methods estimate exactly this field.
+
+What makes the task hard: the class lives only in WHERE and in which direction the face moves;
+amplitude (0.2-2 px at 128 px, log-uniform), unilateral actions, distractor AUs of any class,
+head rotation/scale and non-rigid wobble, face layout, illumination drift and sensor noise vary.
+A head translation is invisible in the (u, v, strain) encoding (per-channel min-max removes
+constants, strain ignores them) but not in the HSV one.
 """
 
 from __future__ import annotations
@@ -87,8 +93,12 @@ def sample_clip(rng: np.random.Generator, label: int) -> ClipSpec:
         num_frames=num_frames,
         apex_index=int(rng.integers(round(0.3 * num_frames), round(0.6 * num_frames) + 1)),
         residual=float(rng.uniform(0.0, 0.2)),
-        head=(float(rng.normal(0, 0.3)), float(rng.normal(0, 0.3)),
-              float(rng.normal(0, np.deg2rad(0.25))), float(rng.normal(0, 0.004))),
+        head=(
+            float(rng.normal(0, 0.3)),
+            float(rng.normal(0, 0.3)),
+            float(rng.normal(0, np.deg2rad(0.25))),
+            float(rng.normal(0, 0.004)),
+        ),
         wobble_amplitude=float(rng.uniform(0.0, 0.4)),
         gain_change=float(rng.uniform(-0.015, 0.015)),
         ramp_change=float(rng.uniform(-2.0, 2.0)),
@@ -114,8 +124,11 @@ def expression_field(geometry: FaceGeometry, spec: ClipSpec) -> np.ndarray:
     scale = size / 128.0  # amplitudes are specified at 128 pixels
     for au, (left, right) in spec.aus.items():
         for name, (dx, dy), sigma, weight in _AUS[au]:
-            sides = [(name, 1.0, left)] if name in _MIDLINE else [
-                (f"l_{name}", 1.0, left), (f"r_{name}", -1.0, right)]
+            sides = (
+                [(name, 1.0, left)]
+                if name in _MIDLINE
+                else [(f"l_{name}", 1.0, left), (f"r_{name}", -1.0, right)]
+            )
             for point, mirror, level in sides:
                 x0, y0 = pts[point]
                 bump = np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * (sigma * size) ** 2))

@@ -1,0 +1,56 @@
+"""experiments/benchmark.py --preset quick runs end to end and reports both frameworks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import benchmark_report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.timeout(300)
+def test_quick_benchmark_end_to_end(tmp_path):
+    cmd = [sys.executable, "experiments/benchmark.py", "--preset", "quick", "--out",
+           str(tmp_path), "--machine", "testbox", "--no_torch_compile"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "testbox" / "benchmark.json") as f:
+        result = json.load(f)
+    md = (tmp_path / "testbox" / "benchmark.md").read_text()
+    row = result["throughput"]["rows"][0]
+    for name in ("jax_step", "torch_eager"):
+        assert row["variants"][name]["samples_per_s"] > 0, name
+        assert name in md
+    assert result["flops"]["train_flops_per_sample"] > result["flops"]["forward_flops_per_sample"]
+    loso = result["summary"]["loso"]
+    for name in ("jax_sequential", "torch_eager"):
+        assert "error" not in loso[name], loso[name]
+        assert 0.0 <= loso[name]["uf1"]["mean"] <= 1.0
+    assert result["loso_data"] == {"n": 8, "subjects": 2}
+    assert result["summary"]["headline"]["torch_eager_over_fastest_jax"] > 0
+    assert "Headline" in md and md.strip() in proc.stdout  # the table is printed last
+
+
+def test_summary_ratios_and_failures():
+    result = {
+        "throughput": {"rows": [{"batch_size": 4, "variants": {
+            "jax_step": {"samples_per_s": 30.0}, "torch_eager": {"samples_per_s": 10.0},
+            "torch_compiled": {"error": "RuntimeError: no compiler"}}}]},
+        "loso": [
+            {"variant": "jax_sequential", "seed": 0, "wall_s": 10.0, "uf1": 0.5, "uar": 0.5,
+             "accuracy": 0.6},
+            {"variant": "torch_eager", "seed": 0, "wall_s": 40.0, "uf1": 0.4, "uar": 0.5,
+             "accuracy": 0.5},
+            {"variant": "torch_compiled", "seed": 0, "wall_s": 1.0, "error": "boom"},
+        ],
+    }  # fmt: skip
+    s = benchmark_report.summarize(result)
+    assert s["throughput_ratios"][0]["jax_step/torch_eager"] == pytest.approx(3.0)
+    assert s["throughput_ratios"][0]["best_jax/best_torch"] == pytest.approx(3.0)
+    assert s["loso"]["torch_compiled"]["failed"] == 1 and "error" in s["loso"]["torch_compiled"]
+    assert s["headline"]["torch_eager_over_fastest_jax"] == pytest.approx(4.0)
+    assert s["headline"]["fastest_torch"] == "torch_eager"

@@ -1,0 +1,143 @@
+"""The predict command on a tiny workdir trained once by the engine (2 subjects, 1 epoch)."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from mjfn_jax import predict as predict_mod
+from mjfn_jax.config_io import load_config
+
+train = pytest.importorskip("mjfn_jax.train", reason="the training engine (mjfn_jax.train)")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished LOSO run over 2 synthetic subjects (folds synthetic__s01, synthetic__s02)."""
+    from mjfn_jax.data import Dataset
+    from mjfn_jax.synthetic import make_flow_arrays
+
+    arrays = make_flow_arrays(2, 3, 32, 0)
+    dataset = Dataset.from_arrays(
+        arrays["images"],
+        arrays["labels"],
+        arrays["subjects"],
+        arrays["class_names"],
+        clips=arrays["clips"],
+        source="synthetic",
+    )
+    config = load_config(
+        "experiments/configs/synthetic.py:smoke",
+        ["parallel.strategy=sequential", "train.num_epochs=1"],
+    )
+    workdir = str(tmp_path_factory.mktemp("run"))
+    results = train.train_and_evaluate(config, workdir, dataset=dataset)
+    return workdir, dataset, results
+
+
+def _write_rgb(path, image):
+    assert cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1]))
+    return str(path)
+
+
+def test_flow_image_prediction_matches_the_engine(trained, tmp_path):
+    """The clip's own fold reproduces the engine's test prediction for that clip."""
+    workdir, dataset, results = trained
+    i = int(np.flatnonzero(dataset.subjects == "synthetic/s02")[1])
+    path = _write_rgb(tmp_path / "flow.png", dataset.images[i])
+    out = predict_mod.predict(workdir, "synthetic/s02", flow_image=path)
+    assert out["fold"] == "synthetic__s02" and out["epoch"] == 1 and out["finished"]
+    assert out["class_names"] == tuple(dataset.class_names)
+    np.testing.assert_allclose(out["probs"], results["probs"][i], atol=1e-5)
+    assert out["pred"] == dataset.class_names[int(results["y_pred"][i])]
+
+
+def test_onset_apex_prediction_uses_the_builder_preprocessing(trained, tmp_path):
+    from mjfn_jax.preprocess import process_pair, read_frame
+    from mjfn_jax.synthetic import generate_raw
+
+    workdir, _, _ = trained
+    generate_raw(tmp_path / "raw", num_subjects=1, clips_per_subject=1, seed=3, workers=1)
+    with open(tmp_path / "raw" / "annotations.csv") as f:
+        row = f.read().splitlines()[1].split(",")  # subject, clip, onset, apex, offset, emotion
+    clip_dir = tmp_path / "raw" / "frames" / row[0] / row[1]
+    onset, apex = str(clip_dir / f"img{row[2]}.png"), str(clip_dir / f"img{row[3]}.png")
+    out = predict_mod.predict(workdir, "s01", onset=onset, apex=apex)
+    assert out["settings"] == {"flow_method": "tvl1", "size": 32, "crop": "center"}
+    expected = process_pair(
+        read_frame(onset), read_frame(apex), flow_method="tvl1", size=32, crop="center"
+    )
+    np.testing.assert_array_equal(out["flow_image"], expected.flow_image)
+    assert out["probs"].shape == (3,) and out["probs"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert out["pred"] == out["class_names"][int(np.argmax(out["probs"]))]
+
+
+def test_cli_prints_probabilities_and_json(trained, tmp_path, capsys):
+    workdir, dataset, _ = trained
+    path = _write_rgb(tmp_path / "flow.png", dataset.images[0])
+    saved = str(tmp_path / "input.png")
+    args = ["--workdir", workdir, "--fold", "synthetic__s01", "--flow-image", path]
+    assert predict_mod.main([*args, "--save-flow-image", saved]) == 0
+    text = capsys.readouterr().out
+    for name in dataset.class_names:
+        assert name in text
+    assert "prediction:" in text and "checkpoint after epoch 1 of 1" in text
+    np.testing.assert_array_equal(cv2.imread(saved)[..., ::-1], dataset.images[0])
+    assert predict_mod.main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sum(out["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_errors_name_the_problem(trained, tmp_path, capsys):
+    workdir, dataset, _ = trained
+    good = _write_rgb(tmp_path / "flow.png", dataset.images[0])
+    with pytest.raises(ValueError, match=r"unknown fold 's09'.*synthetic__s01, synthetic__s02"):
+        predict_mod.predict(workdir, "s09", flow_image=good)
+    with pytest.raises(FileNotFoundError, match="workdir not found"):
+        predict_mod.predict(str(tmp_path / "nowhere"), "s01", flow_image=good)
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        predict_mod.predict(str(tmp_path), "s01", flow_image=good)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.png"):
+        predict_mod.predict(workdir, "s01", flow_image=str(bad))
+    with pytest.raises(FileNotFoundError, match="missing_onset.png"):
+        predict_mod.predict(workdir, "s01", onset=str(tmp_path / "missing_onset.png"), apex=good)
+    big = _write_rgb(tmp_path / "big.png", np.zeros((48, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match="is 48x48; this model takes 32x32"):
+        predict_mod.predict(workdir, "s01", flow_image=big)
+    with pytest.raises(ValueError, match="either both onset and apex"):
+        predict_mod.predict(workdir, "s01", onset=good)
+    assert predict_mod.main(["--workdir", workdir, "--fold", "s09", "--flow-image", good]) == 2
+    assert "unknown fold" in capsys.readouterr().err
+
+
+def test_preprocessing_settings_follow_the_config():
+    megc = load_config("experiments/configs/megc2019.py")
+    assert predict_mod.preprocessing_settings(megc) == {
+        "flow_method": "tvl1",
+        "size": 112,
+        "crop": "haar",
+    }
+    assert predict_mod.preprocessing_settings(megc, crop="none")["crop"] == "none"
+    syn = load_config("experiments/configs/synthetic.py", ["data.builder_config=dis_48"])
+    assert predict_mod.preprocessing_settings(syn) == {
+        "flow_method": "dis",
+        "size": 48,
+        "crop": "center",
+    }
+
+
+def test_unfinished_fold_is_flagged(trained, tmp_path):
+    workdir, dataset, _ = trained
+    good = _write_rgb(tmp_path / "flow.png", dataset.images[0])
+    done = os.path.join(workdir, "folds", "synthetic__s01", "done.json")
+    os.rename(done, done + ".bak")  # as if the run had been killed after the last checkpoint
+    try:
+        out = predict_mod.predict(workdir, "s01", flow_image=good)
+    finally:
+        os.rename(done + ".bak", done)
+    assert out["finished"] is False
+    assert "NOT finished" in predict_mod.format_prediction(out)

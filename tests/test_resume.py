@@ -1,0 +1,42 @@
+"""A run interrupted between and inside folds, then rerun, equals an uninterrupted run."""
+
+import os
+
+import numpy as np
+import pytest
+from test_train import smoke_config, tiny_dataset
+
+from mjfn_jax.train import TrainingInterrupted, train_and_evaluate
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    dataset = tiny_dataset(3, 3)
+    config = smoke_config("train.num_epochs=3", "checkpoint.every_epochs=1")
+    reference = train_and_evaluate(config, str(tmp_path / "ref"), dataset=dataset)
+
+    workdir = str(tmp_path / "resumed")
+    folds = sorted(set(reference["folds"]))
+    # 4 epochs: fold 1 finishes (3 epochs), fold 2 stops after its first epoch.
+    with pytest.raises(TrainingInterrupted):
+        train_and_evaluate(
+            smoke_config(
+                "train.num_epochs=3", "checkpoint.every_epochs=1", "train.stop_after_epochs=4"
+            ),
+            workdir,
+            dataset=dataset,
+        )
+    fold_dirs = [os.path.join(workdir, "folds", f) for f in folds]
+    assert os.path.exists(os.path.join(fold_dirs[0], "done.json"))
+    assert not os.path.exists(os.path.join(fold_dirs[1], "done.json"))
+    assert os.listdir(os.path.join(fold_dirs[1], "checkpoints")) == ["1"]
+    assert os.listdir(os.path.join(fold_dirs[2], "checkpoints")) == []  # not started
+
+    resumed = train_and_evaluate(config, workdir, dataset=dataset)
+    assert resumed["timing"]["folds_trained_this_run"] == 2
+    np.testing.assert_array_equal(resumed["y_pred"], reference["y_pred"])
+    np.testing.assert_allclose(resumed["probs"], reference["probs"], rtol=0, atol=1e-6)
+    assert resumed["pooled"] == reference["pooled"]
+    for fold in folds:  # the resumed fold's history continues where it stopped
+        losses = [r["loss"] for r in resumed["history"][fold]]
+        ref_losses = [r["loss"] for r in reference["history"][fold]]
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
