@@ -26,9 +26,10 @@ def subject_id(cell: Any) -> str | None:
 
 def generate(cache: Path, **params: Any) -> Path:
     """Generates the raw layout once per parameter set (cached); returns the folder."""
-    from mjfn_jax.synthetic import generate_raw
+    from mjfn_jax.synthetic import GENERATOR_VERSION, generate_raw
 
-    name = "_".join(f"{k}{v}" for k, v in sorted(params.items()))
+    # The generator's version is part of the key: a changed generator never reuses stale frames.
+    name = f"v{GENERATOR_VERSION}_" + "_".join(f"{k}{v}" for k, v in sorted(params.items()))
     target = cache / name
     if not (target / "annotations.csv").is_file():
         partial = cache / f"{name}.partial"
