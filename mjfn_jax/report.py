@@ -119,7 +119,7 @@ def _data_name(config) -> str | None:
 
 def _default_title(framework: str, config: Mapping | None) -> str:
     try:
-        return f"MJFN ({framework}): {config['data']['name']}/{config['data']['builder_config']}"
+        return f"MJFN ({framework}) on {config['data']['name']}"
     except (KeyError, TypeError):
         return f"MJFN ({framework})"
 

@@ -180,3 +180,17 @@ def test_non_finite_history_gives_valid_json_and_no_stale_curves(tmp_path):
     run["history"] = None
     write_report(str(tmp_path), **run)  # same workdir, now without curves
     assert not (tmp_path / "curves.png").exists()
+
+
+def test_report_and_metrics_import_neither_jax_nor_torch():
+    """The PyTorch baseline writes its report with this code: it must not pull in jax."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import mjfn_jax.report, mjfn_jax.metrics; "
+        "bad = [m for m in ('jax', 'torch', 'flax') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
