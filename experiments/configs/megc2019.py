@@ -15,6 +15,7 @@ def get_config(arg=None):
     config.loss.class_weights = "none"
     if arg == "smoke":
         config.model.input_size = 32
+        config.data.builder_config = config.data.builder_config.split("_")[0] + "_32"
         config.model.stem_stride = 1
         config.model.widths = (4, 8, 8, 16)
         config.model.blocks_per_stage = (1, 1, 1, 1)

@@ -23,6 +23,7 @@ def get_config(arg=None):
     config.checkpoint.every_epochs = 5
     if arg == "smoke":
         config.model.input_size = 32
+        config.data.builder_config = config.data.builder_config.split("_")[0] + "_32"
         config.model.widths = (4, 8, 8, 16)
         config.model.blocks_per_stage = (1, 1, 1, 1)
         config.train.num_epochs = 2
