@@ -76,6 +76,7 @@ PRESETS = {
         seeds=(0, 1, 2),
         loso_variants=("jax_vmap", "jax_sequential", "torch_eager", "torch_compiled"),
         parity_variants=("jax_vmap", "torch_eager"),
+        torch_workers=4,  # DataLoader worker processes, as peers use on a GPU box
     ),
 }
 STEP_VARIANTS = ("jax_step", "jax_scan", "torch_eager", "torch_compiled")
@@ -84,9 +85,13 @@ STEP_VARIANTS = ("jax_step", "jax_scan", "torch_eager", "torch_compiled")
 def bench_throughput(config, preset: dict, compile_torch: bool) -> dict:
     """Per batch size: compile/warm-up, then ``repeats`` rounds alternating the variants."""
     rows = []
-    variants = preset.get("step_variants", STEP_VARIANTS)
-    variants = [v for v in variants if compile_torch or v != "torch_compiled"]
     for batch in preset["batch_sizes"]:
+        variants = [
+            v
+            for v in preset.get("step_variants", STEP_VARIANTS)
+            if v != "torch_compiled"
+            or (compile_torch and batch in preset.get("compiled_batch_sizes", (batch,)))
+        ]
         runners, row = {}, {"batch_size": batch, "variants": {}}
         for name in variants:  # build + warm up each; memory peak while it runs
             with lib.PeakMemory(name) as mem:
@@ -129,7 +134,9 @@ def bench_loso(config, dataset, preset: dict, compile_torch: bool, root: str) ->
             workdir = tempfile.mkdtemp(prefix=f"{name}_s{seed}_", dir=root)
             print(f"LOSO {name} seed {seed} ...", flush=True)
             with lib.PeakMemory(name) as mem:
-                run = lib.run_loso(name, config, dataset, seed, workdir)
+                run = lib.run_loso(
+                    name, config, dataset, seed, workdir, preset.get("torch_workers", 0)
+                )
             run |= {"variant": name, "seed": seed, "memory": mem.result}
             print(
                 f"  {name} seed {seed}: {run.get('wall_s', float('nan')):.1f}s "

@@ -87,8 +87,8 @@ def _throughput_md(result: dict) -> list[str]:
     for row in rows:
         cells = []
         for n in names:
-            v = row["variants"].get(n, {})
-            cells.append(_f(v.get("samples_per_s")) if _ok(v) else "failed")
+            v = row["variants"].get(n)
+            cells.append("-" if v is None else _f(v.get("samples_per_s")) if _ok(v) else "failed")
         r = ratios[row["batch_size"]]
         cells += [
             _f(r["jax_step/torch_eager"], "{:.2f}x"),

@@ -14,9 +14,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.timeout(300)
 def test_quick_benchmark_end_to_end(tmp_path):
+    # The GPU image has no tensorflow_datasets: a stand-in that fails on import proves that
+    # the benchmark never imports it.
+    blocker = tmp_path / "blocked" / "tensorflow_datasets"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('tfds is blocked in this test')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "blocked"))
     cmd = [sys.executable, "experiments/benchmark.py", "--preset", "quick", "--out",
            str(tmp_path), "--machine", "testbox", "--no_torch_compile"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "testbox" / "benchmark.json") as f:
         result = json.load(f)
