@@ -41,7 +41,7 @@ def _loso_table(runs: list[dict]) -> dict:
 
 def summarize(result: dict) -> dict:
     s = {"throughput_ratios": []}
-    for row in result["throughput"]["rows"]:
+    for row in result.get("throughput", {"rows": []})["rows"]:
         v = row["variants"]
         sps = {k: x["samples_per_s"] for k, x in v.items() if _ok(x)}
         best_jax = max((sps[k] for k in ("jax_step", "jax_scan") if k in sps), default=None)
@@ -150,6 +150,7 @@ def to_markdown(result: dict) -> str:
     env, cfg = result["env"], result["config"]
     m = cfg["model"]
     fl = result["flops"]
+    merged = result.get("merged_from", {}).get("env")
     lines = [
         f"# MJFN benchmark: JAX engine vs. PyTorch baseline ({result['machine']})",
         "",
@@ -168,7 +169,12 @@ def to_markdown(result: dict) -> str:
         "fields), same arrays and same config for both frameworks, in one process",
         "",
     ]
-    lines += _throughput_md(result)
+    if merged:
+        lines[-1:-1] = [
+            f"- merged with an earlier command ({merged['date']}): `{merged['command']}`"
+        ]
+    if "throughput" in result:
+        lines += _throughput_md(result)
     if "loso" in result:
         lines += [""] + _loso_md(result)
     lines += [

@@ -21,13 +21,12 @@ flags.DEFINE_string("config", "experiments/configs/synthetic.py", "Config file (
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from mjfn_jax.main import setup_logging
-
-    setup_logging()
     from mjfn_jax.config_io import load_config
     from mjfn_jax.data import load_dataset
     from mjfn_jax.report import format_results_table
-    from mjfn_jax.train import train_and_evaluate
+    from mjfn_jax.train import setup_logging, train_and_evaluate
+
+    setup_logging()
 
     config = load_config(FLAGS.config)
     config.data.data_dir = FLAGS.data_dir

@@ -29,6 +29,9 @@ from mjfn_jax.augment import augment_batch
 from mjfn_jax.folds import epoch_batches
 from mjfn_jax.models import MJFN, mjfn_loss
 
+import os
+UNROLL = os.environ.get("UNROLL", "1") == "1" or int(os.environ.get("UNROLL"))
+
 
 def make_optimizer(train: ml_collections.ConfigDict, steps_per_epoch: int):
     """Adam/AdamW with per-step linear warmup + cosine decay to 0, optional clipping.
@@ -151,7 +154,7 @@ class FoldProgram:
         )  # [steps, B]
         step_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps)
         step = lambda s, xs: self._train_step(s, xs, fold, data)
-        state, (losses, correct) = jax.lax.scan(step, state, (order, step_keys))
+        state, (losses, correct) = jax.lax.scan(step, state, (order, step_keys), unroll=UNROLL)
         finite = jnp.isfinite(losses)
         metrics = {
             "loss": jnp.mean(losses),
@@ -188,7 +191,7 @@ class FoldProgram:
     def train_epochs(self, state: dict, fold: dict, data: dict, epochs: jax.Array):
         """Train the epochs listed in ``epochs`` (int32 [E]); metrics come back as [E]."""
         epoch_fn = lambda s, e: self._epoch(s, e, fold, data)
-        return jax.lax.scan(epoch_fn, state, epochs)
+        return jax.lax.scan(epoch_fn, state, epochs, unroll=UNROLL)
 
     # Prediction -------------------------------------------------------------------------
 

@@ -9,8 +9,6 @@ their latest checkpoint. A different config in the same workdir is refused.
 
 from __future__ import annotations
 
-import logging
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -20,19 +18,13 @@ flags.DEFINE_string("workdir", None, "Output directory (checkpoints, predictions
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def setup_logging() -> None:
-    """INFO for this package; Orbax's per-save INFO lines (absl logger) only as warnings."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("mjfn_jax").setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    setup_logging()
     from mjfn_jax.report import format_results_table
-    from mjfn_jax.train import train_and_evaluate
+    from mjfn_jax.train import setup_logging, train_and_evaluate
+
+    setup_logging()
 
     results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     timing = results["timing"]

@@ -10,7 +10,6 @@ a rerun skips finished folds and resumes the others exactly (DESIGN.md §4, §5)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -18,17 +17,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from mjfn_jax import parallel
 from mjfn_jax.checkpoint import FoldCheckpointer
 from mjfn_jax.config_io import config_to_dict, save_or_check_config
-from mjfn_jax.engine import FoldProgram
 from mjfn_jax.folds import FoldArrays, make_folds, pad_folds, steps_per_epoch
+from mjfn_jax.parallel import get_runner, strategy_setup
 
 log = logging.getLogger(__name__)
+
+
+def setup_logging() -> None:
+    """INFO for this package; Orbax's per-save INFO lines (absl logger) only as warnings."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("mjfn_jax").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -40,101 +44,6 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     weights = np.where(counts > 0, labels.size / (num_classes * np.maximum(counts, 1)), 0.0)
     return weights.astype(np.float32)
-
-
-def _lift(fn, vmapped: bool, in_axes: tuple, mesh):
-    """fn over one fold -> fn over a leading fold axis.
-
-    'vmap': jax.vmap inside jax.shard_map, so each device runs its own slice of folds as a
-    plain local program. (Letting the SPMD partitioner split a vmapped program over the fold
-    axis instead gave WRONG results on XLA:CPU, jax 0.10.2: a channel concat followed by a
-    vmapped (grouped) convolution, as in every JFM, came out garbled when sharded.)
-    'sequential' (one fold): a squeeze, so the plain per-fold program runs (no grouped
-    convolutions); its batch is sharded by the partitioner via the 'data' sharding constraint.
-    """
-    if vmapped:
-        specs = tuple(P(mesh.axis_names[0]) if ax == 0 else P() for ax in in_axes)
-        return jax.shard_map(
-            jax.vmap(fn, in_axes=in_axes), mesh=mesh, in_specs=specs, out_specs=P(*mesh.axis_names)
-        )
-
-    def one_fold(*args):
-        args = [
-            jax.tree.map(lambda x: x[0], a) if ax == 0 else a
-            for a, ax in zip(args, in_axes, strict=True)
-        ]
-        return jax.tree.map(lambda x: x[None], fn(*args))
-
-    return one_fold
-
-
-class GroupRunner:
-    """Compiled programs for groups of ``group_size`` folds on one mesh."""
-
-    def __init__(self, program: FoldProgram, mesh, vmapped: bool, shared=None):
-        """shared: (init, predict) jitted by an earlier runner with the same model, optimizer
-        kind and mesh (they do not depend on learning-rate values, so need no recompiling)."""
-        self.program, self.mesh, self.vmapped = program, mesh, vmapped
-        self.group_sharding = (
-            parallel.sharded_leading(mesh) if vmapped else parallel.replicated(mesh)
-        )
-        self.init, self._predict = shared or (
-            jax.jit(_lift(program.init, vmapped, (0,), mesh), out_shardings=self.group_sharding),
-            jax.jit(_lift(program.predict, vmapped, (0, None, 0), mesh)),
-        )
-        self._train = jax.jit(
-            _lift(program.train_epochs, vmapped, (0, 0, None, None), mesh),
-            donate_argnums=0,
-            out_shardings=(self.group_sharding, self.group_sharding),
-        )
-        self._compiled: dict[int, object] = {}
-        self.compile_s = 0.0
-
-    def train(self, states, folds, data, first_epoch: int, num_epochs: int):
-        """Train epochs [first_epoch, first_epoch + num_epochs) of a group."""
-        epochs = jnp.arange(first_epoch, first_epoch + num_epochs, dtype=jnp.int32)
-        args = (states, folds, data, epochs)
-        key = str(jax.tree.map(lambda x: (x.shape, str(x.dtype)), args))
-        if key not in self._compiled:  # one compile per scan length (and shapes)
-            start = time.perf_counter()
-            self._compiled[key] = self._train.lower(*args).compile()
-            seconds = time.perf_counter() - start
-            self.compile_s += seconds
-            log.info("compiled the %d-epoch training call in %.1f s", num_epochs, seconds)
-        return self._compiled[key](*args)
-
-    def predict(self, states, data, test_idx):
-        return self._predict(states, data, test_idx)
-
-
-# Runners (hence compiled programs) reused by later calls in the same process with the same
-# program-relevant config: a notebook or a test suite that reruns a config compiles once.
-_RUNNERS: dict[str, GroupRunner] = {}
-_SHARED: dict[str, tuple] = {}
-_NOT_PROGRAM = ("data", "folds", "checkpoint", "seed")
-
-
-def _get_runner(config, steps: int, mesh, vmapped: bool, data_sharding) -> GroupRunner:
-    program_config = {k: v for k, v in config_to_dict(config).items() if k not in _NOT_PROGRAM}
-    program_config["train"].pop("stop_after_epochs", None)
-    placement = [vmapped, mesh.axis_names, [d.id for d in mesh.devices.flat]]
-    key = json.dumps([program_config, steps, placement], sort_keys=True)
-    train = config.train
-    shared_key = json.dumps(
-        [
-            program_config["model"],
-            [train.optimizer, train.grad_clip_norm > 0, train.early_stopping_patience > 0],
-            train.eval_batch_size,
-            placement,
-        ],
-        sort_keys=True,
-    )
-    if key not in _RUNNERS:
-        program = FoldProgram(config, steps_per_epoch=steps, data_sharding=data_sharding)
-        shared = _SHARED.get(shared_key)
-        _RUNNERS[key] = GroupRunner(program, mesh, vmapped, shared)
-        _SHARED[shared_key] = (_RUNNERS[key].init, _RUNNERS[key]._predict)
-    return _RUNNERS[key]
 
 
 def _fold_inputs(config, dataset, arrays: FoldArrays, members: np.ndarray) -> dict:
@@ -307,19 +216,6 @@ def _check_dataset(config, dataset) -> None:
         )
 
 
-def _strategy_setup(config, arrays: FoldArrays):
-    """(vmapped, mesh, group_size, data_sharding) for the configured strategy."""
-    strategy = parallel.resolve_strategy(config.parallel.strategy)
-    num_devices = len(parallel.devices(config.parallel.num_devices))
-    if strategy == "vmap":
-        mesh = parallel.make_mesh("fold", num_devices)
-        return True, mesh, config.parallel.fold_group_size or arrays.num_folds, None
-    size = parallel.data_axis_size(config.train.batch_size, num_devices)
-    mesh = parallel.make_mesh("data", size)
-    data_sharding = NamedSharding(mesh, P("data")) if size > 1 else None
-    return False, mesh, 1, data_sharding
-
-
 def _gather_results(config, dataset, arrays, ckpts) -> dict:
     """Pool every fold's saved test predictions, in dataset order."""
     idx, log_probs, fold_of, history = [], [], [], {}
@@ -366,9 +262,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
     if config.train.early_stopping_patience > 0 and config.folds.val_subject_fraction <= 0:
         raise ValueError("train.early_stopping_patience > 0 needs folds.val_subject_fraction > 0")
     arrays = pad_folds(folds)
-    vmapped, mesh, group_size, data_sharding = _strategy_setup(config, arrays)
+    vmapped, mesh, group_size, data_sharding = strategy_setup(config, arrays.num_folds)
     steps = steps_per_epoch(arrays.train_idx.shape[1], config.train.batch_size)
-    runner = _get_runner(config, steps, mesh, vmapped, data_sharding)
+    runner = get_runner(config, steps, mesh, vmapped, data_sharding)
     compile_before = runner.compile_s
     data = parallel.put(
         {"images": np.asarray(dataset.images), "labels": np.asarray(dataset.labels, np.int32)},

@@ -125,8 +125,8 @@ def train_fold(config, dataset, fold, steps_per_epoch: int, *, seed: int, opts: 
     device = torch.device(opts["device"])
     torch.manual_seed(seed)
     model = MJFNTorch(config.model).to(device)
-    if opts["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    if opts["channels_last"]:  # weights NHWC; convs then run channels_last (the model takes
+        model = model.to(memory_format=torch.channels_last)  # NHWC input and permutes it)
     forward = torch.compile(model) if opts["compile"] else model
     num_epochs = int(config.train.num_epochs)
     opt, sched = make_optimizer(model, config.train, steps_per_epoch, fused=device.type == "cuda")
@@ -165,8 +165,6 @@ def train_fold(config, dataset, fold, steps_per_epoch: int, *, seed: int, opts: 
         loss_sum, correct, seen = torch.zeros((), device=device), 0, 0
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if opts["channels_last"]:
-                x = x.contiguous(memory_format=torch.channels_last)
             ts = time.perf_counter()
             loss, n_correct = step(x, y, class_weights)
             if first_step_s is None:  # includes torch.compile's tracing and codegen
