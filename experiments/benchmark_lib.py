@@ -70,6 +70,7 @@ def environment(command: str) -> dict:
         "jax_devices": len(jax.devices()),
         "torch_device": torch_device(),
         "torch_threads": torch.get_num_threads(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "cpu_count": os.cpu_count(),
         "load_avg_at_start": os.getloadavg(),
         "versions": versions,

@@ -155,7 +155,8 @@ def to_markdown(result: dict) -> str:
         f"# MJFN benchmark: JAX engine vs. PyTorch baseline ({result['machine']})",
         "",
         f"- date (UTC): {env['date']}; device: {env['device']}; torch device: "
-        f"{env['torch_device']} ({env['torch_threads']} threads); load average at start: "
+        f"{env['torch_device']} ({env['torch_threads']} threads); XLA_FLAGS: "
+        f"`{env.get('xla_flags') or '(none)'}`; load average at start: "
         f"{', '.join(f'{x:.2f}' for x in env['load_avg_at_start'])}, at end: "
         f"{', '.join(f'{x:.2f}' for x in env.get('load_avg_at_end', ()))}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),

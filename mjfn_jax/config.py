@@ -77,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel.strategy = "auto"
     c.parallel.fold_group_size = 0  # Folds trained together under 'vmap'; 0 = all folds.
     c.parallel.epochs_per_call = 1  # Epochs fused into one jitted call (lax.scan).
+    # 'scan' (each call runs its epochs as lax.scan: no Python per step), 'steps' (one jitted
+    # call per step: XLA:CPU runs convolutions inside loops far slower), or 'auto' (steps on
+    # CPU, scan elsewhere).
+    c.parallel.loop = "auto"
     c.parallel.num_devices = 0  # Devices of the 'fold' / 'data' mesh axis; 0 = all.
 
     c.checkpoint = ml_collections.ConfigDict()

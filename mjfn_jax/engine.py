@@ -29,9 +29,6 @@ from mjfn_jax.augment import augment_batch
 from mjfn_jax.folds import epoch_batches
 from mjfn_jax.models import MJFN, mjfn_loss
 
-import os
-UNROLL = os.environ.get("UNROLL", "1") == "1" or int(os.environ.get("UNROLL"))
-
 
 def make_optimizer(train: ml_collections.ConfigDict, steps_per_epoch: int):
     """Adam/AdamW with per-step linear warmup + cosine decay to 0, optional clipping.
@@ -142,23 +139,30 @@ class FoldProgram:
         new_state = state | {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}
         return new_state, (loss, correct)
 
-    def _epoch(self, state: dict, epoch: jax.Array, fold: dict, data: dict):
-        batch_size = self.config.train.batch_size
+    def _epoch_plan(self, fold: dict, epoch: jax.Array):
+        """The epoch's batches [steps, B] int32 and step keys [steps]: f(fold key, epoch)."""
         epoch_key = jax.random.fold_in(jax.random.fold_in(fold["key"], 1), epoch)
         order = epoch_batches(
             jax.random.fold_in(epoch_key, 0),
             fold["train_idx"],
             fold["train_count"],
             self.steps,
-            batch_size,
-        )  # [steps, B]
-        step_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps)
-        step = lambda s, xs: self._train_step(s, xs, fold, data)
-        state, (losses, correct) = jax.lax.scan(step, state, (order, step_keys), unroll=UNROLL)
+            self.config.train.batch_size,
+        )
+        return order, jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps)
+
+    def train_step_at(self, state: dict, fold: dict, data: dict, epoch, step):
+        """Step ``step`` of epoch ``epoch`` alone (the one-call-per-step mode).
+        Returns (state, (loss, correct))."""
+        order, step_keys = self._epoch_plan(fold, epoch)
+        return self._train_step(state, (order[step], step_keys[step]), fold, data)
+
+    def end_epoch(self, state: dict, fold: dict, data: dict, losses, correct):
+        """Epoch metrics from per-step losses/correct counts [steps]; early stopping."""
         finite = jnp.isfinite(losses)
         metrics = {
             "loss": jnp.mean(losses),
-            "train_acc": jnp.sum(correct) / (self.steps * batch_size),
+            "train_acc": jnp.sum(correct) / (self.steps * self.config.train.batch_size),
             # First step with a non-finite loss, or -1.
             "nonfinite_step": jnp.where(jnp.all(finite), -1, jnp.argmin(finite)),
         }
@@ -166,6 +170,15 @@ class FoldProgram:
             state, val_metrics = self._early_stopping(state, fold, data)
             metrics |= val_metrics
         return state, metrics
+
+    def _epoch(self, state: dict, epoch: jax.Array, fold: dict, data: dict):
+        order, step_keys = self._epoch_plan(fold, epoch)  # [steps, B], [steps]
+
+        def step(s, xs):
+            return self._train_step(s, xs, fold, data)
+
+        state, (losses, correct) = jax.lax.scan(step, state, (order, step_keys))
+        return self.end_epoch(state, fold, data, losses, correct)
 
     def _early_stopping(self, state: dict, fold: dict, data: dict):
         """Validation loss after the epoch; keep the best-on-VALIDATION params."""
@@ -191,7 +204,7 @@ class FoldProgram:
     def train_epochs(self, state: dict, fold: dict, data: dict, epochs: jax.Array):
         """Train the epochs listed in ``epochs`` (int32 [E]); metrics come back as [E]."""
         epoch_fn = lambda s, e: self._epoch(s, e, fold, data)
-        return jax.lax.scan(epoch_fn, state, epochs, unroll=UNROLL)
+        return jax.lax.scan(epoch_fn, state, epochs)
 
     # Prediction -------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ def run(name, strategy, *extra):
                  "mesh": r["timing"]["mesh"], "trained": r["timing"]["folds_trained_this_run"]}
 run("vmap", "vmap")
 run("sequential", "sequential")
+run("sequential_scan", "sequential", "parallel.loop=scan", "parallel.epochs_per_call=2")
 try:  # vmap group interrupted after its first epoch, then resumed
     run("vmap_resumed", "vmap", "train.stop_after_epochs=1")
     raise SystemExit("expected an interruption")
@@ -67,6 +68,14 @@ def test_vmap_and_sequential_agree(runs):
     np.testing.assert_allclose(vmap, seq, rtol=0, atol=1e-4)
     # the models did learn something fold-specific: predictions are not all equal
     assert np.ptp(vmap, axis=0).max() > 1e-3
+
+
+def test_scan_loop_matches_step_loop(runs):
+    """Epochs as one lax.scan call == one call per step (the CPU default)."""
+    assert runs["sequential_scan"]["y_pred"] == runs["sequential"]["y_pred"]
+    np.testing.assert_allclose(
+        np.array(runs["sequential_scan"]["probs"]), np.array(runs["sequential"]["probs"]), atol=1e-4
+    )
 
 
 def test_vmap_group_resumes_exactly(runs):
