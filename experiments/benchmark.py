@@ -52,7 +52,7 @@ PRESETS = {
             "model.input_size=16",
             "model.widths=(8, 16, 32, 64)",
             "model.blocks_per_stage=(1, 1, 1, 1)",
-            "train.num_epochs=1",
+            "train.num_epochs=2",
             "train.warmup_epochs=0",
             "train.batch_size=32",
             "augment.max_translate=1",
@@ -64,7 +64,7 @@ PRESETS = {
         repeats=3,
         scan_steps=8,
         loso=dict(num_subjects=68, num_samples=442),
-        seeds=(0, 1),
+        seeds=(0, 1, 2),
         loso_variants=("jax_vmap", "jax_sequential", "torch_eager", "torch_compiled"),
         parity_variants=("jax_sequential", "torch_eager"),
     ),
@@ -154,8 +154,9 @@ def bench_loso(config, dataset, preset: dict, compile_torch: bool, root: str) ->
 
 
 def _merge_previous(result: dict, path: str) -> dict:
-    """Sections this run skipped, taken from an earlier run of the same preset (a GPU session
-    may allow only ~10 min per command: run --skip_loso, then --skip_throughput)."""
+    """Sections this run skipped, and LOSO runs of (variant, seed) pairs it did not run, from
+    an earlier run of the same preset and config (a GPU session may allow ~10 min per
+    command: run --skip_loso, then --skip_throughput --seeds 0, then --seeds 1,2 ...)."""
     if not os.path.exists(path):
         return result
     with open(path) as f:
@@ -167,6 +168,11 @@ def _merge_previous(result: dict, path: str) -> dict:
     for key in ("throughput", "loso", "loso_data"):
         if key not in result and key in previous:
             result[key], merged = previous[key], True
+    if "loso" in previous and result.get("loso") is not previous["loso"]:
+        done = {(r["variant"], r["seed"]) for r in result["loso"]}
+        older = [r for r in previous["loso"] if (r["variant"], r["seed"]) not in done]
+        if older:
+            result["loso"], merged = sorted(older + result["loso"], key=lambda r: r["seed"]), True
     if merged:
         result["merged_from"] = {"env": previous["env"], "total_s": previous.get("total_s")}
         result["total_s"] += previous.get("total_s") or 0.0
@@ -182,6 +188,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip_loso", action="store_true", help="throughput only")
     parser.add_argument("--skip_throughput", action="store_true", help="LOSO only")
     parser.add_argument("--seeds", default="", help="comma-separated seeds (default: preset's)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge with <out>/<machine>/benchmark.json of the same preset",
+    )
     parser.add_argument(
         "--torch_threads",
         type=int,
@@ -199,6 +210,7 @@ def main(argv=None) -> dict:
     if args.seeds:
         preset["seeds"] = tuple(int(x) for x in args.seeds.split(","))
     t0 = time.perf_counter()
+    lib.cold_torch_compile()
     if args.torch_threads > 0:
         import torch
 
@@ -226,7 +238,7 @@ def main(argv=None) -> dict:
     result["env"]["load_avg_at_end"] = os.getloadavg()
     out_dir = os.path.join(args.out, machine)
     os.makedirs(out_dir, exist_ok=True)
-    if args.skip_loso or args.skip_throughput:  # a split run: keep the other part's results
+    if args.merge:  # a split run: keep the other commands' results
         result = _merge_previous(result, os.path.join(out_dir, "benchmark.json"))
     result["summary"] = report.summarize(result)
     markdown = report.to_markdown(result)

@@ -36,6 +36,16 @@ from mjfn_jax.config_io import load_config
 MIB = 1024.0 * 1024.0
 
 
+def cold_torch_compile() -> None:
+    """No on-disk caches of generated code: every torch.compile pays its full cost, as a
+    peer's first run would (JAX's persistent compilation cache is off by default too)."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = False
+    functorch_config.enable_autograd_cache = False
+
+
 def torch_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -345,8 +355,7 @@ def run_loso(name: str, config, dataset, seed: int, workdir: str, torch_workers:
             extra = {"compile_s": t.get("compile_s"), "train_s": t.get("train_s")}
         else:
             if name == "torch_compiled":
-                torch._dynamo.reset()  # pay the compile inside this run (inductor's disk cache
-                # of generated kernels is left as it is: warm after the throughput phase)
+                torch._dynamo.reset()  # pay the whole compile inside this run
             res = train_loso_torch(
                 cfg,
                 dataset,

@@ -60,3 +60,24 @@ def test_summary_ratios_and_failures():
     assert s["loso"]["torch_compiled"]["failed"] == 1 and "error" in s["loso"]["torch_compiled"]
     assert s["headline"]["torch_eager_over_fastest_jax"] == pytest.approx(4.0)
     assert s["headline"]["fastest_torch"] == "torch_eager"
+
+
+def test_merge_keeps_other_commands_results(tmp_path):
+    from experiments.benchmark import _merge_previous
+
+    def run(variant, seed):
+        return {"variant": variant, "seed": seed, "wall_s": 1.0 + seed}
+
+    previous = {"preset": "gpu", "config": {"a": [1, 2]}, "env": {"date": "d", "command": "c"},
+                "total_s": 5.0, "throughput": {"rows": []},
+                "loso": [run("jax_vmap", 0), run("torch_eager", 0)]}  # fmt: skip
+    path = tmp_path / "benchmark.json"
+    path.write_text(json.dumps(previous))
+    current = {"preset": "gpu", "config": {"a": (1, 2)}, "total_s": 1.0,
+               "loso": [run("jax_vmap", 1), run("torch_eager", 0)]}  # fmt: skip
+    merged = _merge_previous(current, str(path))
+    assert merged["throughput"] == {"rows": []} and merged["total_s"] == 6.0
+    assert [(r["variant"], r["seed"]) for r in merged["loso"]] == [
+        ("jax_vmap", 0), ("torch_eager", 0), ("jax_vmap", 1)]  # fmt: skip
+    other = {"preset": "cpu", "config": {"a": (1, 2)}, "total_s": 1.0}
+    assert "throughput" not in _merge_previous(other, str(path))  # another preset: no merge
