@@ -7,8 +7,12 @@
   (params replicated). XLA inserts the gradient all-reduce.
 - 'auto': by platform, from measurement. On XLA:CPU vmap lowers the convolutions of K models to
   one grouped convolution, which is slower than K separate ones (DESIGN.md §3; measured again for
-  this engine on the 2-core dev machine, see README), so CPU -> 'sequential'. GPU/TPU -> 'vmap'
-  (UNMEASURED here: no accelerator was available when this was written).
+  this engine on the 2-core dev machine, 2026-11-23, demo config, 6 folds: sequential 79.6 vs
+  vmap 34.4 samples/s), so CPU -> 'sequential'. GPU/TPU -> 'vmap' (UNMEASURED here: no
+  accelerator was available when this was written).
+
+Under 'vmap' each device runs ``jax.vmap`` over its own folds inside ``jax.shard_map``: letting
+the SPMD partitioner split a vmapped program over the fold axis gave wrong numbers (see _lift).
 
 pmap is not used: it is in maintenance mode and ran 2x slower than jit + sharding here.
 Meshes are built with Auto axis types (``jax.make_mesh`` defaults to Explicit axes, under which
@@ -54,10 +58,11 @@ def resolve_loop(loop: str, platform: str | None = None) -> str:
     """'auto' -> 'steps' on CPU, 'scan' elsewhere.
 
     'scan' runs epochs as lax.scan inside one jitted call (no Python per step: the design for
-    accelerators; GPU/TPU speed UNMEASURED here). On XLA:CPU (jax 0.10.2) the convolutions of
-    this network ran ~25x slower inside a while loop (a scan) than as straight-line code
-    (2-core dev machine, 2026-11-23: 12 s vs 0.45 s per training step at 48x48, batch 32), so
-    'steps' dispatches one jitted call per step instead (same math, same random streams).
+    accelerators; GPU/TPU speed UNMEASURED here). On XLA:CPU (jax 0.10.2) this network's
+    training step ran 5-25x slower inside a while loop (a scan) than as straight-line code
+    (2-core dev machine, 2026-11-23: 12 s vs 0.45 s per step at 48x48, batch 32, widths
+    16..128; 14.8 vs 79.6 samples/s with the demo config), so 'steps' dispatches one jitted
+    call per step instead (same math, same random streams).
     """
     if loop not in ("auto", "scan", "steps"):
         raise ValueError(f"parallel.loop must be 'auto', 'scan' or 'steps', got {loop!r}")

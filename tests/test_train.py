@@ -73,7 +73,9 @@ def test_different_config_in_same_workdir_is_refused(early_stopping_run):
     config, workdir, dataset, _ = early_stopping_run
     other = smoke_config("folds.val_subject_fraction=0.34", "train.early_stopping_patience=1")
     other.train.learning_rate = 0.5
-    with pytest.raises(ValueError, match=r"(?s)different config.*train.learning_rate: saved 0.002 != new 0.5"):
+    with pytest.raises(
+        ValueError, match=r"(?s)different config.*train.learning_rate: saved 0.002 != new 0.5"
+    ):
         train_and_evaluate(other, workdir, dataset=dataset)
 
 
