@@ -193,6 +193,7 @@ def main(argv=None) -> dict:
         action="store_true",
         help="merge with <out>/<machine>/benchmark.json of the same preset",
     )
+    parser.add_argument("--note", default="", help="a sentence for benchmark.md (conditions)")
     parser.add_argument(
         "--torch_threads",
         type=int,
@@ -222,6 +223,8 @@ def main(argv=None) -> dict:
     print(f"benchmark preset {args.preset} on {env['device']} -> {machine}", flush=True)
 
     result = {"preset": args.preset, "machine": machine, "env": env, "preset_spec": preset}
+    if args.note:
+        result["note"] = args.note
     result["config"] = lib.config_dict(config)
     result["flops"] = lib.flops_per_sample(config, min(preset["batch_sizes"]))
     if not args.skip_throughput:
