@@ -33,9 +33,12 @@ class FoldCheckpointer:
         self.fold_dir = os.path.abspath(os.path.join(workdir, "folds", fold_name))
         os.makedirs(self.fold_dir, exist_ok=True)
         # No best_fn: with best_fn Orbax may delete the latest step (DESIGN.md §3); we only
-        # ever need the latest. Synchronous saves keep a killed run's last save complete.
+        # ever need the latest. Saves are asynchronous so that writing one fold's final state
+        # overlaps the next fold's training; Orbax writes into a temporary folder and renames
+        # it when complete, so a killed run never resumes from a half-written step, and
+        # write_result() waits for the save before it marks the fold done.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max(1, max_to_keep), create=True, enable_async_checkpointing=False
+            max_to_keep=max(1, max_to_keep), create=True, enable_async_checkpointing=True
         )
         self.manager = ocp.CheckpointManager(
             os.path.join(self.fold_dir, "checkpoints"), options=options
@@ -53,8 +56,7 @@ class FoldCheckpointer:
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
             ),
-        )
-        self.manager.wait_until_finished()
+        )  # returns once the arrays are copied; the write finishes in the background
 
     def restore(self, epochs_done: int, like):
         """Restore into the structure of ``like`` (a pytree of arrays or ShapeDtypeStructs)."""
@@ -82,6 +84,7 @@ class FoldCheckpointer:
 
     def write_result(self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict) -> None:
         """test_idx [M] int (dataset indices), log_probs [M, C] float32; summary JSON-able."""
+        self.manager.wait_until_finished()  # "done" promises a complete final checkpoint
         np.savez(
             os.path.join(self.fold_dir, "predictions.npz"),
             test_idx=np.asarray(test_idx, np.int64),
@@ -100,4 +103,5 @@ class FoldCheckpointer:
         return test_idx, log_probs, summary
 
     def close(self) -> None:
+        self.manager.wait_until_finished()
         self.manager.close()

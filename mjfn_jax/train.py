@@ -144,8 +144,11 @@ def _check_finite(metrics: dict, members, names, first_epoch: int) -> None:
             )
 
 
-def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, stats) -> None:
-    """Train (or resume) one group of folds to the end, then write their predictions."""
+def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, stats) -> list:
+    """Train (or resume) one group of folds to the end and predict its test subjects.
+
+    Returns the group's results as (checkpointer, test_idx, log_probs, summary) tuples; the
+    caller writes them (which marks the folds done) once their async saves had time to land."""
     names = arrays.names
     real = [int(m) for m in members if m >= 0]
     folds = jax.device_put(_fold_inputs(config, dataset, arrays, members), runner.group_sharding)
@@ -176,21 +179,24 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, st
                     np.all(metrics["stopped"][[p for p, m in enumerate(members) if m >= 0], -1])
                 )
             if (every > 0 and epoch % every == 0) or epoch == total or stopped:
+                host_states = jax.tree.map(np.asarray, states)  # one transfer for the group
                 for pos, m in enumerate(members):
                     if m >= 0:
                         meta = {"epochs_done": epoch, "history": histories[m]}
-                        ckpts[m].save(epoch, _slice(states, pos), meta)
+                        ckpts[m].save(epoch, _slice(host_states, pos), meta)
             bar.update(n)
             bar.set_postfix(loss=f"{np.mean(metrics['loss'][:, -1]):.3f}")
     test_idx = jax.device_put(
         arrays.test_idx[np.where(members >= 0, members, real[0])], runner.group_sharding
     )
     log_probs = np.asarray(runner.predict(states, data, test_idx))  # [G, max_test, C]
+    results = []
     for pos, m in enumerate(members):
         if m >= 0:
             mask = arrays.test_mask[m]
             summary = {"fold": names[m], "epochs_trained": epoch, "history": histories[m]}
-            ckpts[m].write_result(arrays.test_idx[m][mask], log_probs[pos][mask], summary)
+            results.append((ckpts[m], arrays.test_idx[m][mask], log_probs[pos][mask], summary))
+    return results
 
 
 def _load_dataset(config):
@@ -284,11 +290,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
     budget = _Budget(config.train.stop_after_epochs)
     groups = parallel.fold_groups(len(pending), group_size, mesh.size if vmapped else 1)
     start = time.perf_counter()
+    unwritten: list = []  # the previous group's results: written after the next group trains
     try:
         for group in tqdm(groups, desc="fold groups", unit="group", disable=len(groups) < 2):
             members = np.where(group >= 0, pending[np.maximum(group, 0)], -1)
-            _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, stats)
+            finished = _run_group(
+                config, runner, ckpts, arrays, dataset, data, members, budget, stats
+            )
+            for ckpt, *result in unwritten:
+                ckpt.write_result(*result)
+            unwritten = finished
     finally:
+        for ckpt, *result in unwritten:  # completed folds are kept even if a later one failed
+            ckpt.write_result(*result)
         for c in ckpts:
             c.close()
     wall = time.perf_counter() - start
