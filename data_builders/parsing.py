@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from data_builders.flow_worker import ClipSpec
 from data_builders.skips import SkipLog
 
 
@@ -77,6 +78,22 @@ class AnnotatedClip:
     apex: int
     offset: int  # -1 where the sheet has no usable offset (not needed for the flow)
     where: str  # "file row N", for error messages
+
+    def to_spec(self, *, source: str, onset_path: Any, apex_path: Any, crop: str) -> ClipSpec:
+        """The clip resolved to its onset and apex frame files (a flow worker's input)."""
+        return ClipSpec(
+            source=source,
+            subject=self.subject,
+            clip=self.clip,
+            emotion=self.emotion,
+            label=self.label,
+            onset_frame=self.onset,
+            apex_frame=self.apex,
+            offset_frame=self.offset,
+            onset_path=str(onset_path),
+            apex_path=str(apex_path),
+            crop=crop,
+        )
 
 
 def parse_annotation_rows(

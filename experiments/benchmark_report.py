@@ -188,7 +188,9 @@ def to_markdown(result: dict) -> str:
         "Notes: a step = uint8 batch resident on the device -> float, forward, 4-head loss, "
         "backward, optimizer update; the JAX step also runs the engine's on-device augmentation, "
         "the PyTorch step does not (host DataLoader augmentation is outside it). `jax_scan` is "
-        "the engine's real hot path: a whole epoch of steps in one `lax.scan` call. LOSO wall "
+        "the engine's `parallel.loop=scan` path (a whole epoch of steps in one `lax.scan` call, "
+        "the default on accelerators); on CPU `loop=auto` makes one call per step, as `jax_step` "
+        "does, because XLA:CPU runs this step several times slower inside a while loop. LOSO wall "
         "times include compilation, data loading, per-fold checkpoints and reports; later seeds "
         "reuse in-process compile caches (hence first-seed and median columns); torch.compile's "
         "on-disk caches are off. Host RSS is the whole process's (both frameworks loaded).",

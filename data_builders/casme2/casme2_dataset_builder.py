@@ -59,15 +59,8 @@ def list_casme2(
             d / file_name.format(frame=n), k, n
         )
         clips.append(
-            common.ClipSpec(
+            row.to_spec(
                 source="casme2",
-                subject=row.subject,
-                clip=row.clip,
-                emotion=row.emotion,
-                label=row.label,
-                onset_frame=row.onset,
-                apex_frame=row.apex,
-                offset_frame=row.offset,
                 onset_path=frame_path(row.onset),
                 apex_path=frame_path(row.apex),
                 crop=crop,

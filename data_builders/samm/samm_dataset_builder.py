@@ -56,17 +56,10 @@ def list_samm(
                     f"({len(frames)} numbered frames there)"
                 )
         clips.append(
-            common.ClipSpec(
+            row.to_spec(
                 source="samm",
-                subject=row.subject,
-                clip=row.clip,
-                emotion=row.emotion,
-                label=row.label,
-                onset_frame=row.onset,
-                apex_frame=row.apex,
-                offset_frame=row.offset,
-                onset_path=str(frames[row.onset]),
-                apex_path=str(frames[row.apex]),
+                onset_path=frames[row.onset],
+                apex_path=frames[row.apex],
                 crop="haar",
             )
         )

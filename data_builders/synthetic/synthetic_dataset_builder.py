@@ -69,15 +69,8 @@ def list_synthetic(root: Path, skips: SkipLog) -> list[common.ClipSpec]:
             d / f"img{n}.png", k, n
         )
         clips.append(
-            common.ClipSpec(
+            row.to_spec(
                 source="synthetic",
-                subject=row.subject,
-                clip=row.clip,
-                emotion=row.emotion,
-                label=row.label,
-                onset_frame=row.onset,
-                apex_frame=row.apex,
-                offset_frame=row.offset,
                 onset_path=frame(row.onset),
                 apex_path=frame(row.apex),
                 crop="center",  # Generated faces fill the frame's centre.
