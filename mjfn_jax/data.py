@@ -139,6 +139,19 @@ class Dataset:
             tuple(str(c) for c in class_names),
         )
 
+    @classmethod
+    def from_synthetic_arrays(cls, arrays: dict) -> Dataset:
+        """The dict of ``mjfn_jax.synthetic.make_flow_arrays`` as a Dataset, with subjects
+        prefixed like the synthetic builder's canonical ids ('s01' -> 'synthetic/s01')."""
+        return cls.from_arrays(
+            arrays["images"],
+            arrays["labels"],
+            arrays["subjects"],
+            arrays["class_names"],
+            clips=arrays["clips"],
+            source="synthetic",
+        )
+
 
 def build_command(name: str, builder_config: str, data_dir: str | os.PathLike) -> str:
     manual = "" if name == "synthetic" else " --manual_dir /path/to/" + name

@@ -88,3 +88,16 @@ def test_load_sorted_and_matches_records(tmp_path):
         assert data.labels[row] == record["label"]
     with pytest.raises(ValueError, match="no split 'test'"):
         load_dataset("synthetic", "farneback_32", tmp_path, split="test")
+
+
+def test_from_synthetic_arrays_uses_canonical_subjects_and_keeps_clips():
+    from mjfn_jax.synthetic import make_flow_arrays
+
+    arrays = make_flow_arrays(2, 2, 16, 0)
+    data = Dataset.from_synthetic_arrays(arrays)
+    assert len(data) == len(arrays["labels"]) == 4
+    assert set(data.subjects) == {"synthetic/s01", "synthetic/s02"}
+    assert set(data.sources) == {"synthetic"}
+    np.testing.assert_array_equal(data.clips, np.asarray(arrays["clips"]).astype(str))
+    np.testing.assert_array_equal(data.labels, arrays["labels"])
+    assert data.class_names == tuple(arrays["class_names"])

@@ -20,14 +20,7 @@ def trained(tmp_path_factory):
     from mjfn_jax.synthetic import make_flow_arrays
 
     arrays = make_flow_arrays(2, 3, 32, 0)
-    dataset = Dataset.from_arrays(
-        arrays["images"],
-        arrays["labels"],
-        arrays["subjects"],
-        arrays["class_names"],
-        clips=arrays["clips"],
-        source="synthetic",
-    )
+    dataset = Dataset.from_synthetic_arrays(arrays)
     config = load_config(
         "experiments/configs/synthetic.py:smoke",
         ["parallel.strategy=sequential", "train.num_epochs=1"],

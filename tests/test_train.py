@@ -14,14 +14,7 @@ from mjfn_jax.train import balanced_class_weights, train_and_evaluate
 
 def tiny_dataset(num_subjects: int = 4, clips: int = 3) -> Dataset:
     arrays = make_flow_arrays(num_subjects, clips, 32, 0)
-    return Dataset.from_arrays(
-        arrays["images"],
-        arrays["labels"],
-        arrays["subjects"],
-        arrays["class_names"],
-        clips=arrays["clips"],
-        source="synthetic",
-    )
+    return Dataset.from_synthetic_arrays(arrays)
 
 
 def smoke_config(*overrides: str):

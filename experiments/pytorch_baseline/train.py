@@ -285,18 +285,10 @@ def train_loso_torch(
 
 
 def dataset_from_arrays(arrays: dict):
-    """A ``mjfn_jax.data.Dataset`` from ``mjfn_jax.synthetic.make_flow_arrays``'s dict
-    (subjects prefixed "synthetic/" like the builder's canonical ids)."""
+    """A ``mjfn_jax.data.Dataset`` from ``mjfn_jax.synthetic.make_flow_arrays``'s dict."""
     from mjfn_jax.data import Dataset
 
-    return Dataset.from_arrays(
-        arrays["images"],
-        arrays["labels"],
-        arrays["subjects"],
-        arrays["class_names"],
-        clips=arrays["clips"],
-        source="synthetic",
-    )
+    return Dataset.from_synthetic_arrays(arrays)
 
 
 def main(argv=None) -> dict:
