@@ -139,7 +139,7 @@ class FoldProgram:
         new_state = state | {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}
         return new_state, (loss, correct)
 
-    def _epoch_plan(self, fold: dict, epoch: jax.Array):
+    def epoch_plan(self, fold: dict, epoch: jax.Array):
         """The epoch's batches [steps, B] int32 and step keys [steps]: f(fold key, epoch)."""
         epoch_key = jax.random.fold_in(jax.random.fold_in(fold["key"], 1), epoch)
         order = epoch_batches(
@@ -151,10 +151,11 @@ class FoldProgram:
         )
         return order, jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps)
 
-    def train_step_at(self, state: dict, fold: dict, data: dict, epoch, step):
-        """Step ``step`` of epoch ``epoch`` alone (the one-call-per-step mode).
+    def train_step_at(self, state: dict, fold: dict, data: dict, plan, step):
+        """Step ``step`` alone (the one-call-per-step mode), given the epoch's plan from
+        ``epoch_plan`` (computed once per epoch, not once per step).
         Returns (state, (loss, correct))."""
-        order, step_keys = self._epoch_plan(fold, epoch)
+        order, step_keys = plan  # [steps, B] int32, [steps] keys
         return self._train_step(state, (order[step], step_keys[step]), fold, data)
 
     def end_epoch(self, state: dict, fold: dict, data: dict, losses, correct):
@@ -172,7 +173,7 @@ class FoldProgram:
         return state, metrics
 
     def _epoch(self, state: dict, epoch: jax.Array, fold: dict, data: dict):
-        order, step_keys = self._epoch_plan(fold, epoch)  # [steps, B], [steps]
+        order, step_keys = self.epoch_plan(fold, epoch)  # [steps, B], [steps]
 
         def step(s, xs):
             return self._train_step(s, xs, fold, data)

@@ -180,8 +180,12 @@ class GroupRunner:
             donate_argnums=0,
             out_shardings=(self.group_sharding, self.group_sharding),
         )
+        self._plan = jax.jit(
+            _lift(program.epoch_plan, vmapped, (0, None), mesh),
+            out_shardings=self.group_sharding,
+        )
         self._step = jax.jit(
-            _lift(program.train_step_at, vmapped, (0, 0, None, None, None), mesh),
+            _lift(program.train_step_at, vmapped, (0, 0, None, 0, None), mesh),
             donate_argnums=0,
             out_shardings=(self.group_sharding, self.group_sharding),
         )
@@ -216,11 +220,12 @@ class GroupRunner:
         per_epoch = []
         for epoch in range(first_epoch, first_epoch + num_epochs):
             losses, correct = [], []
+            # [G, steps, B] batches and [G, steps] keys, once per epoch.
+            plan = self._call("the epoch plan", self._plan, folds, np.int32(epoch))
             for step in range(self.program.steps):
                 states, (loss, right) = self._call(
-                    "the training step", self._step, states, folds, data,
-                    np.int32(epoch), np.int32(step),
-                )  # fmt: skip
+                    "the training step", self._step, states, folds, data, plan, np.int32(step)
+                )
                 losses.append(loss)
                 correct.append(right)
             states, metrics = self._call(
