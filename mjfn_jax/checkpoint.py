@@ -2,19 +2,25 @@
 
 Layout under the workdir::
 
-    folds/<fold>/checkpoints/<epoch>/   Orbax: {"state": flat train state, "meta": JSON}
+    folds/<fold>/checkpoints/<epoch>/   Orbax: {"state": flat train state, "meta": JSON}; only
+                                        while the fold is in progress (deleted when it is done)
+    folds/<fold>/final/                 Orbax: the finished fold's model, params + BN statistics
     folds/<fold>/predictions.npz        test indices + log-probs (written when the fold ends)
     folds/<fold>/done.json              history; written last, so its presence means "finished"
 
 The step number of a checkpoint is the number of COMPLETED epochs. The train state is saved as
 a flat {key path: array} dict, which round-trips any pytree (nnx.State, optax states) exactly.
 Random streams are functions of (seed, fold, epoch, step), so no key needs saving.
+A finished fold keeps only what prediction and weight export need: at the reference size the
+optimizer state (two Adam moments) is two thirds of a full checkpoint, and 68 folds of full
+checkpoints would be ~14 GB (disk use is reported by experiments/benchmark.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -37,15 +43,31 @@ class FoldCheckpointer:
         # overlaps the next fold's training; Orbax writes into a temporary folder and renames
         # it when complete, so a killed run never resumes from a half-written step, and
         # write_result() waits for the save before it marks the fold done.
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max(1, max_to_keep), create=True, enable_async_checkpointing=True
-        )
-        self.manager = ocp.CheckpointManager(
-            os.path.join(self.fold_dir, "checkpoints"), options=options
-        )
+        self._max_to_keep = max(1, max_to_keep)
+        self._manager = None  # created on first use: a fold saved once needs none
+        self._final = None
+
+    @property
+    def checkpoints_dir(self) -> str:
+        return os.path.join(self.fold_dir, "checkpoints")
+
+    @property
+    def final_dir(self) -> str:
+        return os.path.join(self.fold_dir, "final")
+
+    @property
+    def manager(self) -> ocp.CheckpointManager:
+        if self._manager is None:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=self._max_to_keep, create=True, enable_async_checkpointing=True
+            )
+            self._manager = ocp.CheckpointManager(self.checkpoints_dir, options=options)
+        return self._manager
 
     def epochs(self) -> list[int]:
-        """Completed-epoch counts that have a checkpoint."""
+        """Completed-epoch counts that have an in-progress checkpoint."""
+        if self._manager is None and not os.path.isdir(self.checkpoints_dir):
+            return []
         return sorted(self.manager.all_steps())
 
     def save(self, epochs_done: int, state, meta: dict) -> None:
@@ -75,6 +97,25 @@ class FoldCheckpointer:
 
     # Finished folds -------------------------------------------------------------------------
 
+    def save_final(self, model_state) -> None:
+        """The finished fold's model {"params", "batch_stats"} (asynchronous, atomic)."""
+        if self._final is None:
+            self._final = ocp.StandardCheckpointer()
+        host_state = jax.tree.map(np.asarray, _flatten(model_state))
+        self._final.save(self.final_dir, host_state, force=True)
+
+    def has_final(self) -> bool:
+        return os.path.isdir(self.final_dir)
+
+    def restore_final(self, like):
+        """The finished fold's model into the structure of ``like``."""
+        flat_like = _flatten(like)
+        abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat_like.items()}
+        with ocp.StandardCheckpointer() as checkpointer:
+            flat = checkpointer.restore(self.final_dir, abstract)
+        leaves = [np.asarray(flat[k]) for k in flat_like]
+        return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
     @property
     def done_path(self) -> str:
         return os.path.join(self.fold_dir, "done.json")
@@ -84,7 +125,7 @@ class FoldCheckpointer:
 
     def write_result(self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict) -> None:
         """test_idx [M] int (dataset indices), log_probs [M, C] float32; summary JSON-able."""
-        self.manager.wait_until_finished()  # "done" promises a complete final checkpoint
+        self._wait()  # "done" promises a complete final checkpoint
         np.savez(
             os.path.join(self.fold_dir, "predictions.npz"),
             test_idx=np.asarray(test_idx, np.int64),
@@ -94,6 +135,9 @@ class FoldCheckpointer:
         with open(tmp, "w") as f:
             json.dump(summary, f, indent=1)
         os.replace(tmp, self.done_path)  # atomic: a fold is done only once everything is there
+        if self.has_final():  # the in-progress checkpoints (with optimizer state) are spent
+            self.close()
+            shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
 
     def read_result(self) -> tuple[np.ndarray, np.ndarray, dict]:
         with np.load(os.path.join(self.fold_dir, "predictions.npz")) as z:
@@ -102,6 +146,17 @@ class FoldCheckpointer:
             summary = json.load(f)
         return test_idx, log_probs, summary
 
+    def _wait(self) -> None:
+        if self._manager is not None:
+            self._manager.wait_until_finished()
+        if self._final is not None:
+            self._final.wait_until_finished()
+
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        self._wait()
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+        if self._final is not None:
+            self._final.close()
+            self._final = None

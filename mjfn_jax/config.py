@@ -44,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.builder_config = "tvl1_112"  # BuilderConfig: '<flow method>_<resolution>'.
     c.data.data_dir = "data/tfds"  # Where `python -m data_builders build` wrote it.
     c.data.split = "train"
+    # data.name='generated': synthetic flow images made in memory (no build), for benchmarks.
+    c.data.generated_subjects = 68  # Composite scale: 68 subjects ...
+    c.data.generated_samples = 442  # ... and 442 clips.
 
     c.folds = ml_collections.ConfigDict()
     c.folds.protocol = "loso"  # 'loso' (leave one subject out) or 'kfold' (k folds by subject).

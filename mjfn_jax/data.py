@@ -213,3 +213,27 @@ def load_dataset(
         clips=pick(clips),
         class_names=tuple(builder.info.features["label"].names),
     )
+
+
+GENERATED = "generated"  # data.name of arrays made in memory (benchmarks): no build, no tfds
+
+
+def dataset_from_config(data_config, input_size: int, seed: int) -> Dataset:
+    """The dataset a config names: a built split (``load_dataset``), or with
+    ``data.name='generated'`` synthetic flow images made in memory at ``input_size``
+    (``data.generated_subjects`` subjects, ``data.generated_samples`` clips; the data seed is
+    the config's seed), so a benchmark needs no dataset build."""
+    if data_config.name == GENERATED:
+        from mjfn_jax.synthetic import make_flow_arrays
+
+        arrays = make_flow_arrays(
+            data_config.generated_subjects,
+            None,
+            input_size,
+            seed,
+            num_samples=data_config.generated_samples,
+        )
+        return Dataset.from_synthetic_arrays(arrays)
+    return load_dataset(
+        data_config.name, data_config.builder_config, data_config.data_dir, split=data_config.split
+    )

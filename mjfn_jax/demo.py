@@ -23,9 +23,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from mjfn_jax.config_io import load_config
     from mjfn_jax.data import load_dataset
+    from mjfn_jax.parallel import split_cpu_devices
     from mjfn_jax.report import format_results_table
     from mjfn_jax.train import setup_logging, train_and_evaluate
 
+    split_cpu_devices()
     setup_logging()
 
     config = load_config(FLAGS.config)

@@ -8,7 +8,8 @@ functions of (fold key, epoch, step), so a resumed run draws exactly what an uni
 would, whatever the chunking of epochs into calls.
 
 Pytrees (one fold):
-  state: {"params", "batch_stats": nnx.State, "opt_state": optax state,
+  state: {"params", "batch_stats": {module path: array} (flat dicts, see _FlatState),
+          "opt_state": optax state,
           with early stopping also "best_params", "best_batch_stats", "best_val" f32 [],
           "since_best" int32 [], "stopped" bool []}
   fold:  {"key": typed PRNG key, "train_idx" int32 [T], "train_count" int32 [],
@@ -34,22 +35,45 @@ def make_optimizer(train: ml_collections.ConfigDict, steps_per_epoch: int):
     """Adam/AdamW with per-step linear warmup + cosine decay to 0, optional clipping.
 
     Weight decay (adamw) applies to kernels only (ndim > 1), not to BN scales or biases.
+    The Adam moments run over ONE flat vector (``optax.flatten``): per-leaf updates of the
+    ~100 small parameter arrays cost 1.32 ms a step on the 2-core CPU, the flat form 0.55 ms
+    (same math as ``optax.adamw``, which is this same chain without the flattening).
     """
     total = max(1, train.num_epochs * steps_per_epoch)
     warmup = min(train.warmup_epochs * steps_per_epoch, total - 1)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, train.learning_rate, warmup_steps=max(warmup, 0), decay_steps=total, end_value=0.0
     )
+    if train.optimizer not in ("adam", "adamw"):
+        raise ValueError(f"train.optimizer must be 'adam' or 'adamw', got {train.optimizer!r}")
+    parts = [optax.flatten(optax.scale_by_adam())]
     if train.optimizer == "adamw":
         decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-        opt = optax.adamw(schedule, weight_decay=train.weight_decay, mask=decay_mask)
-    elif train.optimizer == "adam":
-        opt = optax.adam(schedule)
-    else:
-        raise ValueError(f"train.optimizer must be 'adam' or 'adamw', got {train.optimizer!r}")
+        parts.append(optax.add_decayed_weights(train.weight_decay, mask=decay_mask))
+    parts.append(optax.scale_by_learning_rate(schedule))
     if train.grad_clip_norm > 0:
-        opt = optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), opt)
-    return opt
+        parts.insert(0, optax.clip_by_global_norm(train.grad_clip_norm))
+    return optax.chain(*parts)
+
+
+class _FlatState:
+    """An nnx.State <-> a flat {module path: array} dict, e.g. "['stem']['conv']['kernel']".
+
+    The engine's train state holds plain dicts: every jitted call flattens its arguments and
+    unflattens its results, and nnx.State (Variable objects) made that several ms of Python
+    per training step; the model is rebuilt from the dicts inside the traced functions."""
+
+    def __init__(self, like):
+        leaves = jax.tree_util.tree_flatten_with_path(like)[0]
+        # keystr ends in ".value" (the Variable's field); the module path alone is the name
+        self.names = [jax.tree_util.keystr(path).removesuffix(".value") for path, _ in leaves]
+        self.treedef = jax.tree.structure(like)
+
+    def to_flat(self, state) -> dict:
+        return dict(zip(self.names, jax.tree.leaves(state), strict=True))
+
+    def to_state(self, flat: dict):
+        return jax.tree.unflatten(self.treedef, [flat[name] for name in self.names])
 
 
 class FoldProgram:
@@ -67,7 +91,10 @@ class FoldProgram:
         self.data_sharding = data_sharding  # batch sharding for the 'data' axis, or None
         self.early_stopping = config.train.early_stopping_patience > 0
         abstract = nnx.eval_shape(lambda: MJFN(config.model, rngs=nnx.Rngs(0)))
-        self.graphdef, _, _, self.rng_template = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
+        self.graphdef, params, stats, self.rng_template = nnx.split(
+            abstract, nnx.Param, nnx.BatchStat, ...
+        )
+        self._params, self._stats = _FlatState(params), _FlatState(stats)
         self.tx = make_optimizer(config.train, steps_per_epoch)
 
     # Model assembly ---------------------------------------------------------------------
@@ -83,7 +110,13 @@ class FoldProgram:
             for i, leaf in enumerate(leaves)
         ]
         rng_state = jax.tree.unflatten(treedef, fresh)
-        model = nnx.merge(self.graphdef, params, batch_stats, rng_state, copy=True)
+        model = nnx.merge(
+            self.graphdef,
+            self._params.to_state(params),
+            self._stats.to_state(batch_stats),
+            rng_state,
+            copy=True,
+        )
         model.train() if train else model.eval()
         return model
 
@@ -92,6 +125,7 @@ class FoldProgram:
         init_key = jax.random.fold_in(fold_key, 0)
         model = MJFN(self.config.model, rngs=nnx.Rngs(init_key))
         _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+        params, batch_stats = self._params.to_flat(params), self._stats.to_flat(batch_stats)
         state = {"params": params, "batch_stats": batch_stats, "opt_state": self.tx.init(params)}
         if self.early_stopping:
             state |= {
@@ -128,7 +162,7 @@ class FoldProgram:
                 label_smoothing=cfg.loss.label_smoothing,
                 class_weights=class_weights,
             )
-            return loss, (nnx.state(model, nnx.BatchStat), outputs["fused"])
+            return loss, (self._stats.to_flat(nnx.state(model, nnx.BatchStat)), outputs["fused"])
 
         (loss, (batch_stats, fused)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"]
@@ -223,9 +257,15 @@ class FoldProgram:
 
         return jax.lax.map(one, idx_chunks).reshape(padded, -1)[:m]
 
-    def predict(self, state: dict, data: dict, idx: jax.Array) -> jax.Array:
-        """Test predictions of the final model (the best-on-validation one with early
-        stopping). idx [M] int32 -> log-probs [M, C] float32."""
+    def export(self, state: dict) -> dict:
+        """The fold's model {"params", "batch_stats"}: the final one, or with early stopping the
+        best-on-validation one. What a finished fold keeps (no optimizer state)."""
         if self.early_stopping:
-            return self._predict(state["best_params"], state["best_batch_stats"], data, idx)
-        return self._predict(state["params"], state["batch_stats"], data, idx)
+            return {"params": state["best_params"], "batch_stats": state["best_batch_stats"]}
+        return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+    def predict(self, state: dict, data: dict, idx: jax.Array) -> jax.Array:
+        """Test predictions of a train state's exported model (see ``export``) or of an
+        exported model itself. idx [M] int32 -> log-probs [M, C] float32."""
+        model = self.export(state) if "opt_state" in state else state
+        return self._predict(model["params"], model["batch_stats"], data, idx)

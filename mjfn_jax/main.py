@@ -21,6 +21,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from mjfn_jax.parallel import split_cpu_devices
+
+    split_cpu_devices()
     from mjfn_jax.report import format_results_table
     from mjfn_jax.train import setup_logging, train_and_evaluate
 

@@ -5,11 +5,12 @@
   1-D mesh axis ``fold``. Folds need no communication, so this scales to every device.
 - 'sequential': one fold at a time; its batch is sharded over a 1-D mesh axis ``data``
   (params replicated). XLA inserts the gradient all-reduce.
-- 'auto': by platform, from measurement. On XLA:CPU vmap lowers the convolutions of K models to
-  one grouped convolution, which is slower than K separate ones (DESIGN.md §3; measured again for
-  this engine on the 2-core dev machine, 2026-11-23, demo config, 6 folds: sequential 79.6 vs
-  vmap 34.4 samples/s), so CPU -> 'sequential'. GPU/TPU -> 'vmap' (UNMEASURED here: no
-  accelerator was available when this was written).
+- 'auto': by platform, from measurement (see resolve_strategy). On XLA:CPU vmap lowers the
+  convolutions of K models to one grouped convolution, which is slower than K separate ones
+  (measured 2026-11-23, demo config, 6 folds: sequential 79.6 vs vmap 34.4 samples/s), so on CPU
+  'vmap' runs ONE fold per device (no vmap at all inside a device) and the host is split into
+  one CPU device per core. GPU/TPU -> 'vmap' over all folds (UNMEASURED here: no accelerator
+  was available when this was written).
 
 Under 'vmap' each device runs ``jax.vmap`` over its own folds inside ``jax.shard_map``: letting
 the SPMD partitioner split a vmapped program over the fold axis gave wrong numbers (see _lift).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 
 import jax
@@ -39,19 +41,38 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "vmap", "sequential")
 # Measured choice per platform; see the module docstring (GPU/TPU unmeasured).
-AUTO_STRATEGY = {"cpu": "sequential", "gpu": "vmap", "cuda": "vmap", "rocm": "vmap", "tpu": "vmap"}
+AUTO_STRATEGY = {"gpu": "vmap", "cuda": "vmap", "rocm": "vmap", "tpu": "vmap"}
 
 
-def resolve_strategy(strategy: str, platform: str | None = None) -> str:
-    """'auto' -> the measured choice for ``platform`` (default: jax's default backend)."""
+def resolve_strategy(strategy: str, platform: str | None = None, num_devices: int = 1) -> str:
+    """'auto' -> the measured choice for ``platform`` (default: jax's default backend).
+
+    CPU: 'vmap' with one fold per device when the host is split into several CPU devices
+    (``mjfn_jax.main`` splits it into one device per core), else 'sequential'. Measured on the
+    2-core dev machine (2026-11-25, benchmark cpu config, 68 folds x 2 epochs): training time
+    18.5 s with 2 devices x 1 fold vs 23.7 s sequential (XLA:CPU runs one small step on 2 cores
+    at ~1.4x one core; two steps on their own cores at ~2x).
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"parallel.strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy != "auto":
         return strategy
     platform = platform or jax.default_backend()
-    choice = AUTO_STRATEGY.get(platform, "sequential")
-    logging.getLogger(__name__).info("parallel.strategy=auto -> %s on %s", choice, platform)
+    if platform == "cpu":
+        choice = "vmap" if num_devices > 1 else "sequential"
+    else:
+        choice = AUTO_STRATEGY.get(platform, "sequential")
+    log.info("parallel.strategy=auto -> %s on %s (%d devices)", choice, platform, num_devices)
     return choice
+
+
+def split_cpu_devices(num_devices: int = 0) -> None:
+    """One XLA:CPU device per core (before JAX starts its backends), so that on a CPU-only
+    machine folds train one per core (parallel.strategy=auto); accelerators are unaffected.
+    A device count forced through XLA_FLAGS is left alone."""
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    jax.config.update("jax_num_cpu_devices", num_devices or os.cpu_count() or 1)
 
 
 def resolve_loop(loop: str, platform: str | None = None) -> str:
@@ -125,11 +146,14 @@ def put(tree, sharding: NamedSharding):
 
 def strategy_setup(config, num_folds: int):
     """(vmapped, mesh, group_size, data_sharding) for the configured strategy."""
-    strategy = resolve_strategy(config.parallel.strategy)
     num_devices = len(devices(config.parallel.num_devices))
+    strategy = resolve_strategy(config.parallel.strategy, num_devices=num_devices)
     if strategy == "vmap":
         mesh = make_mesh("fold", num_devices)
-        return True, mesh, config.parallel.fold_group_size or num_folds, None
+        group_size = config.parallel.fold_group_size
+        if not group_size:  # all folds at once; on CPU one fold per device (no grouped convs)
+            group_size = num_devices if jax.default_backend() == "cpu" else num_folds
+        return True, mesh, group_size, None
     size = data_axis_size(config.train.batch_size, num_devices)
     mesh = make_mesh("data", size)
     data_sharding = NamedSharding(mesh, P("data")) if size > 1 else None
@@ -146,11 +170,6 @@ def _lift(fn, vmapped: bool, in_axes: tuple, mesh):
     'sequential' (one fold): a squeeze, so the plain per-fold program runs (no grouped
     convolutions); its batch is sharded by the partitioner via the 'data' sharding constraint.
     """
-    if vmapped:
-        specs = tuple(P(mesh.axis_names[0]) if ax == 0 else P() for ax in in_axes)
-        return jax.shard_map(
-            jax.vmap(fn, in_axes=in_axes), mesh=mesh, in_specs=specs, out_specs=P(*mesh.axis_names)
-        )
 
     def one_fold(*args):
         args = [
@@ -159,7 +178,17 @@ def _lift(fn, vmapped: bool, in_axes: tuple, mesh):
         ]
         return jax.tree.map(lambda x: x[None], fn(*args))
 
-    return one_fold
+    if not vmapped:
+        return one_fold
+
+    def per_device(*args):  # this device's folds; one fold needs no vmap (no grouped convs)
+        local = jax.tree.leaves([a for a, ax in zip(args, in_axes, strict=True) if ax == 0])
+        if local[0].shape[0] == 1:
+            return one_fold(*args)
+        return jax.vmap(fn, in_axes=in_axes)(*args)
+
+    specs = tuple(P(mesh.axis_names[0]) if ax == 0 else P() for ax in in_axes)
+    return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(*mesh.axis_names))
 
 
 class GroupRunner:
@@ -171,7 +200,7 @@ class GroupRunner:
         kind and mesh (they do not depend on learning-rate values, so need no recompiling)."""
         self.program, self.mesh, self.vmapped, self.scan = program, mesh, vmapped, scan
         self.group_sharding = sharded_leading(mesh) if vmapped else replicated(mesh)
-        self.init, self._predict = shared or (
+        self._init, self._predict = shared or (
             jax.jit(_lift(program.init, vmapped, (0,), mesh), out_shardings=self.group_sharding),
             jax.jit(_lift(program.predict, vmapped, (0, None, 0), mesh)),
         )
@@ -197,18 +226,28 @@ class GroupRunner:
         self._compiled: dict[tuple, object] = {}  # AOT-compiled training calls
         self.compile_s = 0.0
 
-    def _call(self, name: str, jitted, *args):
-        """Run ``jitted`` AOT-compiled once per argument shapes, timing the compile."""
-        # A flat tuple of leaf shapes/dtypes: this runs once per training step, and str() of an
-        # nnx.State goes through flax's pretty repr (it cost a third of a LOSO's wall time).
+    def _compiled_for(self, name: str, jitted, *args, options=None):
+        """``jitted`` AOT-compiled once per argument shapes (the compile timed)."""
+        # A flat tuple of leaf shapes/dtypes; str() of an nnx.State goes through flax's pretty
+        # repr (it cost a third of a LOSO's wall time when it was on the per-step path).
         key = (name, tuple((x.shape, x.dtype) for x in jax.tree.leaves(args)))
         if key not in self._compiled:
             start = time.perf_counter()
-            self._compiled[key] = jitted.lower(*args).compile()
+            self._compiled[key] = jitted.lower(*args).compile(compiler_options=options)
             seconds = time.perf_counter() - start
             self.compile_s += seconds
             log.info("compiled %s in %.1f s", name, seconds)
-        return self._compiled[key](*args)
+        return self._compiled[key]
+
+    def _call(self, name: str, jitted, *args):
+        return self._compiled_for(name, jitted, *args)(*args)
+
+    def init(self, keys):
+        """Fresh train states [G, ...] from fold keys [G]. Compiled without XLA's backend
+        optimisations: it runs once per group, and the random initialisers took 5.2 s to
+        compile at the default level vs 1.6 s at level 0 (2-core CPU, cpu benchmark model)."""
+        fast = {"xla_backend_optimization_level": 0}
+        return self._compiled_for("the init", self._init, keys, options=fast)(keys)
 
     def train(self, states, folds, data, first_epoch: int, num_epochs: int):
         """Train epochs [first_epoch, first_epoch + num_epochs) of a group.
@@ -222,10 +261,12 @@ class GroupRunner:
             losses, correct = [], []
             # [G, steps, B] batches and [G, steps] keys, once per epoch.
             plan = self._call("the epoch plan", self._plan, folds, np.int32(epoch))
+            # Looked up once per epoch: the per-step path is only the compiled call.
+            step_fn = self._compiled_for(
+                "the training step", self._step, states, folds, data, plan, np.int32(0)
+            )
             for step in range(self.program.steps):
-                states, (loss, right) = self._call(
-                    "the training step", self._step, states, folds, data, plan, np.int32(step)
-                )
+                states, (loss, right) = step_fn(states, folds, data, plan, np.int32(step))
                 losses.append(loss)
                 correct.append(right)
             states, metrics = self._call(
@@ -268,5 +309,5 @@ def get_runner(config, steps: int, mesh, vmapped: bool, data_sharding) -> GroupR
         program = FoldProgram(config, steps_per_epoch=steps, data_sharding=data_sharding)
         shared = _SHARED.get(shared_key)
         _RUNNERS[key] = GroupRunner(program, mesh, vmapped, scan, shared)
-        _SHARED[shared_key] = (_RUNNERS[key].init, _RUNNERS[key]._predict)
+        _SHARED[shared_key] = (_RUNNERS[key]._init, _RUNNERS[key]._predict)
     return _RUNNERS[key]

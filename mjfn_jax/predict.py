@@ -45,14 +45,16 @@ def load_run_config(workdir: str):
 
 
 def available_folds(workdir: str) -> list[str]:
-    """Fold names under ``workdir/folds`` that hold at least one checkpoint."""
+    """Fold names under ``workdir/folds`` that hold a final model or a checkpoint."""
     root = os.path.join(workdir, "folds")
     if not os.path.isdir(root):
         return []
     names = []
     for name in sorted(os.listdir(root)):
         ckpt_dir = os.path.join(root, name, "checkpoints")
-        if os.path.isdir(ckpt_dir) and any(e.isdigit() for e in os.listdir(ckpt_dir)):
+        if os.path.isdir(os.path.join(root, name, "final")) or (
+            os.path.isdir(ckpt_dir) and any(e.isdigit() for e in os.listdir(ckpt_dir))
+        ):
             names.append(name)
     return names
 
@@ -117,11 +119,11 @@ def flow_image_from_file(path: str, size: int) -> np.ndarray:
 
 
 def restore_fold(workdir: str, fold: str, config):
-    """(program, state, meta) of the fold's latest checkpoint.
+    """(program, model, meta): the fold's model {"params", "batch_stats"}.
 
-    The train state's structure comes from ``jax.eval_shape`` of the engine's own init (model
-    params, BN statistics, optimizer state and, with early stopping, the best-on-validation
-    copies), so it always matches what ``mjfn_jax.train`` saved with the same config.
+    A finished fold's final model (``folds/<fold>/final``); for a fold still in progress, the
+    model of its latest checkpoint. Structures come from ``jax.eval_shape`` of the engine's
+    own init and export, so they always match what ``mjfn_jax.train`` saved with this config.
     """
     import jax
 
@@ -132,6 +134,10 @@ def restore_fold(workdir: str, fold: str, config):
     like = jax.eval_shape(program.init, jax.random.key(0))
     ckpt = FoldCheckpointer(workdir, fold)
     try:
+        if ckpt.has_final():
+            model = ckpt.restore_final(jax.eval_shape(program.export, like))
+            epoch = _epochs_trained(ckpt, config)
+            return program, model, {"epoch": epoch, "finished": ckpt.is_done()}
         epochs = ckpt.epochs()
         if not epochs:
             raise FileNotFoundError(f"fold {fold!r} has no checkpoint in {ckpt.fold_dir}")
@@ -139,7 +145,14 @@ def restore_fold(workdir: str, fold: str, config):
         meta = dict(meta, epoch=epochs[-1], finished=ckpt.is_done())
     finally:
         ckpt.close()
-    return program, state, meta
+    return program, program.export(state), meta
+
+
+def _epochs_trained(ckpt, config) -> int:
+    """From the finished fold's summary (early stopping may end before the budget)."""
+    if ckpt.is_done():
+        return int(ckpt.read_result()[2].get("epochs_trained", config.train.num_epochs))
+    return int(config.train.num_epochs)
 
 
 def class_probabilities(program, state, flow_image: np.ndarray) -> np.ndarray:

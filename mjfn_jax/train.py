@@ -178,7 +178,13 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, st
                 stopped = bool(
                     np.all(metrics["stopped"][[p for p, m in enumerate(members) if m >= 0], -1])
                 )
-            if (every > 0 and epoch % every == 0) or epoch == total or stopped:
+            finished = epoch == total or stopped
+            if finished:  # the model only (no optimizer state): what a finished fold keeps
+                host_models = jax.tree.map(np.asarray, runner.program.export(states))
+                for pos, m in enumerate(members):
+                    if m >= 0:
+                        ckpts[m].save_final(_slice(host_models, pos))
+            elif every > 0 and epoch % every == 0:
                 host_states = jax.tree.map(np.asarray, states)  # one transfer for the group
                 for pos, m in enumerate(members):
                     if m >= 0:
@@ -200,11 +206,9 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, st
 
 
 def _load_dataset(config):
-    from mjfn_jax.data import load_dataset  # lazy: tfds only when reading from disk
+    from mjfn_jax.data import dataset_from_config  # lazy: tfds only when reading from disk
 
-    return load_dataset(
-        config.data.name, config.data.builder_config, config.data.data_dir, split=config.data.split
-    )
+    return dataset_from_config(config.data, config.model.input_size, config.seed)
 
 
 def _check_dataset(config, dataset) -> None:

@@ -29,7 +29,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     assert os.path.exists(os.path.join(fold_dirs[0], "done.json"))
     assert not os.path.exists(os.path.join(fold_dirs[1], "done.json"))
     assert os.listdir(os.path.join(fold_dirs[1], "checkpoints")) == ["1"]
-    assert os.listdir(os.path.join(fold_dirs[2], "checkpoints")) == []  # not started
+    assert not os.path.exists(os.path.join(fold_dirs[2], "checkpoints"))  # not started
 
     resumed = train_and_evaluate(config, workdir, dataset=dataset)
     assert resumed["timing"]["folds_trained_this_run"] == 2

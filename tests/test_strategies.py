@@ -1,4 +1,6 @@
-"""'vmap' and 'sequential' give the same predictions (4 simulated CPU devices, subprocess)."""
+"""Every strategy and loop gives the same predictions (4 simulated CPU devices, subprocess):
+'vmap' with one fold per device (the CPU default), 'vmap' with several folds per device (a real
+vmap inside each device), 'sequential' (batch over 4 devices), 'scan' epochs, and 'auto'."""
 
 import json
 import os
@@ -24,8 +26,11 @@ def run(name, strategy, *extra):
     config = smoke_config(*common, f"parallel.strategy={strategy}", *extra)
     r = train_and_evaluate(config, f"{sys.argv[1]}/{name}", dataset=dataset)
     out[name] = {"probs": r["probs"].tolist(), "y_pred": r["y_pred"].tolist(),
-                 "mesh": r["timing"]["mesh"], "trained": r["timing"]["folds_trained_this_run"]}
+                 "mesh": r["timing"]["mesh"], "trained": r["timing"]["folds_trained_this_run"],
+                 "strategy": r["timing"]["strategy"]}
 run("vmap", "vmap")
+run("vmap_grouped", "vmap", "parallel.fold_group_size=8")  # 2 folds (or dummies) per device
+run("auto", "auto")
 run("sequential", "sequential")
 run("sequential_scan", "sequential", "parallel.loop=scan", "parallel.epochs_per_call=2")
 try:  # vmap group interrupted after its first epoch, then resumed
@@ -68,6 +73,15 @@ def test_vmap_and_sequential_agree(runs):
     np.testing.assert_allclose(vmap, seq, rtol=0, atol=1e-4)
     # the models did learn something fold-specific: predictions are not all equal
     assert np.ptp(vmap, axis=0).max() > 1e-3
+
+
+def test_grouped_vmap_and_auto_agree_with_sequential(runs):
+    """A real vmap over 2 folds per device, and 'auto' (on CPU: one fold per device)."""
+    seq = np.array(runs["sequential"]["probs"])
+    assert runs["auto"]["strategy"] == "vmap" and runs["auto"]["mesh"] == {"fold": 4}
+    for name in ("vmap_grouped", "auto"):
+        assert runs[name]["y_pred"] == runs["sequential"]["y_pred"], name
+        np.testing.assert_allclose(np.array(runs[name]["probs"]), seq, rtol=0, atol=1e-4)
 
 
 def test_scan_loop_matches_step_loop(runs):

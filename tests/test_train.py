@@ -48,7 +48,9 @@ def test_end_to_end_results(early_stopping_run):
         records = results["history"][fold]
         assert 1 <= len(records) <= 2 and {"loss", "accuracy", "val_loss"} <= set(records[0])
         assert os.path.exists(os.path.join(workdir, "folds", fold, "done.json"))
-        assert os.listdir(os.path.join(workdir, "folds", fold, "checkpoints"))
+        # a finished fold keeps its model (final/) but no optimizer state (checkpoints/)
+        assert os.listdir(os.path.join(workdir, "folds", fold, "final"))
+        assert not os.path.exists(os.path.join(workdir, "folds", fold, "checkpoints"))
     timing = results["timing"]
     assert timing["strategy"] == "sequential" and timing["samples_per_s"] > 0
     with open(os.path.join(workdir, "results.json")) as f:

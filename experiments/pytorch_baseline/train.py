@@ -321,10 +321,9 @@ def main(argv=None) -> dict:
         )
         dataset = dataset_from_arrays(arrays)
     else:
-        from mjfn_jax.data import load_dataset
+        from mjfn_jax.data import dataset_from_config
 
-        d = config.data
-        dataset = load_dataset(d.name, d.builder_config, d.data_dir, split=d.split)
+        dataset = dataset_from_config(config.data, config.model.input_size, config.seed)
     results = train_loso_torch(
         config,
         dataset,

@@ -1,0 +1,45 @@
+"""The benchmark's shared config: composite-scale generated data (442 clips, 68 subjects, so 68
+LOSO folds), no dataset build. Both trainers run it from their own command line:
+
+    python -m mjfn_jax.main --config experiments/configs/benchmark.py:cpu --workdir W
+    python experiments/pytorch_baseline/train.py --config experiments/configs/benchmark.py:cpu \
+        --workdir W
+
+Arguments: 'cpu' (a small model sized for the 2-core CPU), 'gpu' (the 112x112 reference model),
+'quick' (tiny, for the end-to-end test of experiments/benchmark.py).
+"""
+
+from mjfn_jax.config import base_config
+
+
+def get_config(arg=None):
+    config = base_config()
+    config.data.name = "generated"
+    config.data.generated_subjects = 68
+    config.data.generated_samples = 442
+    config.model.num_classes = 3
+    config.train.warmup_epochs = 0
+    config.train.batch_size = 32
+    config.checkpoint.every_epochs = 0  # one save per fold, at its end, like the baseline
+    arg = arg or "cpu"
+    if arg == "cpu":
+        config.model.input_size = 16
+        config.model.stem_stride = 1
+        config.model.widths = (8, 16, 32, 64)
+        config.model.blocks_per_stage = (1, 1, 1, 1)
+        config.train.num_epochs = 2
+        config.augment.max_translate = 1
+    elif arg == "gpu":  # the reference model (112x112, ResNet-18 widths)
+        config.train.num_epochs = 5
+    elif arg == "quick":
+        config.data.generated_subjects = 2
+        config.data.generated_samples = 8
+        config.model.input_size = 32
+        config.model.stem_stride = 1
+        config.model.widths = (4, 8, 8, 16)
+        config.model.blocks_per_stage = (1, 1, 1, 1)
+        config.train.num_epochs = 1
+        config.train.batch_size = 8
+    else:
+        raise ValueError(f"benchmark config: unknown argument {arg!r} (cpu, gpu or quick)")
+    return config

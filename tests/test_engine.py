@@ -1,0 +1,108 @@
+"""Engine pieces that carry the speed work: convolutions as matmuls on tiny maps, the flat
+Adam(W), the flat train state, the exported model, and the generated benchmark data."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mjfn_jax.config import base_config
+from mjfn_jax.data import dataset_from_config
+from mjfn_jax.engine import FoldProgram, make_optimizer
+from mjfn_jax.models.layers import conv_as_matmul
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,size", [(3, 1, 2), (3, 2, 4), (3, 2, 5), (1, 1, 3), (1, 2, 4), (3, 1, 6)]
+)
+def test_conv_as_matmul_equals_the_convolution(kernel, stride, size):
+    kx, kw = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (3, size, size, 5))
+    w = jax.random.normal(kw, (kernel, kernel, 5, 7))
+    pad = kernel // 2
+    expected = jax.lax.conv_general_dilated(
+        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    got = conv_as_matmul(x, w, stride, pad)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # and its gradients (the training step differentiates through it)
+    grad = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
+    conv = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    for a, b in zip(grad(lambda x, w: conv_as_matmul(x, w, stride, pad)), grad(conv), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("optimizer,clip", [("adamw", 0.0), ("adam", 0.0), ("adamw", 0.5)])
+def test_flat_optimizer_equals_optax_adamw(optimizer, clip):
+    """The flattened chain computes what optax.adam/adamw (masked decay) computes."""
+    train = base_config().train
+    train.optimizer, train.grad_clip_norm, train.weight_decay = optimizer, clip, 0.1
+    train.num_epochs, train.warmup_epochs = 3, 1
+    ours = make_optimizer(train, steps_per_epoch=2)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, train.learning_rate, 2, 6, 0.0)
+    mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+    if optimizer == "adamw":
+        reference = optax.adamw(schedule, weight_decay=0.1, mask=mask)
+    else:
+        reference = optax.adam(schedule)
+    if clip:
+        reference = optax.chain(optax.clip_by_global_norm(clip), reference)
+    keys = jax.random.split(jax.random.key(1), 3)
+    params = {"kernel": jax.random.normal(keys[0], (3, 3, 2, 4)), "bias": jnp.ones((4,))}
+    p_ours, p_ref = params, params
+    s_ours, s_ref = ours.init(params), reference.init(params)
+    for step in range(5):
+        grads = jax.tree.map(lambda x, s=step: jnp.cos(x * (s + 1)), p_ours)
+        u, s_ours = ours.update(grads, s_ours, p_ours)
+        p_ours = optax.apply_updates(p_ours, u)
+        u, s_ref = reference.update(grads, s_ref, p_ref)
+        p_ref = optax.apply_updates(p_ref, u)
+    for name in params:
+        np.testing.assert_allclose(p_ours[name], p_ref[name], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(p_ours["kernel"], params["kernel"])  # it did move
+
+
+def _program(**model):
+    config = base_config()
+    config.model.input_size, config.model.stem_stride = 16, 1
+    config.model.widths, config.model.blocks_per_stage = (4, 4, 8, 8), (1, 1, 1, 1)
+    config.model.update(model)
+    return FoldProgram(config, steps_per_epoch=2)
+
+
+def test_train_state_is_flat_and_exports_the_model_only():
+    program = _program()
+    state = jax.jit(program.init)(jax.random.key(0))
+    assert isinstance(state["params"], dict) and all(
+        isinstance(k, str) and isinstance(v, jax.Array) for k, v in state["params"].items()
+    )
+    assert "['stem']['conv']['kernel']" in state["params"]
+    exported = program.export(state)
+    assert set(exported) == {"params", "batch_stats"}
+    data = {
+        "images": jnp.asarray(np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), np.uint8)),
+        "labels": jnp.zeros((5,), jnp.int32),
+    }
+    idx = jnp.arange(5, dtype=jnp.int32)
+    np.testing.assert_array_equal(
+        program.predict(state, data, idx), program.predict(exported, data, idx)
+    )
+
+
+def test_generated_dataset_from_config():
+    config = base_config()
+    config.data.name, config.data.generated_subjects, config.data.generated_samples = (
+        "generated",
+        5,
+        23,
+    )
+    dataset = dataset_from_config(config.data, 16, seed=3)
+    assert dataset.images.shape == (23, 16, 16, 3) and len(set(dataset.subjects)) == 5
+    again = dataset_from_config(config.data, 16, seed=3)
+    np.testing.assert_array_equal(dataset.images, again.images)
