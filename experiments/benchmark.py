@@ -34,8 +34,8 @@ from experiments import benchmark_report as report  # noqa: E402
 # Model / data / budget per preset. 'cpu' must finish in < 15 min on the 2-core dev machine.
 PRESETS = {
     "quick": dict(  # the end-to-end test: seconds of work, most of it XLA compiles
-        config="experiments/configs/synthetic.py:smoke",
-        overrides=["train.num_epochs=1", "train.batch_size=8"],
+        config="experiments/configs/benchmark.py:quick",
+        overrides=[],
         batch_sizes=(8,),
         steps=2,
         repeats=2,
@@ -47,16 +47,8 @@ PRESETS = {
         parity_variants=("jax_sequential", "torch_eager"),
     ),
     "cpu": dict(  # ~15 min on the 2-core dev machine (XLA:CPU compiles and while loops)
-        config="experiments/configs/synthetic.py",
-        overrides=[
-            "model.input_size=16",
-            "model.widths=(8, 16, 32, 64)",
-            "model.blocks_per_stage=(1, 1, 1, 1)",
-            "train.num_epochs=2",
-            "train.warmup_epochs=0",
-            "train.batch_size=32",
-            "augment.max_translate=1",
-        ],
+        config="experiments/configs/benchmark.py:cpu",  # shared with both trainers' CLIs
+        overrides=[],
         batch_sizes=(16, 32, 64),
         # Compiling these costs 30-90 s per shape on 2 cores: measured at batch 32 only.
         single_batch_variants=("jax_scan", "torch_compiled"),
@@ -69,9 +61,9 @@ PRESETS = {
         parity_variants=("jax_sequential", "torch_eager"),
     ),
     "gpu": dict(
-        config="experiments/configs/megc2019.py",
+        config="experiments/configs/benchmark.py:gpu",
         # 17 folds per vmapped group: 68 x ResNet-18-size states + activations fit one GPU.
-        overrides=["train.num_epochs=5", "parallel.fold_group_size=17"],
+        overrides=["parallel.fold_group_size=17"],
         batch_sizes=(32, 64, 128, 256),
         steps=20,
         repeats=5,
@@ -211,6 +203,9 @@ def main(argv=None) -> dict:
     if args.seeds:
         preset["seeds"] = tuple(int(x) for x in args.seeds.split(","))
     t0 = time.perf_counter()
+    from mjfn_jax.parallel import split_cpu_devices
+
+    split_cpu_devices()  # as the JAX CLI does: jax_vmap trains one fold per CPU core
     lib.cold_torch_compile()
     if args.torch_threads > 0:
         import torch

@@ -225,6 +225,7 @@ class GroupRunner:
         )
         self._compiled: dict[tuple, object] = {}  # AOT-compiled training calls
         self.compile_s = 0.0
+        self.compile_by_program: dict[str, float] = {}
 
     def _compiled_for(self, name: str, jitted, *args, options=None):
         """``jitted`` AOT-compiled once per argument shapes (the compile timed)."""
@@ -236,6 +237,7 @@ class GroupRunner:
             self._compiled[key] = jitted.lower(*args).compile(compiler_options=options)
             seconds = time.perf_counter() - start
             self.compile_s += seconds
+            self.compile_by_program[name] = self.compile_by_program.get(name, 0.0) + seconds
             log.info("compiled %s in %.1f s", name, seconds)
         return self._compiled[key]
 

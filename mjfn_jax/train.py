@@ -314,6 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
     timing = {
         "wall_s": wall,
         "compile_s": runner.compile_s - compile_before,  # training calls compiled this run
+        "compile_by_program": dict(runner.compile_by_program),
         "train_s": stats["train_s"],
         "samples_per_s": stats["samples"] / stats["train_s"] if stats["train_s"] else None,
         "strategy": "vmap" if vmapped else "sequential",

@@ -1,0 +1,103 @@
+"""Whole-process wall time of a full LOSO: the JAX CLI vs the PyTorch baseline's CLI, on the
+shared benchmark config (generated composite-scale data, no build), alternating, in one session.
+
+    python -m experiments.loso_wallclock --config experiments/configs/benchmark.py:cpu \
+        --epochs 2,10 --repeats 2 [--machine cpu-2core]
+
+Each run is a fresh process (imports, data generation, compiles and every fold included), the
+way a user meets it. Writes experiments/results/<machine>/loso_wallclock.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+COMMANDS = {
+    "jax": [sys.executable, "-m", "mjfn_jax.main", "--config", "{config}", "--workdir", "{w}",
+            "--config.train.num_epochs={epochs}"],
+    "torch_eager": [sys.executable, "experiments/pytorch_baseline/train.py", "--config",
+                    "{config}", "--workdir", "{w}", "--override", "train.num_epochs={epochs}"],
+}  # fmt: skip
+
+
+def _run(name: str, config: str, epochs: int, root: str) -> dict:
+    workdir = tempfile.mkdtemp(prefix=f"{name}_{epochs}_", dir=root)
+    cmd = [part.format(config=config, w=workdir, epochs=epochs) for part in COMMANDS[name]]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    disk = sum(
+        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(workdir) for f in files
+    )
+    return {
+        "variant": name,
+        "epochs": epochs,
+        "wall_s": wall,
+        "uf1": results["pooled"]["uf1"],
+        "strategy": (results.get("timing") or {}).get("strategy"),
+        "disk_mb": disk / 2**20,
+        "command": " ".join(cmd),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="experiments/configs/benchmark.py:cpu")
+    parser.add_argument("--epochs", default="2,10")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--machine", default=f"cpu-{os.cpu_count()}core")
+    parser.add_argument("--out", default="experiments/results")
+    args = parser.parse_args(argv)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="mjfn_wall_") as root:
+        for epochs in (int(e) for e in args.epochs.split(",")):
+            for _ in range(args.repeats):
+                for name in COMMANDS:  # alternate the frameworks
+                    run = _run(name, args.config, epochs, root)
+                    print(f"{name} {epochs} epochs: {run['wall_s']:.1f} s, UF1 {run['uf1']:.3f}")
+                    runs.append(run)
+    lines = [
+        f"# Full LOSO, whole processes ({args.machine})",
+        "",
+        f"`{' '.join(['python -m experiments.loso_wallclock', *(argv or sys.argv[1:])])}`, "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+        f"load at end {os.getloadavg()[0]:.2f}.",
+        "",
+        "| epochs | JAX wall (s) | PyTorch eager wall (s) | speed-up | JAX UF1 | torch UF1 |",
+        "|---:|---|---|---:|---|---|",
+    ]
+    for epochs in sorted({r["epochs"] for r in runs}):
+        pick = lambda n, e=epochs: [r for r in runs if r["variant"] == n and r["epochs"] == e]
+        jax_runs, torch_runs = pick("jax"), pick("torch_eager")
+        fmt = lambda rs, k: ", ".join(f"{r[k]:.1f}" if k == "wall_s" else f"{r[k]:.3f}" for r in rs)
+        low = min(r["wall_s"] for r in torch_runs) / max(r["wall_s"] for r in jax_runs)
+        high = max(r["wall_s"] for r in torch_runs) / min(r["wall_s"] for r in jax_runs)
+        ratio = f"{low:.2f}x" if abs(high - low) < 0.005 else f"{low:.2f}-{high:.2f}x"
+        lines.append(
+            f"| {epochs} | {fmt(jax_runs, 'wall_s')} | {fmt(torch_runs, 'wall_s')} | {ratio} | "
+            f"{fmt(jax_runs, 'uf1')} | {fmt(torch_runs, 'uf1')} |"
+        )
+    out_dir = os.path.join(args.out, args.machine)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "loso_wallclock.json"), "w") as f:
+        json.dump({"runs": runs, "argv": argv or sys.argv[1:]}, f, indent=1)
+    with open(os.path.join(out_dir, "loso_wallclock.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Where a training step's time goes, and where a LOSO run's time goes outside the steps.
+
+    python -m experiments.profile_step [--config experiments/configs/benchmark.py:cpu]
+        [--steps 50] [--machine NAME]
+
+1. The engine's training step of ONE fold (jitted alone): its wall time, then the same model cut
+   into parts (forward; forward + backward; the optimizer update alone), each jitted alone.
+2. A jax.profiler trace of the step, summarised per XLA op category (convolutions, YNN/XNN
+   library fusions, copies and transposes, loop fusions ...): thread time per step, op count.
+3. A short LOSO run through ``train_and_evaluate``: compile, training and the rest (init,
+   predict, saves, result files) per fold.
+Writes experiments/results/<machine>/profile_step.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mjfn_jax.config_io import load_config  # noqa: E402
+from mjfn_jax.data import dataset_from_config  # noqa: E402
+from mjfn_jax.engine import FoldProgram  # noqa: E402
+from mjfn_jax.models import mjfn_loss  # noqa: E402
+
+
+def _time(compiled, args, steps: int, donate: bool = False) -> tuple[float, tuple]:
+    """Median seconds per call over 3 rounds of ``steps`` calls (after 5 warm-up calls), and
+    the arguments to continue with (a donated first argument is replaced by the output's)."""
+    out = None
+    for _ in range(5):
+        out = compiled(*args)
+        args = (out[0], *args[1:]) if donate else args
+    rounds = []
+    for _ in range(3):
+        jax.block_until_ready(out)
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = compiled(*args)
+            args = (out[0], *args[1:]) if donate else args
+        jax.block_until_ready(out)
+        rounds.append((time.perf_counter() - start) / steps)
+    return float(np.median(rounds)), args
+
+
+def _category(name: str) -> str:
+    base = re.sub(r"\.\d+$", "", name)
+    if "conv" in base:
+        return "convolution"
+    if base.startswith(("ynn_fusion", "xnn_fusion")):
+        return "YNN/XNN library fusion (dots, reductions)"
+    if base in ("copy", "transpose_copy_fusion", "copy_reverse_fusion", "copy_bitcast_fusion"):
+        return "copy / transpose"
+    if base.startswith("while"):
+        return "while loop"
+    if base.startswith("dot"):
+        return "dot"
+    return "other fusions (elementwise, BN, gather, augmentation)"
+
+
+def profile_step(config, steps: int) -> dict:
+    dataset = dataset_from_config(config.data, config.model.input_size, config.seed)
+    n = len(dataset.labels)
+    program = FoldProgram(config, steps_per_epoch=max(1, n // config.train.batch_size))
+    data = {"images": jnp.asarray(dataset.images), "labels": jnp.asarray(dataset.labels)}
+    fold = {
+        "key": jax.random.key(0),
+        "train_idx": jnp.arange(n, dtype=jnp.int32),
+        "train_count": jnp.int32(n),
+        "val_idx": jnp.zeros((1,), jnp.int32),
+        "val_mask": jnp.zeros((1,), bool),
+        "class_weights": jnp.ones((config.model.num_classes,), jnp.float32),
+    }
+    state = jax.jit(program.init)(fold["key"])
+    plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
+    args = (state, fold, data, plan, jnp.int32(0))
+    start = time.perf_counter()
+    step = jax.jit(program.train_step_at, donate_argnums=0).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    flops = (step.cost_analysis() or {}).get("flops")
+    result = {"compile_s": compile_s, "flops_per_step_xla": flops}
+    seconds, args = _time(step, args, steps, donate=True)
+    result["step_ms"] = 1e3 * seconds
+    state = args[0]
+
+    batch = config.train.batch_size
+    images = data["images"][:batch].astype(jnp.float32) / 255.0
+    labels = data["labels"][:batch]
+    key = jax.random.key(1)
+    weights = tuple(config.model.head_loss_weights)
+
+    def loss(params, stats):
+        model = program._model(params, stats, key, train=True)
+        return mjfn_loss(model(images), labels, head_loss_weights=weights)[0]
+
+    def forward(params, stats):
+        return program._model(params, stats, key, train=True)(images)["fused"]
+
+    def optimizer(params, opt_state):
+        updates, opt_state = program.tx.update(params, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    parts = {
+        "forward": (forward, (state["params"], state["batch_stats"])),
+        "forward + backward": (jax.grad(loss), (state["params"], state["batch_stats"])),
+        "optimizer update": (optimizer, (state["params"], state["opt_state"])),
+    }
+    result["parts_ms"] = {
+        name: 1e3 * _time(jax.jit(fn).lower(*a).compile(), a, steps)[0]
+        for name, (fn, a) in parts.items()
+    }
+
+    trace_dir = tempfile.mkdtemp(prefix="mjfn_trace_")
+    args = (state, fold, data, plan, jnp.int32(0))
+    jax.block_until_ready(args)
+    jax.profiler.start_trace(trace_dir)
+    for _ in range(steps):
+        args = (step(*args)[0], *args[1:])
+    jax.block_until_ready(args)
+    jax.profiler.stop_trace()
+    xspace = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
+    thread_ns, count = collections.Counter(), collections.Counter()
+    for plane in jax.profiler.ProfileData.from_file(xspace).planes:
+        for line in plane.lines:
+            if "XLAEigen" not in line.name:  # XLA:CPU's worker threads run the ops
+                continue
+            for event in line.events:
+                if event.name.startswith(("ThunkExecutor", "end:", "Threadpool", "Slinky")):
+                    continue
+                thread_ns[_category(event.name)] += event.duration_ns
+                count[_category(event.name)] += 1
+    result["xla_ops_per_step"] = {
+        name: {"thread_ms": ns / steps / 1e6, "ops": count[name] / steps}
+        for name, ns in thread_ns.most_common()
+    }
+    return result
+
+
+def profile_loso(config, subjects: int, samples: int) -> dict:
+    from mjfn_jax.train import train_and_evaluate
+
+    config = config.copy_and_resolve_references()
+    config.data.generated_subjects, config.data.generated_samples = subjects, samples
+    with tempfile.TemporaryDirectory(prefix="mjfn_profile_") as workdir:
+        timing = train_and_evaluate(config, workdir)["timing"]
+    init_s = timing["compile_by_program"].get("the init", 0.0)
+    train_compile_s = timing["compile_s"] - init_s  # compiled inside the training calls
+    steps_s = timing["train_s"] - train_compile_s
+    other = timing["wall_s"] - timing["train_s"] - init_s  # init, predict (+ its compile), saves
+    return timing | {
+        "folds": subjects,
+        "steps_s": steps_s,
+        "other_s": other,
+        "other_per_fold_ms": 1e3 * other / subjects,
+    }
+
+
+def to_markdown(result: dict) -> str:
+    step = result["step"]
+    lines = [
+        f"# Training-step profile: `{result['config']}` ({result['machine']})",
+        "",
+        f"`{result['command']}`, {result['date']}, jax {jax.__version__}, {result['device']}.",
+        "",
+        f"- one fold's training step: **{step['step_ms']:.2f} ms** "
+        f"(compile {step['compile_s']:.1f} s); "
+        f"XLA counts {step['flops_per_step_xla'] / 1e9:.3f} GFLOP/step",
+        "- parts, each jitted alone: "
+        + "; ".join(f"{k} {v:.2f} ms" for k, v in step["parts_ms"].items()),
+        "",
+        "| XLA op category | thread time / step (ms) | ops / step |",
+        "|---|---:|---:|",
+    ]
+    for name, row in step["xla_ops_per_step"].items():
+        lines.append(f"| {name} | {row['thread_ms']:.2f} | {row['ops']:.0f} |")
+    loso = result["loso"]
+    lines += [
+        "",
+        f"LOSO of {loso['folds']} folds ({loso['strategy']}, mesh {loso['mesh']}): wall "
+        f"{loso['wall_s']:.1f} s = compiles {loso['compile_s']:.1f} s "
+        f"({', '.join(f'{k} {v:.1f}' for k, v in loso['compile_by_program'].items())}) + "
+        f"training steps {loso['steps_s']:.1f} s + other {loso['other_s']:.1f} s "
+        f"({loso['other_per_fold_ms']:.0f} ms per fold: init calls, predict and its compile, "
+        "saves, result files).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="experiments/configs/benchmark.py:cpu")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--loso_subjects", type=int, default=16)
+    parser.add_argument("--machine", default=None)
+    parser.add_argument("--out", default="experiments/results")
+    args = parser.parse_args(argv)
+    import datetime
+    import platform
+
+    from mjfn_jax.parallel import split_cpu_devices
+
+    split_cpu_devices()  # as the CLI does (the LOSO part then runs one fold per CPU core)
+    config = load_config(args.config)
+    machine = args.machine or f"cpu-{os.cpu_count()}core"
+    device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})"
+    result = {
+        "config": args.config,
+        "machine": machine,
+        "device": device if jax.default_backend() != "cpu" else platform.processor() or "cpu",
+        "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        "command": " ".join(["python -m experiments.profile_step", *(argv or sys.argv[1:])]),
+        "step": profile_step(config, args.steps),
+        "loso": profile_loso(config, args.loso_subjects, round(6.5 * args.loso_subjects)),
+    }
+    out_dir = os.path.join(args.out, machine)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "profile_step.json"), "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    markdown = to_markdown(result)
+    with open(os.path.join(out_dir, "profile_step.md"), "w") as f:
+        f.write(markdown)
+    print(markdown)
+    return result
+
+
+if __name__ == "__main__":
+    main()
