@@ -18,6 +18,7 @@ checkpoints would be ~14 GB (disk use is reported by experiments/benchmark.py).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -25,6 +26,11 @@ import shutil
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+# Orbax's save() spends ~40 ms of Python per call (handlers, futures, metadata) before its own
+# asynchronous write starts; one worker thread takes that off the training loop, which waits on
+# XLA (GIL released) most of the time. One worker keeps every fold's saves in order.
+_BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mjfn-save")
 
 
 def _flatten(tree) -> dict[str, jax.Array]:
@@ -46,6 +52,7 @@ class FoldCheckpointer:
         self._max_to_keep = max(1, max_to_keep)
         self._manager = None  # created on first use: a fold saved once needs none
         self._final = None
+        self._pending: list[concurrent.futures.Future] = []  # saves handed to _BACKGROUND
 
     @property
     def checkpoints_dir(self) -> str:
@@ -66,19 +73,19 @@ class FoldCheckpointer:
 
     def epochs(self) -> list[int]:
         """Completed-epoch counts that have an in-progress checkpoint."""
+        self._wait()
         if self._manager is None and not os.path.isdir(self.checkpoints_dir):
             return []
         return sorted(self.manager.all_steps())
 
     def save(self, epochs_done: int, state, meta: dict) -> None:
-        """state: this fold's train-state pytree (no fold axis); meta: JSON-able dict."""
+        """state: this fold's train-state pytree of HOST arrays (no fold axis); meta: JSON-able.
+        Returns at once; the save runs on the background thread (see _BACKGROUND)."""
         host_state = jax.tree.map(np.asarray, _flatten(state))
-        self.manager.save(
-            epochs_done,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
-            ),
-        )  # returns once the arrays are copied; the write finishes in the background
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
+        )
+        self._pending.append(_BACKGROUND.submit(self.manager.save, epochs_done, args=args))
 
     def restore(self, epochs_done: int, like):
         """Restore into the structure of ``like`` (a pytree of arrays or ShapeDtypeStructs)."""
@@ -98,11 +105,16 @@ class FoldCheckpointer:
     # Finished folds -------------------------------------------------------------------------
 
     def save_final(self, model_state) -> None:
-        """The finished fold's model {"params", "batch_stats"} (asynchronous, atomic)."""
-        if self._final is None:
-            self._final = ocp.StandardCheckpointer()
+        """The finished fold's model {"params", "batch_stats"} (host arrays). Returns at once;
+        written on the background thread, atomically (Orbax renames a finished temp folder)."""
         host_state = jax.tree.map(np.asarray, _flatten(model_state))
-        self._final.save(self.final_dir, host_state, force=True)
+
+        def save() -> None:
+            if self._final is None:
+                self._final = ocp.StandardCheckpointer()
+            self._final.save(self.final_dir, host_state, force=True)
+
+        self._pending.append(_BACKGROUND.submit(save))
 
     def has_final(self) -> bool:
         return os.path.isdir(self.final_dir)
@@ -147,6 +159,10 @@ class FoldCheckpointer:
         return test_idx, log_probs, summary
 
     def _wait(self) -> None:
+        """Every save of this fold is complete on disk (re-raises a failed save)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
         if self._manager is not None:
             self._manager.wait_until_finished()
         if self._final is not None:

@@ -56,6 +56,12 @@ def make_optimizer(train: ml_collections.ConfigDict, steps_per_epoch: int):
     return optax.chain(*parts)
 
 
+# Prediction chunks traced as straight-line code up to this count, else a lax.map (a while
+# loop): XLA:CPU runs convolutions inside loops far slower, and a LOSO test subject or a
+# validation split is one or two chunks.
+_UNROLLED_EVAL_CHUNKS = 4
+
+
 class _FlatState:
     """An nnx.State <-> a flat {module path: array} dict, e.g. "['stem']['conv']['kernel']".
 
@@ -193,7 +199,10 @@ class FoldProgram:
         return self._train_step(state, (order[step], step_keys[step]), fold, data)
 
     def end_epoch(self, state: dict, fold: dict, data: dict, losses, correct):
-        """Epoch metrics from per-step losses/correct counts [steps]; early stopping."""
+        """Epoch metrics from per-step losses/correct counts ([steps], or a tuple of ``steps``
+        scalars: the per-step calls' outputs as they come); early stopping."""
+        if isinstance(losses, tuple | list):
+            losses, correct = jnp.stack(losses), jnp.stack(correct)
         finite = jnp.isfinite(losses)
         metrics = {
             "loss": jnp.mean(losses),
@@ -255,7 +264,11 @@ class FoldProgram:
             model = self._model(params, batch_stats, model_key, train=False)
             return model(data["images"][chunk_idx].astype(jnp.float32) / 255.0)["fused"]
 
-        return jax.lax.map(one, idx_chunks).reshape(padded, -1)[:m]
+        if idx_chunks.shape[0] <= _UNROLLED_EVAL_CHUNKS:  # a test subject: one or two chunks
+            log_probs = jnp.concatenate([one(chunk_idx) for chunk_idx in idx_chunks])
+        else:
+            log_probs = jax.lax.map(one, idx_chunks).reshape(padded, -1)
+        return log_probs[:m]
 
     def export(self, state: dict) -> dict:
         """The fold's model {"params", "batch_stats"}: the final one, or with early stopping the

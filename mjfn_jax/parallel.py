@@ -191,6 +191,12 @@ def _lift(fn, vmapped: bool, in_axes: tuple, mesh):
     return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(*mesh.axis_names))
 
 
+# Programs that run once per group or epoch, with little compute (init, the epoch's batch plan,
+# the epoch-end metrics): compiled without XLA's backend optimisations. The init took 5.2 s to
+# compile at the default level vs 1.6 s at level 0 (2-core CPU, cpu benchmark model).
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
 class GroupRunner:
     """Compiled programs for groups of ``group_size`` folds on one mesh."""
 
@@ -234,22 +240,20 @@ class GroupRunner:
         key = (name, tuple((x.shape, x.dtype) for x in jax.tree.leaves(args)))
         if key not in self._compiled:
             start = time.perf_counter()
-            self._compiled[key] = jitted.lower(*args).compile(compiler_options=options)
+            compiled = jitted.lower(*args).compile(compiler_options=options)
             seconds = time.perf_counter() - start
+            self._compiled[key] = compiled
             self.compile_s += seconds
             self.compile_by_program[name] = self.compile_by_program.get(name, 0.0) + seconds
             log.info("compiled %s in %.1f s", name, seconds)
         return self._compiled[key]
 
-    def _call(self, name: str, jitted, *args):
-        return self._compiled_for(name, jitted, *args)(*args)
+    def _call(self, name: str, jitted, *args, options=None):
+        return self._compiled_for(name, jitted, *args, options=options)(*args)
 
     def init(self, keys):
-        """Fresh train states [G, ...] from fold keys [G]. Compiled without XLA's backend
-        optimisations: it runs once per group, and the random initialisers took 5.2 s to
-        compile at the default level vs 1.6 s at level 0 (2-core CPU, cpu benchmark model)."""
-        fast = {"xla_backend_optimization_level": 0}
-        return self._compiled_for("the init", self._init, keys, options=fast)(keys)
+        """Fresh train states [G, ...] from fold keys [G] (compiled with _FAST_COMPILE)."""
+        return self._compiled_for("the init", self._init, keys, options=_FAST_COMPILE)(keys)
 
     def train(self, states, folds, data, first_epoch: int, num_epochs: int):
         """Train epochs [first_epoch, first_epoch + num_epochs) of a group.
@@ -262,25 +266,33 @@ class GroupRunner:
         for epoch in range(first_epoch, first_epoch + num_epochs):
             losses, correct = [], []
             # [G, steps, B] batches and [G, steps] keys, once per epoch.
-            plan = self._call("the epoch plan", self._plan, folds, np.int32(epoch))
+            plan = self._call(
+                "the epoch plan", self._plan, folds, np.int32(epoch), options=_FAST_COMPILE
+            )
             # Looked up once per epoch: the per-step path is only the compiled call.
             step_fn = self._compiled_for(
                 "the training step", self._step, states, folds, data, plan, np.int32(0)
             )
             for step in range(self.program.steps):
                 states, (loss, right) = step_fn(states, folds, data, plan, np.int32(step))
-                losses.append(loss)
+                losses.append(loss)  # [G] each
                 correct.append(right)
             states, metrics = self._call(
-                "the epoch end", self._end, states, folds, data,
-                jnp.stack(losses, 1), jnp.stack(correct, 1),
-            )  # fmt: skip
+                "the epoch end",
+                self._end,
+                states,
+                folds,
+                data,
+                tuple(losses),
+                tuple(correct),
+                options=_FAST_COMPILE if not self.program.early_stopping else None,
+            )
             per_epoch.append(metrics)
-        return states, jax.tree.map(lambda *xs: jnp.stack(xs, 1), *per_epoch)
+        return states, jax.tree.map(lambda *xs: np.stack(xs, 1), *per_epoch)  # host [G, E]
 
     def predict(self, states, data, test_idx):
         """test_idx [G, M] int32 -> log-probs [G, M, C] float32."""
-        return self._predict(states, data, test_idx)
+        return self._call("the prediction", self._predict, states, data, test_idx)
 
 
 # Runners (hence compiled programs) reused by later calls in the same process with the same
