@@ -43,8 +43,8 @@ PRESETS = {
         step_variants=("jax_step", "torch_eager"),
         loso=dict(num_subjects=2, num_samples=8),
         seeds=(0,),
-        loso_variants=("jax_sequential", "torch_eager"),
-        parity_variants=("jax_sequential", "torch_eager"),
+        loso_variants=("jax_auto", "torch_eager"),
+        parity_variants=("jax_auto", "torch_eager"),
     ),
     "cpu": dict(  # ~15 min on the 2-core dev machine (XLA:CPU compiles and while loops)
         config="experiments/configs/benchmark.py:cpu",  # shared with both trainers' CLIs
@@ -57,8 +57,8 @@ PRESETS = {
         scan_steps=8,
         loso=dict(num_subjects=68, num_samples=442),
         seeds=(0, 1, 2),
-        loso_variants=("jax_vmap", "jax_sequential", "torch_eager", "torch_compiled"),
-        parity_variants=("jax_sequential", "torch_eager"),
+        loso_variants=("jax_auto", "jax_sequential", "torch_eager", "torch_compiled"),
+        parity_variants=("jax_auto", "torch_eager"),
     ),
     "gpu": dict(
         config="experiments/configs/benchmark.py:gpu",
@@ -70,8 +70,8 @@ PRESETS = {
         scan_steps=14,
         loso=dict(num_subjects=68, num_samples=442),
         seeds=(0, 1, 2),
-        loso_variants=("jax_vmap", "jax_sequential", "torch_eager", "torch_compiled"),
-        parity_variants=("jax_vmap", "torch_eager"),
+        loso_variants=("jax_auto", "jax_vmap", "jax_sequential", "torch_eager", "torch_compiled"),
+        parity_variants=("jax_auto", "torch_eager"),
         torch_workers=4,  # DataLoader worker processes, as peers use on a GPU box
     ),
 }

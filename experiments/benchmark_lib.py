@@ -352,7 +352,16 @@ def run_loso(name: str, config, dataset, seed: int, workdir: str, torch_workers:
             cfg.parallel.strategy = name.removeprefix("jax_")
             res = train_and_evaluate(cfg, workdir, dataset=dataset)
             t = res["timing"]
-            extra = {"compile_s": t.get("compile_s"), "train_s": t.get("train_s")}
+            init_s = t["compile_by_program"].get("the init", 0.0)
+            folds = t["folds_trained_this_run"] or 1
+            extra = {
+                "compile_s": t.get("compile_s"),
+                "train_s": t.get("train_s"),
+                "strategy": f"{t['strategy']}:{t['loop']} x{t['fold_group_size']}",
+                "auto": t.get("auto"),
+                # engine time outside the training calls and the init compile, per fold
+                "other_per_fold_ms": 1e3 * (t["wall_s"] - t["train_s"] - init_s) / folds,
+            }
         else:
             if name == "torch_compiled":
                 torch._dynamo.reset()  # pay the whole compile inside this run

@@ -75,10 +75,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment.max_translate = 4  # Random translation in pixels (zero-padded); 0 disables.
 
     c.parallel = ml_collections.ConfigDict()
-    # 'auto' (chosen per platform by measurement), 'vmap' (folds on a sharded fold axis) or
-    # 'sequential' (one fold at a time, batch sharded over the data axis).
+    # 'auto' (a timed trial on this machine, see auto_trial), 'vmap' (folds on a sharded fold
+    # axis) or 'sequential' (one fold at a time, batch sharded over the data axis).
     c.parallel.strategy = "auto"
-    c.parallel.fold_group_size = 0  # Folds trained together under 'vmap'; 0 = all folds.
+    # With 'auto': time the candidate strategies and loops on this machine (two epochs of the
+    # first fold group each, cached per device kind and program shape in ~/.cache/mjfn_jax);
+    # False: the measured rule per platform (CPU: one fold per device; GPU/TPU: vmap).
+    c.parallel.auto_trial = True
+    # Folds trained together under 'vmap'; 0 = all folds (on CPU: one per device).
+    c.parallel.fold_group_size = 0
     c.parallel.epochs_per_call = 1  # Epochs fused into one jitted call (lax.scan).
     # 'scan' (each call runs its epochs as lax.scan: no Python per step), 'steps' (one jitted
     # call per step: XLA:CPU runs convolutions inside loops far slower), or 'auto' (steps on

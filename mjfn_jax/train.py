@@ -10,6 +10,7 @@ a rerun skips finished folds and resumes the others exactly (DESIGN.md §4, §5)
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -18,7 +19,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from mjfn_jax import parallel
+from mjfn_jax import autotune, parallel
 from mjfn_jax.checkpoint import FoldCheckpointer
 from mjfn_jax.config_io import config_to_dict, save_or_check_config
 from mjfn_jax.folds import FoldArrays, make_folds, pad_folds, steps_per_epoch
@@ -231,6 +232,63 @@ def _check_dataset(config, dataset) -> None:
         )
 
 
+def _setup(config, arrays: FoldArrays, dataset):
+    """(runner, fold group size, the dataset placed on the runner's mesh) for the config's
+    strategy. data: {"images": uint8 [N, H, W, 3], "labels": int32 [N]}, replicated."""
+    vmapped, mesh, group_size, data_sharding = strategy_setup(config, arrays.num_folds)
+    steps = steps_per_epoch(arrays.train_idx.shape[1], config.train.batch_size)
+    runner = get_runner(config, steps, mesh, vmapped, data_sharding)
+    data = parallel.put(
+        {"images": np.asarray(dataset.images), "labels": np.asarray(dataset.labels, np.int32)},
+        parallel.replicated(mesh),
+    )  # the whole dataset, once
+    return runner, group_size, data
+
+
+def _trial(config, arrays: FoldArrays, dataset) -> dict:
+    """Train the first fold group of ``config``'s strategy for two epochs: the first call's
+    compile time, and the second epoch's seconds per fold (the measurement)."""
+    runner, group_size, data = _setup(config, arrays, dataset)
+    group = parallel.fold_groups(
+        arrays.num_folds, group_size, runner.mesh.size if runner.vmapped else 1
+    )[0]
+    folds = jax.device_put(_fold_inputs(config, dataset, arrays, group), runner.group_sharding)
+    states = runner.init(folds["key"])
+    before = runner.compile_s
+    states, metrics = runner.train(states, folds, data, 0, 1)
+    np.asarray(metrics["loss"])  # waits for the device
+    compile_s = runner.compile_s - before
+    start = time.perf_counter()
+    states, metrics = runner.train(states, folds, data, 1, 1)
+    np.asarray(metrics["loss"])
+    seconds = time.perf_counter() - start
+    return {"s_per_fold_epoch": seconds / int(np.sum(group >= 0)), "compile_s": compile_s}
+
+
+def _choose_strategy(config, arrays: FoldArrays, dataset):
+    """(config, record): ``parallel.strategy='auto'`` resolved by a timed trial (mjfn_jax.autotune)
+    unless ``parallel.auto_trial`` is off; other strategies pass through (record None)."""
+    if config.parallel.strategy != "auto" or not config.parallel.auto_trial:
+        return config, None
+    num_devices = len(parallel.devices(config.parallel.num_devices))
+    platform = jax.default_backend()
+    options = autotune.candidates(
+        platform, num_devices, arrays.num_folds, config.parallel.fold_group_size
+    )
+    shape = {  # what the speed of a step depends on
+        "model": config_to_dict(config)["model"],
+        "train": [config.train.batch_size, config.train.optimizer, config.train.grad_clip_norm > 0],
+        "early_stopping": config.train.early_stopping_patience > 0,
+        "augment": config_to_dict(config)["augment"],
+        "data": [len(dataset.labels), arrays.num_folds, int(arrays.train_idx.shape[1])],
+    }
+    key = json.dumps([platform, jax.devices()[0].device_kind, num_devices, shape], sort_keys=True)
+    choice, record = autotune.choose(
+        key, options, lambda option: _trial(option.apply(config), arrays, dataset)
+    )
+    return choice.apply(config), record
+
+
 def _gather_results(config, dataset, arrays, ckpts) -> dict:
     """Pool every fold's saved test predictions, in dataset order."""
     idx, log_probs, fold_of, history = [], [], [], {}
@@ -277,14 +335,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
     if config.train.early_stopping_patience > 0 and config.folds.val_subject_fraction <= 0:
         raise ValueError("train.early_stopping_patience > 0 needs folds.val_subject_fraction > 0")
     arrays = pad_folds(folds)
-    vmapped, mesh, group_size, data_sharding = strategy_setup(config, arrays.num_folds)
-    steps = steps_per_epoch(arrays.train_idx.shape[1], config.train.batch_size)
-    runner = get_runner(config, steps, mesh, vmapped, data_sharding)
+    config, auto = _choose_strategy(config, arrays, dataset)
+    runner, group_size, data = _setup(config, arrays, dataset)
+    mesh, vmapped, steps = runner.mesh, runner.vmapped, runner.program.steps
     compile_before = runner.compile_s
-    data = parallel.put(
-        {"images": np.asarray(dataset.images), "labels": np.asarray(dataset.labels, np.int32)},
-        parallel.replicated(mesh),
-    )  # [N, H, W, 3] uint8, [N] int32: the whole dataset, once
     ckpts = [
         FoldCheckpointer(workdir, name, max_to_keep=config.checkpoint.max_to_keep)
         for name in arrays.names
@@ -323,6 +377,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
         "train_s": stats["train_s"],
         "samples_per_s": stats["samples"] / stats["train_s"] if stats["train_s"] else None,
         "strategy": "vmap" if vmapped else "sequential",
+        "loop": "scan" if runner.scan else "steps",
+        "fold_group_size": int(group_size),
+        "auto": auto,  # how 'auto' chose (trial results or the cache), or None
         "mesh": {k: int(v) for k, v in mesh.shape.items()},
         "device": jax.devices()[0].device_kind,
         "platform": jax.default_backend(),

@@ -33,9 +33,11 @@ def test_quick_benchmark_end_to_end(tmp_path):
         assert name in md
     assert result["flops"]["train_flops_per_sample"] > result["flops"]["forward_flops_per_sample"]
     loso = result["summary"]["loso"]
-    for name in ("jax_sequential", "torch_eager"):
+    for name in ("jax_auto", "torch_eager"):
         assert "error" not in loso[name], loso[name]
         assert 0.0 <= loso[name]["uf1"]["mean"] <= 1.0
+    assert loso["jax_auto"]["strategy"].startswith(("vmap:steps", "sequential:steps"))
+    assert loso["jax_auto"]["other_per_fold_ms"] > 0
     assert result["loso_data"] == {"n": 8, "subjects": 2}
     assert result["summary"]["headline"]["torch_eager_over_fastest_jax"] > 0
     assert "Headline" in md and md.strip() in proc.stdout  # the table is printed last

@@ -27,10 +27,11 @@ def run(name, strategy, *extra):
     r = train_and_evaluate(config, f"{sys.argv[1]}/{name}", dataset=dataset)
     out[name] = {"probs": r["probs"].tolist(), "y_pred": r["y_pred"].tolist(),
                  "mesh": r["timing"]["mesh"], "trained": r["timing"]["folds_trained_this_run"],
-                 "strategy": r["timing"]["strategy"]}
+                 "strategy": r["timing"]["strategy"], "auto": r["timing"]["auto"]}
 run("vmap", "vmap")
 run("vmap_grouped", "vmap", "parallel.fold_group_size=8")  # 2 folds (or dummies) per device
-run("auto", "auto")
+run("auto", "auto")  # the timed trial (MJFN_JAX_CACHE_DIR is empty) ...
+run("auto_cached", "auto")  # ... then its cached choice
 run("sequential", "sequential")
 run("sequential_scan", "sequential", "parallel.loop=scan", "parallel.epochs_per_call=2")
 try:  # vmap group interrupted after its first epoch, then resumed
@@ -47,7 +48,12 @@ with open(f"{sys.argv[1]}/out.json", "w") as f:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("strategies")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONPATH=REPO)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        PYTHONPATH=REPO,
+        MJFN_JAX_CACHE_DIR=str(workdir / "cache"),
+    )
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(workdir)],
         cwd=REPO,
@@ -78,10 +84,24 @@ def test_vmap_and_sequential_agree(runs):
 def test_grouped_vmap_and_auto_agree_with_sequential(runs):
     """A real vmap over 2 folds per device, and 'auto' (on CPU: one fold per device)."""
     seq = np.array(runs["sequential"]["probs"])
-    assert runs["auto"]["strategy"] == "vmap" and runs["auto"]["mesh"] == {"fold": 4}
     for name in ("vmap_grouped", "auto"):
         assert runs[name]["y_pred"] == runs["sequential"]["y_pred"], name
         np.testing.assert_allclose(np.array(runs[name]["probs"]), seq, rtol=0, atol=1e-4)
+
+
+def test_auto_trial_on_simulated_devices_then_its_cache(runs):
+    """'auto' timed both CPU candidates on the real program, kept the faster, and the next run
+    took the cached choice without a trial."""
+    record = runs["auto"]["auto"]
+    assert not record["cached"]
+    trial = {(t["strategy"], t["fold_group_size"]): t for t in record["trial"]}
+    assert set(trial) == {("vmap", 4), ("sequential", 0)}
+    assert all(t["s_per_fold_epoch"] > 0 and t["compile_s"] >= 0 for t in trial.values())
+    fastest = min(trial.values(), key=lambda t: t["s_per_fold_epoch"])
+    assert runs["auto"]["strategy"] == fastest["strategy"] == record["choice"]["strategy"]
+    cached = runs["auto_cached"]["auto"]
+    assert cached["cached"] and cached["choice"] == record["choice"]
+    assert runs["auto_cached"]["y_pred"] == runs["auto"]["y_pred"]
 
 
 def test_scan_loop_matches_step_loop(runs):

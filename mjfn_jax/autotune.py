@@ -1,0 +1,118 @@
+"""``parallel.strategy='auto'``: the strategy and loop chosen by a short timed trial of the real
+program on the machine it runs on, cached per (device kind, program shape).
+
+Candidates (``candidates``): 'vmap' with one fold per device, 'vmap' over all folds (or
+``parallel.fold_group_size``) on accelerators, 'sequential'; loops 'steps' and, except on CPU,
+'scan' (a whole epoch as one ``lax.scan``: XLA:CPU ran this network's step 5-25x slower inside
+a while loop and took 30-90 s to compile it, so the CPU trial skips it). Each candidate trains
+the first fold group for two epochs: the first call's compile time is recorded separately, the
+second epoch is the measurement (seconds per fold-epoch). The winner is cached in
+``$MJFN_JAX_CACHE_DIR`` (default ``~/.cache/mjfn_jax``) ``/auto_strategy.json`` and reused
+without a trial; its compiled programs are reused by the run itself. With
+``parallel.auto_trial=False`` 'auto' is the measured rule of ``parallel.resolve_strategy``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One way to run the folds: the config fields it sets."""
+
+    strategy: str  # 'vmap' or 'sequential'
+    loop: str  # 'steps' or 'scan'
+    fold_group_size: int  # folds trained together under 'vmap' (0 under 'sequential')
+
+    def apply(self, config):
+        """A copy of ``config`` with this choice in ``config.parallel``."""
+        config = config.copy_and_resolve_references()
+        config.parallel.strategy = self.strategy
+        config.parallel.loop = self.loop
+        config.parallel.fold_group_size = self.fold_group_size
+        return config
+
+
+def candidates(platform: str, num_devices: int, num_folds: int, group_size: int) -> list[Choice]:
+    """The candidates worth a trial here (see the module docstring), without duplicates."""
+    loops = ("steps",) if platform == "cpu" else ("scan", "steps")
+    out: list[Choice] = []
+    for loop in loops:
+        if num_devices > 1 or platform != "cpu":
+            out.append(Choice("vmap", loop, num_devices))  # one fold per device
+        if platform != "cpu":
+            out.append(Choice("vmap", loop, group_size or num_folds))
+        out.append(Choice("sequential", loop, 0))
+    return list(dict.fromkeys(out))
+
+
+def cache_path() -> str:
+    root = os.environ.get("MJFN_JAX_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "mjfn_jax"
+    )
+    return os.path.join(root, "auto_strategy.json")
+
+
+def _read_cache(path: str) -> dict:
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+        return cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        return {}  # a missing or damaged cache only costs a new trial
+
+
+def _write_cache(path: str, cache: dict) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(cache, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
+    except OSError as e:  # a read-only home still trains
+        log.warning("could not write the strategy cache %s: %s", path, e)
+
+
+def choose(
+    key: str, options: list[Choice], measure: Callable[[Choice], dict]
+) -> tuple[Choice, dict]:
+    """The fastest of ``options`` for the program described by ``key``.
+
+    measure(choice) -> {"s_per_fold_epoch": float, "compile_s": float} trains a little.
+    Returns (choice, record) where record says how it was chosen (written to results.json).
+    """
+    if len(options) == 1:
+        return options[0], {"choice": dataclasses.asdict(options[0]), "reason": "one candidate"}
+    path = cache_path()
+    cached = _read_cache(path).get(key)
+    if cached:
+        choice = Choice(**cached["choice"])
+        if choice in options:
+            log.info("parallel.strategy=auto -> %s (cached trial in %s)", choice, path)
+            return choice, cached | {"cached": True}
+    trial, start = [], time.perf_counter()
+    for option in options:
+        result = measure(option)
+        trial.append(dataclasses.asdict(option) | result)
+        log.info("auto trial: %s -> %.4f s per fold-epoch (compile %.1f s)",
+                 option, result["s_per_fold_epoch"], result["compile_s"])  # fmt: skip
+    best = min(range(len(options)), key=lambda i: trial[i]["s_per_fold_epoch"])
+    record = {
+        "choice": dataclasses.asdict(options[best]),
+        "trial": trial,
+        "trial_s": time.perf_counter() - start,  # compiles included
+    }
+    cache = _read_cache(path)
+    cache[key] = record
+    _write_cache(path, cache)
+    log.info("parallel.strategy=auto -> %s (trial of %d candidates)", options[best], len(options))
+    return options[best], record | {"cached": False}

@@ -1,0 +1,76 @@
+"""parallel.strategy='auto': candidates, the timed trial's choice and its cache (no training
+here; the trial on the real program runs in test_strategies.py on 4 simulated devices)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mjfn_jax import autotune
+from mjfn_jax.autotune import Choice
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MJFN_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_candidates_per_platform():
+    assert autotune.candidates("cpu", 1, 68, 0) == [Choice("sequential", "steps", 0)]
+    assert autotune.candidates("cpu", 2, 68, 0) == [
+        Choice("vmap", "steps", 2),
+        Choice("sequential", "steps", 0),
+    ]
+    gpu = autotune.candidates("gpu", 1, 68, 17)
+    assert Choice("vmap", "scan", 17) in gpu and Choice("sequential", "steps", 0) in gpu
+    assert len(gpu) == len(set(gpu)) == 6  # vmap x1 per device, vmap x17, sequential; 2 loops
+
+
+def test_choose_times_every_candidate_picks_the_fastest_and_caches(cache_dir):
+    speeds = {"vmap": 0.5, "sequential": 0.2}
+    calls = []
+
+    def measure(choice):
+        calls.append(choice)
+        return {"s_per_fold_epoch": speeds[choice.strategy], "compile_s": 1.0}
+
+    options = autotune.candidates("cpu", 2, 10, 0)
+    choice, record = autotune.choose("program-A", options, measure)
+    assert choice == Choice("sequential", "steps", 0) and calls == options
+    assert not record["cached"] and len(record["trial"]) == 2 and record["trial_s"] >= 0
+    # the second time: from the cache, no trial
+    again, record = autotune.choose("program-A", options, measure)
+    assert again == choice and record["cached"] and len(calls) == 2
+    # another program shape gets its own trial
+    autotune.choose("program-B", options, measure)
+    assert len(calls) == 4
+    with open(cache_dir / "auto_strategy.json") as f:
+        assert set(json.load(f)) == {"program-A", "program-B"}
+
+
+def test_a_damaged_cache_means_a_new_trial(cache_dir):
+    cache_dir.mkdir(parents=True)
+    (cache_dir / "auto_strategy.json").write_text("{not json")
+    calls = []
+    measure = lambda c: calls.append(c) or {"s_per_fold_epoch": 1.0, "compile_s": 0.0}
+    autotune.choose("k", autotune.candidates("cpu", 4, 8, 0), measure)
+    assert len(calls) == 2
+
+
+def test_one_candidate_needs_no_trial():
+    def measure(choice):
+        raise AssertionError("no trial expected")
+
+    choice, record = autotune.choose("k", [Choice("sequential", "steps", 0)], measure)
+    assert choice.strategy == "sequential" and record["reason"] == "one candidate"
+
+
+def test_choice_applies_to_a_config_copy():
+    from mjfn_jax.config import base_config
+
+    config = base_config()
+    applied = Choice("vmap", "steps", 4).apply(config)
+    assert (applied.parallel.strategy, applied.parallel.loop) == ("vmap", "steps")
+    assert applied.parallel.fold_group_size == 4 and config.parallel.strategy == "auto"
