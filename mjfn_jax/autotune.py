@@ -55,11 +55,16 @@ def candidates(platform: str, num_devices: int, num_folds: int, group_size: int)
     return list(dict.fromkeys(out))
 
 
-def cache_path() -> str:
-    root = os.environ.get("MJFN_JAX_CACHE_DIR") or os.path.join(
+def cache_root() -> str:
+    """``$MJFN_JAX_CACHE_DIR``, default ``~/.cache/mjfn_jax``: the strategy trials and XLA's
+    persistent compilation cache."""
+    return os.environ.get("MJFN_JAX_CACHE_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "mjfn_jax"
     )
-    return os.path.join(root, "auto_strategy.json")
+
+
+def cache_path() -> str:
+    return os.path.join(cache_root(), "auto_strategy.json")
 
 
 def _read_cache(path: str) -> dict:

@@ -82,6 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
     # first fold group each, cached per device kind and program shape in ~/.cache/mjfn_jax);
     # False: the measured rule per platform (CPU: one fold per device; GPU/TPU: vmap).
     c.parallel.auto_trial = True
+    # JAX's persistent compilation cache in ~/.cache/mjfn_jax/xla (MJFN_JAX_CACHE_DIR moves it):
+    # reruns of the same program skip their XLA compiles. False: compile every run.
+    c.parallel.compilation_cache = True
     # Folds trained together under 'vmap'; 0 = all folds (on CPU: one per device).
     c.parallel.fold_group_size = 0
     c.parallel.epochs_per_call = 1  # Epochs fused into one jitted call (lax.scan).

@@ -335,10 +335,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
     if config.train.early_stopping_patience > 0 and config.folds.val_subject_fraction <= 0:
         raise ValueError("train.early_stopping_patience > 0 needs folds.val_subject_fraction > 0")
     arrays = pad_folds(folds)
+    if config.parallel.compilation_cache:
+        parallel.enable_compilation_cache()
     config, auto = _choose_strategy(config, arrays, dataset)
     runner, group_size, data = _setup(config, arrays, dataset)
     mesh, vmapped, steps = runner.mesh, runner.vmapped, runner.program.steps
-    compile_before = runner.compile_s
+    compile_before, compile_by_before = runner.compile_s, dict(runner.compile_by_program)
     ckpts = [
         FoldCheckpointer(workdir, name, max_to_keep=config.checkpoint.max_to_keep)
         for name in arrays.names
@@ -373,7 +375,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
     timing = {
         "wall_s": wall,
         "compile_s": runner.compile_s - compile_before,  # training calls compiled this run
-        "compile_by_program": dict(runner.compile_by_program),
+        "compile_by_program": {  # this run's (a trial or an earlier run may have compiled)
+            name: seconds - compile_by_before.get(name, 0.0)
+            for name, seconds in runner.compile_by_program.items()
+            if seconds > compile_by_before.get(name, 0.0)
+        },
         "train_s": stats["train_s"],
         "samples_per_s": stats["samples"] / stats["train_s"] if stats["train_s"] else None,
         "strategy": "vmap" if vmapped else "sequential",

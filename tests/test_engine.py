@@ -106,3 +106,17 @@ def test_generated_dataset_from_config():
     assert dataset.images.shape == (23, 16, 16, 3) and len(set(dataset.subjects)) == 5
     again = dataset_from_config(config.data, 16, seed=3)
     np.testing.assert_array_equal(dataset.images, again.images)
+
+
+def test_compilation_cache_goes_under_the_cache_root_per_machine(tmp_path, monkeypatch):
+    from mjfn_jax.parallel import enable_compilation_cache
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("MJFN_JAX_CACHE_DIR", str(tmp_path))
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        path = enable_compilation_cache()
+        assert path.startswith(str(tmp_path / "xla")) and jax.config.jax_compilation_cache_dir == path
+        assert enable_compilation_cache() is None  # a cache already set (e.g. by the user) stays
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
