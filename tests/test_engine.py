@@ -116,7 +116,9 @@ def test_compilation_cache_goes_under_the_cache_root_per_machine(tmp_path, monke
     try:
         jax.config.update("jax_compilation_cache_dir", None)
         path = enable_compilation_cache()
-        assert path.startswith(str(tmp_path / "xla")) and jax.config.jax_compilation_cache_dir == path
+        assert (
+            path.startswith(str(tmp_path / "xla")) and jax.config.jax_compilation_cache_dir == path
+        )
         assert enable_compilation_cache() is None  # a cache already set (e.g. by the user) stays
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
