@@ -49,10 +49,22 @@ def main(argv: list[str]) -> None:
     timing = results["timing"]
     print(format_results_table(results))
     print(
-        f"data {data_s:.0f} s; training {timing['wall_s']:.0f} s ({timing['strategy']}, "
-        f"compile {timing['compile_s']:.0f} s, {timing['samples_per_s'] or 0:.0f} samples/s); "
+        f"data {data_s:.0f} s;{_trial_text(timing)} training {timing['wall_s']:.0f} s "
+        f"({timing['strategy']}, compile {timing['compile_s']:.0f} s, "
+        f"{timing['samples_per_s'] or 0:.0f} samples/s); "
         f"chance UF1 is about {1 / len(dataset.class_names):.2f}; "
         f"report: {os.path.join(FLAGS.workdir, 'report.md')}"
+    )
+
+
+def _trial_text(timing: dict) -> str:
+    """' auto trial 23 s (vmap x2);' when parallel.strategy=auto timed its candidates."""
+    auto = timing.get("auto") or {}
+    if auto.get("cached", True) or "trial_s" not in auto:
+        return ""
+    choice = auto["choice"]
+    return (
+        f" auto trial {auto['trial_s']:.0f} s ({choice['strategy']} x{choice['fold_group_size']});"
     )
 
 

@@ -32,6 +32,9 @@ def main(argv: list[str]) -> None:
     results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     timing = results["timing"]
     print(format_results_table(results))
+    auto = timing.get("auto") or {}
+    if not auto.get("cached", True) and "trial_s" in auto:
+        print(f"parallel.strategy=auto: timed trial {auto['trial_s']:.1f} s (cached from now on)")
     print(
         f"strategy {timing['strategy']} on {timing['platform']} {timing['mesh']}: "
         f"compile {timing['compile_s']:.1f} s, train {timing['train_s']:.1f} s, "
