@@ -136,19 +136,23 @@ class FoldCheckpointer:
         return os.path.exists(self.done_path)
 
     def write_result(self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict) -> None:
-        """test_idx [M] int (dataset indices), log_probs [M, C] float32; summary JSON-able."""
-        self._wait()  # "done" promises a complete final checkpoint
+        """test_idx [M] int (dataset indices), log_probs [M, C] float32; summary JSON-able.
+        Returns at once: written on the background thread after this fold's saves (FIFO)."""
+        test_idx = np.asarray(test_idx, np.int64)
+        log_probs = np.asarray(log_probs, np.float32)
+        self._pending.append(_BACKGROUND.submit(self._write_result, test_idx, log_probs, summary))
+
+    def _write_result(self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict) -> None:
+        self._wait_orbax()  # "done" promises a complete final checkpoint
         np.savez(
-            os.path.join(self.fold_dir, "predictions.npz"),
-            test_idx=np.asarray(test_idx, np.int64),
-            log_probs=np.asarray(log_probs, np.float32),
+            os.path.join(self.fold_dir, "predictions.npz"), test_idx=test_idx, log_probs=log_probs
         )
         tmp = self.done_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(summary, f, indent=1)
         os.replace(tmp, self.done_path)  # atomic: a fold is done only once everything is there
         if self.has_final():  # the in-progress checkpoints (with optimizer state) are spent
-            self.close()
+            self._close_orbax()
             shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
 
     def read_result(self) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -159,20 +163,27 @@ class FoldCheckpointer:
         return test_idx, log_probs, summary
 
     def _wait(self) -> None:
-        """Every save of this fold is complete on disk (re-raises a failed save)."""
+        """Every save and result of this fold is complete on disk (re-raises a failure)."""
         pending, self._pending = self._pending, []
         for future in pending:
             future.result()
+        self._wait_orbax()
+
+    def _wait_orbax(self) -> None:
         if self._manager is not None:
             self._manager.wait_until_finished()
         if self._final is not None:
             self._final.wait_until_finished()
 
-    def close(self) -> None:
-        self._wait()
+    def _close_orbax(self) -> None:
+        self._wait_orbax()
         if self._manager is not None:
             self._manager.close()
             self._manager = None
         if self._final is not None:
             self._final.close()
             self._final = None
+
+    def close(self) -> None:
+        self._wait()
+        self._close_orbax()

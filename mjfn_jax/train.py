@@ -154,7 +154,7 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, st
     """Train (or resume) one group of folds to the end and predict its test subjects.
 
     Returns the group's results as (checkpointer, test_idx, log_probs, summary) tuples; the
-    caller writes them (which marks the folds done) once their async saves had time to land."""
+    caller writes them (which marks the folds done)."""
     names = arrays.names
     real = [int(m) for m in members if m >= 0]
     folds = jax.device_put(_fold_inputs(config, dataset, arrays, members), runner.group_sharding)
@@ -174,7 +174,7 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, st
             n = budget.clip(n)
             start = time.perf_counter()
             states, metrics = runner.train(states, folds, data, epoch, n)
-            metrics = jax.tree.map(np.asarray, metrics)  # waits for the device
+            metrics = jax.device_get(metrics)  # waits for the device
             stats["train_s"] += time.perf_counter() - start
             stats["samples"] += len(real) * n * runner.program.steps * config.train.batch_size
             _check_finite(metrics, members, names, epoch)
@@ -189,12 +189,12 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, st
                 )
             finished = epoch == total or stopped
             if finished:  # the model only (no optimizer state): what a finished fold keeps
-                host_models = jax.tree.map(np.asarray, runner.program.export(states))
+                host_models = jax.device_get(runner.program.export(states))  # one batch of copies
                 for pos, m in enumerate(members):
                     if m >= 0:
                         ckpts[m].save_final(_slice(host_models, pos))
             elif every > 0 and epoch % every == 0:
-                host_states = jax.tree.map(np.asarray, states)  # one transfer for the group
+                host_states = jax.device_get(states)  # one batch of copies for the group
                 for pos, m in enumerate(members):
                     if m >= 0:
                         meta = {"epochs_done": epoch, "history": histories[m]}
@@ -355,21 +355,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
     budget = _Budget(config.train.stop_after_epochs)
     groups = parallel.fold_groups(len(pending), group_size, mesh.size if vmapped else 1)
     start = time.perf_counter()
-    unwritten: list = []  # the previous group's results: written after the next group trains
     try:
         for group in tqdm(groups, desc="fold groups", unit="group", disable=len(groups) < 2):
             members = np.where(group >= 0, pending[np.maximum(group, 0)], -1)
             finished = _run_group(
                 config, runner, ckpts, arrays, dataset, data, members, budget, stats
             )
-            for ckpt, *result in unwritten:
+            for ckpt, *result in finished:  # written in the background, after the fold's saves
                 ckpt.write_result(*result)
-            unwritten = finished
     finally:
-        for ckpt, *result in unwritten:  # completed folds are kept even if a later one failed
-            ckpt.write_result(*result)
-        for c in ckpts:
-            c.close()
+        for c in ckpts:  # waits for every save and result (completed folds are kept even if a
+            c.close()  # later one failed)
     wall = time.perf_counter() - start
     pooled = _gather_results(config, dataset, arrays, ckpts)
     timing = {
