@@ -33,6 +33,26 @@ import orbax.checkpoint as ocp
 _BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mjfn-save")
 
 
+class SavePolicy:
+    """When a fold group saves: every ``every_epochs`` completed epochs (0: never) an
+    in-progress checkpoint, and when the folds finish their model alone."""
+
+    def __init__(self, every_epochs: int):
+        self.every = max(0, int(every_epochs))
+
+    def epochs_until_save(self, epochs_done: int) -> int | None:
+        """Epochs to train before the next periodic save (a training call stops there)."""
+        return self.every - epochs_done % self.every if self.every else None
+
+    def what_to_save(self, epochs_done: int, finished: bool) -> str | None:
+        """'final' (the finished folds' models), 'progress' (full train states) or None."""
+        if finished:
+            return "final"
+        if self.every and epochs_done % self.every == 0:
+            return "progress"
+        return None
+
+
 def _flatten(tree) -> dict[str, jax.Array]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}

@@ -66,9 +66,6 @@ def base_config() -> ml_collections.ConfigDict:
     # Early stopping watches the validation loss (fused head NLL) and restores the best-on-
     # VALIDATION parameters; needs folds.val_subject_fraction > 0.
     c.train.eval_batch_size = 64  # Batch size of validation/test prediction (memory only).
-    # Test/debug knob: stop (raise TrainingInterrupted) after this many epochs trained by this
-    # process, after checkpointing, to simulate a killed run; 0 disables.
-    c.train.stop_after_epochs = 0
 
     c.augment = ml_collections.ConfigDict()
     c.augment.hflip = True  # Horizontal flip that negates the u channel.

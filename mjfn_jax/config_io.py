@@ -17,6 +17,7 @@ import ml_collections
 CONFIG_FILE = "config.json"
 # Settings that change HOW a run executes, not WHAT it computes: a resumed run may change them
 # (e.g. continue on a machine with a different device count).
+# (train.stop_after_epochs: a removed test knob that configs saved before 2026-11-25 hold.)
 RESUMABLE_KEYS = ("parallel", "checkpoint", "train.stop_after_epochs", "data.data_dir")
 
 

@@ -333,7 +333,6 @@ def get_runner(config, steps: int, mesh, vmapped: bool, data_sharding) -> GroupR
     """The (cached) runner of this program config, step count and placement."""
     scan = resolve_loop(config.parallel.loop) == "scan"
     program_config = {k: v for k, v in config_to_dict(config).items() if k not in _NOT_PROGRAM}
-    program_config["train"].pop("stop_after_epochs", None)
     placement = [vmapped, mesh.axis_names, [d.id for d in mesh.devices.flat]]
     key = json.dumps([program_config, steps, placement], sort_keys=True)
     train = config.train

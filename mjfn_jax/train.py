@@ -10,9 +10,11 @@ a rerun skips finished folds and resumes the others exactly (DESIGN.md §4, §5)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -20,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mjfn_jax import autotune, parallel
-from mjfn_jax.checkpoint import FoldCheckpointer
+from mjfn_jax.checkpoint import FoldCheckpointer, SavePolicy
 from mjfn_jax.config_io import config_to_dict, save_or_check_config
 from mjfn_jax.folds import FoldArrays, make_folds, pad_folds, steps_per_epoch
 from mjfn_jax.parallel import get_runner, strategy_setup
@@ -35,8 +37,14 @@ def setup_logging() -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
 
 
-class TrainingInterrupted(RuntimeError):
-    """Raised by the ``train.stop_after_epochs`` knob to simulate a killed run."""
+@dataclasses.dataclass(frozen=True)
+class EpochsDone:
+    """What ``train_and_evaluate``'s ``after_epochs`` callback sees after each training call
+    of a fold group, once that call's checkpoints are handed to the checkpointer."""
+
+    folds: tuple[str, ...]  # the group's fold names
+    epoch: int  # epochs the group has completed
+    trained_this_run: int  # epochs trained by this call of train_and_evaluate, all groups
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -80,24 +88,6 @@ def _slice(tree, i: int):
 
 def _stack(trees):
     return jax.tree.map(lambda *xs: np.stack(xs), *trees)
-
-
-class _Budget:
-    """The ``train.stop_after_epochs`` knob: epochs this process may still train."""
-
-    def __init__(self, limit: int):
-        self.left = limit if limit > 0 else None
-
-    def clip(self, n: int) -> int:
-        if self.left is None:
-            return n
-        if self.left <= 0:
-            raise TrainingInterrupted("train.stop_after_epochs reached (simulated interruption)")
-        return min(n, self.left)
-
-    def spend(self, n: int) -> None:
-        if self.left is not None:
-            self.left -= n
 
 
 def _resume(runner, ckpts, members, states):
@@ -150,7 +140,7 @@ def _check_finite(metrics: dict, members, names, first_epoch: int) -> None:
             )
 
 
-def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, stats) -> list:
+def _run_group(config, runner, ckpts, arrays, dataset, data, members, stats, after) -> list:
     """Train (or resume) one group of folds to the end and predict its test subjects.
 
     Returns the group's results as (checkpointer, test_idx, log_probs, summary) tuples; the
@@ -163,15 +153,13 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, st
     )  # [G, max_test]
     states = runner.init(folds["key"])
     states, epoch, histories = _resume(runner, ckpts, members, states)
-    total, every = config.train.num_epochs, config.checkpoint.every_epochs
+    total, policy = config.train.num_epochs, SavePolicy(config.checkpoint.every_epochs)
     stopped = False
     label = names[real[0]] if len(real) == 1 else f"{len(real)} folds"
     with tqdm(total=total, initial=epoch, desc=label, unit="epoch", leave=False) as bar:
         while epoch < total and not stopped:
             n = min(max(1, config.parallel.epochs_per_call), total - epoch)
-            if every > 0:
-                n = min(n, every - epoch % every)
-            n = budget.clip(n)
+            n = min(n, policy.epochs_until_save(epoch) or n)
             start = time.perf_counter()
             states, metrics = runner.train(states, folds, data, epoch, n)
             metrics = jax.device_get(metrics)  # waits for the device
@@ -182,18 +170,18 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, st
                 if m >= 0:
                     histories[m] += _epoch_records(metrics, pos, epoch)
             epoch += n
-            budget.spend(n)
+            stats["epochs"] += n
             if "stopped" in metrics:  # early stopping: every real fold has stopped
                 stopped = bool(
                     np.all(metrics["stopped"][[p for p, m in enumerate(members) if m >= 0], -1])
                 )
-            finished = epoch == total or stopped
-            if finished:  # the model only (no optimizer state): what a finished fold keeps
+            save = policy.what_to_save(epoch, finished=epoch == total or stopped)
+            if save == "final":  # the model only (no optimizer state): what a finished fold keeps
                 host_models = jax.device_get(runner.program.export(states))  # one batch of copies
                 for pos, m in enumerate(members):
                     if m >= 0:
                         ckpts[m].save_final(_slice(host_models, pos))
-            elif every > 0 and epoch % every == 0:
+            elif save == "progress":
                 host_states = jax.device_get(states)  # one batch of copies for the group
                 for pos, m in enumerate(members):
                     if m >= 0:
@@ -201,6 +189,8 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, budget, st
                         ckpts[m].save(epoch, _slice(host_states, pos), meta)
             bar.update(n)
             bar.set_postfix(loss=f"{np.mean(metrics['loss'][:, -1]):.3f}")
+            if after is not None:
+                after(EpochsDone(tuple(names[m] for m in real), epoch, stats["epochs"]))
     log_probs = np.asarray(runner.predict(states, data, test_idx))  # [G, max_test, C]
     results = []
     for pos, m in enumerate(members):
@@ -313,10 +303,19 @@ def _gather_results(config, dataset, arrays, ckpts) -> dict:
     }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    dataset=None,
+    *,
+    after_epochs: Callable[[EpochsDone], None] | None = None,
+) -> dict:
     """Train every fold (resuming from ``workdir``), evaluate once per test sample, report.
 
     dataset: a ``mjfn_jax.data.Dataset`` (or None: load ``config.data`` from disk).
+    after_epochs: called after every training call of a fold group (see EpochsDone), after
+    its checkpoints were handed over; an exception it raises stops the run there, and the
+    checkpoints and finished folds written so far are kept (tests simulate a kill this way).
     Returns the dict of ``mjfn_jax.report.write_report`` (pooled metrics under "pooled") plus
     "y_true", "y_pred" int [N], "probs" float [N, C], "folds" str [N], "history" and "timing".
     """
@@ -351,15 +350,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
         arrays.num_folds, len(pending), "vmap" if vmapped else "sequential",
         dict(mesh.shape), steps,
     )  # fmt: skip
-    stats = {"train_s": 0.0, "samples": 0}
-    budget = _Budget(config.train.stop_after_epochs)
+    stats = {"train_s": 0.0, "samples": 0, "epochs": 0}
     groups = parallel.fold_groups(len(pending), group_size, mesh.size if vmapped else 1)
     start = time.perf_counter()
     try:
         for group in tqdm(groups, desc="fold groups", unit="group", disable=len(groups) < 2):
             members = np.where(group >= 0, pending[np.maximum(group, 0)], -1)
             finished = _run_group(
-                config, runner, ckpts, arrays, dataset, data, members, budget, stats
+                config, runner, ckpts, arrays, dataset, data, members, stats, after_epochs
             )
             for ckpt, *result in finished:  # written in the background, after the fold's saves
                 ckpt.write_result(*result)

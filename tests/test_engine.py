@@ -122,3 +122,19 @@ def test_compilation_cache_goes_under_the_cache_root_per_machine(tmp_path, monke
         assert enable_compilation_cache() is None  # a cache already set (e.g. by the user) stays
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_save_policy():
+    from mjfn_jax.checkpoint import SavePolicy
+
+    every3 = SavePolicy(3)
+    assert [every3.what_to_save(e, finished=False) for e in (1, 2, 3, 6)] == [
+        None,
+        None,
+        "progress",
+        "progress",
+    ]
+    assert every3.what_to_save(4, finished=True) == "final"
+    assert every3.epochs_until_save(0) == 3 and every3.epochs_until_save(4) == 2
+    never = SavePolicy(0)
+    assert never.epochs_until_save(5) is None and never.what_to_save(5, finished=False) is None

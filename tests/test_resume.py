@@ -6,7 +6,21 @@ import numpy as np
 import pytest
 from test_train import smoke_config, tiny_dataset
 
-from mjfn_jax.train import TrainingInterrupted, train_and_evaluate
+from mjfn_jax.train import train_and_evaluate
+
+
+class Killed(Exception):
+    """Raised by the after_epochs callback: the run stops as if killed there."""
+
+
+def kill_after(epochs: int):
+    """An after_epochs callback that stops the run once it has trained ``epochs`` epochs."""
+
+    def callback(done):
+        if done.trained_this_run >= epochs:
+            raise Killed(f"stopped after {done.trained_this_run} epochs ({done.folds})")
+
+    return callback
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
@@ -17,14 +31,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     workdir = str(tmp_path / "resumed")
     folds = sorted(set(reference["folds"]))
     # 4 epochs: fold 1 finishes (3 epochs), fold 2 stops after its first epoch.
-    with pytest.raises(TrainingInterrupted):
-        train_and_evaluate(
-            smoke_config(
-                "train.num_epochs=3", "checkpoint.every_epochs=1", "train.stop_after_epochs=4"
-            ),
-            workdir,
-            dataset=dataset,
-        )
+    with pytest.raises(Killed):
+        train_and_evaluate(config, workdir, dataset=dataset, after_epochs=kill_after(4))
     fold_dirs = [os.path.join(workdir, "folds", f) for f in folds]
     assert os.path.exists(os.path.join(fold_dirs[0], "done.json"))
     assert not os.path.exists(os.path.join(fold_dirs[1], "done.json"))
