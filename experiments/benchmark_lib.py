@@ -216,23 +216,12 @@ def _random_batch(config, n: int, seed: int = 0):
     return images, labels
 
 
-def _fold_inputs(config, n: int) -> dict:
-    return {
-        "key": jax.random.key(0),
-        "train_idx": jnp.arange(n, dtype=jnp.int32),
-        "train_count": jnp.asarray(n, jnp.int32),
-        "val_idx": jnp.zeros((1,), jnp.int32),
-        "val_mask": jnp.zeros((1,), bool),
-        "class_weights": jnp.ones((config.model.num_classes,), jnp.float32),
-    }
-
-
 class JaxRunner:
     """'jax_step': the engine's train step, jitted alone (one dispatch per step);
     'jax_scan': the engine's epoch call, ``scan_steps`` steps in one ``lax.scan``."""
 
     def __init__(self, config, batch: int, scan: bool, scan_steps: int):
-        from mjfn_jax.engine import FoldProgram
+        from mjfn_jax.engine import FoldInputs, FoldProgram
 
         self.batch, self.scan = batch, scan
         self.steps_per_call = scan_steps if scan else 1
@@ -240,8 +229,8 @@ class JaxRunner:
         self.program = FoldProgram(config, steps_per_epoch=self.steps_per_call)
         images, labels = _random_batch(config, n)
         self.data = {"images": jnp.asarray(images), "labels": jnp.asarray(labels)}
-        self.fold = _fold_inputs(config, n)
-        self.state = jax.jit(self.program.init)(self.fold["key"])
+        self.fold = FoldInputs.whole_dataset(jax.random.key(0), n, config.model.num_classes)
+        self.state = jax.jit(self.program.init)(self.fold.key)
         if scan:
             self.fn = jax.jit(self.program.train_epochs, donate_argnums=0)
         else:
@@ -258,7 +247,7 @@ class JaxRunner:
             epochs = jnp.asarray([self.calls], jnp.int32)
             self.state, out = self.fn(self.state, self.fold, self.data, epochs)
             return out["loss"]
-        key = jax.random.fold_in(self.fold["key"], self.calls)
+        key = jax.random.fold_in(self.fold.key, self.calls)
         self.state, (loss, _) = self.fn(self.state, self.fold, self.data, key)
         return loss
 

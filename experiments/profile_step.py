@@ -34,7 +34,7 @@ if __package__ in (None, ""):
 
 from mjfn_jax.config_io import load_config  # noqa: E402
 from mjfn_jax.data import dataset_from_config  # noqa: E402
-from mjfn_jax.engine import FoldProgram  # noqa: E402
+from mjfn_jax.engine import FoldInputs, FoldProgram  # noqa: E402
 from mjfn_jax.models import mjfn_loss  # noqa: E402
 
 
@@ -77,15 +77,8 @@ def profile_step(config, steps: int) -> dict:
     n = len(dataset.labels)
     program = FoldProgram(config, steps_per_epoch=max(1, n // config.train.batch_size))
     data = {"images": jnp.asarray(dataset.images), "labels": jnp.asarray(dataset.labels)}
-    fold = {
-        "key": jax.random.key(0),
-        "train_idx": jnp.arange(n, dtype=jnp.int32),
-        "train_count": jnp.int32(n),
-        "val_idx": jnp.zeros((1,), jnp.int32),
-        "val_mask": jnp.zeros((1,), bool),
-        "class_weights": jnp.ones((config.model.num_classes,), jnp.float32),
-    }
-    state = jax.jit(program.init)(fold["key"])
+    fold = FoldInputs.whole_dataset(jax.random.key(0), n, config.model.num_classes)
+    state = jax.jit(program.init)(fold.key)
     plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
     args = (state, fold, data, plan, jnp.int32(0))
     start = time.perf_counter()
@@ -115,9 +108,9 @@ def profile_step(config, steps: int) -> dict:
         return optax.apply_updates(params, updates), opt_state
 
     parts = {
-        "forward": (forward, (state["params"], state["batch_stats"])),
-        "forward + backward": (jax.grad(loss), (state["params"], state["batch_stats"])),
-        "optimizer update": (optimizer, (state["params"], state["opt_state"])),
+        "forward": (forward, (state.params, state.batch_stats)),
+        "forward + backward": (jax.grad(loss), (state.params, state.batch_stats)),
+        "optimizer update": (optimizer, (state.params, state.opt_state)),
     }
     result["parts_ms"] = {
         name: 1e3 * _time(jax.jit(fn).lower(*a).compile(), a, steps)[0]

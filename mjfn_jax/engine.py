@@ -7,18 +7,18 @@ BN statistics), merged with ``copy=True`` inside the traced functions. Random st
 functions of (fold key, epoch, step), so a resumed run draws exactly what an uninterrupted one
 would, whatever the chunking of epochs into calls.
 
-Pytrees (one fold):
-  state: {"params", "batch_stats": {module path: array} (flat dicts, see _FlatState),
-          "opt_state": optax state,
-          with early stopping also "best_params", "best_batch_stats", "best_val" f32 [],
-          "since_best" int32 [], "stopped" bool []}
-  fold:  {"key": typed PRNG key, "train_idx" int32 [T], "train_count" int32 [],
-          "val_idx" int32 [V], "val_mask" bool [V], "class_weights" float32 [C]}
-  data:  {"images": uint8 [N, H, W, 3], "labels": int32 [N]}  (whole dataset, on device)
+Pytrees (one fold): ``TrainState`` (params and BN statistics as flat {module path: array}
+dicts, the optimizer state, and with early stopping the ``EarlyStopping`` record), ``FoldInputs``
+(the fold's key and index arrays), and data = {"images": uint8 [N, H, W, 3], "labels": int32
+[N]} (the whole dataset, on device). A model alone (what a finished fold keeps) is
+{"params", "batch_stats"}.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -54,6 +54,49 @@ def make_optimizer(train: ml_collections.ConfigDict, steps_per_epoch: int):
     if train.grad_clip_norm > 0:
         parts.insert(0, optax.clip_by_global_norm(train.grad_clip_norm))
     return optax.chain(*parts)
+
+
+@flax.struct.dataclass
+class FoldInputs:
+    """One fold's inputs ([G, ...] with a leading fold axis when lifted over a group)."""
+
+    key: jax.Array  # typed PRNG key []: every random stream of the fold derives from it
+    train_idx: jax.Array  # int32 [T] dataset indices, valid in the first train_count slots
+    train_count: jax.Array  # int32 []
+    val_idx: jax.Array  # int32 [V] validation indices (training subjects only)
+    val_mask: jax.Array  # bool [V]
+    class_weights: jax.Array  # float32 [C] (used with loss.class_weights='balanced')
+
+    @classmethod
+    def whole_dataset(cls, key: jax.Array, num_samples: int, num_classes: int) -> FoldInputs:
+        """Train on every sample, no validation (benchmarks and profiles)."""
+        return cls(
+            key=key,
+            train_idx=jnp.arange(num_samples, dtype=jnp.int32),
+            train_count=jnp.asarray(num_samples, jnp.int32),
+            val_idx=jnp.zeros((1,), jnp.int32),
+            val_mask=jnp.zeros((1,), bool),
+            class_weights=jnp.ones((num_classes,), jnp.float32),
+        )
+
+
+@flax.struct.dataclass
+class EarlyStopping:
+    """The best-on-VALIDATION model so far and the patience counter."""
+
+    params: dict
+    batch_stats: dict
+    best_val: jax.Array  # float32 [] validation loss of that model
+    since_best: jax.Array  # int32 [] epochs without improvement
+    stopped: jax.Array  # bool []
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: dict  # {module path: float32 array}
+    batch_stats: dict  # {module path: float32 array} BN running statistics
+    opt_state: Any  # optax state
+    best: EarlyStopping | None = None  # with train.early_stopping_patience > 0
 
 
 # Prediction chunks traced as straight-line code up to this count, else a lax.map (a while
@@ -126,26 +169,26 @@ class FoldProgram:
         model.train() if train else model.eval()
         return model
 
-    def init(self, fold_key: jax.Array) -> dict:
+    def init(self, fold_key: jax.Array) -> TrainState:
         """A fresh train state from the fold's key (init key = fold_in(fold_key, 0))."""
         init_key = jax.random.fold_in(fold_key, 0)
         model = MJFN(self.config.model, rngs=nnx.Rngs(init_key))
         _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         params, batch_stats = self._params.to_flat(params), self._stats.to_flat(batch_stats)
-        state = {"params": params, "batch_stats": batch_stats, "opt_state": self.tx.init(params)}
+        best = None
         if self.early_stopping:
-            state |= {
-                "best_params": params,
-                "best_batch_stats": batch_stats,
-                "best_val": jnp.array(jnp.inf, jnp.float32),
-                "since_best": jnp.array(0, jnp.int32),
-                "stopped": jnp.array(False),
-            }
-        return state
+            best = EarlyStopping(
+                params=params,
+                batch_stats=batch_stats,
+                best_val=jnp.array(jnp.inf, jnp.float32),
+                since_best=jnp.array(0, jnp.int32),
+                stopped=jnp.array(False),
+            )
+        return TrainState(params, batch_stats, self.tx.init(params), best)
 
     # Training ---------------------------------------------------------------------------
 
-    def _train_step(self, state: dict, xs, fold: dict, data: dict):
+    def _train_step(self, state: TrainState, xs, fold: FoldInputs, data: dict):
         batch_idx, step_key = xs  # [B] int32, key
         cfg = self.config
         aug_key, dropout_key = jax.random.split(step_key)
@@ -156,10 +199,10 @@ class FoldProgram:
             aug_key, images, hflip=cfg.augment.hflip, max_translate=cfg.augment.max_translate
         )
         labels = data["labels"][batch_idx]  # [B] int32
-        class_weights = fold["class_weights"] if cfg.loss.class_weights != "none" else None
+        class_weights = fold.class_weights if cfg.loss.class_weights != "none" else None
 
         def loss_fn(params):
-            model = self._model(params, state["batch_stats"], dropout_key, train=True)
+            model = self._model(params, state.batch_stats, dropout_key, train=True)
             outputs = model(images)
             loss, _ = mjfn_loss(
                 outputs,
@@ -171,34 +214,34 @@ class FoldProgram:
             return loss, (self._stats.to_flat(nnx.state(model, nnx.BatchStat)), outputs["fused"])
 
         (loss, (batch_stats, fused)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"]
+            state.params
         )
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
         correct = jnp.sum(jnp.argmax(fused, -1) == labels)
-        new_state = state | {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}
+        new_state = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new_state, (loss, correct)
 
-    def epoch_plan(self, fold: dict, epoch: jax.Array):
+    def epoch_plan(self, fold: FoldInputs, epoch: jax.Array):
         """The epoch's batches [steps, B] int32 and step keys [steps]: f(fold key, epoch)."""
-        epoch_key = jax.random.fold_in(jax.random.fold_in(fold["key"], 1), epoch)
+        epoch_key = jax.random.fold_in(jax.random.fold_in(fold.key, 1), epoch)
         order = epoch_batches(
             jax.random.fold_in(epoch_key, 0),
-            fold["train_idx"],
-            fold["train_count"],
+            fold.train_idx,
+            fold.train_count,
             self.steps,
             self.config.train.batch_size,
         )
         return order, jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps)
 
-    def train_step_at(self, state: dict, fold: dict, data: dict, plan, step):
+    def train_step_at(self, state: TrainState, fold: FoldInputs, data: dict, plan, step):
         """Step ``step`` alone (the one-call-per-step mode), given the epoch's plan from
         ``epoch_plan`` (computed once per epoch, not once per step).
         Returns (state, (loss, correct))."""
         order, step_keys = plan  # [steps, B] int32, [steps] keys
         return self._train_step(state, (order[step], step_keys[step]), fold, data)
 
-    def end_epoch(self, state: dict, fold: dict, data: dict, losses, correct):
+    def end_epoch(self, state: TrainState, fold: FoldInputs, data: dict, losses, correct):
         """Epoch metrics from per-step losses/correct counts ([steps], or a tuple of ``steps``
         scalars: the per-step calls' outputs as they come); early stopping."""
         if isinstance(losses, tuple | list):
@@ -215,7 +258,7 @@ class FoldProgram:
             metrics |= val_metrics
         return state, metrics
 
-    def _epoch(self, state: dict, epoch: jax.Array, fold: dict, data: dict):
+    def _epoch(self, state: TrainState, epoch: jax.Array, fold: FoldInputs, data: dict):
         order, step_keys = self.epoch_plan(fold, epoch)  # [steps, B], [steps]
 
         def step(s, xs):
@@ -224,28 +267,30 @@ class FoldProgram:
         state, (losses, correct) = jax.lax.scan(step, state, (order, step_keys))
         return self.end_epoch(state, fold, data, losses, correct)
 
-    def _early_stopping(self, state: dict, fold: dict, data: dict):
+    def _early_stopping(self, state: TrainState, fold: FoldInputs, data: dict):
         """Validation loss after the epoch; keep the best-on-VALIDATION params."""
-        log_probs = self._predict(state["params"], state["batch_stats"], data, fold["val_idx"])
-        labels = data["labels"][fold["val_idx"]]
-        mask = fold["val_mask"].astype(jnp.float32)
+        log_probs = self._predict(state.params, state.batch_stats, data, fold.val_idx)
+        labels = data["labels"][fold.val_idx]
+        mask = fold.val_mask.astype(jnp.float32)
         nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
         count = jnp.maximum(jnp.sum(mask), 1.0)
         val_loss = jnp.sum(nll * mask) / count
         val_acc = jnp.sum((jnp.argmax(log_probs, -1) == labels) * mask) / count
-        improved = (val_loss < state["best_val"]) & ~state["stopped"]
+        best = state.best
+        improved = (val_loss < best.best_val) & ~best.stopped
         pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(improved, a, b), new, old)
-        since = jnp.where(improved, 0, state["since_best"] + jnp.where(state["stopped"], 0, 1))
-        state = state | {
-            "best_params": pick(state["params"], state["best_params"]),
-            "best_batch_stats": pick(state["batch_stats"], state["best_batch_stats"]),
-            "best_val": jnp.where(improved, val_loss, state["best_val"]),
-            "since_best": since,
-            "stopped": state["stopped"] | (since >= self.config.train.early_stopping_patience),
-        }
-        return state, {"val_loss": val_loss, "val_acc": val_acc, "stopped": state["stopped"]}
+        since = jnp.where(improved, 0, best.since_best + jnp.where(best.stopped, 0, 1))
+        best = EarlyStopping(
+            params=pick(state.params, best.params),
+            batch_stats=pick(state.batch_stats, best.batch_stats),
+            best_val=jnp.where(improved, val_loss, best.best_val),
+            since_best=since,
+            stopped=best.stopped | (since >= self.config.train.early_stopping_patience),
+        )
+        metrics = {"val_loss": val_loss, "val_acc": val_acc, "stopped": best.stopped}
+        return state.replace(best=best), metrics
 
-    def train_epochs(self, state: dict, fold: dict, data: dict, epochs: jax.Array):
+    def train_epochs(self, state: TrainState, fold: FoldInputs, data: dict, epochs: jax.Array):
         """Train the epochs listed in ``epochs`` (int32 [E]); metrics come back as [E]."""
         epoch_fn = lambda s, e: self._epoch(s, e, fold, data)
         return jax.lax.scan(epoch_fn, state, epochs)
@@ -270,15 +315,15 @@ class FoldProgram:
             log_probs = jax.lax.map(one, idx_chunks).reshape(padded, -1)
         return log_probs[:m]
 
-    def export(self, state: dict) -> dict:
+    def export(self, state: TrainState) -> dict:
         """The fold's model {"params", "batch_stats"}: the final one, or with early stopping the
         best-on-validation one. What a finished fold keeps (no optimizer state)."""
         if self.early_stopping:
-            return {"params": state["best_params"], "batch_stats": state["best_batch_stats"]}
-        return {"params": state["params"], "batch_stats": state["batch_stats"]}
+            return {"params": state.best.params, "batch_stats": state.best.batch_stats}
+        return {"params": state.params, "batch_stats": state.batch_stats}
 
-    def predict(self, state: dict, data: dict, idx: jax.Array) -> jax.Array:
+    def predict(self, state: TrainState | dict, data: dict, idx: jax.Array) -> jax.Array:
         """Test predictions of a train state's exported model (see ``export``) or of an
         exported model itself. idx [M] int32 -> log-probs [M, C] float32."""
-        model = self.export(state) if "opt_state" in state else state
+        model = self.export(state) if isinstance(state, TrainState) else state
         return self._predict(model["params"], model["batch_stats"], data, idx)

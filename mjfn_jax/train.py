@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from mjfn_jax import autotune, parallel
 from mjfn_jax.checkpoint import FoldCheckpointer, SavePolicy
 from mjfn_jax.config_io import config_to_dict, save_or_check_config
+from mjfn_jax.engine import FoldInputs
 from mjfn_jax.folds import FoldArrays, make_folds, pad_folds, steps_per_epoch
 from mjfn_jax.parallel import get_runner, strategy_setup
 
@@ -61,8 +62,9 @@ def _fold_keys(seed, folds):
     return jax.vmap(lambda k: jax.random.fold_in(jax.random.key(seed), k))(folds)
 
 
-def _fold_inputs(config, dataset, arrays: FoldArrays, members: np.ndarray) -> dict:
-    """Host arrays of a group's folds (dummy members, -1, reuse the first real fold)."""
+def _fold_inputs(config, dataset, arrays: FoldArrays, members: np.ndarray) -> FoldInputs:
+    """A group's fold inputs, [G, ...] host arrays (dummy members, -1, reuse the first real
+    fold)."""
     real = members[members >= 0]
     take = np.where(members >= 0, members, real[0])
     num_classes = config.model.num_classes
@@ -72,14 +74,14 @@ def _fold_inputs(config, dataset, arrays: FoldArrays, members: np.ndarray) -> di
         )
         for f in take
     ]
-    return {
-        "key": _fold_keys(config.seed, take.astype(np.int32)),
-        "train_idx": arrays.train_idx[take],
-        "train_count": arrays.train_count[take],
-        "val_idx": arrays.val_idx[take],
-        "val_mask": arrays.val_mask[take],
-        "class_weights": np.stack(weights),
-    }
+    return FoldInputs(
+        key=_fold_keys(config.seed, take.astype(np.int32)),
+        train_idx=arrays.train_idx[take],
+        train_count=arrays.train_count[take],
+        val_idx=arrays.val_idx[take],
+        val_mask=arrays.val_mask[take],
+        class_weights=np.stack(weights),
+    )
 
 
 def _slice(tree, i: int):
@@ -151,7 +153,7 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, stats, aft
     test_idx = jax.device_put(
         arrays.test_idx[np.where(members >= 0, members, real[0])], runner.group_sharding
     )  # [G, max_test]
-    states = runner.init(folds["key"])
+    states = runner.init(folds.key)
     states, epoch, histories = _resume(runner, ckpts, members, states)
     total, policy = config.train.num_epochs, SavePolicy(config.checkpoint.every_epochs)
     stopped = False
@@ -243,7 +245,7 @@ def _trial(config, arrays: FoldArrays, dataset) -> dict:
         arrays.num_folds, group_size, runner.mesh.size if runner.vmapped else 1
     )[0]
     folds = jax.device_put(_fold_inputs(config, dataset, arrays, group), runner.group_sharding)
-    states = runner.init(folds["key"])
+    states = runner.init(folds.key)
     before = runner.compile_s
     states, metrics = runner.train(states, folds, data, 0, 1)
     np.asarray(metrics["loss"])  # waits for the device

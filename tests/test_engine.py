@@ -79,10 +79,10 @@ def _program(**model):
 def test_train_state_is_flat_and_exports_the_model_only():
     program = _program()
     state = jax.jit(program.init)(jax.random.key(0))
-    assert isinstance(state["params"], dict) and all(
-        isinstance(k, str) and isinstance(v, jax.Array) for k, v in state["params"].items()
+    assert isinstance(state.params, dict) and all(
+        isinstance(k, str) and isinstance(v, jax.Array) for k, v in state.params.items()
     )
-    assert "['stem']['conv']['kernel']" in state["params"]
+    assert "['stem']['conv']['kernel']" in state.params and state.best is None
     exported = program.export(state)
     assert set(exported) == {"params", "batch_stats"}
     data = {
