@@ -95,3 +95,64 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.every_epochs = 5  # Periodic Orbax save per fold; the latest is always kept.
     c.checkpoint.max_to_keep = 2
     return c
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the first invalid field (``section.field=value: why``).
+
+    Run before anything is written to a workdir, so a corrected rerun is not refused. Fields a
+    typo would silently turn into another behaviour (``loss.class_weights='balance'`` meant
+    'balanced') are checked against their allowed values, and numbers against their ranges."""
+    from mjfn_jax.models.mjfn import _validate_config as validate_model
+
+    def check(field: str, ok: bool, why: str) -> None:
+        if not ok:
+            section, name = field.split(".")
+            value = config[section][name]
+            raise ValueError(f"{field}={value!r}: {why}")
+
+    def is_int(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def number(x) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and x == x
+
+    t, p = config.train, config.parallel
+    check("train.num_epochs", is_int(t.num_epochs) and t.num_epochs >= 1, "needs an int >= 1")
+    for name in ("batch_size", "eval_batch_size"):
+        value = t[name]
+        check(f"train.{name}", is_int(value) and value >= 1, "needs an int >= 1")
+    check("train.optimizer", t.optimizer in ("adam", "adamw"), "must be 'adam' or 'adamw'")
+    lr_ok = number(t.learning_rate) and 0 < t.learning_rate < float("inf")
+    check("train.learning_rate", lr_ok, "needs a finite number > 0")
+    for name in ("warmup_epochs", "early_stopping_patience"):
+        check(f"train.{name}", is_int(t[name]) and t[name] >= 0, "needs an int >= 0")
+    for name in ("weight_decay", "grad_clip_norm"):
+        ok = number(t[name]) and 0 <= t[name] < float("inf")
+        check(f"train.{name}", ok, "needs a finite number >= 0")
+    check(
+        "loss.class_weights",
+        config.loss.class_weights in ("none", "balanced"),
+        "must be 'none' or 'balanced'",
+    )
+    ls = config.loss.label_smoothing
+    check("loss.label_smoothing", number(ls) and 0 <= ls < 1, "must be in [0, 1)")
+    check("folds.protocol", config.folds.protocol in ("loso", "kfold"), "must be 'loso' or 'kfold'")
+    vf = config.folds.val_subject_fraction
+    check("folds.val_subject_fraction", number(vf) and 0 <= vf < 1, "must be in [0, 1)")
+    mt = config.augment.max_translate
+    check("augment.max_translate", is_int(mt) and mt >= 0, "needs an int >= 0")
+    check("augment.hflip", isinstance(config.augment.hflip, bool), "needs True or False")
+    check("parallel.strategy", p.strategy in ("auto", "vmap", "sequential"),
+          "must be 'auto', 'vmap' or 'sequential'")  # fmt: skip
+    check("parallel.loop", p.loop in ("auto", "scan", "steps"), "must be 'auto', 'scan' or 'steps'")
+    for name in ("epochs_per_call",):
+        check(f"parallel.{name}", is_int(p[name]) and p[name] >= 1, "needs an int >= 1")
+    for name in ("num_devices", "fold_group_size"):
+        check(f"parallel.{name}", is_int(p[name]) and p[name] >= 0, "needs an int >= 0")
+    c = config.checkpoint
+    check("checkpoint.every_epochs", is_int(c.every_epochs) and c.every_epochs >= 0,
+          "needs an int >= 0")  # fmt: skip
+    check("checkpoint.max_to_keep", is_int(c.max_to_keep) and c.max_to_keep >= 1,
+          "needs an int >= 1")  # fmt: skip
+    validate_model(config.model)

@@ -29,7 +29,12 @@ def main(argv: list[str]) -> None:
 
     setup_logging()
 
-    results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        # Expected errors (an invalid config, a missing dataset, a diverged run): the cause,
+        # without a traceback.
+        raise SystemExit(f"error: {e}") from None
     timing = results["timing"]
     print(format_results_table(results))
     auto = timing.get("auto") or {}

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from mjfn_jax import autotune, parallel
 from mjfn_jax.checkpoint import FoldCheckpointer, SavePolicy
+from mjfn_jax.config import validate_config
 from mjfn_jax.config_io import config_to_dict, save_or_check_config
 from mjfn_jax.engine import FoldInputs
 from mjfn_jax.folds import FoldArrays, make_folds, pad_folds, steps_per_epoch
@@ -323,6 +324,7 @@ def train_and_evaluate(
     """
     from mjfn_jax.report import write_report
 
+    validate_config(config)  # before anything is written to the workdir
     save_or_check_config(config, workdir)
     dataset = _load_dataset(config) if dataset is None else dataset
     _check_dataset(config, dataset)

@@ -75,7 +75,7 @@ def test_different_config_in_same_workdir_is_refused(early_stopping_run):
 
 
 def test_non_finite_loss_names_fold_and_epoch(tmp_path):
-    config = smoke_config("train.learning_rate=inf", "train.warmup_epochs=0")
+    config = smoke_config("train.learning_rate=1e30", "train.warmup_epochs=0")  # diverges
     with pytest.raises(FloatingPointError, match=r"fold 'synthetic__s01' at epoch \d+"):
         train_and_evaluate(config, str(tmp_path), dataset=tiny_dataset(3, 3))
 
@@ -83,3 +83,39 @@ def test_non_finite_loss_names_fold_and_epoch(tmp_path):
 def test_balanced_class_weights():
     weights = balanced_class_weights(np.array([0, 0, 0, 1]), 3)
     np.testing.assert_allclose(weights, [4 / 9, 4 / 3, 0.0])
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("train.num_epochs=0", "train.num_epochs"),
+        ("train.num_epochs=-1", "train.num_epochs"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.batch_size=-8", "train.batch_size"),
+        ("loss.class_weights=balance", "loss.class_weights"),
+        ("loss.class_weights=None", "loss.class_weights"),
+        ("loss.label_smoothing=2.0", "loss.label_smoothing"),
+        ("train.learning_rate=0.0", "train.learning_rate"),
+        ("parallel.strategy=pmap", "parallel.strategy"),
+        ("model.fusion=bogus", "model.fusion"),
+    ],
+)
+def test_invalid_config_is_refused_before_the_workdir_is_written(tmp_path, override, field):
+    """One error naming the field; no config.json, so the corrected rerun is accepted."""
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        train_and_evaluate(smoke_config(override), str(workdir), dataset=tiny_dataset(2, 2))
+    assert not (workdir / "config.json").exists()
+
+
+def test_cli_reports_an_invalid_config_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "mjfn_jax.main", "--config",
+           "experiments/configs/benchmark.py:quick", "--workdir", str(tmp_path / "w"),
+           "--config.train.batch_size=0"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: train.batch_size=0")
