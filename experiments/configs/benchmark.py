@@ -22,24 +22,18 @@ def get_config(arg=None):
     config.train.batch_size = 32
     config.checkpoint.every_epochs = 0  # one save per fold, at its end, like the baseline
     arg = arg or "cpu"
+    if arg not in ("cpu", "gpu", "quick"):
+        raise ValueError(f"benchmark config: unknown argument {arg!r} (cpu, gpu or quick)")
+    if arg == "gpu":  # the reference model (112x112, ResNet-18 widths)
+        config.train.num_epochs = 5
+        return config
+    small = dict(stem_stride=1, blocks_per_stage=(1, 1, 1, 1))
     if arg == "cpu":
-        config.model.input_size = 16
-        config.model.stem_stride = 1
-        config.model.widths = (8, 16, 32, 64)
-        config.model.blocks_per_stage = (1, 1, 1, 1)
+        config.model.update(small | dict(input_size=16, widths=(8, 16, 32, 64)))
         config.train.num_epochs = 2
         config.augment.max_translate = 1
-    elif arg == "gpu":  # the reference model (112x112, ResNet-18 widths)
-        config.train.num_epochs = 5
-    elif arg == "quick":
-        config.data.generated_subjects = 2
-        config.data.generated_samples = 8
-        config.model.input_size = 32
-        config.model.stem_stride = 1
-        config.model.widths = (4, 8, 8, 16)
-        config.model.blocks_per_stage = (1, 1, 1, 1)
-        config.train.num_epochs = 1
-        config.train.batch_size = 8
-    else:
-        raise ValueError(f"benchmark config: unknown argument {arg!r} (cpu, gpu or quick)")
+    else:  # quick
+        config.model.update(small | dict(input_size=32, widths=(4, 8, 8, 16)))
+        config.data.generated_subjects, config.data.generated_samples = 2, 8
+        config.train.num_epochs, config.train.batch_size = 1, 8
     return config
