@@ -106,16 +106,50 @@ def flow_image_from_pair(onset_path: str, apex_path: str, settings: dict) -> np.
 
 
 def flow_image_from_file(path: str, size: int) -> np.ndarray:
-    """A saved flow image (PNG written by a builder or by --save-flow-image) -> uint8 [S, S, 3]."""
-    from mjfn_jax.preprocess import read_frame
+    """A saved flow image (PNG written by a builder or by --save-flow-image) -> uint8 [S, S, 3].
 
-    image = read_frame(path)  # RGB, like the datasets' PNGs decode
+    Exactly 3 uint8 channels (u, v, strain): a grayscale or RGBA file is refused rather than
+    silently turned into 3 channels (u = v = strain is not a flow image)."""
+    import cv2
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"flow image not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ValueError(f"cannot decode image file {path} ({data.size} bytes)")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"flow image {path} has {channels} channel(s) of {image.dtype}; a flow image has 3 "
+            "uint8 channels (u, v, strain), as the builders and --save-flow-image write them"
+        )
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # RGB, like the datasets' PNGs decode
     if image.shape[:2] != (size, size):
         raise ValueError(
             f"flow image {path} is {image.shape[1]}x{image.shape[0]}; this model takes "
             f"{size}x{size} (model.input_size). Pass --onset/--apex to compute one at that size."
         )
     return image
+
+
+def save_flow_image(path: str, image: np.ndarray) -> None:
+    """Write the model's input flow image (uint8 [S, S, 3] RGB) as a lossless PNG."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))  # RGB -> BGR
+    if not ok:
+        raise ValueError(f"cannot encode the flow image for {path}")
+    encoded.tofile(path)
+
+
+def check_output_path(path: str) -> None:
+    """--save-flow-image: a .png in an existing folder (checked before any work is done)."""
+    if not path.lower().endswith(".png"):
+        raise ValueError(f"--save-flow-image {path}: the flow image is saved as PNG; name a .png")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--save-flow-image {path}: folder {folder} does not exist")
 
 
 def restore_fold(workdir: str, fold: str, config):
@@ -250,17 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.flow_image is not None and (args.onset or args.apex):
         _parser().error("--flow-image excludes --onset/--apex")
     try:
+        if args.save_flow_image:
+            check_output_path(args.save_flow_image)
         result = predict(
             args.workdir, args.fold, onset=args.onset, apex=args.apex,
             flow_image=args.flow_image, crop=args.crop,
         )  # fmt: skip
-    except (FileNotFoundError, ValueError, TypeError) as err:
+        if args.save_flow_image:
+            save_flow_image(args.save_flow_image, result["flow_image"])
+    except (FileNotFoundError, ValueError, TypeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.save_flow_image:
-        import cv2
-
-        cv2.imwrite(args.save_flow_image, result["flow_image"][..., ::-1])  # RGB -> BGR
     if args.json:
         out = {k: v for k, v in result.items() if k != "flow_image"}
         out["probs"] = dict(zip(result["class_names"], map(float, result["probs"]), strict=True))

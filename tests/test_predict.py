@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from mjfn_jax import predict as predict_mod
+from mjfn_jax import train
 from mjfn_jax.config_io import load_config
-
-train = pytest.importorskip("mjfn_jax.train", reason="the training engine (mjfn_jax.train)")
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +104,31 @@ def test_errors_name_the_problem(trained, tmp_path, capsys):
         predict_mod.predict(workdir, "s01", onset=good)
     assert predict_mod.main(["--workdir", workdir, "--fold", "s09", "--flow-image", good]) == 2
     assert "unknown fold" in capsys.readouterr().err
+
+
+def test_flow_image_must_have_three_channels(trained, tmp_path, capsys):
+    """A grayscale or RGBA file is not a flow image (it used to become u = v = strain)."""
+    workdir, dataset, _ = trained
+    gray = tmp_path / "gray.png"
+    assert cv2.imwrite(str(gray), dataset.images[0][..., 0])
+    rgba = tmp_path / "rgba.png"
+    assert cv2.imwrite(str(rgba), np.dstack([dataset.images[0], np.full((32, 32), 255, np.uint8)]))
+    for path, channels in ((gray, 1), (rgba, 4)):
+        with pytest.raises(ValueError, match=rf"{path.name} has {channels} channel"):
+            predict_mod.predict(workdir, "s01", flow_image=str(path))
+
+
+def test_save_flow_image_target_is_checked_first(trained, tmp_path, capsys):
+    """A missing folder or a non-PNG name: one error line, exit 2, nothing predicted."""
+    workdir, dataset, _ = trained
+    good = _write_rgb(tmp_path / "flow.png", dataset.images[0])
+    args = ["--workdir", workdir, "--fold", "s01", "--flow-image", good, "--save-flow-image"]
+    assert predict_mod.main([*args, str(tmp_path / "missing" / "x.png")]) == 2
+    captured = capsys.readouterr()
+    assert "does not exist" in captured.err and "prediction:" not in captured.out
+    assert predict_mod.main([*args, str(tmp_path / "out.txt")]) == 2
+    assert "name a .png" in capsys.readouterr().err
+    assert not (tmp_path / "out.txt").exists()
 
 
 def test_preprocessing_settings_follow_the_config():
