@@ -58,6 +58,17 @@ def _flatten(tree) -> dict[str, jax.Array]:
     return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
 
 
+def _abstract(like) -> dict[str, jax.ShapeDtypeStruct]:
+    """The flat {key path: ShapeDtypeStruct} that Orbax restores into."""
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _flatten(like).items()}
+
+
+def _unflatten_like(like, flat: dict):
+    """A restored flat dict back into the structure of ``like`` (host arrays)."""
+    leaves = [np.asarray(flat[k]) for k in _flatten(like)]
+    return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
 class FoldCheckpointer:
     """Checkpoints and results of one fold, in ``workdir/folds/<fold_name>``."""
 
@@ -109,18 +120,13 @@ class FoldCheckpointer:
 
     def restore(self, epochs_done: int, like):
         """Restore into the structure of ``like`` (a pytree of arrays or ShapeDtypeStructs)."""
-        flat_like = _flatten(like)
-        abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat_like.items()}
         restored = self.manager.restore(
             epochs_done,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()
             ),
         )
-        flat = restored["state"]
-        leaves = [np.asarray(flat[k]) for k in flat_like]
-        treedef = jax.tree.structure(like)
-        return jax.tree.unflatten(treedef, leaves), dict(restored["meta"])
+        return _unflatten_like(like, restored["state"]), dict(restored["meta"])
 
     # Finished folds -------------------------------------------------------------------------
 
@@ -141,12 +147,8 @@ class FoldCheckpointer:
 
     def restore_final(self, like):
         """The finished fold's model into the structure of ``like``."""
-        flat_like = _flatten(like)
-        abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat_like.items()}
         with ocp.StandardCheckpointer() as checkpointer:
-            flat = checkpointer.restore(self.final_dir, abstract)
-        leaves = [np.asarray(flat[k]) for k in flat_like]
-        return jax.tree.unflatten(jax.tree.structure(like), leaves)
+            return _unflatten_like(like, checkpointer.restore(self.final_dir, _abstract(like)))
 
     @property
     def done_path(self) -> str:

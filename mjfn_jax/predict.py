@@ -112,12 +112,9 @@ def flow_image_from_file(path: str, size: int) -> np.ndarray:
     silently turned into 3 channels (u = v = strain is not a flow image)."""
     import cv2
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"flow image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise ValueError(f"cannot decode image file {path} ({data.size} bytes)")
+    from mjfn_jax.preprocess.face import decode_image_file
+
+    image = decode_image_file(path, cv2.IMREAD_UNCHANGED, what="flow image")
     channels = 1 if image.ndim == 2 else image.shape[2]
     if channels != 3 or image.dtype != np.uint8:
         raise ValueError(

@@ -25,8 +25,10 @@ class Box(NamedTuple):
     h: int
 
 
-def read_frame(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image file as uint8 RGB [H, W, 3] (grayscale files are replicated to 3 channels).
+def decode_image_file(
+    path: str | os.PathLike, flags: int = cv2.IMREAD_COLOR, what: str = "frame file"
+) -> np.ndarray:
+    """cv2.imdecode of a file's bytes with ``flags``, as OpenCV returns it (BGR order).
 
     cv2.imread returns None silently on a missing or unreadable file; this raises instead, naming
     the file. Reading the bytes ourselves and decoding with cv2.imdecode also handles non-ASCII
@@ -34,12 +36,18 @@ def read_frame(path: str | os.PathLike) -> np.ndarray:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"frame file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
         raise ValueError(f"cannot decode image file {path} ({data.size} bytes)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # [H, W, 3] uint8
+    return image
+
+
+def read_frame(path: str | os.PathLike) -> np.ndarray:
+    """Reads an image file as uint8 RGB [H, W, 3] (grayscale files are replicated to 3 channels);
+    a missing or undecodable file raises, naming it (see decode_image_file)."""
+    return cv2.cvtColor(decode_image_file(path), cv2.COLOR_BGR2RGB)  # [H, W, 3] uint8
 
 
 def validate_frame(frame: np.ndarray, name: str = "frame") -> np.ndarray:
