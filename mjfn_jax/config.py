@@ -103,7 +103,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     Run before anything is written to a workdir, so a corrected rerun is not refused. Fields a
     typo would silently turn into another behaviour (``loss.class_weights='balance'`` meant
     'balanced') are checked against their allowed values, and numbers against their ranges."""
+    from mjfn_jax.data import GENERATED
     from mjfn_jax.models.mjfn import _validate_config as validate_model
+    from mjfn_jax.parallel import LOOPS, STRATEGIES
 
     def check(field: str, ok: bool, why: str) -> None:
         if not ok:
@@ -143,11 +145,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     mt = config.augment.max_translate
     check("augment.max_translate", is_int(mt) and mt >= 0, "needs an int >= 0")
     check("augment.hflip", isinstance(config.augment.hflip, bool), "needs True or False")
-    check("parallel.strategy", p.strategy in ("auto", "vmap", "sequential"),
-          "must be 'auto', 'vmap' or 'sequential'")  # fmt: skip
-    check("parallel.loop", p.loop in ("auto", "scan", "steps"), "must be 'auto', 'scan' or 'steps'")
-    for name in ("epochs_per_call",):
-        check(f"parallel.{name}", is_int(p[name]) and p[name] >= 1, "needs an int >= 1")
+    check("parallel.strategy", p.strategy in STRATEGIES, f"must be one of {STRATEGIES}")
+    check("parallel.loop", p.loop in LOOPS, f"must be one of {LOOPS}")
+    ok = is_int(p.epochs_per_call) and p.epochs_per_call >= 1
+    check("parallel.epochs_per_call", ok, "needs an int >= 1")
     for name in ("num_devices", "fold_group_size"):
         check(f"parallel.{name}", is_int(p[name]) and p[name] >= 0, "needs an int >= 0")
     c = config.checkpoint
@@ -155,4 +156,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           "needs an int >= 0")  # fmt: skip
     check("checkpoint.max_to_keep", is_int(c.max_to_keep) and c.max_to_keep >= 1,
           "needs an int >= 1")  # fmt: skip
+    if config.data.name == GENERATED:
+        for name in ("generated_subjects", "generated_samples"):
+            value = config.data[name]
+            check(f"data.{name}", is_int(value) and value >= 2, "needs an int >= 2")
     validate_model(config.model)

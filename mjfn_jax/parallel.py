@@ -40,6 +40,7 @@ from mjfn_jax.engine import FoldProgram
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "vmap", "sequential")
+LOOPS = ("auto", "scan", "steps")
 # Measured choice per platform; see the module docstring (GPU/TPU unmeasured).
 AUTO_STRATEGY = {"gpu": "vmap", "cuda": "vmap", "rocm": "vmap", "tpu": "vmap"}
 
@@ -112,8 +113,8 @@ def resolve_loop(loop: str, platform: str | None = None) -> str:
     16..128; 14.8 vs 79.6 samples/s with the demo config), so 'steps' dispatches one jitted
     call per step instead (same math, same random streams).
     """
-    if loop not in ("auto", "scan", "steps"):
-        raise ValueError(f"parallel.loop must be 'auto', 'scan' or 'steps', got {loop!r}")
+    if loop not in LOOPS:
+        raise ValueError(f"parallel.loop must be one of {LOOPS}, got {loop!r}")
     if loop != "auto":
         return loop
     return "steps" if (platform or jax.default_backend()) == "cpu" else "scan"

@@ -268,11 +268,12 @@ def _choose_strategy(config, arrays: FoldArrays, dataset):
     options = autotune.candidates(
         platform, num_devices, arrays.num_folds, config.parallel.fold_group_size
     )
+    fields = config_to_dict(config)
     shape = {  # what the speed of a step depends on
-        "model": config_to_dict(config)["model"],
+        "model": fields["model"],
         "train": [config.train.batch_size, config.train.optimizer, config.train.grad_clip_norm > 0],
         "early_stopping": config.train.early_stopping_patience > 0,
-        "augment": config_to_dict(config)["augment"],
+        "augment": fields["augment"],
         "data": [len(dataset.labels), arrays.num_folds, int(arrays.train_idx.shape[1])],
     }
     key = json.dumps([platform, jax.devices()[0].device_kind, num_devices, shape], sort_keys=True)

@@ -119,3 +119,12 @@ def test_cli_reports_an_invalid_config_in_one_line(tmp_path):
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: train.batch_size=0")
+
+
+def test_generated_data_sizes_are_validated():
+    from mjfn_jax.config import validate_config
+
+    config = load_config("experiments/configs/benchmark.py:quick", ["data.generated_subjects=1"])
+    with pytest.raises(ValueError, match=r"data\.generated_subjects=1: needs an int >= 2"):
+        validate_config(config)
+    validate_config(load_config("experiments/configs/benchmark.py:quick"))  # the real one passes
