@@ -19,18 +19,24 @@ checkpoints would be ~14 GB (disk use is reported by experiments/benchmark.py).
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import shutil
+import zipfile
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mjfn_jax.workdir import WorkdirError, read_json, write_json
+
 # Orbax's save() spends ~40 ms of Python per call (handlers, futures, metadata) before its own
 # asynchronous write starts; one worker thread takes that off the training loop, which waits on
 # XLA (GIL released) most of the time. One worker keeps every fold's saves in order.
 _BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mjfn-save")
+
+
+class CheckpointDamaged(Exception):
+    """An in-progress checkpoint step that cannot be restored (the message names it)."""
 
 
 class SavePolicy:
@@ -109,6 +115,13 @@ class FoldCheckpointer:
             return []
         return sorted(self.manager.all_steps())
 
+    def has_progress(self) -> bool:
+        """Whether an in-progress checkpoint folder exists (cheap: no Orbax)."""
+        try:
+            return any(name.isdigit() for name in os.listdir(self.checkpoints_dir))
+        except FileNotFoundError:
+            return False
+
     def save(self, epochs_done: int, state, meta: dict) -> None:
         """state: this fold's train-state pytree of HOST arrays (no fold axis); meta: JSON-able.
         Returns at once; the save runs on the background thread (see _BACKGROUND)."""
@@ -119,14 +132,39 @@ class FoldCheckpointer:
         self._pending.append(_BACKGROUND.submit(self.manager.save, epochs_done, args=args))
 
     def restore(self, epochs_done: int, like):
-        """Restore into the structure of ``like`` (a pytree of arrays or ShapeDtypeStructs)."""
-        restored = self.manager.restore(
-            epochs_done,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return _unflatten_like(like, restored["state"]), dict(restored["meta"])
+        """Restore into the structure of ``like`` (a pytree of arrays or ShapeDtypeStructs).
+
+        Raises CheckpointDamaged (naming the step's folder) when the step cannot be read:
+        files deleted, truncated or emptied, metadata unreadable, arrays of other shapes."""
+        try:
+            restored = self.manager.restore(
+                epochs_done,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()
+                ),
+            )
+            state, meta = _unflatten_like(like, restored["state"]), dict(restored["meta"])
+            if not isinstance(meta.get("history"), list):
+                raise KeyError("meta has no 'history' list")
+        except Exception as e:  # Orbax/tensorstore raise many types; all mean "unreadable"
+            cause = (str(e).strip().splitlines() or [""])[0][:200]
+            raise CheckpointDamaged(
+                f"checkpoint {self.step_dir(epochs_done)} is unreadable "
+                f"({type(e).__name__}: {cause})"
+            ) from e
+        return state, meta
+
+    def step_dir(self, epochs_done: int) -> str:
+        return os.path.join(self.checkpoints_dir, str(epochs_done))
+
+    def discard_after(self, epochs_done: int) -> None:
+        """Delete the in-progress checkpoints of more than ``epochs_done`` epochs (damaged
+        ones, or ones other folds of the group lack): training writes them again."""
+        for step in self.epochs():
+            if step > epochs_done:
+                shutil.rmtree(self.step_dir(step), ignore_errors=True)
+        if self._manager is not None:
+            self._manager.reload()
 
     # Finished folds -------------------------------------------------------------------------
 
@@ -166,22 +204,38 @@ class FoldCheckpointer:
 
     def _write_result(self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict) -> None:
         self._wait_orbax()  # "done" promises a complete final checkpoint
-        np.savez(
-            os.path.join(self.fold_dir, "predictions.npz"), test_idx=test_idx, log_probs=log_probs
-        )
-        tmp = self.done_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=1)
-        os.replace(tmp, self.done_path)  # atomic: a fold is done only once everything is there
-        if self.has_final():  # the in-progress checkpoints (with optimizer state) are spent
-            self._close_orbax()
+        path = os.path.join(self.fold_dir, "predictions.npz")
+        with open(path + ".tmp", "wb") as f:  # atomic, like done.json
+            np.savez(f, test_idx=test_idx, log_probs=log_probs)
+        os.replace(path + ".tmp", path)
+        write_json(self.done_path, summary)  # atomic: a fold is done once everything is there
+        self._close_orbax()
+        self.tidy()
+
+    def tidy(self) -> None:
+        """A finished fold's in-progress checkpoints (optimizer state included) are spent:
+        deleted when it finishes, or by the next run if a kill came in between."""
+        if self.is_done() and self.has_final():
             shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
 
     def read_result(self) -> tuple[np.ndarray, np.ndarray, dict]:
-        with np.load(os.path.join(self.fold_dir, "predictions.npz")) as z:
-            test_idx, log_probs = z["test_idx"], z["log_probs"]
-        with open(self.done_path) as f:
-            summary = json.load(f)
+        """(test_idx, log_probs, summary) of a finished fold. A damaged file raises
+        WorkdirError naming it and how to retrain the fold."""
+        remedy = f"delete {self.done_path} to train fold {os.path.basename(self.fold_dir)} again"
+        path = os.path.join(self.fold_dir, "predictions.npz")
+        try:
+            with np.load(path) as z:
+                test_idx, log_probs = z["test_idx"], z["log_probs"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise WorkdirError(f"{path} is damaged ({type(e).__name__}: {e}); {remedy}") from None
+        summary = read_json(self.done_path, remedy)
+        if (
+            test_idx.ndim != 1
+            or log_probs.shape[:1] != test_idx.shape
+            or not isinstance(summary, dict)
+            or not isinstance(summary.get("history"), list)
+        ):
+            raise WorkdirError(f"the result files of {self.fold_dir} disagree; {remedy}")
         return test_idx, log_probs, summary
 
     def _wait(self) -> None:

@@ -142,6 +142,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check("folds.protocol", config.folds.protocol in ("loso", "kfold"), "must be 'loso' or 'kfold'")
     vf = config.folds.val_subject_fraction
     check("folds.val_subject_fraction", number(vf) and 0 <= vf < 1, "must be in [0, 1)")
+    if t.early_stopping_patience > 0:
+        check("train.early_stopping_patience", vf > 0,
+              "needs folds.val_subject_fraction > 0 (validation subjects)")  # fmt: skip
     mt = config.augment.max_translate
     check("augment.max_translate", is_int(mt) and mt >= 0, "needs an int >= 0")
     check("augment.hflip", isinstance(config.augment.hflip, bool), "needs True or False")

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 import ml_collections
 
+from mjfn_jax.workdir import WorkdirError, read_json, write_json
+
 CONFIG_FILE = "config.json"
 # Settings that change HOW a run executes, not WHAT it computes: a resumed run may change them
 # (e.g. continue on a machine with a different device count).
@@ -111,13 +113,12 @@ def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     path = os.path.join(workdir, CONFIG_FILE)
     new = config_to_dict(config)
     if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+        saved = read_json(path, "restore it, or use a new --workdir")
         diffs = _diff(_strip_resumable(saved), _strip_resumable(new))
         if diffs:
-            raise ValueError(
+            raise WorkdirError(
                 f"workdir {workdir!r} holds a run with a different config ({path}); "
                 "use a new --workdir or the same config. Differences:\n  " + "\n  ".join(diffs)
             )
-    with open(path, "w") as f:
-        json.dump(new, f, indent=2, sort_keys=True)
+    if not os.path.exists(path) or saved != new:  # e.g. another data.data_dir
+        write_json(path, new)

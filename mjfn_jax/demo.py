@@ -12,6 +12,8 @@ import time
 
 from absl import app, flags
 
+from mjfn_jax import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "data/tfds", "Where the synthetic TFDS dataset lives / goes.")
 flags.DEFINE_string("workdir", "workdirs/demo", "Output directory of the training run.")
@@ -22,7 +24,6 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from mjfn_jax.config_io import load_config
-    from mjfn_jax.data import load_dataset
     from mjfn_jax.parallel import split_cpu_devices
     from mjfn_jax.report import format_results_table
     from mjfn_jax.train import setup_logging, train_and_evaluate
@@ -30,8 +31,26 @@ def main(argv: list[str]) -> None:
     split_cpu_devices()
     setup_logging()
 
-    config = load_config(FLAGS.config)
-    config.data.data_dir = FLAGS.data_dir
+    with cli.expected_errors():
+        config = load_config(FLAGS.config)
+        config.data.data_dir = FLAGS.data_dir
+        dataset, data_s = _dataset(config)
+        results = train_and_evaluate(config, FLAGS.workdir, dataset=dataset)
+    timing = results["timing"]
+    print(format_results_table(results))
+    print(
+        f"data {data_s:.0f} s;{_trial_text(timing)} training {timing['wall_s']:.0f} s "
+        f"({timing['strategy']}, compile {timing['compile_s']:.0f} s, "
+        f"{timing['samples_per_s'] or 0:.0f} samples/s); "
+        f"chance UF1 is about {1 / len(dataset.class_names):.2f}; "
+        f"report: {os.path.join(FLAGS.workdir, 'report.md')}"
+    )
+
+
+def _dataset(config):
+    """(the demo dataset, seconds to load or build it): built on first use."""
+    from mjfn_jax.data import load_dataset
+
     start = time.perf_counter()
     try:
         dataset = load_dataset(config.data.name, config.data.builder_config, FLAGS.data_dir)
@@ -44,17 +63,7 @@ def main(argv: list[str]) -> None:
         )
         print(f"built: {summary}")
         dataset = load_dataset(config.data.name, config.data.builder_config, FLAGS.data_dir)
-    data_s = time.perf_counter() - start
-    results = train_and_evaluate(config, FLAGS.workdir, dataset=dataset)
-    timing = results["timing"]
-    print(format_results_table(results))
-    print(
-        f"data {data_s:.0f} s;{_trial_text(timing)} training {timing['wall_s']:.0f} s "
-        f"({timing['strategy']}, compile {timing['compile_s']:.0f} s, "
-        f"{timing['samples_per_s'] or 0:.0f} samples/s); "
-        f"chance UF1 is about {1 / len(dataset.class_names):.2f}; "
-        f"report: {os.path.join(FLAGS.workdir, 'report.md')}"
-    )
+    return dataset, time.perf_counter() - start
 
 
 def _trial_text(timing: dict) -> str:
@@ -69,4 +78,4 @@ def _trial_text(timing: dict) -> str:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from mjfn_jax import cli
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (path.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (checkpoints, predictions, report).")
@@ -29,12 +31,9 @@ def main(argv: list[str]) -> None:
 
     setup_logging()
 
-    try:
-        results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        # Expected errors (an invalid config, a missing dataset, a diverged run): the cause,
-        # without a traceback.
-        raise SystemExit(f"error: {e}") from None
+    config = cli.config_flag()
+    with cli.expected_errors():
+        results = train_and_evaluate(config, FLAGS.workdir)
     timing = results["timing"]
     print(format_results_table(results))
     auto = timing.get("auto") or {}
@@ -48,4 +47,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

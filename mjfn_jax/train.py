@@ -22,7 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mjfn_jax import autotune, parallel
-from mjfn_jax.checkpoint import FoldCheckpointer, SavePolicy
+from mjfn_jax import workdir as workdir_lib
+from mjfn_jax.checkpoint import CheckpointDamaged, FoldCheckpointer, SavePolicy
 from mjfn_jax.config import validate_config
 from mjfn_jax.config_io import config_to_dict, save_or_check_config
 from mjfn_jax.engine import FoldInputs
@@ -93,26 +94,48 @@ def _stack(trees):
     return jax.tree.map(lambda *xs: np.stack(xs), *trees)
 
 
-def _resume(runner, ckpts, members, states):
+def _resume(runner, ckpts, members, states, names):
     """Restore a group from the newest epoch count checkpointed by ALL its real folds (folds
     of a group train in lockstep, so they normally share it; a run killed between two folds'
-    saves falls back to the previous common one). Returns (states, epochs_done, histories)."""
+    saves falls back to the previous common one). A damaged checkpoint is skipped, with a
+    warning, for the next older one; the steps after the one restored are deleted (training
+    writes them again). Returns (states, epochs_done, histories)."""
     real = [m for m in members if m >= 0]
     common = set.intersection(*(set(ckpts[m].epochs()) for m in real))
     histories = {m: [] for m in real}
-    if not common:
-        return states, 0, histories
-    done = max(common)
-    slices = []
-    for pos, m in enumerate(members):
-        like = _slice(states, pos)
-        if m >= 0:
-            like, meta = ckpts[m].restore(done, like)
-            histories[m] = meta["history"][:done]
-        slices.append(like)
-    restored = jax.device_put(_stack(slices), runner.group_sharding)
-    log.info("resumed folds %s from epoch %d", real, done)
-    return restored, done, histories
+    for done in sorted(common, reverse=True):
+        slices, metas = [], {}
+        try:
+            for pos, m in enumerate(members):
+                like = _slice(states, pos)
+                if m >= 0:
+                    like, metas[m] = ckpts[m].restore(done, like)
+                slices.append(like)
+        except CheckpointDamaged as e:
+            log.warning("%s; trying an older checkpoint", e)
+            continue
+        for m in real:
+            ckpts[m].discard_after(done)
+            histories[m] = metas[m]["history"][:done]
+        restored = jax.device_put(_stack(slices), runner.group_sharding)
+        log.info("resumed folds %s from epoch %d", ", ".join(names[m] for m in real), done)
+        return restored, done, histories
+    if common:
+        log.warning(
+            "no readable checkpoint of folds %s: training them from the start",
+            ", ".join(names[m] for m in real),
+        )
+    for m in real:
+        ckpts[m].discard_after(0)
+    return states, 0, histories
+
+
+def _all_stopped(states, members) -> bool:
+    """Whether early stopping has stopped every real fold of the group (False without it)."""
+    if getattr(states, "best", None) is None:
+        return False
+    stopped = np.asarray(jax.device_get(states.best.stopped))  # [G] bool
+    return bool(np.all(stopped[members >= 0]))
 
 
 def _epoch_records(metrics: dict, pos: int, first_epoch: int) -> list[dict]:
@@ -138,7 +161,8 @@ def _check_finite(metrics: dict, members, names, first_epoch: int) -> None:
             e = int(np.flatnonzero(bad[pos] >= 0)[0])
             raise FloatingPointError(
                 f"non-finite training loss in fold {names[m]!r} at epoch {first_epoch + e + 1} "
-                f"(1-based), step {int(bad[pos, e])} of that epoch; lower train.learning_rate "
+                f"(1-based), step {int(bad[pos, e]) + 1} (1-based) of that epoch; lower "
+                "train.learning_rate "
                 "or set train.grad_clip_norm"
             )
 
@@ -155,9 +179,9 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, stats, aft
         arrays.test_idx[np.where(members >= 0, members, real[0])], runner.group_sharding
     )  # [G, max_test]
     states = runner.init(folds.key)
-    states, epoch, histories = _resume(runner, ckpts, members, states)
+    states, epoch, histories = _resume(runner, ckpts, members, states, names)
     total, policy = config.train.num_epochs, SavePolicy(config.checkpoint.every_epochs)
-    stopped = False
+    stopped = epoch > 0 and _all_stopped(states, members)  # resumed after the folds stopped
     label = names[real[0]] if len(real) == 1 else f"{len(real)} folds"
     with tqdm(total=total, initial=epoch, desc=label, unit="epoch", leave=False) as bar:
         while epoch < total and not stopped:
@@ -175,9 +199,7 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, stats, aft
             epoch += n
             stats["epochs"] += n
             if "stopped" in metrics:  # early stopping: every real fold has stopped
-                stopped = bool(
-                    np.all(metrics["stopped"][[p for p, m in enumerate(members) if m >= 0], -1])
-                )
+                stopped = bool(np.all(metrics["stopped"][members >= 0, -1]))
             save = policy.what_to_save(epoch, finished=epoch == total or stopped)
             if save == "final":  # the model only (no optimizer state): what a finished fold keeps
                 host_models = jax.device_get(runner.program.export(states))  # one batch of copies
@@ -258,11 +280,23 @@ def _trial(config, arrays: FoldArrays, dataset) -> dict:
     return {"s_per_fold_epoch": seconds / int(np.sum(group >= 0)), "compile_s": compile_s}
 
 
-def _choose_strategy(config, arrays: FoldArrays, dataset):
+def _choose_strategy(config, arrays: FoldArrays, dataset, workdir: str):
     """(config, record): ``parallel.strategy='auto'`` resolved by a timed trial (mjfn_jax.autotune)
-    unless ``parallel.auto_trial`` is off; other strategies pass through (record None)."""
+    unless ``parallel.auto_trial`` is off; other strategies pass through (record None). A
+    workdir that was trained on this platform before keeps the strategy it was trained with
+    (a resumed fold must continue the way it started)."""
     if config.parallel.strategy != "auto" or not config.parallel.auto_trial:
         return config, None
+    recorded = workdir_lib.recorded_execution(workdir)
+    if recorded and recorded.get("platform") == jax.default_backend():
+        choice = autotune.Choice(
+            recorded["strategy"], recorded["loop"], int(recorded.get("fold_group_size", 0))
+        )
+        log.info("parallel.strategy=auto -> %s (recorded in the workdir)", choice)
+        return choice.apply(config), {
+            "choice": dataclasses.asdict(choice),
+            "reason": f"recorded in {workdir_lib.EXECUTION_FILE}",
+        }
     num_devices = len(parallel.devices(config.parallel.num_devices))
     platform = jax.default_backend()
     options = autotune.candidates(
@@ -323,10 +357,8 @@ def train_and_evaluate(
     Returns the dict of ``mjfn_jax.report.write_report`` (pooled metrics under "pooled") plus
     "y_true", "y_pred" int [N], "probs" float [N, C], "folds" str [N], "history" and "timing".
     """
-    from mjfn_jax.report import write_report
-
-    validate_config(config)  # before anything is written to the workdir
-    save_or_check_config(config, workdir)
+    # Everything that can be checked is checked before anything is written to the workdir.
+    validate_config(config)
     dataset = _load_dataset(config) if dataset is None else dataset
     _check_dataset(config, dataset)
     folds = make_folds(
@@ -336,12 +368,19 @@ def train_and_evaluate(
         val_subject_fraction=config.folds.val_subject_fraction,
         seed=config.seed,
     )
-    if config.train.early_stopping_patience > 0 and config.folds.val_subject_fraction <= 0:
-        raise ValueError("train.early_stopping_patience > 0 needs folds.val_subject_fraction > 0")
     arrays = pad_folds(folds)
+    with workdir_lib.Lock(workdir):  # one run per workdir (released even by kill -9)
+        save_or_check_config(config, workdir)
+        workdir_lib.check_dataset(workdir, dataset)
+        return _train_and_report(config, workdir, dataset, arrays, after_epochs)
+
+
+def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_epochs) -> dict:
+    from mjfn_jax.report import write_report
+
     if config.parallel.compilation_cache:
         parallel.enable_compilation_cache()
-    config, auto = _choose_strategy(config, arrays, dataset)
+    config, auto = _choose_strategy(config, arrays, dataset, workdir)
     runner, group_size, data = _setup(config, arrays, dataset)
     mesh, vmapped, steps = runner.mesh, runner.vmapped, runner.program.steps
     compile_before, compile_by_before = runner.compile_s, dict(runner.compile_by_program)
@@ -349,7 +388,21 @@ def train_and_evaluate(
         FoldCheckpointer(workdir, name, max_to_keep=config.checkpoint.max_to_keep)
         for name in arrays.names
     ]
+    for c in ckpts:  # a damaged result is found now, not after hours of training
+        if c.is_done():
+            c.read_result()
+            c.tidy()
     pending = np.array([i for i, c in enumerate(ckpts) if not c.is_done()], np.int64)
+    execution = {
+        "strategy": "vmap" if vmapped else "sequential",
+        "loop": "scan" if runner.scan else "steps",
+        "platform": jax.default_backend(),
+        "data_shards": int(mesh.shape.get("data", 1)),
+        "fold_group_size": int(group_size) if vmapped else 0,  # as autotune.Choice has it
+    }
+    workdir_lib.check_execution(
+        workdir, execution, [arrays.names[i] for i in pending if ckpts[i].has_progress()]
+    )
     log.info(
         "%d folds (%d to train), strategy %s, mesh %s, %d steps/epoch",
         arrays.num_folds, len(pending), "vmap" if vmapped else "sequential",
@@ -364,8 +417,9 @@ def train_and_evaluate(
             finished = _run_group(
                 config, runner, ckpts, arrays, dataset, data, members, stats, after_epochs
             )
-            for ckpt, *result in finished:  # written in the background, after the fold's saves
-                ckpt.write_result(*result)
+            for ckpt, test_idx, log_probs, summary in finished:  # written in the background,
+                summary["execution"] = execution  # after the fold's saves
+                ckpt.write_result(test_idx, log_probs, summary)
     finally:
         for c in ckpts:  # waits for every save and result (completed folds are kept even if a
             c.close()  # later one failed)

@@ -1,0 +1,53 @@
+"""What every absl command of the package shares: flag and config-file errors in one line.
+
+absl prints a config file's failure as a multi-line traceback inside "FATAL Flags parsing
+error"; a user needs the flag and the cause. ``run(main)`` is ``absl.app.run`` with that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from absl import app, flags
+
+
+def one_line(error: BaseException, first: bool = True) -> str:
+    """The first (unless ``first`` is False) and the last non-empty line of an error: the
+    flag and the cause."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return f"{lines[0]} {lines[-1]}" if first and len(lines) > 1 else lines[-1]
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        raise SystemExit(f"error: {one_line(e)} (--helpfull lists the flags)") from None
+
+
+def config_flag(name: str = "config"):
+    """The value of a config_flags flag, loaded now: a file that fails to load (config_flags
+    loads lazily, at first use) ends the command with one line."""
+    config = flags.FLAGS[name].value
+    try:
+        config.keys()
+    except Exception as e:  # a missing file, a get_config() that raised, a syntax error
+        cause = one_line(e, first=False)
+        raise SystemExit(f"error: {flags.FLAGS[name].serialize()}: {cause}") from None
+    return config
+
+
+@contextlib.contextmanager
+def expected_errors():
+    """Expected errors (an invalid config, a missing dataset, a workdir in use or holding
+    another run, a diverged run) end the command with ``error: <cause>``, no traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def run(main) -> None:
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,187 @@
+"""What a workdir promises about itself: one run at a time, one dataset, one way of computing.
+
+A LOSO run is resumable (a rerun skips finished folds and continues the others from their
+checkpoints), so a workdir outlives processes. Three records make a resumed run give the
+numbers an uninterrupted one would, or refuse with the reason:
+
+    <workdir>/.lock            held (flock) by the run using the workdir; released by the
+                               kernel when that process ends, even by kill -9
+    <workdir>/dataset.json     the identity of the data the folds were trained on: a SHA-256
+                               of the images, labels, subjects, clips and class names
+    <workdir>/execution.json   how the in-progress checkpoints were computed (strategy, loop,
+                               platform, data shards): continuing a fold another way gives
+                               other floating-point rounding, so other predictions
+
+Every JSON file the engine writes goes through :func:`write_json` (atomic: a kill leaves the
+old file or the new one) and is read through :func:`read_json` (a damaged file is an error
+naming the file and the remedy, not a bare JSONDecodeError).
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".lock"
+DATASET_FILE = "dataset.json"
+EXECUTION_FILE = "execution.json"
+# The execution fields that change the numbers a fold's training produces. A fold group's
+# size under 'vmap' does not: each fold's program is the same, only batched differently.
+NUMERIC_FIELDS = ("strategy", "loop", "platform", "data_shards")
+
+
+class WorkdirError(ValueError):
+    """A workdir that cannot be used as asked (the message says why and what to do)."""
+
+
+def write_json(path: str, obj) -> None:
+    """Write JSON atomically: a reader (or a run killed mid-write) sees the old file or the new."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: str, remedy: str = ""):
+    """The JSON in ``path``; a damaged file raises WorkdirError naming it (and ``remedy``)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        hint = f"; {remedy}" if remedy else ""
+        raise WorkdirError(f"{path} is damaged ({type(e).__name__}: {e}){hint}") from None
+
+
+class Lock:
+    """An exclusive, non-blocking lock on a workdir for the length of a run.
+
+    flock(2) is released by the kernel when the holding process ends, however it ends, so a
+    killed run never leaves a stale lock. (On network file systems without flock support the
+    lock may not exclude runs on other machines.)
+    """
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self._fd: int | None = None
+
+    def __enter__(self) -> Lock:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise WorkdirError(
+                    f"workdir {os.path.dirname(self.path)!r} is in use by another run "
+                    f"({holder}); wait for it to end or use another --workdir"
+                ) from None
+            raise
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def dataset_identity(dataset) -> dict:
+    """A fingerprint of everything a fold's result depends on in a ``mjfn_jax.data.Dataset``.
+
+    Hashing the images as well as the labels catches a rebuild with another flow method or
+    crop (same clips, different pixels); ~30 ms for 442 clips at 112 px.
+    """
+    digest = hashlib.sha256()
+    for name in ("class_names", "subjects", "sources", "clips"):
+        digest.update(json.dumps([name, [str(x) for x in getattr(dataset, name)]]).encode())
+    for array in (dataset.labels, dataset.images):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return {
+        "sha256": digest.hexdigest(),
+        "num_samples": len(dataset.labels),
+        "num_subjects": len(set(dataset.subjects.tolist())),
+        "class_names": list(dataset.class_names),
+        "image_shape": list(dataset.images.shape[1:]),
+    }
+
+
+def check_dataset(workdir: str, dataset) -> None:
+    """Record the dataset's identity in a new workdir, or refuse a different dataset.
+
+    Finished folds' predictions are indices into the dataset they were made on: scored
+    against another build's labels they would give a silently wrong report.
+    """
+    path = os.path.join(workdir, DATASET_FILE)
+    identity = dataset_identity(dataset)
+    if os.path.exists(path):
+        saved = read_json(path, "delete it only if you are sure the data did not change")
+        if saved.get("sha256") != identity["sha256"]:
+            changed = [k for k in identity if k != "sha256" and saved.get(k) != identity[k]]
+            detail = ", ".join(f"{k} {saved.get(k)!r} -> {identity[k]!r}" for k in changed)
+            raise WorkdirError(
+                f"workdir {workdir!r} was trained on different data than data.data_dir holds "
+                f"now ({detail or 'same sizes, different content'}; recorded in {path}); "
+                "use a new --workdir, or the data it was trained on"
+            )
+        return
+    write_json(path, identity)
+
+
+def recorded_execution(workdir: str) -> dict | None:
+    path = os.path.join(workdir, EXECUTION_FILE)
+    return read_json(path) if os.path.exists(path) else None
+
+
+def check_execution(workdir: str, execution: dict, in_progress: list[str]) -> None:
+    """Refuse to continue in-progress folds under another execution; then record this one.
+
+    execution: {field: value} with at least NUMERIC_FIELDS. in_progress: names of the folds
+    that have checkpoints to continue from. Folds not started yet, or finished, may use any
+    execution (each fold is trained start to end one way; done.json records which).
+    """
+    saved = recorded_execution(workdir)
+    if saved is not None and in_progress:
+        diffs = [f for f in NUMERIC_FIELDS if saved.get(f) != execution.get(f)]
+        if diffs:
+            detail = ", ".join(f"{f} {saved.get(f)!r} -> {execution.get(f)!r}" for f in diffs)
+            flags = {"strategy": "strategy", "loop": "loop", "data_shards": "num_devices"}
+            fix = " ".join(
+                f"--config.parallel.{flag}={saved[f]}" for f, flag in flags.items() if f in diffs
+            )
+            raise WorkdirError(
+                f"folds {', '.join(in_progress[:3])}{' ...' if len(in_progress) > 3 else ''} of "
+                f"workdir {workdir!r} were checkpointed under another execution ({detail}); "
+                "continuing them this way would not give the numbers of an uninterrupted run. "
+                + (f"Rerun with {fix}, " if fix else "Rerun where they were trained, ")
+                + "or use a new --workdir"
+            )
+    if saved != execution:
+        write_json(os.path.join(workdir, EXECUTION_FILE), execution)
