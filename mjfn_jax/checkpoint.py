@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import shutil
+import sys
 import zipfile
 
 import jax
@@ -33,6 +34,24 @@ from mjfn_jax.workdir import WorkdirError, read_json, write_json
 # asynchronous write starts; one worker thread takes that off the training loop, which waits on
 # XLA (GIL released) most of the time. One worker keeps every fold's saves in order.
 _BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mjfn-save")
+
+
+def _drop_closed_loop_reports() -> None:
+    """After a failed restore, tensorstore still completes the reads in flight and calls back
+    into the asyncio loop that Orbax has closed; Python reports each call as an unraisable
+    "RuntimeError: Event loop is closed" (hundreds of traceback lines on stderr, for reads
+    whose results nobody wants). Drop exactly those reports, from now on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_reports", False):
+        return
+
+    def hook(report) -> None:
+        error = report.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(report)
+
+    hook.drops_closed_loop_reports = True
+    sys.unraisablehook = hook
 
 
 class CheckpointDamaged(Exception):
@@ -147,6 +166,7 @@ class FoldCheckpointer:
             if not isinstance(meta.get("history"), list):
                 raise KeyError("meta has no 'history' list")
         except Exception as e:  # Orbax/tensorstore raise many types; all mean "unreadable"
+            _drop_closed_loop_reports()
             cause = (str(e).strip().splitlines() or [""])[0][:200]
             raise CheckpointDamaged(
                 f"checkpoint {self.step_dir(epochs_done)} is unreadable "

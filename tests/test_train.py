@@ -101,24 +101,43 @@ def test_balanced_class_weights():
     ],
 )
 def test_invalid_config_is_refused_before_the_workdir_is_written(tmp_path, override, field):
-    """One error naming the field; no config.json, so the corrected rerun is accepted."""
+    """One error naming the field; nothing written, so the corrected rerun is accepted."""
     workdir = tmp_path / "run"
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         train_and_evaluate(smoke_config(override), str(workdir), dataset=tiny_dataset(2, 2))
-    assert not (workdir / "config.json").exists()
+    assert not workdir.exists()
 
 
-def test_cli_reports_an_invalid_config_in_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "args,error",
+    [
+        (["--config.train.batch_size=0"], "error: train.batch_size=0: needs an int >= 1"),
+        (["--config.train.num_epochs=abc"], "error: flag --config.train.num_epochs=abc:"),
+        (["--config=missing.py"], "error: --config=missing.py: [Errno 2] No such file"),
+        (["--config=experiments/configs/synthetic.py:bogus"], "unknown argument 'bogus'"),
+    ],
+)
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, args, error):
     import subprocess
     import sys
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "mjfn_jax.main", "--config",
-           "experiments/configs/benchmark.py:quick", "--workdir", str(tmp_path / "w"),
-           "--config.train.batch_size=0"]  # fmt: skip
+    config = "experiments/configs/benchmark.py:quick"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mjfn_jax.main",
+        "--config",
+        config,
+        "--workdir",
+        str(tmp_path / "w"),
+    ]
+    cmd += args
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: train.batch_size=0")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and error in lines[0], proc.stderr[-2000:]
+    assert lines[0].startswith("error: ")
+    assert not (tmp_path / "w").exists()
 
 
 def test_generated_data_sizes_are_validated():
