@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import datetime
 import gc
-import importlib.metadata
 import os
 import platform
 import resource
@@ -32,6 +31,7 @@ from experiments.pytorch_baseline.train import (
     train_loso_torch,
 )
 from mjfn_jax.config_io import load_config
+from mjfn_jax.report import json_safe, package_versions
 
 MIB = 1024.0 * 1024.0
 
@@ -63,12 +63,7 @@ def default_machine_name() -> str:
 
 
 def environment(command: str) -> dict:
-    versions = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "flax", "optax", "torch", "numpy"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    versions = package_versions()
     dev = jax.devices()[0]
     device = f"{dev.device_kind} ({jax.default_backend()})"
     if jax.default_backend() == "cpu":
@@ -95,18 +90,6 @@ def load_preset_config(spec: str, overrides):
 
 def config_dict(config) -> dict:
     return json_safe(config.to_dict())
-
-
-def json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def synthetic_dataset(config, *, num_subjects: int, num_samples: int):

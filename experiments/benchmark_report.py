@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mjfn_jax.report_md import fmt
+
 JAX_LOSO = ("jax_auto", "jax_vmap", "jax_sequential")
 TORCH_LOSO = ("torch_eager", "torch_compiled")
 
@@ -72,10 +74,6 @@ def summarize(result: dict) -> dict:
     return s
 
 
-def _f(x, fmt="{:.1f}"):
-    return "n/a" if x is None else fmt.format(x)
-
-
 def _throughput_md(result: dict) -> list[str]:
     rows = result["throughput"]["rows"]
     names = list(dict.fromkeys(k for r in rows for k in r["variants"]))
@@ -92,11 +90,12 @@ def _throughput_md(result: dict) -> list[str]:
         cells = []
         for n in names:
             v = row["variants"].get(n)
-            cells.append("-" if v is None else _f(v.get("samples_per_s")) if _ok(v) else "failed")
+            rate = fmt(v.get("samples_per_s"), "{:.1f}") if v is not None and _ok(v) else None
+            cells.append("-" if v is None else rate or "failed")
         r = ratios[row["batch_size"]]
         cells += [
-            _f(r["jax_step/torch_eager"], "{:.2f}x"),
-            _f(r["jax_scan/torch_eager"], "{:.2f}x"),
+            fmt(r["jax_step/torch_eager"], "{:.2f}x"),
+            fmt(r["jax_scan/torch_eager"], "{:.2f}x"),
         ]
         lines.append(f"| {row['batch_size']} | " + " | ".join(cells) + " |")
     lines += ["", "Compile / warm-up (first call, s), achieved GFLOP/s, memory peak (MiB):", "",
@@ -110,8 +109,9 @@ def _throughput_md(result: dict) -> list[str]:
             m, gflops = v["memory"], flops * v["samples_per_s"] / 1e9
             host, dev = m.get("host_peak_rss_mib"), m.get("device_peak_mib")
             lines.append(
-                f"| {row['batch_size']} | {n} | {_f(v['warmup_s'])} | {_f(gflops)} | "
-                f"{_f(host, '{:.0f}')} | {_f(dev, '{:.0f}')} |"
+                f"| {row['batch_size']} | {n} | {fmt(v['warmup_s'], '{:.1f}')} | "
+                f"{fmt(gflops, '{:.1f}')} | "
+                f"{fmt(host, '{:.0f}')} | {fmt(dev, '{:.0f}')} |"
             )
     return lines
 
@@ -135,11 +135,11 @@ def _loso_md(result: dict) -> list[str]:
         uf1, uar = r["uf1"], r["uar"]
         lines.append(
             f"| {name} | {r['runs']} ({', '.join(map(str, r['seeds']))}) | "
-            f"{_f(r['wall_s_first'])} | {_f(r['wall_s_median'])} | "
-            f"{_f(r.get('compile_s_first'))} | "
+            f"{fmt(r['wall_s_first'], '{:.1f}')} | {fmt(r['wall_s_median'], '{:.1f}')} | "
+            f"{fmt(r.get('compile_s_first'), '{:.1f}')} | "
             f"{uf1['mean']:.4f} ± {uf1['std']:.4f} | {uar['mean']:.4f} ± {uar['std']:.4f} | "
             f"{uf1['min']:.4f}-{uf1['max']:.4f} | {r.get('strategy', '')} | "
-            f"{_f(r.get('other_per_fold_ms'), '{:.0f}')} |"
+            f"{fmt(r.get('other_per_fold_ms'), '{:.0f}')} |"
         )
     h = result["summary"].get("headline")
     if h:
@@ -147,9 +147,9 @@ def _loso_md(result: dict) -> list[str]:
             "",
             "**Headline (LOSO wall time, first seed, compiles included): PyTorch eager / "
             f"fastest JAX ({h['fastest_jax']}) = "
-            f"{_f(h['torch_eager_over_fastest_jax'], '{:.2f}x')}; fastest PyTorch "
+            f"{fmt(h['torch_eager_over_fastest_jax'], '{:.2f}x')}; fastest PyTorch "
             f"({h['fastest_torch']}) / fastest JAX = "
-            f"{_f(h['fastest_torch_over_fastest_jax'], '{:.2f}x')}** (> 1 means JAX is faster).",
+            f"{fmt(h['fastest_torch_over_fastest_jax'], '{:.2f}x')}** (> 1 means JAX is faster).",
         ]
     return lines
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 
-def hflip_flow(images: jax.Array) -> jax.Array:
+def hflip_batch(images: jax.Array) -> jax.Array:
     """Mirror along W and replace channel u by 1 - u. images: [B, H, W, 3] float in [0, 1]."""
     mirrored = images[:, :, ::-1, :]
     return mirrored.at[..., 0].set(1.0 - mirrored[..., 0])
@@ -42,7 +42,7 @@ def augment_batch(
     flip_key, shift_key = jax.random.split(key)
     if hflip:
         flip = jax.random.bernoulli(flip_key, 0.5, (images.shape[0],))
-        images = jnp.where(flip[:, None, None, None], hflip_flow(images), images)
+        images = jnp.where(flip[:, None, None, None], hflip_batch(images), images)
     if max_translate > 0:
         shifts = jax.random.randint(
             shift_key, (images.shape[0], 2), -max_translate, max_translate + 1

@@ -170,3 +170,10 @@ def epoch_batches(
     extra = jax.random.randint(draw_key, (total,), 0, jnp.maximum(count, 1))
     order = jnp.where(position < count, perm[:total], perm[extra])  # perm[:count] are valid
     return train_idx[order].reshape(steps, batch_size)
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """n / (C * n_c) from one fold's training labels [n]; 0 for a class absent there."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, labels.size / (num_classes * np.maximum(counts, 1)), 0.0)
+    return weights.astype(np.float32)

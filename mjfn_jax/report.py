@@ -25,7 +25,7 @@ from mjfn_jax.metrics import (
     per_sample_strings,
     pooled_metrics,
 )
-from mjfn_jax.report_md import SOURCE_NAMES
+from mjfn_jax.report_md import SOURCE_NAMES, fmt
 
 SCHEMA_VERSION = 1
 PROTOCOL = (
@@ -35,10 +35,6 @@ PROTOCOL = (
     "the test subject. Metrics follow MEGC2019: the predictions of all folds are pooled, then "
     "UF1 = mean over classes of F1_c = 2TP/(2TP+FP+FN) and UAR = mean over classes of "
     "recall_c = TP/(TP+FN), over the classes present in the ground truth of the evaluated part."
-)
-ORACLE_LABEL = (
-    "ORACLE (best epoch chosen on the test subject itself: test-set leakage). Shown only to "
-    "compare with literature numbers that use this selection; NOT a result of this model."
 )
 # Full MEGC2019 composite (442 clips, 68 subjects, LOSO), as reported by their authors.
 PUBLISHED = (
@@ -74,16 +70,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _json_safe(obj):
+def json_safe(obj):
     """ConfigDicts, tuples and numpy values -> plain JSON types."""
     if hasattr(obj, "to_dict"):
         obj = obj.to_dict()
     if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
+        return json_safe(obj.tolist())
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, float) and not np.isfinite(obj):
@@ -124,16 +120,6 @@ def _default_title(framework: str, config: Mapping | None) -> str:
         return f"MJFN ({framework})"
 
 
-def _oracle_block(oracle: Mapping, y_true, names) -> dict:
-    if "y_pred" not in oracle:
-        raise ValueError("oracle must be a mapping with 'y_pred' [N] (best-epoch-on-test preds)")
-    metrics = pooled_metrics(y_true, oracle["y_pred"], names)
-    block = {"label": ORACLE_LABEL, "pooled": metrics}
-    if "best_epochs" in oracle:
-        block["best_epochs"] = _json_safe(oracle["best_epochs"])
-    return block
-
-
 def _history_summary(history: Mapping[str, Sequence[Mapping]]) -> dict:
     """Mean over folds of each fold's LAST epoch record (numeric fields only)."""
     last = [recs[-1] for recs in history.values() if recs]
@@ -170,7 +156,6 @@ def write_report(
     timing: Mapping | None = None,
     framework: str = "jax",
     title: str | None = None,
-    oracle: Mapping | None = None,
     published: bool | None = None,
 ) -> dict:
     """Writes results.json, report.md, confusion.png, curves.png, predictions.csv into workdir.
@@ -183,8 +168,6 @@ def write_report(
       history: {fold: [{"epoch", "loss", "accuracy", optional "val_*"}, ...]} or None.
       config: ConfigDict or dict of the run; timing: dict of timings (seconds) and device info.
       framework: "jax" or "pytorch". title: report title.
-      oracle: optional {"y_pred": int [N] best-epoch-on-test predictions, "best_epochs": ...};
-        reported in its own labelled section, never as the headline.
       published: include the published composite table; None = only for MEGC2019 composite runs.
     Returns the results dict (as in results.json) with ``files`` naming what was written.
     """
@@ -196,7 +179,7 @@ def write_report(
     clips = per_sample_strings(clips, "clips", n)
     folds = per_sample_strings(folds, "folds", n)
     os.makedirs(workdir, exist_ok=True)
-    config_dict = _json_safe(config) if config is not None else None
+    config_dict = json_safe(config) if config is not None else None
     if published is None:
         published = _data_name(config_dict) == "megc2019" or COMPOSITE_SOURCES <= set(sources)
     fold_rows = per_fold_table(yt, yp, folds, names)
@@ -216,17 +199,15 @@ def write_report(
         "pooled": pooled_metrics(yt, yp, names),
         "per_source": per_group_metrics(yt, yp, sources, names),
         "per_fold": fold_rows,
-        "timing": _json_safe(timing) if timing is not None else None,
+        "timing": json_safe(timing) if timing is not None else None,
         "config": config_dict,
-        "history_final": _json_safe(_history_summary(history)) if history else None,
+        "history_final": json_safe(_history_summary(history)) if history else None,
     }
     if published:
         results["published"] = {
             "note": PUBLISHED_NOTE,
             "rows": [{"method": m, "uf1": f, "uar": r} for m, f, r in PUBLISHED],
         }
-    if oracle is not None:
-        results["oracle"] = _oracle_block(oracle, yt, names)
     files = plots.figure_paths(workdir)
     title = results["title"]
     plots.plot_confusion(results["pooled"]["confusion"], names, files["confusion"], title)
@@ -237,7 +218,7 @@ def write_report(
     if history:
         files["history"] = os.path.join(workdir, "history.json")
         with open(files["history"], "w") as f:
-            json.dump(_json_safe(history), f)
+            json.dump(json_safe(history), f)
     files["predictions"] = os.path.join(workdir, "predictions.csv")
     _write_predictions_csv(files["predictions"], names, yt, yp, p, subjects, sources, clips, folds)
     files["report"] = os.path.join(workdir, "report.md")
@@ -250,10 +231,6 @@ def write_report(
     return results
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
-
-
 def format_results_table(results: Mapping) -> str:
     """A short markdown table (pooled + per source) for the CLI and the demo to print."""
     pooled = results["pooled"]
@@ -262,14 +239,14 @@ def format_results_table(results: Mapping) -> str:
         f"folds, pooled predictions ({results.get('framework', '?')})",
         "| part | n | UF1 | UAR | accuracy |",
         "|---|---:|---:|---:|---:|",
-        f"| all (pooled) | {pooled['n']} | {_fmt(pooled['uf1'])} | {_fmt(pooled['uar'])} | "
-        f"{_fmt(pooled['accuracy'])} |",
+        f"| all (pooled) | {pooled['n']} | {fmt(pooled['uf1'])} | {fmt(pooled['uar'])} | "
+        f"{fmt(pooled['accuracy'])} |",
     ]
     for source, m in results.get("per_source", {}).items():
         absent = f" (absent: {', '.join(m['absent_classes'])})" if m["absent_classes"] else ""
         lines.append(
-            f"| {SOURCE_NAMES.get(source, source)}{absent} | {m['n']} | {_fmt(m['uf1'])} | "
-            f"{_fmt(m['uar'])} | {_fmt(m['accuracy'])} |"
+            f"| {SOURCE_NAMES.get(source, source)}{absent} | {m['n']} | {fmt(m['uf1'])} | "
+            f"{fmt(m['uar'])} | {fmt(m['accuracy'])} |"
         )
     return "\n".join(lines)
 

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 SOURCE_NAMES = {"smic": "SMIC", "casme2": "CASME II", "samm": "SAMM", "synthetic": "synthetic"}
 
 
-def _f(x) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
+def fmt(x, spec: str = "{:.4f}") -> str:
+    """A metric or a time for a table: ``spec``-formatted, "n/a" for None."""
+    return "n/a" if x is None else spec.format(x)
 
 
 def _value(v) -> str:
@@ -31,7 +32,7 @@ def _headline(r: Mapping) -> list[str]:
     out = ["## Headline (pooled over all folds)", ""]
     out += _table(
         ["metric", "value"],
-        [["UF1", _f(p["uf1"])], ["UAR", _f(p["uar"])], ["accuracy", _f(p["accuracy"])],
+        [["UF1", fmt(p["uf1"])], ["UAR", fmt(p["uar"])], ["accuracy", fmt(p["accuracy"])],
          ["clips", p["n"]], ["folds", r["num_folds"]], ["subjects", r["num_subjects"]]],
     )  # fmt: skip
     if p["absent_classes"]:
@@ -41,7 +42,7 @@ def _headline(r: Mapping) -> list[str]:
 
 def _per_class(r: Mapping) -> list[str]:
     rows = [
-        [name, c["support"], c["predicted"], _f(c["f1"]), _f(c["recall"]), _f(c["precision"])]
+        [name, c["support"], c["predicted"], fmt(c["f1"]), fmt(c["recall"]), fmt(c["precision"])]
         for name, c in r["pooled"]["per_class"].items()
     ]
     out = ["## Per class (pooled)", ""]
@@ -53,7 +54,7 @@ def _per_source(r: Mapping) -> list[str]:
     for source, m in r["per_source"].items():
         absent = ", ".join(m["absent_classes"]) or "-"
         name = SOURCE_NAMES.get(source, source)
-        rows.append([name, m["n"], _f(m["uf1"]), _f(m["uar"]), _f(m["accuracy"]), absent])
+        rows.append([name, m["n"], fmt(m["uf1"]), fmt(m["uar"]), fmt(m["accuracy"]), absent])
     out = ["## Per source dataset", ""]
     out += _table(["source", "n", "UF1", "UAR", "accuracy", "absent classes"], rows, "lrrrrl")
     return out + ["UF1/UAR of a source average over the classes present in that source.", ""]
@@ -83,7 +84,7 @@ def _per_fold(r: Mapping) -> list[str]:
     loso = all(len(f["subjects"]) == 1 for f in r["per_fold"])
     rows = [
         [f["fold"], *([] if loso else [", ".join(f["subjects"])]), f["n"], f["correct"],
-         _f(f["accuracy"]), _f(f["uf1"]), ", ".join(f["absent_classes"]) or "-"]
+         fmt(f["accuracy"]), fmt(f["uf1"]), ", ".join(f["absent_classes"]) or "-"]
         for f in r["per_fold"]
     ]  # fmt: skip
     header = ["fold", *([] if loso else ["subjects"]), "n", "correct", "accuracy"]
@@ -96,7 +97,7 @@ def _curves_and_timing(r: Mapping) -> list[str]:
     if "curves" in r.get("files", {}):
         out += ["## Training curves", "", f"![training curves]({r['files']['curves']})", ""]
     if r.get("history_final"):
-        rows = [[k, _f(v)] for k, v in r["history_final"].items() if k != "epoch"]
+        rows = [[k, fmt(v)] for k, v in r["history_final"].items() if k != "epoch"]
         out += ["Mean over folds of the last epoch's training record:", ""]
         out += _table(["field", "value"], rows)
     if r.get("timing"):
@@ -120,20 +121,6 @@ def _published(r: Mapping) -> list[str]:
     return out + _table(["method (published)", "UF1", "UAR"], rows)
 
 
-def _oracle(r: Mapping) -> list[str]:
-    oracle = r.get("oracle")
-    if not oracle:
-        return []
-    p = oracle["pooled"]
-    out = ["## ORACLE: best epoch on the test subject (leaky; not the result)", ""]
-    out += [f"> {oracle['label']}", ""]
-    return out + _table(
-        ["oracle metric", "value"],
-        [["UF1 (oracle)", _f(p["uf1"])], ["UAR (oracle)", _f(p["uar"])],
-         ["accuracy (oracle)", _f(p["accuracy"])]],
-    )  # fmt: skip
-
-
 def render(r: Mapping) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
     out = [
@@ -148,7 +135,7 @@ def render(r: Mapping) -> str:
     ]
     for section in (_headline, _per_class, _per_source, _confusion, _per_fold):
         out += section(r)
-    for section in (_curves_and_timing, _published, _oracle):
+    for section in (_curves_and_timing, _published):
         out += section(r)
     files = ", ".join(f"`{v}`" for v in r.get("files", {}).values())
     out += ["## Files", "", f"Written beside this report: {files}.", ""]

@@ -27,7 +27,13 @@ from mjfn_jax.checkpoint import CheckpointDamaged, FoldCheckpointer, SavePolicy
 from mjfn_jax.config import validate_config
 from mjfn_jax.config_io import config_to_dict, save_or_check_config
 from mjfn_jax.engine import FoldInputs
-from mjfn_jax.folds import FoldArrays, make_folds, pad_folds, steps_per_epoch
+from mjfn_jax.folds import (
+    FoldArrays,
+    balanced_class_weights,
+    make_folds,
+    pad_folds,
+    steps_per_epoch,
+)
 from mjfn_jax.parallel import get_runner, strategy_setup
 
 log = logging.getLogger(__name__)
@@ -48,13 +54,6 @@ class EpochsDone:
     folds: tuple[str, ...]  # the group's fold names
     epoch: int  # epochs the group has completed
     trained_this_run: int  # epochs trained by this call of train_and_evaluate, all groups
-
-
-def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """n / (C * n_c) from one fold's training labels [n]; 0 for a class absent there."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = np.where(counts > 0, labels.size / (num_classes * np.maximum(counts, 1)), 0.0)
-    return weights.astype(np.float32)
 
 
 @jax.jit

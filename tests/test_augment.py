@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mjfn_jax.augment import augment_batch, hflip_flow, translate
+from mjfn_jax.augment import augment_batch, hflip_batch, translate
 
 
 def _minmax(x):
@@ -16,7 +16,7 @@ def test_hflip_negates_u_on_normalised_images():
     u, v = rng.normal(size=(2, 8, 10)).astype(np.float32)
     strain = np.abs(rng.normal(size=(8, 10))).astype(np.float32)
     image = np.stack([_minmax(u), _minmax(v), _minmax(strain)], -1)[None]  # [1, 8, 10, 3]
-    flipped = np.asarray(hflip_flow(jnp.asarray(image)))[0]
+    flipped = np.asarray(hflip_batch(jnp.asarray(image)))[0]
     # The mirrored face's true flow is (-u, v) mirrored; normalising it gives the flip.
     expected_u = _minmax(-u[:, ::-1])
     np.testing.assert_allclose(flipped[..., 0], expected_u, atol=1e-6)
@@ -24,7 +24,7 @@ def test_hflip_negates_u_on_normalised_images():
     np.testing.assert_allclose(flipped[..., 2], _minmax(strain)[:, ::-1], atol=1e-6)
     # flipping twice is the identity
     np.testing.assert_allclose(
-        np.asarray(hflip_flow(hflip_flow(jnp.asarray(image)))), image, atol=1e-6
+        np.asarray(hflip_batch(hflip_batch(jnp.asarray(image)))), image, atol=1e-6
     )
 
 
@@ -43,7 +43,7 @@ def test_augment_batch_mixes_flips_and_keeps_range():
     rng = np.random.default_rng(1)
     images = jnp.asarray(rng.uniform(size=(64, 6, 6, 3)).astype(np.float32))
     out = np.asarray(augment_batch(jax.random.key(0), images, hflip=True, max_translate=0))
-    flipped = np.asarray(hflip_flow(images))
+    flipped = np.asarray(hflip_batch(images))
     is_flip = np.all(np.isclose(out, flipped), axis=(1, 2, 3))
     is_same = np.all(np.isclose(out, np.asarray(images)), axis=(1, 2, 3))
     assert np.all(is_flip | is_same) and 10 < is_flip.sum() < 54  # about half flipped

@@ -16,7 +16,7 @@ from experiments.pytorch_baseline.train import (
     make_optimizer,
     train_loso_torch,
 )
-from mjfn_jax.augment import hflip_flow, translate
+from mjfn_jax.augment import hflip_batch, translate
 from mjfn_jax.config_io import load_config
 from mjfn_jax.synthetic import make_flow_arrays
 
@@ -28,7 +28,7 @@ def test_augment_image_matches_jax_augment(flip, shift):
     img = np.random.default_rng(0).random((6, 7, 3)).astype(np.float32)
     want = jnp.asarray(img)[None]
     if flip:
-        want = hflip_flow(want)
+        want = hflip_batch(want)
     want = translate(want, jnp.asarray([shift], jnp.int32), 2)[0]
     got = augment_image(img, flip=flip, shift=shift, pad=2)
     np.testing.assert_allclose(got, np.asarray(want), atol=1e-7)

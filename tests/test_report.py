@@ -75,7 +75,6 @@ def test_results_json_matches_inputs(written):
     assert loaded["timing"] == {"train_s": 1.5}
     assert "numpy" in loaded["versions"] and loaded["date"].startswith("20")
     assert loaded["history_final"]["loss"] == pytest.approx(0.2)
-    assert "oracle" not in loaded  # only when passed explicitly
 
 
 def test_predictions_csv_rows(written):
@@ -102,19 +101,6 @@ def test_report_md_sections_and_published_marked_theirs(written):
     for method, uf1, _ in PUBLISHED:
         assert f"| {method} | {uf1:.4f} |" in text[pub:]
     assert "best epoch on the test subject" in text[pub:]
-    assert "ORACLE" not in text
-
-
-def test_oracle_is_labelled_and_never_the_headline(tmp_path):
-    run = _run(seed=1)
-    oracle_pred = run["y_true"].copy()  # a perfect "best epoch on test" selection
-    results = write_report(str(tmp_path), **run, oracle={"y_pred": oracle_pred})
-    assert results["oracle"]["pooled"]["uf1"] == 1.0
-    assert "leakage" in results["oracle"]["label"]
-    assert results["pooled"]["uf1"] < 1.0  # the headline stays the honest prediction
-    text = (tmp_path / "report.md").read_text()
-    assert text.index("## Headline") < text.index("## ORACLE")
-    assert "| UF1 (oracle) | 1.0000 |" in text
 
 
 def test_published_table_only_for_composite_runs(tmp_path):

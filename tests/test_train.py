@@ -8,8 +8,9 @@ import pytest
 
 from mjfn_jax.config_io import load_config
 from mjfn_jax.data import Dataset
+from mjfn_jax.folds import balanced_class_weights
 from mjfn_jax.synthetic import make_flow_arrays
-from mjfn_jax.train import balanced_class_weights, train_and_evaluate
+from mjfn_jax.train import train_and_evaluate
 
 
 def tiny_dataset(num_subjects: int = 4, clips: int = 3) -> Dataset:

@@ -32,7 +32,6 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from experiments.pytorch_baseline.data import FlowImages, augment_image  # noqa: E402, F401
 from experiments.pytorch_baseline.model import MJFNTorch, mjfn_loss_torch  # noqa: E402
 from mjfn_jax import folds as folds_lib  # noqa: E402
-from mjfn_jax.train import balanced_class_weights  # noqa: E402 (the engine's formula)
 
 log = logging.getLogger("pytorch_baseline")
 
@@ -135,7 +134,7 @@ def train_fold(config, dataset, fold, steps_per_epoch: int, *, seed: int, opts: 
     train_labels = np.asarray(dataset.labels)[fold.train_idx]
     class_weights = None
     if config.loss.class_weights == "balanced":
-        w = balanced_class_weights(train_labels, int(config.model.num_classes))
+        w = folds_lib.balanced_class_weights(train_labels, int(config.model.num_classes))
         class_weights = torch.from_numpy(w).to(device)
     elif config.loss.class_weights != "none":
         raise ValueError(
