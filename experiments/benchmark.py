@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from experiments import benchmark_lib as lib  # noqa: E402
 from experiments import benchmark_report as report  # noqa: E402
+from mjfn_jax.config_io import parse_args_with_overrides  # noqa: E402
 
 # Model / data / budget per preset. 'cpu' must finish in < 15 min on the 2-core dev machine.
 PRESETS = {
@@ -192,13 +193,8 @@ def main(argv=None) -> dict:
         default=0,
         help="torch.set_num_threads (0: torch's default, all cores)",
     )
-    parser.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        help="config override on top of the preset, e.g. model.dtype=bfloat16",
-    )
-    args = parser.parse_args(argv)
+    parser.epilog = "Config overrides on top of the preset: --config.<group>.<field>=value."
+    args, overrides = parse_args_with_overrides(parser, argv)
     preset = dict(PRESETS[args.preset])
     if args.seeds:
         preset["seeds"] = tuple(int(x) for x in args.seeds.split(","))
@@ -213,7 +209,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.torch_threads)
     env = lib.environment(" ".join(["python", *sys.argv]) if argv is None else str(argv))
     machine = args.machine or lib.default_machine_name()
-    config = lib.load_preset_config(preset["config"], [*preset["overrides"], *args.override])
+    config = lib.load_preset_config(preset["config"], [*preset["overrides"], *overrides])
     compile_torch = not args.no_torch_compile
     print(f"benchmark preset {args.preset} on {env['device']} -> {machine}", flush=True)
 

@@ -30,7 +30,7 @@ from experiments.pytorch_baseline.train import (
     make_train_step,
     train_loso_torch,
 )
-from mjfn_jax.config_io import load_config
+from mjfn_jax.config_io import load_config_or_exit
 from mjfn_jax.report import json_safe, package_versions
 
 MIB = 1024.0 * 1024.0
@@ -83,7 +83,7 @@ def environment(command: str) -> dict:
 
 
 def load_preset_config(spec: str, overrides):
-    config = load_config(spec, overrides)
+    config = load_config_or_exit(spec, overrides)
     config.checkpoint.every_epochs = 0  # one save per fold at its end, like the torch baseline
     return config
 

@@ -24,7 +24,7 @@ COMMANDS = {
     "jax": [sys.executable, "-m", "mjfn_jax.main", "--config", "{config}", "--workdir", "{w}",
             "--config.train.num_epochs={epochs}"],
     "torch_eager": [sys.executable, "experiments/pytorch_baseline/train.py", "--config",
-                    "{config}", "--workdir", "{w}", "--override", "train.num_epochs={epochs}"],
+                    "{config}", "--workdir", "{w}", "--config.train.num_epochs={epochs}"],
 }  # fmt: skip
 
 

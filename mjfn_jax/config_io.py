@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
 import json
@@ -35,6 +36,27 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
         raise AttributeError(f"config file {path!r} defines no get_config(arg)")
     config = module.get_config(arg or None)
     return apply_overrides(config, overrides)
+
+
+def parse_args_with_overrides(parser: argparse.ArgumentParser, argv=None):
+    """(args, overrides) of an argparse command that takes config overrides spelled as for
+    ``python -m mjfn_jax.main`` (absl config_flags): ``--config.<group>.<field>=value``."""
+    args, rest = parser.parse_known_args(argv)
+    overrides = [a for a in rest if a.startswith("--config.") and "=" in a]
+    unknown = [a for a in rest if a not in overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides: --config.x.y=value)")
+    return args, overrides
+
+
+def load_config_or_exit(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """load_config for a command line: a missing or failing config file, or a bad override,
+    ends the command with one line ``error: ...``."""
+    try:
+        return load_config(spec, overrides)
+    except (OSError, ValueError, KeyError, AttributeError, SyntaxError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise SystemExit(f"error: --config={spec}: {message}") from None
 
 
 def _parse_value(text: str, current):

@@ -77,5 +77,10 @@ def _trial_text(timing: dict) -> str:
     )
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console script ``mjfn-demo``."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -46,5 +46,10 @@ def main(argv: list[str]) -> None:
     )
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console script ``mjfn-train``."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

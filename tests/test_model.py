@@ -11,7 +11,6 @@ from flax import nnx
 
 from mjfn_jax.config import base_model_config
 from mjfn_jax.models import HEADS, MJFN, count_params, cross_entropy, mjfn_loss, model_summary
-from mjfn_jax.models.__main__ import main as summary_main
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
@@ -243,9 +242,24 @@ def test_summary_counts_and_flops():
     assert summary["flops_per_sample"] > 2 * 32 * 32 * 27 * 4
 
 
-def test_summary_cli_prints_table(capsys):
-    summary = summary_main(["--config", "experiments/configs/synthetic.py:smoke"])
-    printed = capsys.readouterr().out
+def test_summary_cli_prints_table():
+    import json
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "mjfn_jax.models",
+        "--config",
+        "experiments/configs/synthetic.py:smoke",
+        "--config.model.dropout=0.5",
+        "--json",
+    ]
+    printed = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
     for part in ("backbone", "jfm1", "jfm2", "jfm3", "heads", "total", "FLOPs"):
         assert part in printed
+    summary = json.loads(printed[printed.index("\n{") :])
     assert f"{summary['params']['total']:,}" in printed
+    bad = subprocess.run(cmd + ["--config.model.fusion=bogus"], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("error: model.fusion")

@@ -292,9 +292,12 @@ def dataset_from_arrays(arrays: dict):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="experiments/configs/FILE.py[:ARG]")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="experiments/configs/FILE.py[:ARG]; override fields with --config.<group>.<f>=value",
+    )
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--override", action="append", default=[], help="e.g. train.num_epochs=3")
     parser.add_argument(
         "--synthetic_arrays",
         action="store_true",
@@ -307,11 +310,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers")
-    args = parser.parse_args(argv)  # fmt: skip
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from mjfn_jax.config_io import load_config
+    from mjfn_jax.config_io import load_config_or_exit, parse_args_with_overrides
 
-    config = load_config(args.config, args.override)
+    args, overrides = parse_args_with_overrides(parser, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = load_config_or_exit(args.config, overrides)
     if args.synthetic_arrays:
         from mjfn_jax.synthetic import make_flow_arrays
 
