@@ -1,8 +1,44 @@
-"""Suite-wide settings."""
+"""Suite-wide settings and the fixtures several test modules share.
+
+The plain functions (``make_tiny_dataset``, ``make_smoke_config``) are also imported by the
+scripts that tests run in subprocesses (``tests/kill_driver.py``, test_strategies' script).
+"""
 
 import os
 
 import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_tiny_dataset(num_subjects: int = 4, clips: int = 3):
+    """A synthetic ``mjfn_jax.data.Dataset`` of 32x32 flow images, 3 classes."""
+    from mjfn_jax.data import Dataset
+    from mjfn_jax.synthetic import make_flow_arrays
+
+    return Dataset.from_synthetic_arrays(make_flow_arrays(num_subjects, clips, 32, 0))
+
+
+def make_smoke_config(*overrides: str):
+    """experiments/configs/synthetic.py:smoke, sequential, 2 epochs, then ``overrides``."""
+    from mjfn_jax.config_io import load_config
+
+    return load_config(
+        os.path.join(REPO, "experiments/configs/synthetic.py") + ":smoke",
+        ["parallel.strategy=sequential", "train.num_epochs=2", *overrides],
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset():
+    """tiny_dataset(num_subjects=4, clips=3) -> Dataset (see make_tiny_dataset)."""
+    return make_tiny_dataset
+
+
+@pytest.fixture(scope="session")
+def smoke_config():
+    """smoke_config(*overrides) -> ConfigDict (see make_smoke_config)."""
+    return make_smoke_config
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,8 +1,8 @@
 """A training run for the fault-injection test: ``python tests/kill_driver.py WORKDIR OVERRIDE...``.
 
-Trains the tiny synthetic dataset with experiments/configs/synthetic.py:smoke plus the
-overrides, printing ``EPOCHS <n>`` (flushed) after every training call so that the test can
-kill it at a chosen point; a finished run writes WORKDIR/out.npz with the pooled results.
+Trains conftest's tiny dataset with its smoke config plus the overrides, printing
+``EPOCHS <n>`` (flushed) after every training call so that the test can kill it at a chosen
+point; a finished run writes WORKDIR/out.npz with the pooled results.
 """
 
 import os
@@ -12,15 +12,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mjfn_jax.config_io import load_config  # noqa: E402
-from mjfn_jax.data import Dataset  # noqa: E402
-from mjfn_jax.synthetic import make_flow_arrays  # noqa: E402
+from conftest import make_smoke_config, make_tiny_dataset  # noqa: E402
+
 from mjfn_jax.train import train_and_evaluate  # noqa: E402
 
 
 def main(workdir: str, *overrides: str) -> None:
-    config = load_config("experiments/configs/synthetic.py:smoke", overrides)
-    dataset = Dataset.from_synthetic_arrays(make_flow_arrays(4, 3, 32, 0))
+    config = make_smoke_config(*overrides)
+    dataset = make_tiny_dataset(4, 3)
     print("START", flush=True)
     results = train_and_evaluate(
         config,

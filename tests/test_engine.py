@@ -11,7 +11,7 @@ import pytest
 
 from mjfn_jax.config import base_config
 from mjfn_jax.data import dataset_from_config
-from mjfn_jax.engine import FoldProgram, make_optimizer
+from mjfn_jax.engine import FoldInputs, FoldProgram, make_optimizer
 from mjfn_jax.models.layers import conv_as_matmul
 
 
@@ -138,3 +138,39 @@ def test_save_policy():
     assert every3.epochs_until_save(0) == 3 and every3.epochs_until_save(4) == 2
     never = SavePolicy(0)
     assert never.epochs_until_save(5) is None and never.what_to_save(5, finished=False) is None
+
+
+def test_one_training_step():
+    """One step moves every parameter that gets a gradient, updates the BN statistics and the
+    optimizer count, is a pure function of its inputs, and repeated on one batch lowers the
+    loss (the gradient points downhill)."""
+    program = _program()
+    config = program.config
+    config.train.warmup_epochs, config.train.learning_rate = 0, 1e-2
+    program = FoldProgram(config, steps_per_epoch=2)
+    rng = np.random.default_rng(0)
+    data = {
+        "images": jnp.asarray(rng.integers(0, 255, (16, 16, 16, 3), np.uint8)),
+        "labels": jnp.asarray(rng.integers(0, 3, (16,)), jnp.int32),
+    }
+    fold = FoldInputs.whole_dataset(jax.random.key(1), 16, 3)
+    state = jax.jit(program.init)(fold.key)
+    plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
+    step = jax.jit(program.train_step_at)
+    new, (loss, correct) = step(state, fold, data, plan, 0)
+    again, (loss_again, _) = step(state, fold, data, plan, 0)
+    assert np.isfinite(loss) and 0 <= int(correct) <= config.train.batch_size
+    assert float(loss) == float(loss_again)
+    for name in state.params:
+        np.testing.assert_array_equal(new.params[name], again.params[name])
+        assert not np.array_equal(new.params[name], state.params[name]), name
+    assert any(
+        not np.array_equal(new.batch_stats[k], state.batch_stats[k]) for k in state.batch_stats
+    )
+    counts = [x for x in jax.tree.leaves(new.opt_state) if jnp.issubdtype(x.dtype, jnp.integer)]
+    assert counts and all(int(c) == 1 for c in counts)
+    losses = [float(loss)]
+    for _ in range(8):  # the same batch again and again
+        new, (loss, _) = step(new, fold, data, plan, 0)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0], losses

@@ -41,6 +41,10 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env, timeout=120)
     help_run = subprocess.run(
         [sys.executable, "-m", "mjfn_jax.main", "--help"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
     )  # fmt: skip (absl's --help exits with 1)
     assert "--workdir" in help_run.stdout and "Traceback" not in help_run.stderr

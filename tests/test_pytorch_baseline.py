@@ -61,14 +61,14 @@ def test_optimizer_decays_kernels_only_and_steps_lr():
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset():
+def tiny_torch_dataset():
     return dataset_from_arrays(make_flow_arrays(3, 4, 32, 0))
 
 
-def test_torch_loso_writes_same_results_as_jax(tiny_dataset, tmp_path):
+def test_torch_loso_writes_same_results_as_jax(tiny_torch_dataset, tmp_path):
     config = load_config(SMOKE, ["train.num_epochs=1", "parallel.strategy=sequential"])
     torch.manual_seed(0)
-    res = train_loso_torch(config, tiny_dataset, str(tmp_path / "torch"))
+    res = train_loso_torch(config, tiny_torch_dataset, str(tmp_path / "torch"))
     with open(tmp_path / "torch" / "results.json") as f:
         saved = json.load(f)
     assert saved["framework"] == "pytorch" and saved["num_folds"] == 3 and saved["n"] == 12
@@ -78,7 +78,7 @@ def test_torch_loso_writes_same_results_as_jax(tiny_dataset, tmp_path):
 
     from mjfn_jax.train import train_and_evaluate
 
-    jax_res = train_and_evaluate(config, str(tmp_path / "jax"), dataset=tiny_dataset)
+    jax_res = train_and_evaluate(config, str(tmp_path / "jax"), dataset=tiny_torch_dataset)
     with open(tmp_path / "jax" / "results.json") as f:
         jax_saved = json.load(f)
     assert set(saved) == set(jax_saved)
@@ -88,7 +88,7 @@ def test_torch_loso_writes_same_results_as_jax(tiny_dataset, tmp_path):
     assert saved["pooled"]["n"] == jax_res["pooled"]["n"] == 12
 
 
-def test_rejects_unknown_class_weights(tiny_dataset, tmp_path):
+def test_rejects_unknown_class_weights(tiny_torch_dataset, tmp_path):
     config = load_config(SMOKE, ["train.num_epochs=1", "loss.class_weights=inverse"])
     with pytest.raises(ValueError, match="class_weights"):
-        train_loso_torch(config, tiny_dataset, str(tmp_path), write=False)
+        train_loso_torch(config, tiny_torch_dataset, str(tmp_path), write=False)

@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-from test_train import smoke_config, tiny_dataset
 
 from mjfn_jax import workdir as workdir_lib
 from mjfn_jax.data import Dataset
@@ -34,7 +33,7 @@ def _kill_after(epochs: int):
 
 
 @pytest.fixture(scope="module")
-def interrupted(tmp_path_factory):
+def interrupted(tmp_path_factory, smoke_config, tiny_dataset):
     """(config, dataset, reference results, a workdir killed after 2 of fold 1's 3 epochs,
     with checkpoints of epochs 1 and 2)."""
     root = tmp_path_factory.mktemp("interrupted")

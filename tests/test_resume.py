@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-from test_train import smoke_config, tiny_dataset
 
 from mjfn_jax.train import train_and_evaluate
 
@@ -23,7 +22,7 @@ def kill_after(epochs: int):
     return callback
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, smoke_config, tiny_dataset):
     dataset = tiny_dataset(3, 3)
     config = smoke_config("train.num_epochs=3", "checkpoint.every_epochs=1")
     reference = train_and_evaluate(config, str(tmp_path / "ref"), dataset=dataset)

@@ -17,7 +17,7 @@ import json, sys
 import jax
 from mjfn_jax.train import train_and_evaluate
 sys.path.insert(0, "tests")
-from test_train import smoke_config, tiny_dataset
+from conftest import make_smoke_config as smoke_config, make_tiny_dataset as tiny_dataset
 
 assert jax.device_count() == 4, jax.devices()
 out, dataset = {}, tiny_dataset(3, 3)

@@ -7,26 +7,12 @@ import numpy as np
 import pytest
 
 from mjfn_jax.config_io import load_config
-from mjfn_jax.data import Dataset
 from mjfn_jax.folds import balanced_class_weights
-from mjfn_jax.synthetic import make_flow_arrays
 from mjfn_jax.train import train_and_evaluate
 
 
-def tiny_dataset(num_subjects: int = 4, clips: int = 3) -> Dataset:
-    arrays = make_flow_arrays(num_subjects, clips, 32, 0)
-    return Dataset.from_synthetic_arrays(arrays)
-
-
-def smoke_config(*overrides: str):
-    return load_config(
-        "experiments/configs/synthetic.py:smoke",
-        ["parallel.strategy=sequential", "train.num_epochs=2", *overrides],
-    )
-
-
 @pytest.fixture(scope="module")
-def early_stopping_run(tmp_path_factory):
+def early_stopping_run(tmp_path_factory, smoke_config, tiny_dataset):
     """4 subjects, LOSO, a validation subject per fold, early stopping (patience 1)."""
     workdir = str(tmp_path_factory.mktemp("es"))
     config = smoke_config("folds.val_subject_fraction=0.34", "train.early_stopping_patience=1")
@@ -65,7 +51,7 @@ def test_rerun_skips_finished_folds(early_stopping_run):
     np.testing.assert_array_equal(again["probs"], first["probs"])
 
 
-def test_different_config_in_same_workdir_is_refused(early_stopping_run):
+def test_different_config_in_same_workdir_is_refused(early_stopping_run, smoke_config):
     config, workdir, dataset, _ = early_stopping_run
     other = smoke_config("folds.val_subject_fraction=0.34", "train.early_stopping_patience=1")
     other.train.learning_rate = 0.5
@@ -75,7 +61,7 @@ def test_different_config_in_same_workdir_is_refused(early_stopping_run):
         train_and_evaluate(other, workdir, dataset=dataset)
 
 
-def test_non_finite_loss_names_fold_and_epoch(tmp_path):
+def test_non_finite_loss_names_fold_and_epoch(tmp_path, smoke_config, tiny_dataset):
     config = smoke_config("train.learning_rate=1e30", "train.warmup_epochs=0")  # diverges
     with pytest.raises(FloatingPointError, match=r"fold 'synthetic__s01' at epoch \d+"):
         train_and_evaluate(config, str(tmp_path), dataset=tiny_dataset(3, 3))
@@ -101,7 +87,9 @@ def test_balanced_class_weights():
         ("model.fusion=bogus", "model.fusion"),
     ],
 )
-def test_invalid_config_is_refused_before_the_workdir_is_written(tmp_path, override, field):
+def test_invalid_config_is_refused_before_the_workdir_is_written(
+    tmp_path, override, field, smoke_config, tiny_dataset
+):
     """One error naming the field; nothing written, so the corrected rerun is accepted."""
     workdir = tmp_path / "run"
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
