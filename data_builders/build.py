@@ -50,6 +50,45 @@ def class_counts(builder) -> dict[str, dict[str, int]]:
     return counts
 
 
+def check_reused(builder, metadata: dict[str, Any], crop: str | None) -> None:
+    """An existing build is reused only if the options that change its bytes agree with it.
+
+    Otherwise `--crop center` or `--apex_fraction 0.3` on a folder built without them would
+    silently give the old data under the new name. A crop override agrees when every clip of
+    the build used that crop.
+    """
+    wanted = {
+        "synthetic": getattr(builder, "synthetic", None),
+        "apex_fraction": getattr(builder, "apex_fraction", None),
+        "crop": None if crop is None else {crop},
+    }
+    built = {**metadata, "crop": set(metadata.get("crop", {}))}
+    for key, value in wanted.items():
+        if value is not None and built.get(key) != value:
+            raise ValueError(
+                f"{builder.data_dir} was built with {key}={built.get(key)}, not {value}: delete "
+                "that folder or use another --data_dir"
+            )
+
+
+def check_manual_dir(builder, manual_dir: str | os.PathLike | None, data_dir) -> None:
+    """A missing or empty manual folder is a FileNotFoundError with the expected layout.
+
+    tfds raises a bare AssertionError for it; without --manual_dir it looks in
+    <data_dir>/downloads/manual, which the message says.
+    """
+    instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    if not instructions:
+        return
+    folder = Path(manual_dir) if manual_dir is not None else Path(data_dir) / "downloads" / "manual"
+    if not folder.is_dir() or not any(folder.iterdir()):
+        given = "" if manual_dir is not None else " (no --manual_dir given: the tfds default)"
+        raise FileNotFoundError(
+            f"{builder.name} manual folder {folder}{given} does not exist or is empty\n"
+            f"{instructions}"
+        )
+
+
 def build_dataset(
     name: str,
     *,
@@ -85,16 +124,15 @@ def build_dataset(
         try_download_gcs=False,  # Never look for these names on GCS (offline machines).
     )
     start = time.perf_counter()
-    builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    if already:
+        check_reused(builder, dict(builder.info.metadata or {}), crop)
+    else:
+        check_manual_dir(builder, manual_dir, data_dir)
+        builder.download_and_prepare(file_format="array_record", download_config=download_config)
     seconds = time.perf_counter() - start
     metadata = dict(builder.info.metadata or {})
     counts = class_counts(builder)
     pairs, flow_seconds = int(metadata.get("clips", 0)), metadata.get("flow_seconds")
-    if already and getattr(builder, "synthetic", None) not in (None, metadata.get("synthetic")):
-        raise ValueError(
-            f"{builder.data_dir} was built with synthetic={metadata.get('synthetic')}, not "
-            f"{builder.synthetic}: delete that folder or use another --data_dir"
-        )
     return {
         "name": name,
         "config": builder.builder_config.name,

@@ -7,16 +7,22 @@ Fixtures come from the builders' own dummy-data scripts; builds are tiny (farneb
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import openpyxl
 import pytest
 
 from data_builders.__main__ import main as cli
+from data_builders.build import build_dataset
 from data_builders.casme2 import casme2_dataset_builder as casme2
 from data_builders.casme2.dummy_data import make_dummy_data as casme2_dummy
+from data_builders.flow_worker import process_clip
 from data_builders.skips import SkipLog
+from data_builders.smic import smic_dataset_builder as smic
+from data_builders.smic.dummy_data import make_dummy_data as smic_dummy
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "farneback_32"
@@ -91,3 +97,133 @@ def test_path_outside_the_manual_folder_is_refused(tmp_path):
     assert inside(tmp_path, tmp_path / "a" / ".." / "b", "x") == tmp_path / "a" / ".." / "b"
     with pytest.raises(ValueError, match="outside the manual folder"):
         inside(tmp_path / "m", tmp_path / "m" / ".." / "other", "clip x")
+
+
+def test_filename_path_cli_is_one_line(tmp_path, capsys):
+    casme2_dummy.make(tmp_path / "m", layout="raw")
+    edit_workbook(tmp_path / "m", {(3, FILENAME): "../../../etc"})
+    argv = ["build", f"casme2/{CONFIG}", "--data_dir", str(tmp_path / "d")]
+    message, _ = run_cli([*argv, "--manual_dir", str(tmp_path / "m"), "--workers", "1"], capsys)
+    assert "row 3" in message and "Filename '../../../etc'" in message
+
+
+# Case 12: duplicated rows and clips; every clip skipped.
+
+
+def test_duplicated_row_names_the_file_and_both_rows(tmp_path, capsys):
+    casme2_dummy.make(tmp_path / "m", layout="cropped")
+    duplicate = ("01", "EP01_02f", None, 20, 22, 24, None, "1+2", "surprise")
+    edit_workbook(tmp_path / "m", {}, append=duplicate)
+    argv = ["build", f"casme2/{CONFIG}", "--data_dir", str(tmp_path / "d"), "--workers", "1"]
+    message, _ = run_cli([*argv, "--manual_dir", str(tmp_path / "m")], capsys)
+    last = len(casme2_dummy.ROWS) + 2
+    assert f"rows 3 and {last} both annotate clip casme2/sub01/EP01_02f" in message
+    assert WORKBOOK in message and "tensorflow" not in message
+
+
+def test_two_folders_with_one_clip_id_are_an_error(tmp_path):
+    from data_builders.common import check_unique_keys
+
+    smic_dummy.make(tmp_path, layout="raw")
+    os.rename(tmp_path / "HS" / "s12", tmp_path / "HS" / "s03")  # s3 and s03 -> smic/s03
+    clips = smic.list_smic(tmp_path, {c: c for c in smic.CLASS_NAMES}, SkipLog())
+    with pytest.raises(ValueError, match="two clips have the id smic/s03/s03_ne_01") as err:
+        check_unique_keys(clips)
+    assert "s3" in str(err.value) and "s03" in str(err.value)
+
+
+def test_all_clips_skipped_prints_the_summary_and_one_line(tmp_path, capsys):
+    casme2_dummy.make(tmp_path / "m", layout="raw")  # noise: Haar finds no face
+    usable = len(casme2.list_casme2(tmp_path / "m", casme2.FIVE_CLASS, SkipLog()))
+    argv = ["build", f"casme2/{CONFIG}", "--data_dir", str(tmp_path / "d"), "--workers", "1"]
+    message, err = run_cli([*argv, "--manual_dir", str(tmp_path / "m")], capsys)
+    assert message.startswith(f"error: casme2/{CONFIG}: all {usable} clips were skipped")
+    assert f"{usable}  no face found" in err and "skipped:" in err
+    leftovers = list((tmp_path / "d" / "casme2" / CONFIG).glob("*"))
+    assert all(p.name == ".build.lock" for p in leftovers), leftovers
+
+
+# Case 13: bad frames name the clip and the frame files.
+
+
+def clip_spec(folder: Path, onset: np.ndarray, apex: np.ndarray):
+    from data_builders.flow_worker import ClipSpec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "img1.png", folder / "img2.png"]
+    for path, image in zip(paths, (onset, apex), strict=True):
+        assert cv2.imwrite(str(path), image)
+    return ClipSpec(
+        "casme2", "casme2/sub01", "EP01", "happiness", "happiness", 1, 2, 3,
+        str(paths[0]), str(paths[1]), crop="center",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "onset_shape, apex_shape, cause",
+    [((64, 64, 3), (48, 64, 3), "differ in shape"), ((4, 4, 3), (4, 4, 3), "too small")],
+)
+def test_bad_frames_name_the_clip_and_files(tmp_path, onset_shape, apex_shape, cause):
+    rng = np.random.default_rng(0)
+    spec = clip_spec(
+        tmp_path,
+        rng.integers(0, 255, onset_shape, dtype=np.uint8),
+        rng.integers(0, 255, apex_shape, dtype=np.uint8),
+    )
+    with pytest.raises(ValueError, match=cause) as err:
+        process_clip((spec, "farneback", 32))
+    assert "casme2/sub01/EP01" in str(err.value)
+    assert spec.onset_path in str(err.value) and spec.apex_path in str(err.value)
+
+
+def test_bad_frame_in_a_build_names_the_clip(tmp_path, capsys):
+    casme2_dummy.make(tmp_path / "m", layout="cropped")
+    apex = tmp_path / "m" / "Cropped" / "sub02" / "EP02_01f" / "reg_img13.jpg"
+    assert cv2.imwrite(str(apex), np.zeros((40, 64, 3), np.uint8))
+    argv = ["build", f"casme2/{CONFIG}", "--data_dir", str(tmp_path / "d"), "--workers", "1"]
+    message, _ = run_cli([*argv, "--manual_dir", str(tmp_path / "m")], capsys)
+    assert "clip casme2/sub02/EP02_01f" in message and str(apex) in message
+
+
+# CLI flags: ignored or reinterpreted values are errors, and a reused build must match.
+
+
+@pytest.mark.parametrize(
+    "extra, cause",
+    [
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--workers", "-2"], "--workers must be >= 1"),
+        (["--apex_fraction", "0.3"], "--apex_fraction applies to smic and megc2019 only"),
+        (["--manual_dir", "/tmp"], "--manual_dir does not apply to synthetic"),
+    ],
+)
+def test_cli_flags_that_would_be_ignored_are_errors(tmp_path, capsys, extra, cause):
+    name = "casme2" if "--apex_fraction" in extra else "synthetic"
+    message, _ = run_cli(["build", f"{name}/{CONFIG}", "--data_dir", str(tmp_path), *extra], capsys)
+    assert cause in message
+
+
+def test_missing_manual_folder_ends_with_the_cause(tmp_path, capsys):
+    argv = ["build", f"casme2/{CONFIG}", "--data_dir", str(tmp_path / "d")]
+    message, err = run_cli([*argv, "--manual_dir", str(tmp_path / "none")], capsys)
+    assert "casme2 manual folder" in message and "CASME2-RAW" in err  # layout printed before
+
+
+@pytest.fixture(scope="module")
+def smic_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smic")
+    smic_dummy.make(root / "m", layout="raw")
+    build_dataset(
+        f"smic/{CONFIG}", data_dir=root / "d", manual_dir=root / "m", workers=1, crop="center"
+    )
+    return root
+
+
+@pytest.mark.parametrize(
+    "extra, cause",
+    [(["--crop", "none"], "crop={'center'}, not {'none'}"), (["--apex_fraction", "0.3"], "0.5")],
+)
+def test_reused_build_must_match_the_options(smic_build, capsys, extra, cause):
+    argv = ["build", f"smic/{CONFIG}", "--data_dir", str(smic_build / "d"), *extra]
+    message, _ = run_cli(argv, capsys)
+    assert "was built with" in message and cause in message
