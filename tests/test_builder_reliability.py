@@ -227,3 +227,26 @@ def test_reused_build_must_match_the_options(smic_build, capsys, extra, cause):
     argv = ["build", f"smic/{CONFIG}", "--data_dir", str(smic_build / "d"), *extra]
     message, _ = run_cli(argv, capsys)
     assert "was built with" in message and cause in message
+
+
+# Case 14: a damaged shard names itself and how to rebuild.
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite"])
+def test_damaged_shard_names_the_file_and_the_rebuild(tmp_path, damage):
+    from mjfn_jax.data import load_dataset
+
+    build_dataset(
+        f"synthetic/{CONFIG}", data_dir=tmp_path, workers=1, builder_kwargs={"synthetic": TINY}
+    )
+    (shard,) = (tmp_path / "synthetic" / CONFIG / "1.0.0").glob("*.array_record-*")
+    data = bytearray(shard.read_bytes())
+    if damage == "truncate":
+        shard.write_bytes(data[: len(data) // 2])
+    else:
+        data[64:4096] = bytes(4096 - 64)  # Zeros over the first chunk's header and records.
+        shard.write_bytes(data)
+    with pytest.raises(ValueError, match="python -m data_builders build") as err:
+        load_dataset("synthetic", CONFIG, tmp_path)
+    assert str(shard.parent) in str(err.value) and shard.name in str(err.value)
+    assert "\n" not in str(err.value)
