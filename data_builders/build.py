@@ -8,12 +8,19 @@ summary: examples per split and class, skipped rows and why, seconds, pairs per 
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
+import logging
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import data_builders
+
+log = logging.getLogger("data_builders")
 
 
 def parse_name(name: str, builder_config: str | None = None) -> tuple[str, str | None]:
@@ -48,6 +55,32 @@ def class_counts(builder) -> dict[str, dict[str, int]]:
         labels = collections.Counter(int(source[i]["label"]) for i in range(len(source)))
         counts[split] = {names[k]: labels.get(k, 0) for k in range(len(names))}
     return counts
+
+
+@contextlib.contextmanager
+def build_lock(version_dir: str | os.PathLike) -> Iterator[None]:
+    """Holds an exclusive lock on the config folder (`<data_dir>/<name>/<config>`) for a build.
+
+    tfds writes into `incomplete.<random>_<version>/` beside the version folder and renames it
+    at the end; a build killed by kill -9 leaves that folder behind forever (issue 10, case
+    15). With the lock held no other build of this config is running, so any such folder is
+    stale and is removed (logged). The kernel drops a flock when its process dies, so a killed
+    build never blocks the next one; a second build running at the same time is refused.
+    """
+    folder = Path(version_dir).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".build.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another build of {folder} is running (it holds {folder / '.build.lock'}); "
+                "wait for it to finish"
+            ) from None
+        for stale in sorted(folder.glob("incomplete.*")):
+            log.warning("removing %s, left behind by an interrupted build", stale)
+            shutil.rmtree(stale)
+        yield
 
 
 def check_reused(builder, metadata: dict[str, Any], crop: str | None) -> None:
@@ -128,7 +161,10 @@ def build_dataset(
         check_reused(builder, dict(builder.info.metadata or {}), crop)
     else:
         check_manual_dir(builder, manual_dir, data_dir)
-        builder.download_and_prepare(file_format="array_record", download_config=download_config)
+        with build_lock(builder.data_dir):
+            builder.download_and_prepare(
+                file_format="array_record", download_config=download_config
+            )
     seconds = time.perf_counter() - start
     metadata = dict(builder.info.metadata or {})
     counts = class_counts(builder)

@@ -95,7 +95,10 @@ def generate_examples(
     else:
         # spawn, not fork: forking a process that has started threads (jax, tfds) can deadlock.
         pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_worker,
+            initargs=(os.getpid(),),  # Workers exit when this process dies (even by kill -9).
         )
         results = pool.map(process_clip, jobs, chunksize=1)
     try:

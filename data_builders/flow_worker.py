@@ -41,8 +41,17 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def init_worker() -> None:
-    cv2.setNumThreads(1)  # One OpenCV thread per worker process: the pool is the parallelism.
+def init_worker(parent_pid: int | None = None) -> None:
+    """Pool initializer (parent_pid given) or the in-process setup of workers=1 (None).
+
+    One OpenCV thread, in workers and in the parent alike: the pool is the parallelism, and a
+    build's bytes must not depend on how many threads OpenCV would pick on a given machine.
+    """
+    cv2.setNumThreads(1)
+    if parent_pid is not None:
+        from mjfn_jax.workers import exit_with_parent
+
+        exit_with_parent(parent_pid)  # kill -9 of the build must not orphan its workers.
 
 
 def process_clip(job: tuple[ClipSpec, str, int]) -> tuple[ClipSpec, dict | None, str | None]:

@@ -8,6 +8,10 @@ Fixtures come from the builders' own dummy-data scripts; builds are tiny (farneb
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -250,3 +254,75 @@ def test_damaged_shard_names_the_file_and_the_rebuild(tmp_path, damage):
         load_dataset("synthetic", CONFIG, tmp_path)
     assert str(shard.parent) in str(err.value) and shard.name in str(err.value)
     assert "\n" not in str(err.value)
+
+
+# Case 15: kill -9 of a build leaves no worker behind and no stale folder.
+
+
+def test_build_lock_refuses_a_second_build_and_removes_stale_folders(tmp_path):
+    from data_builders.build import build_lock
+
+    version = tmp_path / "synthetic" / CONFIG / "1.0.0"
+    stale = version.parent / "incomplete.ABC123_1.0.0"
+    stale.mkdir(parents=True)
+    with build_lock(version):
+        assert not stale.exists()
+        with pytest.raises(ValueError, match="another build"), build_lock(version):
+            pass
+
+
+BUILD = """
+import sys
+from data_builders.build import build_dataset
+if __name__ == "__main__":
+    build_dataset("synthetic/{config}", data_dir=sys.argv[1], workers=2,
+                  builder_kwargs={{"synthetic": {synthetic}}})
+"""
+
+
+def children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is pid."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if entry.name.isdigit() and int(ppid) == pid and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
+def test_killed_build_leaves_no_workers_and_reruns(tmp_path):
+    script = tmp_path / "build.py"
+    synthetic = {"num_subjects": 2, "clips_per_subject": 6, "frame_size": 64}
+    script.write_text(BUILD.format(config=CONFIG, synthetic=synthetic))
+    data_dir = tmp_path / "d"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    build = subprocess.Popen([sys.executable, str(script), str(data_dir)], cwd=ROOT, env=env)
+    workers: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(workers) < 2 and build.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # Workers are spawned children (the resource tracker is one more).
+        workers = children(build.pid)
+    assert build.poll() is None, "the build ended before its workers were seen"
+    os.kill(build.pid, signal.SIGKILL)
+    build.wait()
+    deadline = time.monotonic() + 15
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if alive(pid)], "workers outlived the killed build"
+    summary = build_dataset(
+        f"synthetic/{CONFIG}", data_dir=data_dir, workers=1, builder_kwargs={"synthetic": synthetic}
+    )
+    assert summary["num_examples"]["train"] == 12
+    assert not list((data_dir / "synthetic" / CONFIG).glob("incomplete.*"))
