@@ -83,6 +83,31 @@ def build_lock(version_dir: str | os.PathLike) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def deterministic_records() -> Iterator[None]:
+    """tfds serializes each example as a tf.train.Example proto with `SerializeToString()`.
+
+    Its features are a protobuf map, written in an order that follows Python's per-process
+    string-hash seed: two builds of the same examples gave different shard bytes (measured:
+    every record differed, the decoded features did not). Deterministic serialization sorts the
+    map, so the same examples give the same files on every run and machine (issue 10, case
+    17); readers parse either order alike. Patched for the duration of our build only.
+    """
+    from tensorflow_datasets.core import example_serializer
+
+    cls = example_serializer.ExampleSerializer
+    original = cls.serialize_example
+
+    def serialize_example(self, example):
+        return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+    cls.serialize_example = serialize_example
+    try:
+        yield
+    finally:
+        cls.serialize_example = original
+
+
 def check_reused(builder, metadata: dict[str, Any], crop: str | None) -> None:
     """An existing build is reused only if the options that change its bytes agree with it.
 
@@ -161,7 +186,7 @@ def build_dataset(
         check_reused(builder, dict(builder.info.metadata or {}), crop)
     else:
         check_manual_dir(builder, manual_dir, data_dir)
-        with build_lock(builder.data_dir):
+        with build_lock(builder.data_dir), deterministic_records():
             builder.download_and_prepare(
                 file_format="array_record", download_config=download_config
             )
