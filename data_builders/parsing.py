@@ -62,6 +62,9 @@ def read_sheet(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[
                         f"{path}: header row {number} lacks column(s) {missing}; found "
                         f"{[h for h in header if h]}"
                     )
+                twice = [name for name in required if header.count(name) > 1]
+                if twice:  # The row dict would silently keep the last of the two columns.
+                    raise ValueError(f"{path}: header row {number} has column(s) {twice} twice")
             continue
         if cells:
             yield number, {h: v for h, v in zip(header, row, strict=False) if h}
@@ -211,11 +214,17 @@ def frames_by_number(folder: Path, clip_key: str) -> dict[int, Path]:
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"clip {clip_key}: frame folder not found: {folder}")
-    frames = {}
-    for path in folder.iterdir():
+    frames: dict[int, Path] = {}
+    for path in sorted(folder.iterdir()):
         match = re.search(r"(\d+)$", path.stem.rsplit("_", 1)[-1])
         if path.is_file() and match and path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"):
-            frames[int(match.group(1))] = path
+            number = int(match.group(1))
+            if number in frames:  # e.g. 006_0180.jpg and 006_00180.jpg, or .jpg and .png:
+                raise ValueError(  # which one is the frame would follow the listing order.
+                    f"clip {clip_key}: two files for frame {number}: {frames[number].name} and "
+                    f"{path.name} in {folder}"
+                )
+            frames[number] = path
     return frames
 
 

@@ -79,6 +79,24 @@ def test_inconsistent_frame_numbers_are_counted_skips(tmp_path):
     assert len(clips) + sum(skips.counts.values()) == len(rows)
 
 
+def test_two_files_for_one_frame_number_are_an_error(tmp_path):
+    from data_builders.samm import samm_dataset_builder as samm
+    from data_builders.samm.dummy_data import make_dummy_data as samm_dummy
+
+    samm_dummy.make(tmp_path)
+    clip = tmp_path / "SAMM" / "006" / "006_1_3"  # 4-digit padding: 006_0180.jpg ...
+    (clip / "006_00180.jpg").write_bytes((clip / "006_0180.jpg").read_bytes())
+    with pytest.raises(ValueError, match="two files for frame 180: 006_00180.jpg and 006_0180"):
+        samm.list_samm(tmp_path, samm.FIVE_CLASS, SkipLog())
+
+
+def test_a_required_column_twice_is_an_error(tmp_path):
+    casme2_dummy.make(tmp_path, layout="cropped")
+    edit_workbook(tmp_path, {(1, 3): "Onset Frame"})  # the empty column C, a second onset
+    with pytest.raises(ValueError, match=r"header row 1 has column\(s\) \['onsetframe'\] twice"):
+        casme2.list_casme2(tmp_path, casme2.FIVE_CLASS, SkipLog())
+
+
 # Case 6: a clip name that is a path never leaves the manual folder.
 
 
