@@ -275,6 +275,22 @@ def test_damaged_shard_names_the_file_and_the_rebuild(tmp_path, damage):
     assert "\n" not in str(err.value)
 
 
+def test_demo_on_a_damaged_dataset_ends_with_one_error_line(tmp_path):
+    data_dir = tmp_path / "d"
+    build_dataset(
+        "synthetic/tvl1_32", data_dir=data_dir, workers=1, builder_kwargs={"synthetic": TINY}
+    )
+    (shard,) = (data_dir / "synthetic" / "tvl1_32" / "1.0.0").glob("*.array_record-*")
+    shard.write_bytes(shard.read_bytes()[:1000])
+    config = f"{ROOT}/experiments/configs/synthetic.py:smoke"
+    argv = ["--data_dir", str(data_dir), "--workdir", str(tmp_path / "w"), "--config", config]
+    result = subprocess.run([sys.executable, "-m", "mjfn_jax.demo", *argv], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and last.startswith("error: dataset synthetic/tvl1_32"), last
+    assert shard.name in last and "Traceback" not in result.stderr
+
+
 # Case 15: kill -9 of a build leaves no worker behind and no stale folder.
 
 
