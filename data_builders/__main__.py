@@ -51,20 +51,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+APEX_FRACTION_BUILDERS = ("smic", "megc2019")  # The builders without an apex annotation.
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Flags that would otherwise be ignored, reinterpreted or end in a TypeError traceback."""
+    name = args.name.partition("/")[0]
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1 (or left out: CPU count), got {args.workers}")
+    if args.apex_fraction is not None and name not in APEX_FRACTION_BUILDERS:
+        raise ValueError(
+            f"--apex_fraction applies to {' and '.join(APEX_FRACTION_BUILDERS)} only (their "
+            f"apex is not annotated), not to {name}"
+        )
+    if args.manual_dir is not None and name == "synthetic":
+        raise ValueError("--manual_dir does not apply to synthetic (it generates its frames)")
+
+
+def fail(error: Exception) -> None:
+    """Ends the CLI with one line `error: <cause>`; a message's further lines (the manual
+    folder's expected layout) are printed before it, so the last line is always the cause."""
+    cause, _, details = str(error).partition("\n")
+    if details:
+        print(details, file=sys.stderr)
+    raise SystemExit(f"error: {cause}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from data_builders.build import build_dataset, format_summary
+    from data_builders.common import NothingBuilt
 
     kwargs = {} if args.apex_fraction is None else {"apex_fraction": args.apex_fraction}
-    summary = build_dataset(
-        args.name,
-        data_dir=args.data_dir,
-        manual_dir=args.manual_dir,
-        workers=args.workers,
-        crop=args.crop,
-        builder_kwargs=kwargs,
-    )
+    try:
+        check_flags(args)
+        summary = build_dataset(
+            args.name,
+            data_dir=args.data_dir,
+            manual_dir=args.manual_dir,
+            workers=args.workers,
+            crop=args.crop,
+            builder_kwargs=kwargs,
+        )
+    except NothingBuilt as e:
+        lines = [f"    {n:4d}  {reason}" for reason, n in e.skipped.items()]
+        print("\n".join([f"skipped: {sum(e.skipped.values())}", *lines]), file=sys.stderr)
+        fail(e)
+    except (ValueError, OSError) as e:
+        # Expected errors (bad input, a missing folder or frame): the cause, no traceback. The
+        # messages name the file, row and field (parsing.py) or the clip and frame files.
+        fail(e)
     print(format_summary(summary))
     return 0
 

@@ -8,12 +8,19 @@ summary: examples per split and class, skipped rows and why, seconds, pairs per 
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
+import logging
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import data_builders
+
+log = logging.getLogger("data_builders")
 
 
 def parse_name(name: str, builder_config: str | None = None) -> tuple[str, str | None]:
@@ -48,6 +55,96 @@ def class_counts(builder) -> dict[str, dict[str, int]]:
         labels = collections.Counter(int(source[i]["label"]) for i in range(len(source)))
         counts[split] = {names[k]: labels.get(k, 0) for k in range(len(names))}
     return counts
+
+
+@contextlib.contextmanager
+def build_lock(version_dir: str | os.PathLike) -> Iterator[None]:
+    """Holds an exclusive lock on the config folder (`<data_dir>/<name>/<config>`) for a build.
+
+    tfds writes into `incomplete.<random>_<version>/` beside the version folder and renames it
+    at the end; a build killed by kill -9 leaves that folder behind forever (issue 10, case
+    15). With the lock held no other build of this config is running, so any such folder is
+    stale and is removed (logged). The kernel drops a flock when its process dies, so a killed
+    build never blocks the next one; a second build running at the same time is refused.
+    """
+    folder = Path(version_dir).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".build.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another build of {folder} is running (it holds {folder / '.build.lock'}); "
+                "wait for it to finish"
+            ) from None
+        for stale in sorted(folder.glob("incomplete.*")):
+            log.warning("removing %s, left behind by an interrupted build", stale)
+            shutil.rmtree(stale)
+        yield
+
+
+@contextlib.contextmanager
+def deterministic_records() -> Iterator[None]:
+    """tfds serializes each example as a tf.train.Example proto with `SerializeToString()`.
+
+    Its features are a protobuf map, written in an order that follows Python's per-process
+    string-hash seed: two builds of the same examples gave different shard bytes (measured:
+    every record differed, the decoded features did not). Deterministic serialization sorts the
+    map, so the same examples give the same files on every run and machine (issue 10, case
+    17); readers parse either order alike. Patched for the duration of our build only.
+    """
+    from tensorflow_datasets.core import example_serializer
+
+    cls = example_serializer.ExampleSerializer
+    original = cls.serialize_example
+
+    def serialize_example(self, example):
+        return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+    cls.serialize_example = serialize_example
+    try:
+        yield
+    finally:
+        cls.serialize_example = original
+
+
+def check_reused(builder, metadata: dict[str, Any], crop: str | None) -> None:
+    """An existing build is reused only if the options that change its bytes agree with it.
+
+    Otherwise `--crop center` or `--apex_fraction 0.3` on a folder built without them would
+    silently give the old data under the new name. A crop override agrees when every clip of
+    the build used that crop.
+    """
+    wanted = {
+        "synthetic": getattr(builder, "synthetic", None),
+        "apex_fraction": getattr(builder, "apex_fraction", None),
+        "crop": None if crop is None else {crop},
+    }
+    built = {**metadata, "crop": set(metadata.get("crop", {}))}
+    for key, value in wanted.items():
+        if value is not None and built.get(key) != value:
+            raise ValueError(
+                f"{builder.data_dir} was built with {key}={built.get(key)}, not {value}: delete "
+                "that folder or use another --data_dir"
+            )
+
+
+def check_manual_dir(builder, manual_dir: str | os.PathLike | None, data_dir) -> None:
+    """A missing or empty manual folder is a FileNotFoundError with the expected layout.
+
+    tfds raises a bare AssertionError for it; without --manual_dir it looks in
+    <data_dir>/downloads/manual, which the message says.
+    """
+    instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    if not instructions:
+        return
+    folder = Path(manual_dir) if manual_dir is not None else Path(data_dir) / "downloads" / "manual"
+    if not folder.is_dir() or not any(folder.iterdir()):
+        given = "" if manual_dir is not None else " (no --manual_dir given: the tfds default)"
+        raise FileNotFoundError(
+            f"{builder.name} manual folder {folder}{given} does not exist or is empty\n"
+            f"{instructions}"
+        )
 
 
 def build_dataset(
@@ -85,16 +182,18 @@ def build_dataset(
         try_download_gcs=False,  # Never look for these names on GCS (offline machines).
     )
     start = time.perf_counter()
-    builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    if already:
+        check_reused(builder, dict(builder.info.metadata or {}), crop)
+    else:
+        check_manual_dir(builder, manual_dir, data_dir)
+        with build_lock(builder.data_dir), deterministic_records():
+            builder.download_and_prepare(
+                file_format="array_record", download_config=download_config
+            )
     seconds = time.perf_counter() - start
     metadata = dict(builder.info.metadata or {})
     counts = class_counts(builder)
     pairs, flow_seconds = int(metadata.get("clips", 0)), metadata.get("flow_seconds")
-    if already and getattr(builder, "synthetic", None) not in (None, metadata.get("synthetic")):
-        raise ValueError(
-            f"{builder.data_dir} was built with synthetic={metadata.get('synthetic')}, not "
-            f"{builder.synthetic}: delete that folder or use another --data_dir"
-        )
     return {
         "name": name,
         "config": builder.builder_config.name,

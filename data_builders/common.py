@@ -95,7 +95,10 @@ def generate_examples(
     else:
         # spawn, not fork: forking a process that has started threads (jax, tfds) can deadlock.
         pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_worker,
+            initargs=(os.getpid(),),  # Workers exit when this process dies (even by kill -9).
         )
         results = pool.map(process_clip, jobs, chunksize=1)
     try:
@@ -109,6 +112,35 @@ def generate_examples(
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+
+
+class NothingBuilt(ValueError):
+    """Every clip was skipped: nothing to write. `skipped` maps each reason to its count."""
+
+    def __init__(self, message: str, skipped: dict[str, int]) -> None:
+        super().__init__(message)
+        self.skipped = skipped
+
+
+def skip_text(skipped: dict[str, int]) -> str:
+    return "; ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"
+
+
+def check_unique_keys(clips: Sequence[ClipSpec]) -> None:
+    """Two clips with one (subject, clip) id are an error naming both frame folders.
+
+    tfds keys examples by this id and fails on a duplicate with an unrelated TensorFlow import
+    error (issue 10, case 12); e.g. SMIC folders s1/ and s01/ both map to smic/s01.
+    """
+    first: dict[str, ClipSpec] = {}
+    for clip in clips:
+        if clip.key in first:
+            raise ValueError(
+                f"two clips have the id {clip.key}: frames in "
+                f"{os.path.dirname(first[clip.key].onset_path)} and "
+                f"{os.path.dirname(clip.onset_path)}; remove or rename one"
+            )
+        first[clip.key] = clip
 
 
 class FlowBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -125,6 +157,11 @@ class FlowBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self, *, workers: int | None = None, crop: str | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
+        valid = isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1
+        if workers is not None and not valid:  # 0 used to mean "CPU count", -3 one worker.
+            raise ValueError(
+                f"workers must be an integer >= 1 (or None: CPU count), got {workers!r}"
+            )
         if crop not in (None, "haar", "center", "none"):
             raise ValueError(f"crop must be None, 'haar', 'center' or 'none', got {crop!r}")
         self.workers = workers  # Flow worker processes; None = os.cpu_count().
@@ -149,7 +186,11 @@ class FlowBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         clips = self.list_clips(dl_manager)
         if not clips:
-            raise ValueError(f"{self.name}: no usable clip found; skipped: {self.skips.as_dict()}")
+            skipped = self.skips.as_dict()
+            raise NothingBuilt(
+                f"{self.name}: no usable clip found; skipped: {skip_text(skipped)}", skipped
+            )
+        check_unique_keys(clips)
         if self.crop is not None:
             clips = [dataclasses.replace(clip, crop=self.crop) for clip in clips]
         self.crop_modes.update(clip.crop for clip in clips)
@@ -158,7 +199,7 @@ class FlowBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, clips: list[ClipSpec]):
         config = self.builder_config
         start = time.perf_counter()
-        yield from generate_examples(
+        examples = generate_examples(
             clips,
             flow_method=config.flow_method,
             size=config.size,
@@ -166,6 +207,17 @@ class FlowBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             skips=self.skips,
             desc=f"{self.name}/{config.name}",
         )
+        written = 0
+        for key, example in examples:
+            written += 1
+            yield key, example
+        if not written:  # Before tfds's bare "AssertionError: No examples were yielded".
+            skipped = self.skips.as_dict()
+            raise NothingBuilt(
+                f"{self.name}/{config.name}: all {len(clips)} clips were skipped, nothing was "
+                f"written ({skip_text(skipped)})",
+                skipped,
+            )
         # Persisted in metadata.json so that a later summary still knows what was left out.
         self.info.metadata.update(
             {

@@ -41,20 +41,38 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def init_worker() -> None:
-    cv2.setNumThreads(1)  # One OpenCV thread per worker process: the pool is the parallelism.
+def init_worker(parent_pid: int | None = None) -> None:
+    """Pool initializer (parent_pid given) or the in-process setup of workers=1 (None).
+
+    One OpenCV thread, in workers and in the parent alike: the pool is the parallelism, and a
+    build's bytes must not depend on how many threads OpenCV would pick on a given machine.
+    """
+    cv2.setNumThreads(1)
+    if parent_pid is not None:
+        from mjfn_jax.workers import exit_with_parent
+
+        exit_with_parent(parent_pid)  # kill -9 of the build must not orphan its workers.
 
 
 def process_clip(job: tuple[ClipSpec, str, int]) -> tuple[ClipSpec, dict | None, str | None]:
-    """Worker: frames -> process_pair -> encoded example, or a skip reason (no face found)."""
+    """Worker: frames -> process_pair -> encoded example, or a skip reason (no face found).
+
+    Bad frames (unreadable, too small, onset and apex of different sizes) raise, naming the clip
+    and both frame files: process_pair alone knows neither.
+    """
     from mjfn_jax.preprocess import NoFaceFound, process_pair, read_frame
 
     clip, method, size = job
-    onset, apex = read_frame(clip.onset_path), read_frame(clip.apex_path)
+    files = f"onset {clip.onset_path}, apex {clip.apex_path}"
     try:
+        onset, apex = read_frame(clip.onset_path), read_frame(clip.apex_path)
         pair = process_pair(onset, apex, crop=clip.crop, flow_method=method, size=size)
     except NoFaceFound:
         return clip, None, "no face found"
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"clip {clip.key}: {err}") from None
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"clip {clip.key}: {err} ({files})") from None
     example = {
         "flow_image": encode_png(pair.flow_image),
         "flow": np.asarray(pair.flow, np.float32),

@@ -1,12 +1,16 @@
 """Annotation parsing shared by the builders: xlsx sheets (openpyxl), row rules, frame lookup.
 
 Every rejected row is counted in a :class:`data_builders.skips.SkipLog` with its reason and
-logged with its file and row; missing folders and frames raise, naming what was expected.
+logged with its file and row; missing folders and frames raise, naming what was expected. A row
+that cannot be a mistake of the licensed data (a clip name that is a path, a duplicated clip)
+raises, naming the file, row and field: building it would read outside the manual folder or
+silently pick one of two labels.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -58,6 +62,9 @@ def read_sheet(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[
                         f"{path}: header row {number} lacks column(s) {missing}; found "
                         f"{[h for h in header if h]}"
                     )
+                twice = [name for name in required if header.count(name) > 1]
+                if twice:  # The row dict would silently keep the last of the two columns.
+                    raise ValueError(f"{path}: header row {number} has column(s) {twice} twice")
             continue
         if cells:
             yield number, {h: v for h, v in zip(header, row, strict=False) if h}
@@ -96,6 +103,36 @@ class AnnotatedClip:
         )
 
 
+def plain_name(value: Any, at: str, field: str) -> str:
+    """A clip or subject folder name from a cell: one path component, or ValueError.
+
+    The name is joined to the manual folder to find frames, and stored in the dataset: a cell
+    like '../../../outside_clip' or '/etc' would read outside the manual folder (issue 10,
+    case 6). Such a cell is an error naming the file, row and field, never a skip: it is not
+    a known flaw of the licensed sheets.
+    """
+    name = str(value if value is not None else "").strip()
+    if name in (".", "..") or any(c in name for c in ("/", "\\", "\0")):
+        raise ValueError(
+            f"{at}: {field} {name!r} is not a plain folder name (no '/', '\\', '.' or '..'): "
+            "it must name a folder inside the manual folder"
+        )
+    return name
+
+
+def inside(root: Path, path: Path, what: str) -> Path:
+    """`path`, after checking that it lies lexically inside `root` (ValueError otherwise).
+
+    Lexical ('..' collapsed, symlinks kept): a symlink the user placed inside the manual
+    folder (e.g. frames on another disk) still works; what a cell names cannot climb out.
+    """
+    root_abs = os.path.normpath(os.path.abspath(root))
+    path_abs = os.path.normpath(os.path.abspath(path))
+    if os.path.commonpath([root_abs, path_abs]) != root_abs:
+        raise ValueError(f"{what}: {path} lies outside the manual folder {root}")
+    return path
+
+
 def parse_annotation_rows(
     rows: Iterator[tuple[int, dict[str, Any]]],
     *,
@@ -108,12 +145,25 @@ def parse_annotation_rows(
 
     label_map: emotion (lower case) -> class name, or None for a known emotion the task drops.
     An emotion that is not a key is 'unknown' and counted separately: nothing is guessed.
+    Frame rules: onset < apex, and where an offset is given, onset <= offset and apex <= offset;
+    a row that breaks one is counted ("apex after offset"): which cell is wrong is unknowable.
+    A (subject, filename) seen twice is a ValueError naming both rows: tfds would fail on the
+    duplicate key with an unrelated TensorFlow import error, and keeping either row would pick
+    a label silently.
     """
     clips = []
+    seen: dict[tuple[str, str], int] = {}
     for number, row in rows:
         at = f"{where} row {number}"
         subject = subject_id(row.get("subject"))
-        name = str(row.get("filename") or "").strip()
+        name = plain_name(row.get("filename"), at, "Filename")
+        if subject is not None and name:
+            if (subject, name) in seen:
+                raise ValueError(
+                    f"{where}: rows {seen[subject, name]} and {number} both annotate clip "
+                    f"{subject}/{name}: remove or fix one of them"
+                )
+            seen[subject, name] = number
         emotion = str(row.get("estimatedemotion") or "").strip().lower()
         onset, apex = parse_int(row.get("onsetframe")), parse_int(row.get("apexframe"))
         offset = parse_int(row.get("offsetframe"))
@@ -125,6 +175,10 @@ def parse_annotation_rows(
             skips.skip("apex equals onset", f"{at} ({subject}/{name})")
         elif apex < onset:
             skips.skip("apex before onset", f"{at} ({subject}/{name})")
+        elif offset is not None and offset < onset:
+            skips.skip("offset before onset", f"{at} ({subject}/{name}: {onset=}, {offset=})")
+        elif offset is not None and apex > offset:
+            skips.skip("apex after offset", f"{at} ({subject}/{name}: {apex=}, {offset=})")
         elif emotion not in label_map:
             skips.skip(f"unknown emotion: {emotion}", f"{at} ({subject}/{name})")
         elif label_map[emotion] is None:
@@ -160,11 +214,17 @@ def frames_by_number(folder: Path, clip_key: str) -> dict[int, Path]:
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"clip {clip_key}: frame folder not found: {folder}")
-    frames = {}
-    for path in folder.iterdir():
+    frames: dict[int, Path] = {}
+    for path in sorted(folder.iterdir()):
         match = re.search(r"(\d+)$", path.stem.rsplit("_", 1)[-1])
         if path.is_file() and match and path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"):
-            frames[int(match.group(1))] = path
+            number = int(match.group(1))
+            if number in frames:  # e.g. 006_0180.jpg and 006_00180.jpg, or .jpg and .png:
+                raise ValueError(  # which one is the frame would follow the listing order.
+                    f"clip {clip_key}: two files for frame {number}: {frames[number].name} and "
+                    f"{path.name} in {folder}"
+                )
+            frames[number] = path
     return frames
 
 

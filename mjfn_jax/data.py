@@ -160,6 +160,8 @@ def build_command(name: str, builder_config: str, data_dir: str | os.PathLike) -
 
 def _decode_png(data: bytes, where: str) -> np.ndarray:
     """PNG bytes -> uint8 [H, W, 3] RGB."""
+    if not isinstance(data, bytes):  # A damaged shard can give records without the image.
+        raise ValueError(f"the flow image of {where} is missing ({type(data).__name__})")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"cannot decode the flow image of {where}")
@@ -168,6 +170,42 @@ def _decode_png(data: bytes, where: str) -> np.ndarray:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _unreadable_shards(paths: Sequence[os.PathLike]) -> list[str]:
+    """The shard files that array_record cannot read through (only on the error path)."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    bad = []
+    for path in paths:
+        try:
+            reader = ArrayRecordReader(os.fspath(path))
+            reader.read_all()
+            damaged = not reader.ok()  # A file cut at a block boundary reads as empty, not ok.
+        except Exception:  # noqa: BLE001 - any failure means this file is damaged.
+            damaged = True
+        if damaged:
+            bad.append(os.path.basename(os.fspath(path)))
+    return bad
+
+
+def damaged_dataset_error(builder, split: str, data_dir, err: Exception) -> ValueError:
+    """One line naming the dataset folder, the damaged shard(s) and how to rebuild.
+
+    array_record's own message ("Corrupted Riegeli/records file: chunk header hash mismatch")
+    names no file (issue 10, case 14); a truncated copy or a full disk during the build are
+    the usual causes, and the cure is a rebuild.
+    """
+    name, config = builder.name, builder.builder_config.name
+    paths = builder.info.splits[split].filepaths
+    bad = _unreadable_shards(paths)
+    cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+    what = f"is damaged: cannot read shard(s) {', '.join(bad)}" if bad else "cannot be read"
+    return ValueError(
+        f"dataset {name}/{config} in {builder.data_dir} {what} ({cause}). If it was copied, or "
+        f"its build interrupted, delete {builder.data_dir} and rebuild it with: "
+        f"{build_command(name, config, data_dir)}"
+    )
 
 
 def load_dataset(
@@ -195,15 +233,18 @@ def load_dataset(
     if split not in builder.info.splits:
         raise ValueError(f"{name}/{config}: no split {split!r}; have {list(builder.info.splits)}")
     decoders = {key: tfds.decode.SkipDecoding() for key in _UNDECODED}
-    source = builder.as_data_source(split=split, decoders=decoders)
-    records = source.__getitems__(range(len(source))) if len(source) else []
-    subjects = [_text(r["subject"]) for r in records]
-    clips = [_text(r["clip"]) for r in records]
-    order = sorted(range(len(records)), key=lambda i: (subjects[i], clips[i]))
-    size = builder.builder_config.size
-    images = np.zeros((len(records), size, size, 3), np.uint8)  # [N, S, S, 3] uint8
-    for row, i in enumerate(order):
-        images[row] = _decode_png(records[i]["flow_image"], f"{subjects[i]}/{clips[i]}")
+    try:
+        source = builder.as_data_source(split=split, decoders=decoders)
+        records = source.__getitems__(range(len(source))) if len(source) else []
+        subjects = [_text(r["subject"]) for r in records]
+        clips = [_text(r["clip"]) for r in records]
+        order = sorted(range(len(records)), key=lambda i: (subjects[i], clips[i]))
+        size = builder.builder_config.size
+        images = np.zeros((len(records), size, size, 3), np.uint8)  # [N, S, S, 3] uint8
+        for row, i in enumerate(order):
+            images[row] = _decode_png(records[i]["flow_image"], f"{subjects[i]}/{clips[i]}")
+    except (RuntimeError, ValueError, TypeError, KeyError, OSError) as err:
+        raise damaged_dataset_error(builder, split, data_dir, err) from err
     pick = lambda values: np.asarray([values[i] for i in order], dtype=str)
     return Dataset(
         images=images,

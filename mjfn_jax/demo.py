@@ -23,6 +23,15 @@ flags.DEFINE_string("config", "experiments/configs/synthetic.py", "Config file (
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        run_demo()
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        # Expected errors (a damaged dataset, a bad config, a diverged run): the cause, without
+        # a traceback, as mjfn_jax.main does.
+        raise SystemExit(f"error: {e}") from None
+
+
+def run_demo() -> None:
     from mjfn_jax.config_io import load_config
     from mjfn_jax.parallel import split_cpu_devices
     from mjfn_jax.report import format_results_table
@@ -55,13 +64,13 @@ def _dataset(config):
     try:
         dataset = load_dataset(config.data.name, config.data.builder_config, FLAGS.data_dir)
     except FileNotFoundError:
-        from data_builders.build import build_dataset
+        from data_builders.build import build_dataset, format_summary
 
         print(f"building {config.data.name}/{config.data.builder_config} in {FLAGS.data_dir} ...")
         summary = build_dataset(
             config.data.name, builder_config=config.data.builder_config, data_dir=FLAGS.data_dir
         )
-        print(f"built: {summary}")
+        print(format_summary(summary))
         dataset = load_dataset(config.data.name, config.data.builder_config, FLAGS.data_dir)
     return dataset, time.perf_counter() - start
 

@@ -49,12 +49,12 @@ def list_casme2(
     folder, file_name, crop = layout
     rows = parsing.read_sheet(sheet, REQUIRED_COLUMNS)
     annotated = parsing.parse_annotation_rows(
-        rows, where=sheet.name, subject_id=subject_id, label_map=label_map, skips=skips
+        rows, where=str(sheet), subject_id=subject_id, label_map=label_map, skips=skips
     )
     clips = []
     for row in annotated:
-        clip_dir = root / folder / row.subject.split("/")[1] / row.clip
         key = f"{row.subject}/{row.clip} ({row.where})"
+        clip_dir = parsing.inside(root, root / folder / row.subject.split("/")[1] / row.clip, key)
         frame_path = lambda n, d=clip_dir, k=key: parsing.existing_frame(
             d / file_name.format(frame=n), k, n
         )

@@ -42,12 +42,12 @@ def list_samm(
     frames_root = parsing.require_dir(root / "SAMM", "SAMM frames", INSTRUCTIONS)
     rows = parsing.read_sheet(sheet, REQUIRED_COLUMNS)
     annotated = parsing.parse_annotation_rows(
-        rows, where=sheet.name, subject_id=subject_id, label_map=label_map, skips=skips
+        rows, where=str(sheet), subject_id=subject_id, label_map=label_map, skips=skips
     )
     clips = []
     for row in annotated:
-        clip_dir = frames_root / row.subject.split("/")[1] / row.clip
         key = f"{row.subject}/{row.clip} ({row.where})"
+        clip_dir = parsing.inside(root, frames_root / row.subject.split("/")[1] / row.clip, key)
         frames = parsing.frames_by_number(clip_dir, key)
         for frame in (row.onset, row.apex):
             if frame not in frames:

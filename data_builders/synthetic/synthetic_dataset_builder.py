@@ -64,7 +64,9 @@ def list_synthetic(root: Path, skips: SkipLog) -> list[common.ClipSpec]:
     )
     clips = []
     for row in annotated:
-        clip_dir = root / "frames" / row.subject.split("/")[1] / row.clip
+        clip_dir = parsing.inside(
+            root, root / "frames" / row.subject.split("/")[1] / row.clip, row.where
+        )
         frame = lambda n, d=clip_dir, k=f"{row.subject}/{row.clip}": parsing.existing_frame(
             d / f"img{n}.png", k, n
         )

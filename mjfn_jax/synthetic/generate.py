@@ -19,6 +19,7 @@ import numpy as np
 from mjfn_jax.preprocess import encode_flow, resize_flow
 from mjfn_jax.synthetic.faces import FaceGeometry, render_neutral, sample_geometry
 from mjfn_jax.synthetic.motion import CLASS_NAMES, ClipSpec, render_clip, sample_clip, true_flow
+from mjfn_jax.workers import exit_with_parent
 
 # Bumped whenever the output for a given seed changes; callers that cache generated data (the
 # synthetic TFDS builder) can put it in their cache key.
@@ -123,7 +124,9 @@ def generate_raw(
         results = [_write_subject(*job) for job in jobs]
     else:  # spawn: safe even when the caller has already imported jax (fork is not)
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)
+        ) as pool:  # Workers exit with this process, even after kill -9 (mjfn_jax.workers).
             results = list(pool.map(_write_subject, *zip(*jobs, strict=True)))
     path = os.path.join(out_dir, "annotations.csv")
     with open(path, "w", newline="") as f:
