@@ -2,6 +2,8 @@
 
     python -m mjfn_jax.predict --workdir DIR --fold SUBJECT --onset A.jpg --apex B.jpg
     python -m mjfn_jax.predict --workdir DIR --fold SUBJECT --flow-image F.png
+    python -m mjfn_jax.predict --workdir DIR --fold all --video clip.mp4 [--plot curve.png]
+    python -m mjfn_jax.predict --workdir DIR --fold all --frames DIR [--apex-frame N]
 
 The clip goes through the preprocessing of the dataset builders (``process_pair``: face crop,
 optical flow, strain, min-max encoding) with the settings of the run's saved config
@@ -12,7 +14,10 @@ into the engine's own train-state structure and evaluated by the engine's own pr
 (so the best-on-validation weights are used when the run used early stopping).
 
 Which fold: a clip of a subject of the dataset must go to THAT subject's fold (the only model
-that never saw the subject). For a new person every fold's model is a valid choice.
+that never saw the subject). For a new person every fold's model is a valid choice, and
+``--fold all`` averages the probabilities of all of them.
+
+Raw clips (``--video`` / ``--frames``): onset = first frame, apex spotted (mjfn_jax.predict_clip).
 """
 
 from __future__ import annotations
@@ -140,16 +145,16 @@ def save_flow_image(path: str, image: np.ndarray) -> None:
     encoded.tofile(path)
 
 
-def check_output_path(path: str) -> None:
-    """--save-flow-image: a .png in an existing folder (checked before any work is done)."""
+def check_output_path(path: str, flag: str = "--save-flow-image") -> None:
+    """An output image: a .png in an existing folder (checked before any work is done)."""
     if not path.lower().endswith(".png"):
-        raise ValueError(f"--save-flow-image {path}: the flow image is saved as PNG; name a .png")
+        raise ValueError(f"{flag} {path}: the image is saved as PNG; name a .png")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--save-flow-image {path}: folder {folder} does not exist")
+        raise FileNotFoundError(f"{flag} {path}: folder {folder} does not exist")
 
 
-def restore_fold(workdir: str, fold: str, config):
+def restore_fold(workdir: str, fold: str, config, program=None):
     """(program, model, meta): the fold's model {"params", "batch_stats"}.
 
     A finished fold's final model (``folds/<fold>/final``); for a fold still in progress, the
@@ -161,7 +166,8 @@ def restore_fold(workdir: str, fold: str, config):
     from mjfn_jax.checkpoint import FoldCheckpointer
     from mjfn_jax.engine import FoldProgram
 
-    program = FoldProgram(config, steps_per_epoch=1)  # the schedule length is irrelevant here
+    if program is None:  # one program serves every fold of a run (--fold all)
+        program = FoldProgram(config, steps_per_epoch=1)  # the schedule length is irrelevant
     like = jax.eval_shape(program.init, jax.random.key(0))
     ckpt = FoldCheckpointer(workdir, fold)
     try:
@@ -186,14 +192,31 @@ def _epochs_trained(ckpt, config) -> int:
     return int(config.train.num_epochs)
 
 
-def class_probabilities(program, state, flow_image: np.ndarray) -> np.ndarray:
-    """uint8 [S, S, 3] flow image -> float64 [C] class probabilities (fused head, eval mode)."""
+def class_probabilities(program, state, flow_image: np.ndarray, predict_fn=None) -> np.ndarray:
+    """uint8 [S, S, 3] flow image -> float64 [C] class probabilities (fused head, eval mode).
+
+    predict_fn: a jitted program.predict to reuse (one compile for all the folds of a run)."""
     import jax
     import jax.numpy as jnp
 
+    predict_fn = predict_fn or jax.jit(program.predict)
     data = {"images": jnp.asarray(flow_image[None]), "labels": jnp.zeros((1,), jnp.int32)}
-    log_probs = jax.jit(program.predict)(state, data, jnp.zeros((1,), jnp.int32))  # [1, C]
+    log_probs = predict_fn(state, data, jnp.zeros((1,), jnp.int32))  # [1, C]
     return np.exp(np.asarray(log_probs, np.float64)[0])
+
+
+def fold_probabilities(workdir: str, folds: list[str], config, image: np.ndarray) -> tuple:
+    """(mean float64 [C] probabilities over `folds`' models, their metas): the ensemble of
+    --fold all, and the one fold's probabilities otherwise."""
+    import jax
+
+    program, predict_fn, probs, metas = None, None, [], []
+    for fold in folds:
+        program, state, meta = restore_fold(workdir, fold, config, program)
+        predict_fn = predict_fn or jax.jit(program.predict)
+        probs.append(class_probabilities(program, state, image, predict_fn))
+        metas.append(meta)
+    return np.mean(probs, axis=0), metas
 
 
 def class_names_for(workdir: str, config) -> tuple[str, ...]:
@@ -216,27 +239,52 @@ def predict(
     apex: str | None = None,
     flow_image: str | None = None,
     crop: str | None = None,
+    video: str | None = None,
+    frames: str | None = None,
+    onset_frame: int | None = None,
+    apex_frame: int | None = None,
+    want_curve: bool = False,
 ) -> dict:
-    """Probabilities of one clip. Returns fold, epoch, class_names, probs [C], pred, settings
-    and the flow image (uint8 [S, S, 3]) that went into the model."""
-    if (flow_image is None) == (onset is None or apex is None) or (onset is None) != (apex is None):
-        raise ValueError("give either both onset and apex frames, or one flow image")
+    """Probabilities of one clip. Returns fold, epoch, class_names, probs [C], pred, settings,
+    onset, apex, the flow image (uint8 [S, S, 3]) that went into the model and, for a raw clip
+    (video / frames), what predict_clip.flow_image_from_clip chose.
+
+    fold: a fold name or subject id, or "all" (mean probabilities of every fold's model)."""
+    pair = onset is not None or apex is not None
+    if (onset is None) != (apex is None) or pair + (flow_image is not None) + (
+        video is not None
+    ) + (frames is not None) != 1:
+        raise ValueError(
+            "give either both onset and apex frames, or one flow image, or a video, or a frame "
+            "folder"
+        )
     config = load_run_config(workdir)
-    fold_name = resolve_fold(workdir, fold)
+    folds = available_folds(workdir) if fold == "all" else [resolve_fold(workdir, fold)]
+    if not folds:
+        raise ValueError(f"--fold all: no fold with a checkpoint in {workdir}")
     settings = preprocessing_settings(config, crop)
+    clip_info = {"onset": onset, "apex": apex}
     if flow_image is not None:
         image = flow_image_from_file(flow_image, settings["size"])
-    else:
+    elif pair:
         image = flow_image_from_pair(onset, apex, settings)
-    program, state, meta = restore_fold(workdir, fold_name, config)
-    probs = class_probabilities(program, state, image)
+    else:
+        from mjfn_jax.predict_clip import flow_image_from_clip
+
+        image, clip_info = flow_image_from_clip(
+            settings, video=video, frames=frames, onset_frame=onset_frame,
+            apex_frame=apex_frame, want_curve=want_curve,
+        )  # fmt: skip
+    probs, metas = fold_probabilities(workdir, folds, config, image)
     names = class_names_for(workdir, config)
     if len(names) != probs.size:
         names = tuple(f"class{i}" for i in range(probs.size))
     return {
-        "fold": fold_name,
-        "epoch": meta["epoch"],
-        "finished": meta["finished"],
+        **clip_info,
+        "fold": "all" if fold == "all" else folds[0],
+        "folds": folds,
+        "epoch": min(m["epoch"] for m in metas),
+        "finished": all(m["finished"] for m in metas),
         "num_epochs": int(config.train.num_epochs),
         "class_names": names,
         "probs": probs,
@@ -248,13 +296,23 @@ def predict(
 
 def format_prediction(result: dict) -> str:
     status = "" if result["finished"] else " (fold NOT finished training)"
+    which = f"fold {result['fold']}"
+    if result["fold"] == "all":
+        which = f"mean of {len(result['folds'])} folds' models ({', '.join(result['folds'])})"
+        status = status.replace("fold", "a fold")
     lines = [
-        f"fold {result['fold']}: checkpoint after epoch {result['epoch']} of "
-        f"{result['num_epochs']}{status}",
+        f"{which}: checkpoint after epoch {result['epoch']} of {result['num_epochs']}{status}",
         "preprocessing: " + ", ".join(f"{k}={v}" for k, v in result["settings"].items()),
         f"{'class':<14}probability",
     ]
     pairs = zip(result["class_names"], result["probs"], strict=True)
+    if "onset_name" in result:  # a raw clip: which frames were chosen, and how
+        how = "spotted" if result["apex_spotted"] else "given"
+        lines.insert(
+            2,
+            f"onset frame {result['onset']} ({result['onset_name']}), apex frame "
+            f"{result['apex']} ({result['apex_name']}, {how}) of {result['num_frames']} frames",
+        )
     lines += [f"{name:<14}{prob:.4f}" for name, prob in pairs]
     return "\n".join(lines + [f"prediction: {result['pred']}"])
 
@@ -264,40 +322,74 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m mjfn_jax.predict", description=__doc__.split("\n")[0]
     )
     p.add_argument("--workdir", required=True, help="training workdir (config.json, folds/)")
-    p.add_argument("--fold", required=True, help="fold name or subject id, e.g. casme2/sub01")
+    p.add_argument(
+        "--fold",
+        required=True,
+        help="fold name or subject id, e.g. casme2/sub01; 'all': mean of every fold's model "
+        "(for a person in no fold)",
+    )
     p.add_argument("--onset", help="onset frame image file")
     p.add_argument("--apex", help="apex frame image file")
     p.add_argument("--flow-image", help="an already computed flow image (PNG) instead")
+    p.add_argument("--video", help="a clip as a video file (onset first; apex spotted)")
+    p.add_argument("--frames", help="a clip as a folder of frame images, in natural name order")
+    p.add_argument("--onset-frame", type=int, help="--video/--frames: onset position (default 0)")
+    p.add_argument("--apex-frame", type=int, help="--video/--frames: apex position (default: spot)")
+    p.add_argument("--plot", help="--video/--frames: save the motion curve, apex marked (PNG)")
     p.add_argument("--crop", choices=("haar", "center", "none"), help="override the face crop")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--save-flow-image", help="also write the model's input flow image here")
     return p
 
 
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    pair = args.onset is not None or args.apex is not None
+    given = pair + sum(x is not None for x in (args.flow_image, args.video, args.frames))
+    if given != 1 or (pair and (args.onset is None or args.apex is None)):
+        parser.error("give --onset and --apex, or --flow-image, or --video, or --frames")
+    raw = args.video is not None or args.frames is not None
+    for flag in ("onset_frame", "apex_frame", "plot"):
+        if getattr(args, flag) is not None and not raw:
+            parser.error(f"--{flag.replace('_', '-')} needs --video or --frames")
+
+
+def json_result(result: dict) -> dict:
+    """The result without the image, probabilities as {class: p}; always has the keys onset,
+    apex, probabilities and prediction (onset/apex: frame numbers of a raw clip, the files of
+    --onset/--apex, null for --flow-image)."""
+    out = {k: v for k, v in result.items() if k != "flow_image"}
+    out["probs"] = dict(zip(result["class_names"], map(float, result["probs"]), strict=True))
+    out["probabilities"], out["prediction"] = out["probs"], result["pred"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.flow_image is None and (args.onset is None or args.apex is None):
-        _parser().error("give --onset and --apex, or --flow-image")
-    if args.flow_image is not None and (args.onset or args.apex):
-        _parser().error("--flow-image excludes --onset/--apex")
+    from mjfn_jax.preprocess import NoFaceFound
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
     try:
         if args.save_flow_image:
             check_output_path(args.save_flow_image)
+        if args.plot:
+            check_output_path(args.plot, "--plot")
         result = predict(
             args.workdir, args.fold, onset=args.onset, apex=args.apex,
-            flow_image=args.flow_image, crop=args.crop,
+            flow_image=args.flow_image, crop=args.crop, video=args.video, frames=args.frames,
+            onset_frame=args.onset_frame, apex_frame=args.apex_frame,
+            want_curve=args.plot is not None,
         )  # fmt: skip
         if args.save_flow_image:
             save_flow_image(args.save_flow_image, result["flow_image"])
-    except (FileNotFoundError, ValueError, TypeError, OSError) as err:
+        if args.plot:
+            from mjfn_jax.predict_clip import plot_motion_curve
+
+            plot_motion_curve(result, args.plot)
+    except (FileNotFoundError, ValueError, TypeError, OSError, NoFaceFound) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.json:
-        out = {k: v for k, v in result.items() if k != "flow_image"}
-        out["probs"] = dict(zip(result["class_names"], map(float, result["probs"]), strict=True))
-        print(json.dumps(out, indent=1))
-    else:
-        print(format_prediction(result))
+    print(json.dumps(json_result(result), indent=1) if args.json else format_prediction(result))
     return 0
 
 
