@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import data_builders
+from data_builders.apex import format_apex
 
 
 def parse_name(name: str, builder_config: str | None = None) -> tuple[str, str | None]:
@@ -58,13 +59,15 @@ def build_dataset(
     manual_dir: str | os.PathLike | None = None,
     workers: int | None = None,
     crop: str | None = None,
+    apex: str = "annotated",
     builder_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Builds `name` (optionally 'name/config') and returns the summary dict.
 
     workers: flow processes (default os.cpu_count()). crop: None (per source, from the manual
-    folder) or 'haar' / 'center' / 'none' for every clip. builder_kwargs: builder specific, e.g.
-    {'apex_fraction': 0.5} (smic, megc2019) or {'synthetic': {'num_subjects': 4}}.
+    folder) or 'haar' / 'center' / 'none' for every clip. apex: 'annotated' (the sheet's; SMIC:
+    the middle frame), 'spotted' or 'middle' (data_builders.apex). builder_kwargs: builder
+    specific, e.g. {'apex_fraction': 0.5} (smic, megc2019) or {'synthetic': {'num_subjects': 4}}.
     An existing build is reused (its summary comes from the files and their metadata).
     """
     import tensorflow_datasets as tfds
@@ -76,6 +79,7 @@ def build_dataset(
         data_dir=data_dir,
         workers=workers,
         crop=crop,
+        apex=apex,
         **(builder_kwargs or {}),
     )
     already = builder.is_prepared()
@@ -90,6 +94,12 @@ def build_dataset(
     metadata = dict(builder.info.metadata or {})
     counts = class_counts(builder)
     pairs, flow_seconds = int(metadata.get("clips", 0)), metadata.get("flow_seconds")
+    built_apex = metadata.get("apex", {}).get("mode", "annotated")
+    if already and built_apex != builder.apex:
+        raise ValueError(
+            f"{builder.data_dir} was built with --apex {built_apex}, not {builder.apex}: delete "
+            "that folder or use another --data_dir"
+        )
     if already and getattr(builder, "synthetic", None) not in (None, metadata.get("synthetic")):
         raise ValueError(
             f"{builder.data_dir} was built with synthetic={metadata.get('synthetic')}, not "
@@ -104,6 +114,7 @@ def build_dataset(
         "class_counts": counts,
         "skipped": metadata.get("skipped", {}),
         "crop": metadata.get("crop", {}),
+        "apex": metadata.get("apex", {"mode": "annotated"}),
         "seconds": round(seconds, 2),
         "flow_seconds": None if already else flow_seconds,
         "pairs_per_s": round(pairs / flow_seconds, 2) if flow_seconds and not already else None,
@@ -114,6 +125,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"{summary['name']}/{summary['config']}: {summary['status']} at {summary['path']}",
         f"  crop: {summary['crop']}",
+        format_apex(summary.get("apex", {})),
     ]
     for split, counts in summary["class_counts"].items():
         per_class = ", ".join(f"{k} {v}" for k, v in counts.items())
