@@ -4,7 +4,9 @@ Renders the synthetic generator's clips in memory (same clips as generate_raw wi
 seed), optionally with one nuisance of the generator scaled up, runs
 mjfn_jax.preprocess.spot_apex(crop="center") and reports the error |spotted - true apex| in
 frames: median, 90th percentile, max, share within 1 frame, mean signed error (bias), and the
-spotting time per frame (one OpenCV thread, frames already decoded).
+spotting time per frame (one OpenCV thread, frames already decoded). A cost table times one
+clip at the real datasets' frame sizes (a clip upscaled and written as JPEG): decoding, spotting,
+and the TV-L1 flow image of the chosen pair for comparison.
 
 Usage (from the repository root):
   python -m experiments.apex_spotting [--subjects 12 --clips 9] [--out FILE.md]
@@ -18,11 +20,13 @@ import datetime
 import os
 import platform
 import sys
+import tempfile
 import time
 
 import cv2
 import numpy as np
 
+from mjfn_jax.preprocess import process_pair
 from mjfn_jax.preprocess.apex import SpotSettings, spot_apex
 from mjfn_jax.synthetic import clip_labels, clip_spec, render_clip, render_neutral, subject_geometry
 from mjfn_jax.synthetic.generate import _APPEARANCE
@@ -105,6 +109,42 @@ def run(subjects: int, clips: int, seed: int, frame_size: int) -> tuple[list, di
     return rows, by_amplitude
 
 
+# (name, width, height, frames in a typical clip): CASME II 640x480 colour at 200 fps (onset to
+# offset ~66 frames on average), SAMM 2040x1088 grey (~74).
+COST_CLIPS = (("CASME II-like", 640, 480, 66), ("SAMM-like", 2040, 1088, 74))
+
+
+def cost_rows(seed: int) -> list[tuple]:
+    """(clip, size, frames, decode s/frame, spot s/frame farneback, dis, TV-L1 pair s)."""
+    neutral, geometry, spec = next(synthetic_clips(1, 1, seed, 128))
+    base = render_clip(neutral, geometry, spec)
+    rows = []
+    for name, width, height, count in COST_CLIPS:
+        side = min(width, height)
+        left = (width - side) // 2
+        with tempfile.TemporaryDirectory() as folder:
+            for t in range(count):
+                face = cv2.resize(base[t % len(base)], (side, side), interpolation=cv2.INTER_CUBIC)
+                frame = cv2.copyMakeBorder(
+                    face, 0, height - side, left, width - side - left, cv2.BORDER_REFLECT
+                )
+                cv2.imwrite(os.path.join(folder, f"img{t}.jpg"), frame)
+            start = time.perf_counter()
+            gray = [
+                cv2.cvtColor(cv2.imread(os.path.join(folder, f"img{t}.jpg")), cv2.COLOR_BGR2GRAY)
+                for t in range(count)
+            ]
+            decode = (time.perf_counter() - start) / count
+        spots = [
+            spot_apex(gray, crop="center", settings=SpotSettings(flow_method=m)).seconds / count
+            for m in ("farneback", "dis")
+        ]
+        start = time.perf_counter()
+        process_pair(gray[0], gray[len(gray) // 2], crop="center", flow_method="tvl1", size=112)
+        rows.append((name, f"{width}x{height}", count, decode, *spots, time.perf_counter() - start))
+    return rows
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -115,14 +155,15 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {cpu} ({platform.node()})"
 
 
-def report(rows, by_amplitude, args, clip_count: int, seconds: float) -> str:
+def report(rows, by_amplitude, costs, args, clip_count: int, seconds: float) -> str:
     now = datetime.datetime.now(datetime.UTC)
     command = "python -m experiments.apex_spotting " + " ".join(sys.argv[1:])
     lines = [
         "# Apex spotting on synthetic clips (cpu-2core)",
         "",
         f"`{command.strip()}`, {now:%Y-%m-%d %H:%M} UTC, {machine()}, "
-        f"one OpenCV thread, {seconds:.0f} s in all.",
+        f"one OpenCV thread, {seconds:.0f} s in all, load average {os.getloadavg()[0]:.2f} at "
+        "the end (the cores are shared: timings are indicative).",
         "",
         f"{clip_count} clips ({args.subjects} subjects x {args.clips}, seed {args.seed}, "
         f"{args.frame_size}px frames, 9-15 frames each, true apex at 30-60% of the clip), "
@@ -150,6 +191,21 @@ def report(rows, by_amplitude, args, clip_count: int, seconds: float) -> str:
             f"| {name} | {count} | {np.median(err):.1f} | {np.percentile(err, 90):.1f} "
             f"| {err.max()} |"
         )
+    lines += [
+        "",
+        "Cost of one clip (ms; JPEG frames, crop=center, one OpenCV thread). Spotting = flows "
+        "and scores at 64 px, including resizing each frame's box; TV-L1 pair = process_pair of "
+        "one pair at 112 px, what the builders compute per clip anyway:",
+        "",
+        "| clip | frame | frames | decode / frame | spot farneback / frame | spot dis / frame "
+        "| spot farneback / clip | TV-L1 pair |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, size, count, decode, farneback, dis, tvl1 in costs:
+        lines.append(
+            f"| {name} | {size} | {count} | {1000 * decode:.1f} | {1000 * farneback:.2f} "
+            f"| {1000 * dis:.2f} | {1000 * count * farneback:.0f} | {1000 * tvl1:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -164,7 +220,9 @@ def main() -> None:
     cv2.setNumThreads(1)  # time one clip on one core, as a builder worker does
     start = time.perf_counter()
     rows, by_amplitude = run(args.subjects, args.clips, args.seed, args.frame_size)
-    text = report(rows, by_amplitude, args, args.subjects * args.clips, time.perf_counter() - start)
+    costs = cost_rows(args.seed)
+    seconds = time.perf_counter() - start
+    text = report(rows, by_amplitude, costs, args, args.subjects * args.clips, seconds)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
