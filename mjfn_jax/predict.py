@@ -99,7 +99,7 @@ def preprocessing_settings(config, crop: str | None = None) -> dict:
 
 def flow_image_from_pair(onset_path: str, apex_path: str, settings: dict) -> np.ndarray:
     """Onset and apex frame files -> uint8 [S, S, 3] flow image, as the builders make it."""
-    from mjfn_jax.preprocess import process_pair, read_frame
+    from mjfn_jax.preprocess import NoFaceFound, process_pair, read_frame
 
     onset, apex = read_frame(onset_path), read_frame(apex_path)  # name the file on failure
     if onset.shape != apex.shape:
@@ -107,7 +107,13 @@ def flow_image_from_pair(onset_path: str, apex_path: str, settings: dict) -> np.
             f"onset {onset_path} is {onset.shape[1]}x{onset.shape[0]} but apex {apex_path} is "
             f"{apex.shape[1]}x{apex.shape[0]}: frames of one clip must have the same size"
         )
-    return process_pair(onset, apex, **settings).flow_image
+    try:
+        return process_pair(onset, apex, **settings).flow_image
+    except NoFaceFound:
+        raise ValueError(
+            f"no face found on the onset frame {onset_path} with --crop haar; for frames that "
+            "are already face-cropped use --crop none"
+        ) from None
 
 
 def flow_image_from_file(path: str, size: int) -> np.ndarray:

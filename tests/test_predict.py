@@ -266,6 +266,10 @@ def test_bad_raw_input_is_one_error_line(trained, raw_clip, tmp_path, capsys):
         assert captured.err.startswith("error: ") and expected in captured.err, captured.err
         assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
         assert captured.out == ""
+    blank = _write_rgb(tmp_path / "blank.png", np.full((64, 64, 3), 90, np.uint8))
+    args = ["--workdir", workdir, "--fold", "s01", "--onset", blank, "--apex", blank]
+    assert predict_mod.main([*args, "--crop", "haar"]) == 2
+    assert "no face found on the onset frame " + blank in capsys.readouterr().err
     with pytest.raises(SystemExit):  # --apex-frame belongs to raw clips
         predict_mod.main(["--workdir", workdir, "--fold", "s01", "--flow-image", "x.png",
                           "--apex-frame", "2"])  # fmt: skip
