@@ -17,7 +17,8 @@ Which fold: a clip of a subject of the dataset must go to THAT subject's fold (t
 that never saw the subject). For a new person every fold's model is a valid choice, and
 ``--fold all`` averages the probabilities of all of them.
 
-Raw clips (``--video`` / ``--frames``): onset = first frame, apex spotted (mjfn_jax.predict_clip).
+Raw clips (``--video`` / ``--frames``): onset = first frame, apex spotted
+(mjfn_jax.predict_input).
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ import os
 import sys
 
 import numpy as np
+
+# The inputs (a pair of frames, a saved flow image, a raw clip) -> the model's flow image.
+from mjfn_jax.predict_input import (
+    check_output_path,
+    flow_image_from_clip,
+    flow_image_from_file,
+    flow_image_from_pair,
+    save_flow_image,
+)
 
 CONFIG_FILE = "config.json"  # written by mjfn_jax.config_io.save_or_check_config
 DEFAULT_CROP = {"synthetic": "center"}  # every other dataset: 'haar' on raw frames
@@ -95,69 +105,6 @@ def preprocessing_settings(config, crop: str | None = None) -> dict:
         )
     crop = crop or DEFAULT_CROP.get(str(config.data.name), "haar")
     return {"flow_method": method, "size": size, "crop": crop}
-
-
-def flow_image_from_pair(onset_path: str, apex_path: str, settings: dict) -> np.ndarray:
-    """Onset and apex frame files -> uint8 [S, S, 3] flow image, as the builders make it."""
-    from mjfn_jax.preprocess import NoFaceFound, process_pair, read_frame
-
-    onset, apex = read_frame(onset_path), read_frame(apex_path)  # name the file on failure
-    if onset.shape != apex.shape:
-        raise ValueError(
-            f"onset {onset_path} is {onset.shape[1]}x{onset.shape[0]} but apex {apex_path} is "
-            f"{apex.shape[1]}x{apex.shape[0]}: frames of one clip must have the same size"
-        )
-    try:
-        return process_pair(onset, apex, **settings).flow_image
-    except NoFaceFound:
-        raise ValueError(
-            f"no face found on the onset frame {onset_path} with --crop haar; for frames that "
-            "are already face-cropped use --crop none"
-        ) from None
-
-
-def flow_image_from_file(path: str, size: int) -> np.ndarray:
-    """A saved flow image (PNG written by a builder or by --save-flow-image) -> uint8 [S, S, 3].
-
-    Exactly 3 uint8 channels (u, v, strain): a grayscale or RGBA file is refused rather than
-    silently turned into 3 channels (u = v = strain is not a flow image)."""
-    import cv2
-
-    from mjfn_jax.preprocess.face import decode_image_file
-
-    image = decode_image_file(path, cv2.IMREAD_UNCHANGED, what="flow image")
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    if channels != 3 or image.dtype != np.uint8:
-        raise ValueError(
-            f"flow image {path} has {channels} channel(s) of {image.dtype}; a flow image has 3 "
-            "uint8 channels (u, v, strain), as the builders and --save-flow-image write them"
-        )
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # RGB, like the datasets' PNGs decode
-    if image.shape[:2] != (size, size):
-        raise ValueError(
-            f"flow image {path} is {image.shape[1]}x{image.shape[0]}; this model takes "
-            f"{size}x{size} (model.input_size). Pass --onset/--apex to compute one at that size."
-        )
-    return image
-
-
-def save_flow_image(path: str, image: np.ndarray) -> None:
-    """Write the model's input flow image (uint8 [S, S, 3] RGB) as a lossless PNG."""
-    import cv2
-
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))  # RGB -> BGR
-    if not ok:
-        raise ValueError(f"cannot encode the flow image for {path}")
-    encoded.tofile(path)
-
-
-def check_output_path(path: str, flag: str = "--save-flow-image") -> None:
-    """An output image: a .png in an existing folder (checked before any work is done)."""
-    if not path.lower().endswith(".png"):
-        raise ValueError(f"{flag} {path}: the image is saved as PNG; name a .png")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{flag} {path}: folder {folder} does not exist")
 
 
 def restore_fold(workdir: str, fold: str, config, program=None):
@@ -253,7 +200,7 @@ def predict(
 ) -> dict:
     """Probabilities of one clip. Returns fold, epoch, class_names, probs [C], pred, settings,
     onset, apex, the flow image (uint8 [S, S, 3]) that went into the model and, for a raw clip
-    (video / frames), what predict_clip.flow_image_from_clip chose.
+    (video / frames), what predict_input.flow_image_from_clip chose.
 
     fold: a fold name or subject id, or "all" (mean probabilities of every fold's model)."""
     pair = onset is not None or apex is not None
@@ -275,8 +222,6 @@ def predict(
     elif pair:
         image = flow_image_from_pair(onset, apex, settings)
     else:
-        from mjfn_jax.predict_clip import flow_image_from_clip
-
         image, clip_info = flow_image_from_clip(
             settings, video=video, frames=frames, onset_frame=onset_frame,
             apex_frame=apex_frame, want_curve=want_curve,
@@ -389,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.save_flow_image:
             save_flow_image(args.save_flow_image, result["flow_image"])
         if args.plot:
-            from mjfn_jax.predict_clip import plot_motion_curve
+            from mjfn_jax.predict_input import plot_motion_curve
 
             plot_motion_curve(result, args.plot)
     except (FileNotFoundError, ValueError, TypeError, OSError, NoFaceFound) as err:

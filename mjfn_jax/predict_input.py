@@ -1,6 +1,7 @@
-"""Raw-clip input of the predict command: a video or a frame folder -> (onset, apex) -> flow image.
+"""The predict command's inputs -> the model's flow image (uint8 [S, S, 3]).
 
-Real footage has no onset/apex annotation. The onset is the clip's first frame unless
+An (onset, apex) pair of frame files, a saved flow image, or a raw clip (a video or a frame
+folder). Real footage has no onset/apex annotation: the onset is the clip's first frame unless
 ``--onset-frame N`` says otherwise, and the apex is spotted (mjfn_jax.preprocess.spot_apex: the
 peak of the face's motion relative to the onset, inside the same face box as the flow image)
 unless ``--apex-frame N`` is given. Frame numbers N are 0-based positions in the clip: the
@@ -12,6 +13,69 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
+
+def flow_image_from_pair(onset_path: str, apex_path: str, settings: dict) -> np.ndarray:
+    """Onset and apex frame files -> uint8 [S, S, 3] flow image, as the builders make it."""
+    from mjfn_jax.preprocess import NoFaceFound, process_pair, read_frame
+
+    onset, apex = read_frame(onset_path), read_frame(apex_path)  # name the file on failure
+    if onset.shape != apex.shape:
+        raise ValueError(
+            f"onset {onset_path} is {onset.shape[1]}x{onset.shape[0]} but apex {apex_path} is "
+            f"{apex.shape[1]}x{apex.shape[0]}: frames of one clip must have the same size"
+        )
+    try:
+        return process_pair(onset, apex, **settings).flow_image
+    except NoFaceFound:
+        raise ValueError(
+            f"no face found on the onset frame {onset_path} with --crop haar; for frames that "
+            "are already face-cropped use --crop none"
+        ) from None
+
+
+def flow_image_from_file(path: str, size: int) -> np.ndarray:
+    """A saved flow image (PNG written by a builder or by --save-flow-image) -> uint8 [S, S, 3].
+
+    Exactly 3 uint8 channels (u, v, strain): a grayscale or RGBA file is refused rather than
+    silently turned into 3 channels (u = v = strain is not a flow image)."""
+    import cv2
+
+    from mjfn_jax.preprocess.face import decode_image_file
+
+    image = decode_image_file(path, cv2.IMREAD_UNCHANGED, what="flow image")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"flow image {path} has {channels} channel(s) of {image.dtype}; a flow image has 3 "
+            "uint8 channels (u, v, strain), as the builders and --save-flow-image write them"
+        )
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # RGB, like the datasets' PNGs decode
+    if image.shape[:2] != (size, size):
+        raise ValueError(
+            f"flow image {path} is {image.shape[1]}x{image.shape[0]}; this model takes "
+            f"{size}x{size} (model.input_size). Pass --onset/--apex to compute one at that size."
+        )
+    return image
+
+
+def save_flow_image(path: str, image: np.ndarray) -> None:
+    """Write the model's input flow image (uint8 [S, S, 3] RGB) as a lossless PNG."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))  # RGB -> BGR
+    if not ok:
+        raise ValueError(f"cannot encode the flow image for {path}")
+    encoded.tofile(path)
+
+
+def check_output_path(path: str, flag: str = "--save-flow-image") -> None:
+    """An output image: a .png in an existing folder (checked before any work is done)."""
+    if not path.lower().endswith(".png"):
+        raise ValueError(f"{flag} {path}: the image is saved as PNG; name a .png")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{flag} {path}: folder {folder} does not exist")
 
 
 def load_clip(video: str | None = None, frames: str | None = None) -> tuple[list, list[str], str]:
