@@ -320,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
+    # Our error line names a bad video; FFmpeg's own log lines ("moov atom not found") would make
+    # it several lines. Read by OpenCV when it first opens FFmpeg; a user's setting wins.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
         if args.save_flow_image:
             check_output_path(args.save_flow_image)

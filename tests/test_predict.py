@@ -274,3 +274,22 @@ def test_bad_raw_input_is_one_error_line(trained, raw_clip, tmp_path, capsys):
         predict_mod.main(["--workdir", workdir, "--fold", "s01", "--flow-image", "x.png",
                           "--apex-frame", "2"])  # fmt: skip
     assert "--apex-frame needs --video or --frames" in capsys.readouterr().err
+
+
+def test_cli_process_bad_video_is_one_line(trained, tmp_path):
+    """As a process: the stderr (FFmpeg's own log included) is exactly one error line."""
+    import subprocess
+    import sys
+
+    workdir, _, _ = trained
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    run = subprocess.run(
+        [sys.executable, "-m", "mjfn_jax.predict", "--workdir", workdir, "--fold", "all",
+         "--video", str(empty)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"error: --video {empty}: cannot open it as a video (unknown or broken file)"
+    ]
