@@ -197,6 +197,7 @@ def predict(
     onset_frame: int | None = None,
     apex_frame: int | None = None,
     want_curve: bool = False,
+    spot: str | None = None,
 ) -> dict:
     """Probabilities of one clip. Returns fold, epoch, class_names, probs [C], pred, settings,
     onset, apex, the flow image (uint8 [S, S, 3]) that went into the model and, for a raw clip
@@ -224,7 +225,7 @@ def predict(
     else:
         image, clip_info = flow_image_from_clip(
             settings, video=video, frames=frames, onset_frame=onset_frame,
-            apex_frame=apex_frame, want_curve=want_curve,
+            apex_frame=apex_frame, want_curve=want_curve, spot=spot,
         )  # fmt: skip
     probs, metas = fold_probabilities(workdir, folds, config, image)
     names = class_names_for(workdir, config)
@@ -287,6 +288,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--onset-frame", type=int, help="--video/--frames: onset position (default 0)")
     p.add_argument("--apex-frame", type=int, help="--video/--frames: apex position (default: spot)")
     p.add_argument("--plot", help="--video/--frames: save the motion curve, apex marked (PNG)")
+    p.add_argument(
+        "--spot",
+        help="--video/--frames: spotting settings NAME=VALUE,... (mjfn_jax.preprocess.SpotSettings"
+        "), e.g. flow_method=dis,work_size=32 or detrend=false for a clip that ends at its apex",
+    )
     p.add_argument("--crop", choices=("haar", "center", "none"), help="override the face crop")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--save-flow-image", help="also write the model's input flow image here")
@@ -299,7 +305,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if given != 1 or (pair and (args.onset is None or args.apex is None)):
         parser.error("give --onset and --apex, or --flow-image, or --video, or --frames")
     raw = args.video is not None or args.frames is not None
-    for flag in ("onset_frame", "apex_frame", "plot"):
+    for flag in ("onset_frame", "apex_frame", "plot", "spot"):
         if getattr(args, flag) is not None and not raw:
             parser.error(f"--{flag.replace('_', '-')} needs --video or --frames")
 
@@ -332,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workdir, args.fold, onset=args.onset, apex=args.apex,
             flow_image=args.flow_image, crop=args.crop, video=args.video, frames=args.frames,
             onset_frame=args.onset_frame, apex_frame=args.apex_frame,
-            want_curve=args.plot is not None,
+            want_curve=args.plot is not None, spot=args.spot,
         )  # fmt: skip
         if args.save_flow_image:
             save_flow_image(args.save_flow_image, result["flow_image"])

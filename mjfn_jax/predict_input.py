@@ -115,18 +115,24 @@ def flow_image_from_clip(
     onset_frame: int | None = None,
     apex_frame: int | None = None,
     want_curve: bool = False,
+    spot: str | None = None,
 ) -> tuple[np.ndarray, dict]:
     """The model's input flow image (uint8 [S, S, 3]) and what was chosen: onset, apex (frame
     numbers), apex_spotted, frame names, and the motion curve when spotting ran (it runs when
-    no apex is given, or when `want_curve`, e.g. for --plot)."""
-    from mjfn_jax.preprocess import NoFaceFound, process_pair, spot_apex
+    no apex is given, or when `want_curve`, e.g. for --plot). spot: SpotSettings.parse text."""
+    from mjfn_jax.preprocess import NoFaceFound, SpotSettings, process_pair, spot_apex
+
+    try:
+        spot_settings = SpotSettings.parse(spot or "")
+    except ValueError as err:
+        raise ValueError(f"--spot: {err}") from None
 
     clip, names, source = load_clip(video, frames)
     onset, apex = check_frame_numbers(len(clip), onset_frame, apex_frame)
     info = {"onset": onset, "apex": apex, "apex_spotted": apex is None, "num_frames": len(clip)}
     try:
         if apex is None or want_curve:
-            spot = spot_apex(clip[onset:], crop=settings["crop"])
+            spot = spot_apex(clip[onset:], crop=settings["crop"], settings=spot_settings)
             info["spotted_apex"] = onset + spot.index
             info["motion_curve"] = [float(v) for v in spot.curve]
             info["motion_curve_smoothed"] = [float(v) for v in spot.smoothed]

@@ -83,3 +83,18 @@ def test_bad_input_is_refused(clips):
     ):
         with pytest.raises(ValueError):
             spot_apex(frames, crop="center", settings=SpotSettings(**bad))
+
+
+def test_settings_parse():
+    parsed = SpotSettings.parse("flow_method=dis, work_size=32,detrend=false,smooth_sigma=2")
+    assert parsed == SpotSettings(flow_method="dis", work_size=32, detrend=False, smooth_sigma=2.0)
+    assert SpotSettings.parse("") == SpotSettings()
+    for bad, message in (
+        ("foo=1", "expected NAME=VALUE"),
+        ("work_size", "expected NAME=VALUE"),
+        ("work_size=x", "not of type int"),
+        ("detrend=maybe", "not of type bool"),
+        ("work_size=2", "work_size must be in"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            SpotSettings.parse(bad)

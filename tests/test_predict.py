@@ -205,6 +205,8 @@ def test_frame_folder_spots_the_apex_and_all_folds_average(trained, raw_clip):
     ]
     np.testing.assert_allclose(out["probs"], np.mean(each, axis=0), atol=1e-6)
     assert "mean of 2 folds' models" in predict_mod.format_prediction(out)
+    raw = predict_mod.predict(workdir, "s01", frames=paths["frames"], spot="detrend=false")
+    assert raw["motion_curve"] != out["motion_curve"]  # --spot reaches spot_apex
     # The chosen pair goes through the builders' preprocessing (frames decoded like read_frame).
     from mjfn_jax.preprocess import process_pair, read_frame
 
@@ -256,6 +258,7 @@ def test_bad_raw_input_is_one_error_line(trained, raw_clip, tmp_path, capsys):
         ("--frames", paths["frames"], "--apex-frame", str(count)): f"--apex-frame {count}",
         ("--frames", paths["frames"], "--apex-frame", "0"): "--apex-frame 0",
         ("--frames", paths["frames"], "--onset-frame", "-1"): "--onset-frame -1",
+        ("--frames", paths["frames"], "--spot", "work_size=x"): "setting 'work_size=x': 'x' is not",
         ("--frames", _write_frames(tmp_path / "blank", [texture] * 3), "--crop", "haar"): (
             "no face found on the onset frame 0 (f0.png)"
         ),

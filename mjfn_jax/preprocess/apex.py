@@ -53,6 +53,31 @@ class SpotSettings:
     detrend: bool = True  # subtract the onset->last-frame flow, scaled by t / (T - 1)
     context: float = 0.1  # box fraction added on every side while estimating (as process_pair)
 
+    @classmethod
+    def parse(cls, text: str) -> SpotSettings:
+        """'flow_method=dis,work_size=32,detrend=false' -> SpotSettings (validated); for CLIs."""
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, _, value = item.partition("=")
+            key, value = key.strip(), value.strip()
+            if key not in fields or not value:
+                raise ValueError(
+                    f"spot setting {item!r}: expected NAME=VALUE, NAME one of {list(fields)}"
+                )
+            try:
+                if fields[key] == "bool":
+                    if value.lower() not in ("true", "false", "1", "0"):
+                        raise ValueError(value)
+                    values[key] = value.lower() in ("true", "1")
+                else:
+                    values[key] = {"int": int, "float": float, "str": str}[fields[key]](value)
+            except ValueError:
+                raise ValueError(
+                    f"spot setting {item!r}: {value!r} is not of type {fields[key]}"
+                ) from None
+        return cls(**values).validate()
+
     def validate(self) -> SpotSettings:
         if self.flow_method not in (*SPOT_FLOWS, "tvl1"):
             raise ValueError(f"spotting flow must be one of {SPOT_FLOWS}, got {self.flow_method!r}")
@@ -62,8 +87,8 @@ class SpotSettings:
             raise ValueError(f"spotting work_size must be in [8, 1024], got {self.work_size}")
         if not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
-        if self.smooth_sigma < 0:
-            raise ValueError(f"smooth_sigma must be >= 0, got {self.smooth_sigma}")
+        if self.smooth_sigma < 0 or self.context < 0:
+            raise ValueError(f"smooth_sigma and context must be >= 0, got {self}")
         return self
 
 
