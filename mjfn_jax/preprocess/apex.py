@@ -155,9 +155,9 @@ def spot_apex(
         box = face_box(onset, crop=crop, margin=margin, on_no_face=on_no_face)
     start = time.perf_counter()
     onset_region, (oy, ox) = _box_region(to_gray(onset), box, settings)
-    work = settings.work_size
-    flows = np.zeros((len(frames), work, work, 2), np.float32)  # [T, work, work, 2]
-    for t in range(1, len(frames)):
+    work, last = settings.work_size, len(frames) - 1
+
+    def flow_to(t: int) -> np.ndarray:  # float32 [work, work, 2], onset -> frame t, in the box
         frame = validate_frame(frames[t], f"frame {t}")
         if frame.shape[:2] != onset.shape[:2]:
             raise ValueError(
@@ -165,15 +165,18 @@ def spot_apex(
                 f"{onset.shape[1]}x{onset.shape[0]}: frames of one clip must have the same size"
             )
         region, _ = _box_region(to_gray(frame), box, settings)
-        flows[t] = compute_flow(onset_region, region, settings.flow_method)[
-            oy : oy + work, ox : ox + work
-        ]
-    if settings.detrend:
-        ramp = np.arange(len(frames), dtype=np.float32) / (len(frames) - 1)
-        flows = flows - ramp[:, None, None, None] * flows[-1]
-    curve = np.array(
-        [motion_score(f, settings.score, settings.top_fraction) for f in flows], np.float32
-    )
+        flow = compute_flow(onset_region, region, settings.flow_method)
+        return flow[oy : oy + work, ox : ox + work]
+
+    # The last frame's flow first (detrending needs it), then one flow at a time: memory stays
+    # O(1) in the clip length, whatever the video.
+    last_flow = flow_to(last)
+    curve = np.zeros(len(frames), np.float32)
+    for t in range(1, len(frames)):
+        flow = last_flow if t == last else flow_to(t)
+        if settings.detrend:
+            flow = flow - (t / last) * last_flow
+        curve[t] = motion_score(flow, settings.score, settings.top_fraction)
     smoothed = smooth_curve(curve, settings.smooth_sigma)
     index = 1 + int(np.argmax(smoothed[1:]))
     return ApexSpot(index, curve, smoothed, box, time.perf_counter() - start)
