@@ -65,10 +65,11 @@ def read_frame_folder(folder: str | os.PathLike) -> tuple[list[np.ndarray], list
     return frames, paths
 
 
-def read_video(path: str | os.PathLike, max_frames: int = 20000) -> list[np.ndarray]:
+def read_video(path: str | os.PathLike, max_bytes: int = 2**31) -> list[np.ndarray]:
     """Gray frames uint8 [H, W] of a video file, in order (OpenCV's FFmpeg backend: mp4, avi,
-    mkv, ... whatever the wheel decodes). At least 2 frames; at most `max_frames` (a guard
-    against decoding hours of footage into memory: cut the clip first)."""
+    mkv, ... whatever the wheel decodes). At least 2 frames, at most `max_bytes` of them in
+    memory (2 GiB: ~1000 frames of 1080p; a micro-expression lasts < 0.5 s, so a longer video
+    is to be cut around it first)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--video {path}: file not found")
@@ -81,8 +82,12 @@ def read_video(path: str | os.PathLike, max_frames: int = 20000) -> list[np.ndar
             ok, frame = capture.read()
             if not ok:
                 break
-            if len(frames) == max_frames:
-                raise ValueError(f"--video {path}: more than {max_frames} frames; cut the clip")
+            if (len(frames) + 1) * frame.shape[0] * frame.shape[1] > max_bytes:
+                raise ValueError(
+                    f"--video {path}: more than {len(frames)} frames of {frame.shape[1]}x"
+                    f"{frame.shape[0]} ({max_bytes / 2**30:g} GiB); cut the clip around the "
+                    "expression first"
+                )
             frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame)
     finally:
         capture.release()
