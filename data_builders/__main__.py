@@ -43,6 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="override the crop chosen from the manual folder (default: per source)",
     )
     build.add_argument(
+        "--apex",
+        choices=("annotated", "spotted", "middle"),
+        default="annotated",
+        help="apex frame: the sheet's (SMIC: middle, as before), spotted (the summary then "
+        "reports spotted vs annotated), or the clip's middle frame",
+    )
+    build.add_argument(
         "--apex_fraction",
         type=float,
         default=None,
@@ -92,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             manual_dir=args.manual_dir,
             workers=args.workers,
             crop=args.crop,
+            apex=args.apex,
             builder_kwargs=kwargs,
         )
     except NothingBuilt as e:

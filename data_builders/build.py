@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import data_builders
+from data_builders.apex import format_apex
 
 log = logging.getLogger("data_builders")
 
@@ -127,6 +128,12 @@ def check_reused(builder, metadata: dict[str, Any], crop: str | None) -> None:
                 f"{builder.data_dir} was built with {key}={built.get(key)}, not {value}: delete "
                 "that folder or use another --data_dir"
             )
+    built_apex = metadata.get("apex", {}).get("mode", "annotated")
+    if built_apex != getattr(builder, "apex", "annotated"):
+        raise ValueError(
+            f"{builder.data_dir} was built with --apex {built_apex}, not {builder.apex}: delete "
+            "that folder or use another --data_dir"
+        )
 
 
 def check_manual_dir(builder, manual_dir: str | os.PathLike | None, data_dir) -> None:
@@ -155,13 +162,15 @@ def build_dataset(
     manual_dir: str | os.PathLike | None = None,
     workers: int | None = None,
     crop: str | None = None,
+    apex: str = "annotated",
     builder_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Builds `name` (optionally 'name/config') and returns the summary dict.
 
     workers: flow processes (default os.cpu_count()). crop: None (per source, from the manual
-    folder) or 'haar' / 'center' / 'none' for every clip. builder_kwargs: builder specific, e.g.
-    {'apex_fraction': 0.5} (smic, megc2019) or {'synthetic': {'num_subjects': 4}}.
+    folder) or 'haar' / 'center' / 'none' for every clip. apex: 'annotated' (the sheet's; SMIC:
+    the middle frame), 'spotted' or 'middle' (data_builders.apex). builder_kwargs: builder
+    specific, e.g. {'apex_fraction': 0.5} (smic, megc2019) or {'synthetic': {'num_subjects': 4}}.
     An existing build is reused (its summary comes from the files and their metadata).
     """
     import tensorflow_datasets as tfds
@@ -173,6 +182,7 @@ def build_dataset(
         data_dir=data_dir,
         workers=workers,
         crop=crop,
+        apex=apex,
         **(builder_kwargs or {}),
     )
     already = builder.is_prepared()
@@ -203,6 +213,7 @@ def build_dataset(
         "class_counts": counts,
         "skipped": metadata.get("skipped", {}),
         "crop": metadata.get("crop", {}),
+        "apex": metadata.get("apex", {"mode": "annotated"}),
         "seconds": round(seconds, 2),
         "flow_seconds": None if already else flow_seconds,
         "pairs_per_s": round(pairs / flow_seconds, 2) if flow_seconds and not already else None,
@@ -213,6 +224,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"{summary['name']}/{summary['config']}: {summary['status']} at {summary['path']}",
         f"  crop: {summary['crop']}",
+        format_apex(summary.get("apex", {})),
     ]
     for split, counts in summary["class_counts"].items():
         per_class = ", ".join(f"{k} {v}" for k, v in counts.items())

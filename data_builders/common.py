@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
+from data_builders.apex import APEX_MODES, choose_apexes
 from data_builders.flow_worker import ClipSpec, init_worker, process_clip
 from data_builders.skips import SkipLog
 
@@ -154,7 +155,12 @@ class FlowBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     HOMEPAGE = ""
 
     def __init__(
-        self, *, workers: int | None = None, crop: str | None = None, **kwargs: Any
+        self,
+        *,
+        workers: int | None = None,
+        crop: str | None = None,
+        apex: str = "annotated",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         valid = isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1
@@ -162,6 +168,11 @@ class FlowBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise ValueError(
                 f"workers must be an integer >= 1 (or None: CPU count), got {workers!r}"
             )
+        if apex not in APEX_MODES:
+            raise ValueError(f"apex must be one of {APEX_MODES}, got {apex!r}")
+        # 'annotated' (the sheet's; SMIC: middle), 'spotted' or 'middle': data_builders.apex.
+        self.apex = apex
+        self.apex_info: dict[str, Any] = {"mode": apex}
         if crop not in (None, "haar", "center", "none"):
             raise ValueError(f"crop must be None, 'haar', 'center' or 'none', got {crop!r}")
         self.workers = workers  # Flow worker processes; None = os.cpu_count().
@@ -194,6 +205,7 @@ class FlowBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if self.crop is not None:
             clips = [dataclasses.replace(clip, crop=self.crop) for clip in clips]
         self.crop_modes.update(clip.crop for clip in clips)
+        clips, self.apex_info = choose_apexes(clips, self.apex, self.workers)
         return {"train": self._generate_examples(clips)}
 
     def _generate_examples(self, clips: list[ClipSpec]):
@@ -224,6 +236,7 @@ class FlowBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "skipped": self.skips.as_dict(),
                 "crop": dict(self.crop_modes),
                 "clips": len(clips),
+                "apex": self.apex_info,
                 "flow_seconds": round(time.perf_counter() - start, 3),
             }
         )

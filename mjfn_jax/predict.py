@@ -2,6 +2,8 @@
 
     python -m mjfn_jax.predict --workdir DIR --fold SUBJECT --onset A.jpg --apex B.jpg
     python -m mjfn_jax.predict --workdir DIR --fold SUBJECT --flow-image F.png
+    python -m mjfn_jax.predict --workdir DIR --fold all --video clip.mp4 [--plot curve.png]
+    python -m mjfn_jax.predict --workdir DIR --fold all --frames DIR [--apex-frame N]
 
 The clip goes through the preprocessing of the dataset builders (``process_pair``: face crop,
 optical flow, strain, min-max encoding) with the settings of the run's saved config
@@ -12,7 +14,11 @@ into the engine's own train-state structure and evaluated by the engine's own pr
 (so the best-on-validation weights are used when the run used early stopping).
 
 Which fold: a clip of a subject of the dataset must go to THAT subject's fold (the only model
-that never saw the subject). For a new person every fold's model is a valid choice.
+that never saw the subject). For a new person every fold's model is a valid choice, and
+``--fold all`` averages the probabilities of all of them.
+
+Raw clips (``--video`` / ``--frames``): onset = first frame, apex spotted
+(mjfn_jax.predict_input).
 """
 
 from __future__ import annotations
@@ -23,6 +29,15 @@ import os
 import sys
 
 import numpy as np
+
+# The inputs (a pair of frames, a saved flow image, a raw clip) -> the model's flow image.
+from mjfn_jax.predict_input import (
+    check_output_path,
+    flow_image_from_clip,
+    flow_image_from_file,
+    flow_image_from_pair,
+    save_flow_image,
+)
 
 CONFIG_FILE = "config.json"  # written by mjfn_jax.config_io.save_or_check_config
 DEFAULT_CROP = {"synthetic": "center"}  # every other dataset: 'haar' on raw frames
@@ -92,64 +107,7 @@ def preprocessing_settings(config, crop: str | None = None) -> dict:
     return {"flow_method": method, "size": size, "crop": crop}
 
 
-def flow_image_from_pair(onset_path: str, apex_path: str, settings: dict) -> np.ndarray:
-    """Onset and apex frame files -> uint8 [S, S, 3] flow image, as the builders make it."""
-    from mjfn_jax.preprocess import process_pair, read_frame
-
-    onset, apex = read_frame(onset_path), read_frame(apex_path)  # name the file on failure
-    if onset.shape != apex.shape:
-        raise ValueError(
-            f"onset {onset_path} is {onset.shape[1]}x{onset.shape[0]} but apex {apex_path} is "
-            f"{apex.shape[1]}x{apex.shape[0]}: frames of one clip must have the same size"
-        )
-    return process_pair(onset, apex, **settings).flow_image
-
-
-def flow_image_from_file(path: str, size: int) -> np.ndarray:
-    """A saved flow image (PNG written by a builder or by --save-flow-image) -> uint8 [S, S, 3].
-
-    Exactly 3 uint8 channels (u, v, strain): a grayscale or RGBA file is refused rather than
-    silently turned into 3 channels (u = v = strain is not a flow image)."""
-    import cv2
-
-    from mjfn_jax.preprocess.face import decode_image_file
-
-    image = decode_image_file(path, cv2.IMREAD_UNCHANGED, what="flow image")
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    if channels != 3 or image.dtype != np.uint8:
-        raise ValueError(
-            f"flow image {path} has {channels} channel(s) of {image.dtype}; a flow image has 3 "
-            "uint8 channels (u, v, strain), as the builders and --save-flow-image write them"
-        )
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # RGB, like the datasets' PNGs decode
-    if image.shape[:2] != (size, size):
-        raise ValueError(
-            f"flow image {path} is {image.shape[1]}x{image.shape[0]}; this model takes "
-            f"{size}x{size} (model.input_size). Pass --onset/--apex to compute one at that size."
-        )
-    return image
-
-
-def save_flow_image(path: str, image: np.ndarray) -> None:
-    """Write the model's input flow image (uint8 [S, S, 3] RGB) as a lossless PNG."""
-    import cv2
-
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))  # RGB -> BGR
-    if not ok:
-        raise ValueError(f"cannot encode the flow image for {path}")
-    encoded.tofile(path)
-
-
-def check_output_path(path: str) -> None:
-    """--save-flow-image: a .png in an existing folder (checked before any work is done)."""
-    if not path.lower().endswith(".png"):
-        raise ValueError(f"--save-flow-image {path}: the flow image is saved as PNG; name a .png")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--save-flow-image {path}: folder {folder} does not exist")
-
-
-def restore_fold(workdir: str, fold: str, config):
+def restore_fold(workdir: str, fold: str, config, program=None):
     """(program, model, meta): the fold's model {"params", "batch_stats"}.
 
     A finished fold's final model (``folds/<fold>/final``); for a fold still in progress, the
@@ -161,7 +119,8 @@ def restore_fold(workdir: str, fold: str, config):
     from mjfn_jax.checkpoint import FoldCheckpointer
     from mjfn_jax.engine import FoldProgram
 
-    program = FoldProgram(config, steps_per_epoch=1)  # the schedule length is irrelevant here
+    if program is None:  # one program serves every fold of a run (--fold all)
+        program = FoldProgram(config, steps_per_epoch=1)  # the schedule length is irrelevant
     like = jax.eval_shape(program.init, jax.random.key(0))
     ckpt = FoldCheckpointer(workdir, fold)
     try:
@@ -186,14 +145,31 @@ def _epochs_trained(ckpt, config) -> int:
     return int(config.train.num_epochs)
 
 
-def class_probabilities(program, state, flow_image: np.ndarray) -> np.ndarray:
-    """uint8 [S, S, 3] flow image -> float64 [C] class probabilities (fused head, eval mode)."""
+def class_probabilities(program, state, flow_image: np.ndarray, predict_fn=None) -> np.ndarray:
+    """uint8 [S, S, 3] flow image -> float64 [C] class probabilities (fused head, eval mode).
+
+    predict_fn: a jitted program.predict to reuse (one compile for all the folds of a run)."""
     import jax
     import jax.numpy as jnp
 
+    predict_fn = predict_fn or jax.jit(program.predict)
     data = {"images": jnp.asarray(flow_image[None]), "labels": jnp.zeros((1,), jnp.int32)}
-    log_probs = jax.jit(program.predict)(state, data, jnp.zeros((1,), jnp.int32))  # [1, C]
+    log_probs = predict_fn(state, data, jnp.zeros((1,), jnp.int32))  # [1, C]
     return np.exp(np.asarray(log_probs, np.float64)[0])
+
+
+def fold_probabilities(workdir: str, folds: list[str], config, image: np.ndarray) -> tuple:
+    """(mean float64 [C] probabilities over `folds`' models, their metas): the ensemble of
+    --fold all, and the one fold's probabilities otherwise."""
+    import jax
+
+    program, predict_fn, probs, metas = None, None, [], []
+    for fold in folds:
+        program, state, meta = restore_fold(workdir, fold, config, program)
+        predict_fn = predict_fn or jax.jit(program.predict)
+        probs.append(class_probabilities(program, state, image, predict_fn))
+        metas.append(meta)
+    return np.mean(probs, axis=0), metas
 
 
 def class_names_for(workdir: str, config) -> tuple[str, ...]:
@@ -216,27 +192,51 @@ def predict(
     apex: str | None = None,
     flow_image: str | None = None,
     crop: str | None = None,
+    video: str | None = None,
+    frames: str | None = None,
+    onset_frame: int | None = None,
+    apex_frame: int | None = None,
+    want_curve: bool = False,
+    spot: str | None = None,
 ) -> dict:
-    """Probabilities of one clip. Returns fold, epoch, class_names, probs [C], pred, settings
-    and the flow image (uint8 [S, S, 3]) that went into the model."""
-    if (flow_image is None) == (onset is None or apex is None) or (onset is None) != (apex is None):
-        raise ValueError("give either both onset and apex frames, or one flow image")
+    """Probabilities of one clip. Returns fold, epoch, class_names, probs [C], pred, settings,
+    onset, apex, the flow image (uint8 [S, S, 3]) that went into the model and, for a raw clip
+    (video / frames), what predict_input.flow_image_from_clip chose.
+
+    fold: a fold name or subject id, or "all" (mean probabilities of every fold's model)."""
+    pair = onset is not None or apex is not None
+    if (onset is None) != (apex is None) or pair + (flow_image is not None) + (
+        video is not None
+    ) + (frames is not None) != 1:
+        raise ValueError(
+            "give either both onset and apex frames, or one flow image, or a video, or a frame "
+            "folder"
+        )
     config = load_run_config(workdir)
-    fold_name = resolve_fold(workdir, fold)
+    folds = available_folds(workdir) if fold == "all" else [resolve_fold(workdir, fold)]
+    if not folds:
+        raise ValueError(f"--fold all: no fold with a checkpoint in {workdir}")
     settings = preprocessing_settings(config, crop)
+    clip_info = {"onset": onset, "apex": apex}
     if flow_image is not None:
         image = flow_image_from_file(flow_image, settings["size"])
-    else:
+    elif pair:
         image = flow_image_from_pair(onset, apex, settings)
-    program, state, meta = restore_fold(workdir, fold_name, config)
-    probs = class_probabilities(program, state, image)
+    else:
+        image, clip_info = flow_image_from_clip(
+            settings, video=video, frames=frames, onset_frame=onset_frame,
+            apex_frame=apex_frame, want_curve=want_curve, spot=spot,
+        )  # fmt: skip
+    probs, metas = fold_probabilities(workdir, folds, config, image)
     names = class_names_for(workdir, config)
     if len(names) != probs.size:
         names = tuple(f"class{i}" for i in range(probs.size))
     return {
-        "fold": fold_name,
-        "epoch": meta["epoch"],
-        "finished": meta["finished"],
+        **clip_info,
+        "fold": "all" if fold == "all" else folds[0],
+        "folds": folds,
+        "epoch": min(m["epoch"] for m in metas),
+        "finished": all(m["finished"] for m in metas),
         "num_epochs": int(config.train.num_epochs),
         "class_names": names,
         "probs": probs,
@@ -248,13 +248,23 @@ def predict(
 
 def format_prediction(result: dict) -> str:
     status = "" if result["finished"] else " (fold NOT finished training)"
+    which = f"fold {result['fold']}"
+    if result["fold"] == "all":
+        which = f"mean of {len(result['folds'])} folds' models ({', '.join(result['folds'])})"
+        status = status.replace("fold", "a fold")
     lines = [
-        f"fold {result['fold']}: checkpoint after epoch {result['epoch']} of "
-        f"{result['num_epochs']}{status}",
+        f"{which}: checkpoint after epoch {result['epoch']} of {result['num_epochs']}{status}",
         "preprocessing: " + ", ".join(f"{k}={v}" for k, v in result["settings"].items()),
         f"{'class':<14}probability",
     ]
     pairs = zip(result["class_names"], result["probs"], strict=True)
+    if "onset_name" in result:  # a raw clip: which frames were chosen, and how
+        how = "spotted" if result["apex_spotted"] else "given"
+        lines.insert(
+            2,
+            f"onset frame {result['onset']} ({result['onset_name']}), apex frame "
+            f"{result['apex']} ({result['apex_name']}, {how}) of {result['num_frames']} frames",
+        )
     lines += [f"{name:<14}{prob:.4f}" for name, prob in pairs]
     return "\n".join(lines + [f"prediction: {result['pred']}"])
 
@@ -264,40 +274,82 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m mjfn_jax.predict", description=__doc__.split("\n")[0]
     )
     p.add_argument("--workdir", required=True, help="training workdir (config.json, folds/)")
-    p.add_argument("--fold", required=True, help="fold name or subject id, e.g. casme2/sub01")
+    p.add_argument(
+        "--fold",
+        required=True,
+        help="fold name or subject id, e.g. casme2/sub01; 'all': mean of every fold's model "
+        "(for a person in no fold)",
+    )
     p.add_argument("--onset", help="onset frame image file")
     p.add_argument("--apex", help="apex frame image file")
     p.add_argument("--flow-image", help="an already computed flow image (PNG) instead")
+    p.add_argument("--video", help="a clip as a video file (onset first; apex spotted)")
+    p.add_argument("--frames", help="a clip as a folder of frame images, in natural name order")
+    p.add_argument("--onset-frame", type=int, help="--video/--frames: onset position (default 0)")
+    p.add_argument("--apex-frame", type=int, help="--video/--frames: apex position (default: spot)")
+    p.add_argument("--plot", help="--video/--frames: save the motion curve, apex marked (PNG)")
+    p.add_argument(
+        "--spot",
+        help="--video/--frames: spotting settings NAME=VALUE,... (mjfn_jax.preprocess.SpotSettings"
+        "), e.g. flow_method=dis,work_size=32 or detrend=false for a clip that ends at its apex",
+    )
     p.add_argument("--crop", choices=("haar", "center", "none"), help="override the face crop")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--save-flow-image", help="also write the model's input flow image here")
     return p
 
 
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    pair = args.onset is not None or args.apex is not None
+    given = pair + sum(x is not None for x in (args.flow_image, args.video, args.frames))
+    if given != 1 or (pair and (args.onset is None or args.apex is None)):
+        parser.error("give --onset and --apex, or --flow-image, or --video, or --frames")
+    raw = args.video is not None or args.frames is not None
+    for flag in ("onset_frame", "apex_frame", "plot", "spot"):
+        if getattr(args, flag) is not None and not raw:
+            parser.error(f"--{flag.replace('_', '-')} needs --video or --frames")
+
+
+def json_result(result: dict) -> dict:
+    """The result without the image, probabilities as {class: p}; always has the keys onset,
+    apex, probabilities and prediction (onset/apex: frame numbers of a raw clip, the files of
+    --onset/--apex, null for --flow-image)."""
+    out = {k: v for k, v in result.items() if k != "flow_image"}
+    out["probs"] = dict(zip(result["class_names"], map(float, result["probs"]), strict=True))
+    out["probabilities"], out["prediction"] = out["probs"], result["pred"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.flow_image is None and (args.onset is None or args.apex is None):
-        _parser().error("give --onset and --apex, or --flow-image")
-    if args.flow_image is not None and (args.onset or args.apex):
-        _parser().error("--flow-image excludes --onset/--apex")
+    from mjfn_jax.preprocess import NoFaceFound
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    # Our error line names a bad video; FFmpeg's own log lines ("moov atom not found") would make
+    # it several lines. Read by OpenCV when it first opens FFmpeg; a user's setting wins.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
         if args.save_flow_image:
             check_output_path(args.save_flow_image)
+        if args.plot:
+            check_output_path(args.plot, "--plot")
         result = predict(
             args.workdir, args.fold, onset=args.onset, apex=args.apex,
-            flow_image=args.flow_image, crop=args.crop,
+            flow_image=args.flow_image, crop=args.crop, video=args.video, frames=args.frames,
+            onset_frame=args.onset_frame, apex_frame=args.apex_frame,
+            want_curve=args.plot is not None, spot=args.spot,
         )  # fmt: skip
         if args.save_flow_image:
             save_flow_image(args.save_flow_image, result["flow_image"])
-    except (FileNotFoundError, ValueError, TypeError, OSError) as err:
+        if args.plot:
+            from mjfn_jax.predict_input import plot_motion_curve
+
+            plot_motion_curve(result, args.plot)
+    except (FileNotFoundError, ValueError, TypeError, OSError, NoFaceFound) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.json:
-        out = {k: v for k, v in result.items() if k != "flow_image"}
-        out["probs"] = dict(zip(result["class_names"], map(float, result["probs"]), strict=True))
-        print(json.dumps(out, indent=1))
-    else:
-        print(format_prediction(result))
+    print(json.dumps(json_result(result), indent=1) if args.json else format_prediction(result))
     return 0
 
 

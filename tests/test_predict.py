@@ -158,3 +158,141 @@ def test_unfinished_fold_is_flagged(trained, tmp_path):
         os.rename(done + ".bak", done)
     assert out["finished"] is False
     assert "NOT finished" in predict_mod.format_prediction(out)
+
+
+# --- raw clips: --video / --frames, spotted apex, --fold all ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw_clip(tmp_path_factory):
+    """A generator clip as a frame folder, an mp4 (mp4v) and an avi (MJPG): (paths, true apex
+    position in the clip, frame count). Those two codecs are what the opencv wheel writes here
+    (avc1/H.264 is not available)."""
+    from mjfn_jax.synthetic import generate_raw
+
+    root = tmp_path_factory.mktemp("raw")
+    # Seed 7: an expression of 0.9 px over 0.9 grey levels of noise. The error statistics over
+    # every amplitude (down to 0.1 px, under the noise floor) are experiments/apex_spotting.py's.
+    generate_raw(root, num_subjects=1, clips_per_subject=1, seed=7, workers=1)
+    with open(root / "annotations.csv") as f:
+        row = f.read().splitlines()[1].split(",")  # subject, clip, onset, apex, offset, emotion
+    clip_dir = root / "frames" / row[0] / row[1]
+    onset, apex, offset = int(row[2]), int(row[3]), int(row[4])
+    frames = [cv2.imread(str(clip_dir / f"img{k}.png")) for k in range(onset, offset + 1)]
+    paths = {"frames": str(clip_dir)}
+    for ext, codec in (("mp4", "mp4v"), ("avi", "MJPG")):
+        path = str(root / f"clip.{ext}")
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), 25, frames[0].shape[1::-1])
+        assert writer.isOpened(), codec
+        for frame in frames:
+            writer.write(frame)
+        writer.release()
+        paths[ext] = path
+    return paths, apex - onset, len(frames)
+
+
+def test_frame_folder_spots_the_apex_and_all_folds_average(trained, raw_clip):
+    workdir, _, _ = trained
+    paths, true_apex, count = raw_clip
+    out = predict_mod.predict(workdir, "all", frames=paths["frames"])
+    assert out["onset"] == 0 and out["apex_spotted"] and out["num_frames"] == count
+    assert abs(out["apex"] - true_apex) <= 2, (out["apex"], true_apex)
+    assert out["fold"] == "all" and out["folds"] == ["synthetic__s01", "synthetic__s02"]
+    # The ensemble is the mean of each fold's own prediction on the same frames.
+    each = [
+        predict_mod.predict(workdir, f, frames=paths["frames"], apex_frame=out["apex"])["probs"]
+        for f in out["folds"]
+    ]
+    np.testing.assert_allclose(out["probs"], np.mean(each, axis=0), atol=1e-6)
+    assert "mean of 2 folds' models" in predict_mod.format_prediction(out)
+    raw = predict_mod.predict(workdir, "s01", frames=paths["frames"], spot="detrend=false")
+    assert raw["motion_curve"] != out["motion_curve"]  # --spot reaches spot_apex
+    # The chosen pair goes through the builders' preprocessing (frames decoded like read_frame).
+    from mjfn_jax.preprocess import process_pair, read_frame
+
+    pair = [read_frame(os.path.join(paths["frames"], out[k])) for k in ("onset_name", "apex_name")]
+    expected = process_pair(*pair, flow_method="tvl1", size=32, crop="center").flow_image
+    np.testing.assert_array_equal(out["flow_image"], expected)
+    assert f"apex frame {out['apex']} (img" in predict_mod.format_prediction(out)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "avi"])
+def test_video_cli_json_and_plot(trained, raw_clip, tmp_path, capsys, ext):
+    workdir, dataset, _ = trained
+    paths, true_apex, count = raw_clip
+    plot = tmp_path / "curve.png"
+    args = ["--workdir", workdir, "--fold", "s01", "--video", paths[ext], "--json"]
+    assert predict_mod.main([*args, "--plot", str(plot)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["onset"] == 0 and abs(out["apex"] - true_apex) <= 2, (out["apex"], true_apex)
+    assert set(out["probabilities"]) == set(dataset.class_names)
+    assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert out["prediction"] in dataset.class_names and len(out["motion_curve"]) == count
+    assert cv2.imread(str(plot)).shape[2] == 3
+    # Given frames: no spotting needed, the curve is still drawn for --plot.
+    assert predict_mod.main([*args, "--onset-frame", "1", "--apex-frame", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["onset"], out["apex"], out["apex_spotted"]) == (1, 3, False)
+
+
+def _write_frames(folder, images):
+    folder.mkdir()
+    for i, image in enumerate(images):
+        assert cv2.imwrite(str(folder / f"f{i}.png"), image)
+    return str(folder)
+
+
+def test_bad_raw_input_is_one_error_line(trained, raw_clip, tmp_path, capsys):
+    workdir, _, _ = trained
+    paths, _, count = raw_clip
+    empty, garbage = tmp_path / "empty.mp4", tmp_path / "garbage.avi"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"not a video at all" * 100)
+    texture = cv2.resize(np.random.default_rng(0).integers(0, 255, (8, 8), np.uint8), (64, 64))
+    cases = {
+        ("--video", str(empty)): "empty.mp4",
+        ("--video", str(garbage)): "garbage.avi",
+        ("--video", str(tmp_path / "missing.mp4")): "missing.mp4: file not found",
+        ("--frames", _write_frames(tmp_path / "one", [texture])): "1 frame image(s) found",
+        ("--frames", _write_frames(tmp_path / "mixed", [texture, texture[:48]])): "f1.png is 64x48",
+        ("--frames", paths["frames"], "--apex-frame", str(count)): f"--apex-frame {count}",
+        ("--frames", paths["frames"], "--apex-frame", "0"): "--apex-frame 0",
+        ("--frames", paths["frames"], "--onset-frame", "-1"): "--onset-frame -1",
+        ("--frames", paths["frames"], "--spot", "work_size=x"): "setting 'work_size=x': 'x' is not",
+        ("--frames", _write_frames(tmp_path / "blank", [texture] * 3), "--crop", "haar"): (
+            "no face found on the onset frame 0 (f0.png)"
+        ),
+    }
+    for extra, expected in cases.items():
+        assert predict_mod.main(["--workdir", workdir, "--fold", "s01", *extra]) == 2, extra
+        captured = capsys.readouterr()
+        assert captured.err.startswith("error: ") and expected in captured.err, captured.err
+        assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+        assert captured.out == ""
+    blank = _write_rgb(tmp_path / "blank.png", np.full((64, 64, 3), 90, np.uint8))
+    args = ["--workdir", workdir, "--fold", "s01", "--onset", blank, "--apex", blank]
+    assert predict_mod.main([*args, "--crop", "haar"]) == 2
+    assert "no face found on the onset frame " + blank in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --apex-frame belongs to raw clips
+        predict_mod.main(["--workdir", workdir, "--fold", "s01", "--flow-image", "x.png",
+                          "--apex-frame", "2"])  # fmt: skip
+    assert "--apex-frame needs --video or --frames" in capsys.readouterr().err
+
+
+def test_cli_process_bad_video_is_one_line(trained, tmp_path):
+    """As a process: the stderr (FFmpeg's own log included) is exactly one error line."""
+    import subprocess
+    import sys
+
+    workdir, _, _ = trained
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    run = subprocess.run(
+        [sys.executable, "-m", "mjfn_jax.predict", "--workdir", workdir, "--fold", "all",
+         "--video", str(empty)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"error: --video {empty}: cannot open it as a video (unknown or broken file)"
+    ]

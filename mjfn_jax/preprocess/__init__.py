@@ -1,9 +1,11 @@
-"""Preprocessing: frame reading, face crop, onset->apex optical flow, strain, flow-image encoding.
+"""Preprocessing: frame reading, face crop, onset->apex optical flow, strain, flow-image encoding,
+apex spotting.
 
 Pure numpy/OpenCV (opencv-contrib for TV-L1 and the Haar cascade). The one function builders and
 the predict command call is :func:`process_pair`.
 """
 
+from mjfn_jax.preprocess.apex import SPOT_FLOWS, SPOT_SCORES, ApexSpot, SpotSettings, spot_apex
 from mjfn_jax.preprocess.encode import ENCODINGS, encode_flow, hflip_flow_image, minmax_uint8
 from mjfn_jax.preprocess.face import (
     CROP_MODES,
@@ -27,6 +29,11 @@ from mjfn_jax.preprocess.flow import (
 from mjfn_jax.preprocess.pair import PairResult, default_work_size, process_pair
 
 __all__ = [
+    "SPOT_FLOWS",
+    "SPOT_SCORES",
+    "ApexSpot",
+    "SpotSettings",
+    "spot_apex",
     "CROP_MODES",
     "ENCODINGS",
     "FLOW_METHODS",
