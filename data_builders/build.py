@@ -1,8 +1,8 @@
 """Builds a dataset with tfds `download_and_prepare` into array_record files, without TensorFlow.
 
-`tfds build` needs TensorFlow (DESIGN.md §3); this is our replacement: it builds one
-`<name>/<config>`, computes the flows in its own process pool, and returns (and prints) a
-summary: examples per split and class, skipped rows and why, seconds, pairs per second.
+`tfds build` needs TensorFlow (docs/design.md#built-dataset-format); this is our replacement:
+it builds one `<name>/<config>`, computes the flows in its own process pool, and returns (and
+prints) a summary: examples per split and class, skipped rows and why, seconds, pairs per second.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Every builder (``data_builders/<name>/<name>_dataset_builder.py``) only knows ho
 manual folder into a list of :class:`ClipSpec` (annotation parsing, frame lookup, labels). This
 module turns clip specs into TFDS examples: it reads the onset and apex frames, calls
 ``mjfn_jax.preprocess.process_pair`` (crop, optical flow, strain, encoding) in a process pool,
-encodes the images as PNG with OpenCV (so TensorFlow is never needed; DESIGN.md §3) and counts
-every skipped clip with its reason.
+encodes the images as PNG with OpenCV (so TensorFlow is never needed:
+docs/design.md#built-dataset-format) and counts every skipped clip with its reason.
 """
 
 from __future__ import annotations

@@ -100,10 +100,10 @@ class FoldCheckpointer:
     def __init__(self, workdir: str, fold_name: str, *, max_to_keep: int = 2):
         self.fold_dir = os.path.abspath(os.path.join(workdir, "folds", fold_name))
         os.makedirs(self.fold_dir, exist_ok=True)
-        # No best_fn: with best_fn Orbax may delete the latest step (DESIGN.md §3); we only
-        # ever need the latest. Saves are asynchronous so that writing one fold's final state
-        # overlaps the next fold's training; Orbax writes into a temporary folder and renames
-        # it when complete, so a killed run never resumes from a half-written step, and
+        # No best_fn: with best_fn Orbax may delete the latest step (docs/design.md#checkpoints);
+        # we only ever need the latest. Saves are asynchronous so that writing one fold's final
+        # state overlaps the next fold's training; Orbax writes into a temporary folder and
+        # renames it when complete, so a killed run never resumes from a half-written step, and
         # write_result() waits for the save before it marks the fold done.
         self._max_to_keep = max(1, max_to_keep)
         self._manager = None  # created on first use: a fold saved once needs none

@@ -12,7 +12,7 @@ import ml_collections
 
 
 def base_model_config() -> ml_collections.ConfigDict:
-    """The reference MJFN reconstruction (DESIGN.md §1) at 112x112."""
+    """The reference MJFN reconstruction (docs/design.md#chosen-by-us) at 112x112."""
     m = ml_collections.ConfigDict()
     m.num_classes = 3  # 3 for SMIC / MEGC2019 / synthetic, 5 for CASME II and SAMM.
     m.input_size = 112  # Square flow image side, pixels.

@@ -1,4 +1,6 @@
-"""Datasets as host arrays: a whole split is read once, then lives on the device (DESIGN.md §2, §4).
+"""Datasets as host arrays: a whole split is read once, then lives on the device.
+
+See docs/design.md#loading-data (and #fold-engine for the device side).
 
 `load_dataset` reads a split written by `python -m data_builders build` (array_record files,
 no TensorFlow); `Dataset.from_arrays` wraps arrays made elsewhere (benchmarks, tests).

@@ -9,7 +9,8 @@ The clip goes through the preprocessing of the dataset builders (``process_pair`
 optical flow, strain, min-max encoding) with the settings of the run's saved config
 (``DIR/config.json``): flow method from ``data.builder_config`` ("<method>_<size>"), output side
 ``model.input_size``, crop 'center' for the synthetic set and 'haar' otherwise (``--crop none``
-for frames that are already face-cropped). The model is the fold's latest checkpoint, restored
+for frames that are already face-cropped). The model is the finished fold's final model (for a
+fold still in progress, its latest checkpoint), restored
 into the engine's own train-state structure and evaluated by the engine's own predict function
 (so the best-on-validation weights are used when the run used early stopping).
 

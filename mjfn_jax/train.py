@@ -1,11 +1,13 @@
 """The fold engine: ``train_and_evaluate(config, workdir, dataset=None) -> results``.
 
 The whole dataset is placed on the device(s) once; per-fold functions from
-:mod:`mjfn_jax.engine` are lifted over a leading fold axis and jitted; every call trains
-``parallel.epochs_per_call`` epochs of every fold of a group as one ``lax.scan``. Folds run in
+:mod:`mjfn_jax.engine` are lifted over a leading fold axis and compiled once; a training call
+runs ``parallel.epochs_per_call`` epochs of every fold of a group, as one ``lax.scan``
+(``parallel.loop='scan'``, accelerators) or one call per step (``'steps'``, CPU). Folds run in
 groups (strategy 'vmap': many folds sharded over the mesh axis 'fold'; 'sequential': one fold,
 batch sharded over the mesh axis 'data'). Each fold checkpoints to ``workdir/folds/<fold>``;
-a rerun skips finished folds and resumes the others exactly (DESIGN.md §4, §5).
+a rerun skips finished folds and resumes the others exactly (docs/design.md#train-loop), and
+the workdir's records (mjfn_jax.workdir) refuse what would make it inexact.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ numbers an uninterrupted one would, or refuse with the reason:
     <workdir>/.lock            held (flock) by the run using the workdir; released by the
                                kernel when that process ends, even by kill -9
     <workdir>/dataset.json     the identity of the data the folds were trained on: a SHA-256
-                               of the images, labels, subjects, clips and class names
+                               of the images, labels, subjects, sources, clips, class names
     <workdir>/execution.json   how the in-progress checkpoints were computed (strategy, loop,
                                platform, data shards): continuing a fold another way gives
                                other floating-point rounding, so other predictions

@@ -26,7 +26,8 @@ SIZE = 32
 SYNTHETIC = {"num_subjects": 2, "clips_per_subject": 3, "frame_size": 64}
 CASME2_5 = ("happiness", "surprise", "disgust", "repression", "others")
 SAMM_5 = ("anger", "contempt", "happiness", "surprise", "other")
-# The composite rules of DATASETS.md, restated independently of the builder code.
+# The composite rules of docs/datasets.md#megc2019-composite, restated independently of the
+# builder code.
 CASME2_3 = {"disgust": "negative", "repression": "negative", "happiness": "positive",
             "surprise": "surprise"}  # fmt: skip
 SAMM_3 = {"anger": "negative", "contempt": "negative", "disgust": "negative", "fear": "negative",

@@ -13,7 +13,8 @@ from data_builders.smic import smic_dataset_builder as smic
 
 CLASS_NAMES = common.THREE_CLASSES
 NEG, POS, SUR = CLASS_NAMES
-# The composite rules (DATASETS.md); None = a known emotion the composite drops (counted).
+# The composite rules (docs/datasets.md#megc2019-composite); None = a known emotion the
+# composite drops (counted).
 CASME2_MAP = {
     "disgust": NEG, "repression": NEG, "happiness": POS, "surprise": SUR,
     "others": None, "fear": None, "sadness": None,

@@ -1,4 +1,4 @@
-"""The Multi-scale Joint Feature Network (reference reconstruction, DESIGN.md §1).
+"""The Multi-scale Joint Feature Network (reference reconstruction, docs/design.md#model).
 
 A ResNet-18-style backbone (3x3 conv stem, 4 stages of BasicBlocks), three joint feature
 modules JFM_k joining stage k with stage k + 1, a head on each (backbone + 3 JFMs) and a
