@@ -7,8 +7,8 @@
   (params replicated). XLA inserts the gradient all-reduce.
 - 'auto': a timed trial of the candidates, cached per machine and program (mjfn_jax.autotune;
   with ``parallel.auto_trial`` off, the platform rule of resolve_strategy). On XLA:CPU vmap
-  lowers the convolutions of K models to one grouped convolution, which is slower than K separate ones
-  (measured 2026-11-23, demo config, 6 folds: sequential 79.6 vs vmap 34.4 samples/s), so on CPU
+  lowers the convolutions of K models to one grouped convolution, which is slower than K
+  separate ones (measured 2026-11-23, demo config, 6 folds: sequential 79.6 vs vmap 34.4 samples/s), so on CPU
   'vmap' runs ONE fold per device (no vmap at all inside a device) and the host is split into
   one CPU device per core. GPU/TPU -> 'vmap' over all folds (UNMEASURED here: no accelerator
   was available when this was written).
