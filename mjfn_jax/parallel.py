@@ -8,10 +8,10 @@
 - 'auto': a timed trial of the candidates, cached per machine and program (mjfn_jax.autotune;
   with ``parallel.auto_trial`` off, the platform rule of resolve_strategy). On XLA:CPU vmap
   lowers the convolutions of K models to one grouped convolution, which is slower than K
-  separate ones (measured 2026-11-23, demo config, 6 folds: sequential 79.6 vs vmap 34.4 samples/s), so on CPU
-  'vmap' runs ONE fold per device (no vmap at all inside a device) and the host is split into
-  one CPU device per core. GPU/TPU -> 'vmap' over all folds (UNMEASURED here: no accelerator
-  was available when this was written).
+  separate ones (measured 2026-11-23, demo config, 6 folds: sequential 79.6 vs vmap 34.4
+  samples/s), so on CPU 'vmap' runs ONE fold per device (no vmap at all inside a device) and
+  the host is split into one CPU device per core. GPU/TPU -> 'vmap' over all folds
+  (UNMEASURED here: no accelerator was available when this was written).
 
 Under 'vmap' each device runs ``jax.vmap`` over its own folds inside ``jax.shard_map``: letting
 the SPMD partitioner split a vmapped program over the fold axis gave wrong numbers (see _lift).
