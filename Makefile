@@ -22,7 +22,7 @@ setup: $(VENV)/.runtime
 setup-dev: $(VENV)/.dev
 
 demo: $(VENV)/.runtime
-	$(PY) -m mjfn_jax.demo --data_dir $(DATA_DIR) --workdir $(WORKDIR)
+	$(PY) -m experiments.demo --data_dir $(DATA_DIR) --workdir $(WORKDIR)
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q -m "not slow and not gpu"

@@ -12,6 +12,7 @@ import logging
 import sys
 
 import data_builders
+from mjfn_jax.preprocess.face import CROP_MODES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     build.add_argument(
         "--crop",
-        choices=("haar", "center", "none"),
+        choices=CROP_MODES,
         default=None,
         help="override the crop chosen from the manual folder (default: per source)",
     )

@@ -27,10 +27,11 @@ from tqdm import tqdm
 from data_builders.apex import APEX_MODES, choose_apexes
 from data_builders.flow_worker import ClipSpec, init_worker, process_clip
 from data_builders.skips import SkipLog
+from mjfn_jax.preprocess import CROP_MODES, FLOW_METHODS
+from mjfn_jax.synthetic.motion import CLASS_NAMES
 
-FLOW_METHODS = ("tvl1", "farneback", "dis")
 SIZES = (32, 48, 64, 112, 224)
-THREE_CLASSES = ("negative", "positive", "surprise")
+THREE_CLASSES = CLASS_NAMES  # the 3-class task of MEGC2019 (and of the synthetic generator)
 
 
 @dataclasses.dataclass
@@ -173,8 +174,8 @@ class FlowBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         # 'annotated' (the sheet's; SMIC: middle), 'spotted' or 'middle': data_builders.apex.
         self.apex = apex
         self.apex_info: dict[str, Any] = {"mode": apex}
-        if crop not in (None, "haar", "center", "none"):
-            raise ValueError(f"crop must be None, 'haar', 'center' or 'none', got {crop!r}")
+        if crop is not None and crop not in CROP_MODES:
+            raise ValueError(f"crop must be None or one of {CROP_MODES}, got {crop!r}")
         self.workers = workers  # Flow worker processes; None = os.cpu_count().
         # None: each source's crop follows its manual folder (raw frames: 'haar', an official
         # cropped set: 'none'). An override is for frames that are already face-aligned.

@@ -41,7 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "megc2019"  # TFDS builder name (data_builders/<name>).
-    c.data.builder_config = "tvl1_112"  # BuilderConfig: '<flow method>_<resolution>'.
+    # Flow method of the built dataset ('tvl1', 'farneback', 'dis'); the dataset read is
+    # '<name>/<flow_method>_<model.input_size>' (mjfn_jax.data.builder_config_name).
+    c.data.flow_method = "tvl1"
     c.data.data_dir = "data/tfds"  # Where `python -m data_builders build` wrote it.
     c.data.split = "train"
     # data.name='generated': synthetic flow images made in memory (no build), for benchmarks.
@@ -97,6 +99,15 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def smoke(config: ml_collections.ConfigDict, num_epochs: int) -> ml_collections.ConfigDict:
+    """The tiny variant of an experiment config (``FILE.py:smoke``), for tests: 32x32 inputs,
+    widths 4..16, one block per stage, batch 8, ``num_epochs`` epochs."""
+    config.model.input_size, config.model.stem_stride = 32, 1
+    config.model.widths, config.model.blocks_per_stage = (4, 8, 8, 16), (1, 1, 1, 1)
+    config.train.num_epochs, config.train.batch_size = num_epochs, 8
+    return config
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the first invalid field (``section.field=value: why``).
 
@@ -106,6 +117,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     from mjfn_jax.data import GENERATED
     from mjfn_jax.models.mjfn import _validate_config as validate_model
     from mjfn_jax.parallel import LOOPS, STRATEGIES
+    from mjfn_jax.preprocess.flow import FLOW_METHODS
 
     def check(field: str, ok: bool, why: str) -> None:
         if not ok:
@@ -159,6 +171,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           "needs an int >= 0")  # fmt: skip
     check("checkpoint.max_to_keep", is_int(c.max_to_keep) and c.max_to_keep >= 1,
           "needs an int >= 1")  # fmt: skip
+    if config.data.name != GENERATED:
+        check("data.flow_method", config.data.flow_method in FLOW_METHODS,
+              f"must be one of {FLOW_METHODS}")  # fmt: skip
     if config.data.name == GENERATED:
         for name in ("generated_subjects", "generated_samples"):
             value = config.data[name]

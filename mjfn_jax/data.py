@@ -43,6 +43,10 @@ class Dataset:
     sources: np.ndarray
     clips: np.ndarray
     class_names: tuple[str, ...]
+    # How the flow images were made (what predict must redo on a new clip): "flow_method",
+    # "size", "encoding", "crop" ({mode: clips}), "apex", "dataset" ('name/config'). Empty
+    # for arrays that did not come from a build or the synthetic generator.
+    preprocessing: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         images, labels = self.images, self.labels
@@ -99,6 +103,7 @@ class Dataset:
             self.sources[idx],
             self.clips[idx],
             self.class_names,
+            self.preprocessing,
         )
 
     @classmethod
@@ -145,7 +150,7 @@ class Dataset:
     def from_synthetic_arrays(cls, arrays: dict) -> Dataset:
         """The dict of ``mjfn_jax.synthetic.make_flow_arrays`` as a Dataset, with subjects
         prefixed like the synthetic builder's canonical ids ('s01' -> 'synthetic/s01')."""
-        return cls.from_arrays(
+        dataset = cls.from_arrays(
             arrays["images"],
             arrays["labels"],
             arrays["subjects"],
@@ -153,6 +158,16 @@ class Dataset:
             clips=arrays["clips"],
             source="synthetic",
         )
+        # The generator's TRUE flows, centre crop of its square frames; on a new clip, the
+        # builders' default estimate of them (TV-L1) is the closest preprocessing.
+        preprocessing = {
+            "dataset": "make_flow_arrays",
+            "flow_method": "tvl1",
+            "size": int(dataset.images.shape[1]),
+            "encoding": arrays.get("encoding", "uvs"),
+            "crop": {"center": len(dataset)},
+        }
+        return dataclasses.replace(dataset, preprocessing=preprocessing)
 
 
 def build_command(name: str, builder_config: str, data_dir: str | os.PathLike) -> str:
@@ -191,14 +206,15 @@ def _unreadable_shards(paths: Sequence[os.PathLike]) -> list[str]:
     return bad
 
 
-def damaged_dataset_error(builder, split: str, data_dir, err: Exception) -> ValueError:
+def damaged_dataset_error(
+    builder, name: str, config: str, split: str, data_dir, err: Exception
+) -> ValueError:
     """One line naming the dataset folder, the damaged shard(s) and how to rebuild.
 
     array_record's own message ("Corrupted Riegeli/records file: chunk header hash mismatch")
     names no file (issue 10, case 14); a truncated copy or a full disk during the build are
     the usual causes, and the cure is a rebuild.
     """
-    name, config = builder.name, builder.builder_config.name
     paths = builder.info.splits[split].filepaths
     bad = _unreadable_shards(paths)
     cause = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -210,44 +226,60 @@ def damaged_dataset_error(builder, split: str, data_dir, err: Exception) -> Valu
     )
 
 
+def dataset_dir(name: str, builder_config: str, data_dir: str | os.PathLike) -> str | None:
+    """The newest built version folder, ``<data_dir>/<name>/<config>/<version>``, or None."""
+    root = os.path.join(os.fspath(data_dir), name, builder_config)
+    try:
+        info = lambda v: os.path.join(root, v, "dataset_info.json")
+        versions = [v for v in os.listdir(root) if os.path.isfile(info(v))]
+    except FileNotFoundError:
+        return None
+    parse = lambda v: tuple(int(x) if x.isdigit() else -1 for x in v.split("."))
+    return os.path.join(root, max(versions, key=parse)) if versions else None
+
+
 def load_dataset(
     name: str,
-    builder_config: str | None,
+    builder_config: str,
     data_dir: str | os.PathLike,
     split: str = "train",
 ) -> Dataset:
     """Reads a built split into a Dataset sorted by (subject, clip).
 
-    The records come back from array_record in a hashed order, so we sort by the ids carried in
-    the features. A dataset that was not built raises FileNotFoundError with the build command.
+    The dataset is read by directory (``tfds.builder_from_directory``): no builder code, so a
+    built dataset copied anywhere loads without ``data_builders``. The records come back from
+    array_record in a hashed order, so we sort by the ids carried in the features. A dataset
+    that was not built raises FileNotFoundError with the build command.
     """
     import tensorflow_datasets as tfds
 
-    from data_builders.build import make_builder
-
-    builder = make_builder(name, builder_config=builder_config, data_dir=data_dir)
-    config = builder.builder_config.name
-    if not builder.is_prepared():
+    path = dataset_dir(name, builder_config, data_dir)
+    if path is None:
         raise FileNotFoundError(
-            f"dataset {name}/{config} is not built in {os.fspath(data_dir)} (looked for "
-            f"{builder.data_dir}). Build it with:\n  {build_command(name, config, data_dir)}"
+            f"dataset {name}/{builder_config} is not built in {os.fspath(data_dir)} (looked for "
+            f"{os.path.join(os.fspath(data_dir), name, builder_config)}/<version>/"
+            f"dataset_info.json). Build it with:\n  {build_command(name, builder_config, data_dir)}"
         )
+    builder = tfds.builder_from_directory(path)
     if split not in builder.info.splits:
-        raise ValueError(f"{name}/{config}: no split {split!r}; have {list(builder.info.splits)}")
+        raise ValueError(
+            f"{name}/{builder_config}: no split {split!r}; have {list(builder.info.splits)}"
+        )
     decoders = {key: tfds.decode.SkipDecoding() for key in _UNDECODED}
+    size = int(builder.info.features["flow_image"].shape[0])
     try:
         source = builder.as_data_source(split=split, decoders=decoders)
         records = source.__getitems__(range(len(source))) if len(source) else []
         subjects = [_text(r["subject"]) for r in records]
         clips = [_text(r["clip"]) for r in records]
         order = sorted(range(len(records)), key=lambda i: (subjects[i], clips[i]))
-        size = builder.builder_config.size
         images = np.zeros((len(records), size, size, 3), np.uint8)  # [N, S, S, 3] uint8
         for row, i in enumerate(order):
             images[row] = _decode_png(records[i]["flow_image"], f"{subjects[i]}/{clips[i]}")
     except (RuntimeError, ValueError, TypeError, KeyError, OSError) as err:
-        raise damaged_dataset_error(builder, split, data_dir, err) from err
+        raise damaged_dataset_error(builder, name, builder_config, split, data_dir, err) from err
     pick = lambda values: np.asarray([values[i] for i in order], dtype=str)
+    metadata = dict(builder.info.metadata or {})
     return Dataset(
         images=images,
         labels=np.asarray([records[i]["label"] for i in order], np.int32),
@@ -255,6 +287,14 @@ def load_dataset(
         sources=pick([_text(r["source"]) for r in records]),
         clips=pick(clips),
         class_names=tuple(builder.info.features["label"].names),
+        preprocessing={
+            "dataset": f"{name}/{builder_config}",
+            "flow_method": builder_config.rsplit("_", 1)[0],
+            "size": size,
+            "encoding": "uvs",  # the builders' encoding (u, v, strain)
+            "crop": dict(metadata.get("crop", {})),
+            "apex": dict(metadata.get("apex", {"mode": "annotated"})),
+        },
     )
 
 
@@ -278,5 +318,14 @@ def dataset_from_config(data_config, input_size: int, seed: int) -> Dataset:
         )
         return Dataset.from_synthetic_arrays(arrays)
     return load_dataset(
-        data_config.name, data_config.builder_config, data_config.data_dir, split=data_config.split
+        data_config.name,
+        builder_config_name(data_config, input_size),
+        data_config.data_dir,
+        split=data_config.split,
     )
+
+
+def builder_config_name(data_config, input_size: int) -> str:
+    """The built dataset's config, '<data.flow_method>_<model.input_size>' (e.g. 'tvl1_48'):
+    derived, so the image size is stated once, in the model config."""
+    return f"{data_config.flow_method}_{int(input_size)}"

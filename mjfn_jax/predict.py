@@ -6,13 +6,13 @@
     python -m mjfn_jax.predict --workdir DIR --fold all --frames DIR [--apex-frame N]
 
 The clip goes through the preprocessing of the dataset builders (``process_pair``: face crop,
-optical flow, strain, min-max encoding) with the settings of the run's saved config
-(``DIR/config.json``): flow method from ``data.builder_config`` ("<method>_<size>"), output side
-``model.input_size``, crop 'center' for the synthetic set and 'haar' otherwise (``--crop none``
-for frames that are already face-cropped). The model is the finished fold's final model (for a
-fold still in progress, its latest checkpoint), restored
-into the engine's own train-state structure and evaluated by the engine's own predict function
-(so the best-on-validation weights are used when the run used early stopping).
+optical flow, strain, min-max encoding) with the settings the training run recorded from its
+dataset (``DIR/dataset.json``, mjfn_jax.workdir): flow method, side, encoding, crop (the
+dataset's; ``--crop none`` for frames that are already face-cropped), and the class names. The
+model is the finished fold's final model (for a fold still in progress, its latest
+checkpoint), restored into the engine's own train-state structure and evaluated by the
+engine's own predict function (so the best-on-validation weights are used when the run used
+early stopping).
 
 Which fold: a clip of a subject of the dataset must go to THAT subject's fold (the only model
 that never saw the subject). For a new person every fold's model is a valid choice, and
@@ -31,7 +31,6 @@ import sys
 
 import numpy as np
 
-# The inputs (a pair of frames, a saved flow image, a raw clip) -> the model's flow image.
 from mjfn_jax.predict_input import (
     check_output_path,
     flow_image_from_clip,
@@ -40,8 +39,11 @@ from mjfn_jax.predict_input import (
     save_flow_image,
 )
 
+# The inputs (a pair of frames, a saved flow image, a raw clip) -> the model's flow image.
+from mjfn_jax.preprocess.face import CROP_MODES
+from mjfn_jax.workdir import DATASET_FILE, read_json
+
 CONFIG_FILE = "config.json"  # written by mjfn_jax.config_io.save_or_check_config
-DEFAULT_CROP = {"synthetic": "center"}  # every other dataset: 'haar' on raw frames
 
 
 def load_run_config(workdir: str):
@@ -56,8 +58,21 @@ def load_run_config(workdir: str):
             f"{path} not found: {workdir} is not a training workdir (python -m mjfn_jax.main "
             "writes config.json there first)"
         )
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(read_json(path, "restore it from the run's report"))
+
+
+def load_dataset_record(workdir: str) -> dict:
+    """The workdir's record of its dataset (``dataset.json``, mjfn_jax.workdir): class names
+    and how the flow images were made."""
+    path = os.path.join(workdir, DATASET_FILE)
+    record = read_json(path) if os.path.isfile(path) else {}
+    if not record.get("preprocessing") or not record.get("class_names"):
+        raise ValueError(
+            f"{path} does not record how the dataset's flow images were made (a run older than "
+            "this version, or arrays that came from no build): rerun its training command "
+            "(finished folds are not trained again) to record it"
+        )
+    return record
 
 
 def available_folds(workdir: str) -> list[str]:
@@ -94,18 +109,19 @@ def resolve_fold(workdir: str, fold: str) -> str:
     )
 
 
-def preprocessing_settings(config, crop: str | None = None) -> dict:
-    """process_pair arguments that reproduce the run's dataset: flow_method, size, crop."""
-    method, _, built_size = str(config.data.builder_config).partition("_")
-    size = int(config.model.input_size)  # the engine requires images of exactly this side
-    if built_size.isdigit() and int(built_size) != size:
-        print(
-            f"warning: data.builder_config {config.data.builder_config!r} but model.input_size "
-            f"{size}; flow images are made at {size}x{size}",
-            file=sys.stderr,
-        )
-    crop = crop or DEFAULT_CROP.get(str(config.data.name), "haar")
-    return {"flow_method": method, "size": size, "crop": crop}
+def preprocessing_settings(record: dict, crop: str | None = None) -> dict:
+    """process_pair arguments that reproduce the run's dataset (``load_dataset_record``):
+    flow_method, size, encoding and crop (``crop`` overrides the dataset's; a dataset built
+    with several crops, e.g. per source, uses its most frequent one)."""
+    pre = record["preprocessing"]
+    crops = dict(pre.get("crop") or {})
+    crop = crop or (max(crops, key=crops.get) if crops else "haar")
+    return {
+        "flow_method": pre["flow_method"],
+        "size": int(pre["size"]),
+        "encoding": pre.get("encoding", "uvs"),
+        "crop": crop,
+    }
 
 
 def restore_fold(workdir: str, fold: str, config, program=None):
@@ -173,18 +189,6 @@ def fold_probabilities(workdir: str, folds: list[str], config, image: np.ndarray
     return np.mean(probs, axis=0), metas
 
 
-def class_names_for(workdir: str, config) -> tuple[str, ...]:
-    """From the run's results.json; else the 3-class task names; else class0, class1, ..."""
-    path = os.path.join(workdir, "results.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            return tuple(json.load(f)["class_names"])
-    num_classes = int(config.model.num_classes)
-    if num_classes == 3 and config.data.name in ("synthetic", "smic", "megc2019"):
-        return ("negative", "positive", "surprise")
-    return tuple(f"class{i}" for i in range(num_classes))
-
-
 def predict(
     workdir: str,
     fold: str,
@@ -214,10 +218,11 @@ def predict(
             "folder"
         )
     config = load_run_config(workdir)
+    record = load_dataset_record(workdir)
     folds = available_folds(workdir) if fold == "all" else [resolve_fold(workdir, fold)]
     if not folds:
         raise ValueError(f"--fold all: no fold with a checkpoint in {workdir}")
-    settings = preprocessing_settings(config, crop)
+    settings = preprocessing_settings(record, crop)
     clip_info = {"onset": onset, "apex": apex}
     if flow_image is not None:
         image = flow_image_from_file(flow_image, settings["size"])
@@ -229,9 +234,7 @@ def predict(
             apex_frame=apex_frame, want_curve=want_curve, spot=spot,
         )  # fmt: skip
     probs, metas = fold_probabilities(workdir, folds, config, image)
-    names = class_names_for(workdir, config)
-    if len(names) != probs.size:
-        names = tuple(f"class{i}" for i in range(probs.size))
+    names = tuple(record["class_names"])
     return {
         **clip_info,
         "fold": "all" if fold == "all" else folds[0],
@@ -294,7 +297,7 @@ def _parser() -> argparse.ArgumentParser:
         help="--video/--frames: spotting settings NAME=VALUE,... (mjfn_jax.preprocess.SpotSettings"
         "), e.g. flow_method=dis,work_size=32 or detrend=false for a clip that ends at its apex",
     )
-    p.add_argument("--crop", choices=("haar", "center", "none"), help="override the face crop")
+    p.add_argument("--crop", choices=CROP_MODES, help="override the face crop")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--save-flow-image", help="also write the model's input flow image here")
     return p

@@ -130,6 +130,8 @@ def dataset_identity(dataset) -> dict:
         "num_subjects": len(set(dataset.subjects.tolist())),
         "class_names": list(dataset.class_names),
         "image_shape": list(dataset.images.shape[1:]),
+        # Not part of the identity: how the images were made, for predict (mjfn_jax.predict).
+        "preprocessing": json.loads(json.dumps(dict(getattr(dataset, "preprocessing", {})))),
     }
 
 
@@ -144,15 +146,20 @@ def check_dataset(workdir: str, dataset) -> None:
     if os.path.exists(path):
         saved = read_json(path, "delete it only if you are sure the data did not change")
         if saved.get("sha256") != identity["sha256"]:
-            changed = [k for k in identity if k != "sha256" and saved.get(k) != identity[k]]
+            changed = [
+                k
+                for k in identity
+                if k not in ("sha256", "preprocessing") and saved.get(k) != identity[k]
+            ]
             detail = ", ".join(f"{k} {saved.get(k)!r} -> {identity[k]!r}" for k in changed)
             raise WorkdirError(
                 f"workdir {workdir!r} was trained on different data than data.data_dir holds "
                 f"now ({detail or 'same sizes, different content'}; recorded in {path}); "
                 "use a new --workdir, or the data it was trained on"
             )
-        return
-    write_json(path, identity)
+        if saved == identity:
+            return
+    write_json(path, identity)  # new, or a record of the same data from an older version
 
 
 def recorded_execution(workdir: str) -> dict | None:

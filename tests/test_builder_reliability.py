@@ -284,7 +284,7 @@ def test_demo_on_a_damaged_dataset_ends_with_one_error_line(tmp_path):
     shard.write_bytes(shard.read_bytes()[:1000])
     config = f"{ROOT}/experiments/configs/synthetic.py:smoke"
     argv = ["--data_dir", str(data_dir), "--workdir", str(tmp_path / "w"), "--config", config]
-    result = subprocess.run([sys.executable, "-m", "mjfn_jax.demo", *argv], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "experiments.demo", *argv], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1 and last.startswith("error: dataset synthetic/tvl1_32"), last

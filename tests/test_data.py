@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from mjfn_jax.data import Dataset, load_dataset
 
 NAMES = ("negative", "positive", "surprise")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def arrays(n=6, size=8):
@@ -88,6 +94,29 @@ def test_load_sorted_and_matches_records(tmp_path):
         assert data.labels[row] == record["label"]
     with pytest.raises(ValueError, match="no split 'test'"):
         load_dataset("synthetic", "farneback_32", tmp_path, split="test")
+    assert data.preprocessing["flow_method"] == "farneback" and data.preprocessing["size"] == 32
+    assert data.preprocessing["crop"] == {"center": 6}
+
+    # Copied elsewhere, it loads from another folder in a process that cannot import the
+    # builders: the library reads what the builders wrote, by directory.
+    copy = tmp_path / "elsewhere" / "tfds"
+    shutil.copytree(tmp_path / "synthetic", copy / "synthetic")
+    blocker = tmp_path / "blocked" / "data_builders"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('data_builders is blocked here')\n")
+    code = (
+        "import sys; from mjfn_jax.data import load_dataset\n"
+        f"d = load_dataset('synthetic', 'farneback_32', {str(copy)!r})\n"
+        "assert not any(m.startswith('data_builders') for m in sys.modules)\n"
+        "print(len(d), d.subjects[0], d.images.sum())"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "blocked"), REPO]))
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path / "elsewhere", env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["6", "synthetic/s01", str(data.images.sum())]
 
 
 def test_from_synthetic_arrays_uses_canonical_subjects_and_keeps_clips():

@@ -25,7 +25,7 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
         assert module in names, module
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for script in ("mjfn-train", "mjfn-demo", "mjfn-predict", "mjfn-summary", "mjfn-build"):
+    for script in ("mjfn-train", "mjfn-predict", "mjfn-summary", "mjfn-build"):
         assert f"{script} = " in scripts
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),

@@ -57,7 +57,12 @@ def test_onset_apex_prediction_uses_the_builder_preprocessing(trained, tmp_path)
     clip_dir = tmp_path / "raw" / "frames" / row[0] / row[1]
     onset, apex = str(clip_dir / f"img{row[2]}.png"), str(clip_dir / f"img{row[3]}.png")
     out = predict_mod.predict(workdir, "s01", onset=onset, apex=apex)
-    assert out["settings"] == {"flow_method": "tvl1", "size": 32, "crop": "center"}
+    assert out["settings"] == {
+        "flow_method": "tvl1",
+        "size": 32,
+        "encoding": "uvs",
+        "crop": "center",
+    }
     expected = process_pair(
         read_frame(onset), read_frame(apex), flow_method="tvl1", size=32, crop="center"
     )
@@ -131,20 +136,25 @@ def test_save_flow_image_target_is_checked_first(trained, tmp_path, capsys):
     assert not (tmp_path / "out.txt").exists()
 
 
-def test_preprocessing_settings_follow_the_config():
-    megc = load_config("experiments/configs/megc2019.py")
-    assert predict_mod.preprocessing_settings(megc) == {
+def test_preprocessing_settings_come_from_the_workdirs_dataset_record(trained, tmp_path):
+    workdir, dataset, _ = trained
+    record = predict_mod.load_dataset_record(workdir)
+    assert record["class_names"] == list(dataset.class_names)
+    assert predict_mod.preprocessing_settings(record) == {
         "flow_method": "tvl1",
-        "size": 112,
-        "crop": "haar",
+        "size": 32,
+        "encoding": "uvs",
+        "crop": "center",  # the generator's square frames
     }
-    assert predict_mod.preprocessing_settings(megc, crop="none")["crop"] == "none"
-    syn = load_config("experiments/configs/synthetic.py", ["data.builder_config=dis_48"])
-    assert predict_mod.preprocessing_settings(syn) == {
-        "flow_method": "dis",
-        "size": 48,
-        "crop": "center",
-    }
+    composite = {"preprocessing": {"flow_method": "dis", "size": 112,
+                                   "crop": {"haar": 300, "center": 142}}}  # fmt: skip
+    assert predict_mod.preprocessing_settings(composite)["crop"] == "haar"  # the most frequent
+    assert predict_mod.preprocessing_settings(composite, crop="none")["crop"] == "none"
+    os.makedirs(tmp_path / "old")  # a workdir without the record: one error with the remedy
+    with open(tmp_path / "old" / "dataset.json", "w") as f:
+        f.write('{"sha256": "x", "class_names": ["a", "b"]}')
+    with pytest.raises(ValueError, match="rerun its training command"):
+        predict_mod.load_dataset_record(str(tmp_path / "old"))
 
 
 def test_unfinished_fold_is_flagged(trained, tmp_path):

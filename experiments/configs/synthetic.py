@@ -4,13 +4,13 @@ Usage: --config experiments/configs/synthetic.py        (demo)
        --config experiments/configs/synthetic.py:smoke  (tiny, for tests)
 """
 
-from mjfn_jax.config import base_config
+from mjfn_jax.config import base_config, smoke
 
 
 def get_config(arg=None):
     config = base_config()
     config.data.name = "synthetic"
-    config.data.builder_config = "tvl1_48"
+    config.data.flow_method = "tvl1"  # the dataset synthetic/tvl1_48
     config.model.num_classes = 3
     config.model.input_size = 48
     config.model.stem_stride = 1
@@ -24,12 +24,7 @@ def get_config(arg=None):
     config.augment.max_translate = 2
     config.checkpoint.every_epochs = 5
     if arg == "smoke":
-        config.model.input_size = 32
-        config.data.builder_config = config.data.builder_config.split("_")[0] + "_32"
-        config.model.widths = (4, 8, 8, 16)
-        config.model.blocks_per_stage = (1, 1, 1, 1)
-        config.train.num_epochs = 2
-        config.train.batch_size = 8
+        smoke(config, num_epochs=2)
     elif arg not in (None, ""):
         raise ValueError(f"synthetic config: unknown argument {arg!r} (expected none or 'smoke')")
     return config

@@ -1,6 +1,6 @@
 """`make demo`: build the synthetic dataset if needed, train it under LOSO, print the table.
 
-    python -m mjfn_jax.demo --data_dir data/tfds --workdir workdirs/demo
+    python -m experiments.demo --data_dir data/tfds --workdir workdirs/demo
 
 Uses experiments/configs/synthetic.py (CPU-sized). Rerunning resumes / reuses finished folds.
 """
@@ -58,20 +58,20 @@ def run_demo() -> None:
 
 def _dataset(config):
     """(the demo dataset, seconds to load or build it): built on first use."""
-    from mjfn_jax.data import load_dataset
+    from mjfn_jax.data import builder_config_name, load_dataset
 
     start = time.perf_counter()
+    name = config.data.name
+    builder_config = builder_config_name(config.data, config.model.input_size)
     try:
-        dataset = load_dataset(config.data.name, config.data.builder_config, FLAGS.data_dir)
+        dataset = load_dataset(name, builder_config, FLAGS.data_dir)
     except FileNotFoundError:
         from data_builders.build import build_dataset, format_summary
 
-        print(f"building {config.data.name}/{config.data.builder_config} in {FLAGS.data_dir} ...")
-        summary = build_dataset(
-            config.data.name, builder_config=config.data.builder_config, data_dir=FLAGS.data_dir
-        )
+        print(f"building {name}/{builder_config} in {FLAGS.data_dir} ...")
+        summary = build_dataset(name, builder_config=builder_config, data_dir=FLAGS.data_dir)
         print(format_summary(summary))
-        dataset = load_dataset(config.data.name, config.data.builder_config, FLAGS.data_dir)
+        dataset = load_dataset(name, builder_config, FLAGS.data_dir)
     return dataset, time.perf_counter() - start
 
 
@@ -86,10 +86,5 @@ def _trial_text(timing: dict) -> str:
     )
 
 
-def run() -> None:
-    """Console script ``mjfn-demo``."""
-    cli.run(main)
-
-
 if __name__ == "__main__":
-    run()
+    cli.run(main)
