@@ -46,8 +46,10 @@ def _drop_closed_loop_reports() -> None:
         return
 
     def hook(report) -> None:
-        error = report.exc_value
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        closed_loop = report.exc_type is RuntimeError and "Event loop is closed" in str(
+            report.exc_value
+        )
+        if not closed_loop:
             previous(report)
 
     hook.drops_closed_loop_reports = True
@@ -155,6 +157,7 @@ class FoldCheckpointer:
 
         Raises CheckpointDamaged (naming the step's folder) when the step cannot be read:
         files deleted, truncated or emptied, metadata unreadable, arrays of other shapes."""
+        _drop_closed_loop_reports()  # before: the reports can come while the error propagates
         try:
             restored = self.manager.restore(
                 epochs_done,
@@ -166,7 +169,6 @@ class FoldCheckpointer:
             if not isinstance(meta.get("history"), list):
                 raise KeyError("meta has no 'history' list")
         except Exception as e:  # Orbax/tensorstore raise many types; all mean "unreadable"
-            _drop_closed_loop_reports()
             cause = (str(e).strip().splitlines() or [""])[0][:200]
             raise CheckpointDamaged(
                 f"checkpoint {self.step_dir(epochs_done)} is unreadable "
