@@ -1,4 +1,5 @@
-"""TFDS builders of MJFN-JAX: synthetic, casme2, samm, smic and the megc2019 composite.
+"""TFDS builders of MJFN-JAX: synthetic, casme2, samm, smic, the megc2019 composite, and
+flow_images (a published folder of composite flow images, imported).
 
 Importing ``data_builders`` is cheap (no tensorflow_datasets). Importing ``data_builders.<name>``
 registers that builder with tfds; :func:`builder_cls` returns its class directly, which is what
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-BUILDERS = ("synthetic", "casme2", "samm", "smic", "megc2019")
+BUILDERS = ("synthetic", "casme2", "samm", "smic", "megc2019", "flow_images")
 
 
 def builder_cls(name: str) -> type:

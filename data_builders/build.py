@@ -49,7 +49,8 @@ def class_counts(builder) -> dict[str, dict[str, int]]:
     import tensorflow_datasets as tfds
 
     names = builder.info.features["label"].names
-    skip = {k: tfds.decode.SkipDecoding() for k in ("flow_image", "onset", "apex")}
+    features = builder.info.features
+    skip = {k: tfds.decode.SkipDecoding() for k in ("flow_image", "onset", "apex") if k in features}
     counts = {}
     for split in builder.info.splits:
         source = builder.as_data_source(split=split, decoders=skip)

@@ -21,7 +21,7 @@ CONFIG_FILE = "config.json"
 # Settings that change HOW a run executes, not WHAT it computes: a resumed run may change them
 # (e.g. continue on a machine with a different device count).
 # (train.stop_after_epochs: a removed test knob that configs saved before 2026-11-25 hold.)
-RESUMABLE_KEYS = ("parallel", "checkpoint", "train.stop_after_epochs", "data.data_dir")
+RESUMABLE_KEYS = ("parallel", "checkpoint", "report", "train.stop_after_epochs", "data.data_dir")
 
 
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
@@ -70,7 +70,9 @@ def _parse_value(text: str, current):
     if isinstance(current, bool):
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        return bool(value)
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{text!r} is not True or False")  # bool('no') would be True
     if isinstance(current, float) and isinstance(value, int | str):
         return float(value)  # also "inf", "nan"; a non-number raises naming the text
     if isinstance(current, tuple) and isinstance(value, list):
@@ -94,13 +96,26 @@ def apply_overrides(
             node = node[part]
         if leaf not in node:
             raise KeyError(f"override {item!r}: no config field {key!r}")
-        node[leaf] = _parse_value(text, node[leaf])
+        try:
+            node[leaf] = _parse_value(text, node[leaf])
+        except (ValueError, TypeError) as e:  # also ConfigDict's type check
+            raise ValueError(f"override {item!r}: {e}") from None
     return config
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
     """JSON-friendly plain dict (tuples become lists)."""
     return json.loads(config.to_json())
+
+
+def _upgrade(saved: dict) -> dict:
+    """A config.json of an earlier version, in today's fields: data.builder_config
+    ('tvl1_48', before 2026-11-25) is now data.flow_method + model.input_size."""
+    saved = json.loads(json.dumps(saved))
+    data = saved.get("data", {})
+    if "builder_config" in data and "flow_method" not in data:
+        data["flow_method"] = str(data.pop("builder_config")).rsplit("_", 1)[0]
+    return saved
 
 
 def _strip_resumable(d: dict) -> dict:
@@ -136,7 +151,7 @@ def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     new = config_to_dict(config)
     if os.path.exists(path):
         saved = read_json(path, "restore it, or use a new --workdir")
-        diffs = _diff(_strip_resumable(saved), _strip_resumable(new))
+        diffs = _diff(_strip_resumable(_upgrade(saved)), _strip_resumable(new))
         if diffs:
             raise WorkdirError(
                 f"workdir {workdir!r} holds a run with a different config ({path}); "

@@ -265,7 +265,8 @@ def load_dataset(
         raise ValueError(
             f"{name}/{builder_config}: no split {split!r}; have {list(builder.info.splits)}"
         )
-    decoders = {key: tfds.decode.SkipDecoding() for key in _UNDECODED}
+    features = builder.info.features
+    decoders = {key: tfds.decode.SkipDecoding() for key in _UNDECODED if key in features}
     size = int(builder.info.features["flow_image"].shape[0])
     try:
         source = builder.as_data_source(split=split, decoders=decoders)

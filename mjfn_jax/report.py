@@ -157,6 +157,7 @@ def write_report(
     framework: str = "jax",
     title: str | None = None,
     published: bool | None = None,
+    linear_floor: Mapping | None = None,
 ) -> dict:
     """Writes results.json, report.md, confusion.png, curves.png, predictions.csv into workdir.
 
@@ -169,6 +170,8 @@ def write_report(
       config: ConfigDict or dict of the run; timing: dict of timings (seconds) and device info.
       framework: "jax" or "pytorch". title: report title.
       published: include the published composite table; None = only for MEGC2019 composite runs.
+      linear_floor: {"method": str, "y_pred": int [N]} of mjfn_jax.linear_probe on the same
+        folds, reported beside the headline; or None.
     Returns the results dict (as in results.json) with ``files`` naming what was written.
     """
     yt, yp, names = check_predictions(y_true, y_pred, class_names)
@@ -203,6 +206,11 @@ def write_report(
         "config": config_dict,
         "history_final": json_safe(_history_summary(history)) if history else None,
     }
+    if linear_floor is not None:
+        floor = pooled_metrics(yt, np.asarray(linear_floor["y_pred"]), names)
+        results["linear_floor"] = {"method": linear_floor["method"]} | {
+            k: floor[k] for k in ("uf1", "uar", "accuracy", "n")
+        }
     if published:
         results["published"] = {
             "note": PUBLISHED_NOTE,
@@ -242,6 +250,12 @@ def format_results_table(results: Mapping) -> str:
         f"| all (pooled) | {pooled['n']} | {fmt(pooled['uf1'])} | {fmt(pooled['uar'])} | "
         f"{fmt(pooled['accuracy'])} |",
     ]
+    floor = results.get("linear_floor")
+    if floor:
+        lines.append(
+            f"| linear floor | {floor['n']} | {fmt(floor['uf1'])} | {fmt(floor['uar'])} | "
+            f"{fmt(floor['accuracy'])} |"
+        )
     for source, m in results.get("per_source", {}).items():
         absent = f" (absent: {', '.join(m['absent_classes'])})" if m["absent_classes"] else ""
         lines.append(

@@ -37,6 +37,14 @@ def _headline(r: Mapping) -> list[str]:
     )  # fmt: skip
     if p["absent_classes"]:
         out += [f"Classes with no test sample (excluded from UF1/UAR): {p['absent_classes']}", ""]
+    floor = r.get("linear_floor")
+    if floor:
+        out += [
+            f"**Linear floor** ({floor['method']}): UF1 {fmt(floor['uf1'])}, UAR "
+            f"{fmt(floor['uar'])}, accuracy {fmt(floor['accuracy'])}. A network that does not "
+            "beat it has learnt nothing a linear model of its input would not.",
+            "",
+        ]
     return out
 
 

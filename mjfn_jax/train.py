@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
+import zipfile
 from collections.abc import Callable
 
 import jax
@@ -342,6 +344,28 @@ def _gather_results(config, dataset, arrays, ckpts) -> dict:
     }
 
 
+def _linear_floor(config, workdir: str, dataset, arrays: FoldArrays) -> dict:
+    """The linear probe's pooled predictions on the run's folds (mjfn_jax.linear_probe), kept
+    in ``workdir/linear_floor.npz``: the workdir's dataset and folds never change."""
+    from mjfn_jax.linear_probe import NAME, linear_floor
+
+    path = os.path.join(workdir, "linear_floor.npz")
+    if os.path.exists(path):
+        try:
+            with np.load(path) as z:
+                if z["y_pred"].shape == dataset.labels.shape:
+                    return {"method": NAME, "y_pred": z["y_pred"]}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # damaged: computed again
+    start = time.perf_counter()
+    probs = linear_floor(dataset.images, dataset.labels, arrays, config.model.num_classes)
+    log.info("linear floor: %.1f s", time.perf_counter() - start)
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, y_pred=probs.argmax(-1), probs=probs)
+    os.replace(path + ".tmp", path)
+    return {"method": NAME, "y_pred": probs.argmax(-1)}
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -446,6 +470,7 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
         "folds_trained_this_run": len(pending),
     }
     log.info("timing: %s", timing)
+    floor = _linear_floor(config, workdir, dataset, arrays) if config.report.linear_floor else None
     results = write_report(
         workdir,
         class_names=dataset.class_names,
@@ -460,5 +485,6 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
         config=config_to_dict(config),
         timing=timing,
         framework="jax",
+        linear_floor=floor,
     )
     return results | pooled | {"timing": timing}

@@ -1,0 +1,222 @@
+"""Published flow-image folders: precomputed (u, v, optical strain) images of the MEGC2019
+composite, imported as a dataset with the features of our other builders.
+
+Several public micro-expression repositories distribute the composite as one 3-channel PNG
+per clip, e.g. the 28x28 images of STSTNet/HTNet (`datasets/STSNet_whole_norm_u_v_os/` beside
+`combined_3_class2_for_optical_flow.csv` in github.com/wangzhifengharrison/HTNet). Manual
+folder layout (the images' folder may have any name; exactly one CSV)::
+
+    <manual_dir>/combined_3_class2_for_optical_flow.csv   columns dataset, sub, filename_o, label
+    <manual_dir>/<images>/<sub>_<filename_o> .png          (the space before .png is the
+                                                            repositories' naming; also without)
+
+`dataset` is casme2, samm or smic; `label` 0/1/2 (negative, positive, surprise) or the class
+name. Subjects get our canonical ids ('casme2/sub01', 'samm/006', 'smic/s01'), so folds have
+the names of the composite we build from raw frames. How the images were made (their flow
+method, crop, normalisation) is the publishers': predict on raw clips is not possible with
+such a dataset, only on flow images made the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_builders import common
+from data_builders.flow_worker import encode_png
+
+CLASS_NAMES = common.THREE_CLASSES
+SIZES = (28, 32, 48, 64, 112)
+IMPORTED = "imported"  # the flow method of a config: the images' own, not ours
+SOURCES = ("casme2", "samm", "smic")
+INSTRUCTIONS = """
+    <manual_dir>/<one>.csv                     columns dataset, sub, filename_o, label
+    <manual_dir>/<images>/<sub>_<filename_o> .png   one 3-channel PNG per row (or without the
+                                                    space before .png)
+"""
+
+
+def subject_id(source: str, cell: str) -> str | None:
+    """('casme2', 'sub01') -> 'casme2/sub01'; ('samm', '6') -> 'samm/006'; ('smic', 's1') ->
+    'smic/s01': the ids of our casme2, samm and smic builders."""
+    match = re.search(r"\d+", cell)
+    if not match:
+        return None
+    number = int(match.group())
+    return {"casme2": f"casme2/sub{number:02d}", "samm": f"samm/{number:03d}",
+            "smic": f"smic/s{number:02d}"}[source]  # fmt: skip
+
+
+def read_rows(csv_path: Path) -> list[dict[str, Any]]:
+    """The CSV's rows as {source, subject, clip, label, image_stem, where}; a bad cell is an
+    error naming the file, the row and the field."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = {"dataset", "sub", "filename_o", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}")
+        rows, seen = [], {}
+        for number, row in enumerate(reader, start=2):  # row 1 is the header
+            where = f"{csv_path}, row {number}"
+            source = (row["dataset"] or "").strip().lower()
+            if source not in SOURCES:
+                raise ValueError(f"{where}, field dataset: {row['dataset']!r} is not one of "
+                                 f"{', '.join(SOURCES)}")  # fmt: skip
+            sub, clip = (row["sub"] or "").strip(), (row["filename_o"] or "").strip()
+            subject = subject_id(source, sub)
+            if subject is None or not clip or "/" in clip or "\\" in clip or clip.startswith("."):
+                raise ValueError(f"{where}: sub {sub!r} / filename_o {clip!r} is not a clip id")
+            label = _label(row["label"], where)
+            key = (subject, clip)
+            if key in seen:
+                raise ValueError(f"{where}: clip {subject}/{clip} again (first in row {seen[key]})")
+            seen[key] = number
+            rows.append(dict(source=source, subject=subject, clip=clip, label=label,
+                             image_stem=f"{sub}_{clip}", where=where))  # fmt: skip
+    if not rows:
+        raise ValueError(f"{csv_path}: no rows")
+    return rows
+
+
+def _label(cell: str | None, where: str) -> int:
+    text = (cell or "").strip().lower()
+    if text in CLASS_NAMES:
+        return CLASS_NAMES.index(text)
+    if text.isdigit() and int(text) < len(CLASS_NAMES):
+        return int(text)
+    raise ValueError(f"{where}, field label: {cell!r} is not 0, 1, 2 or one of {CLASS_NAMES}")
+
+
+def find_images(manual_dir: Path) -> tuple[Path, Path]:
+    """(the CSV, the folder of PNGs) in the manual folder."""
+    csvs = sorted(manual_dir.glob("*.csv"))
+    folders = sorted(p for p in manual_dir.iterdir() if p.is_dir() and any(p.glob("*.png")))
+    if len(csvs) != 1 or len(folders) != 1:
+        raise FileNotFoundError(
+            f"{manual_dir}: expected exactly one CSV and one folder of PNG images, found "
+            f"CSV {[p.name for p in csvs]}, image folders {[p.name for p in folders]}\n"
+            f"Layout:{INSTRUCTIONS}"
+        )
+    return csvs[0], folders[0]
+
+
+def match_images(rows: list[dict[str, Any]], folder: Path) -> dict[tuple[str, str], Path]:
+    """{(subject, clip): image} for every row; a row without an image, or an image without a
+    row, is an error naming it."""
+    images = {p.stem.rstrip(): p for p in folder.glob("*.png")}
+    found, missing = {}, []
+    for row in rows:
+        path = images.pop(row["image_stem"], None)
+        if path is None:
+            missing.append(f"{row['where']} ({row['image_stem']} .png)")
+        else:
+            found[(row["subject"], row["clip"])] = path
+    if missing:
+        shown = "; ".join(missing[:3]) + (
+            f"; ... ({len(missing)} in all)" if len(missing) > 3 else ""
+        )
+        raise FileNotFoundError(f"no image in {folder} for {shown}")
+    if images:
+        extra = sorted(p.name for p in images.values())
+        raise ValueError(f"{folder}: image(s) without a CSV row: {', '.join(extra[:5])}"
+                         + (f" ... ({len(extra)} in all)" if len(extra) > 5 else ""))  # fmt: skip
+    return found
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """uint8 RGB [size, size, 3]; another size, channel count or depth is an error naming it."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        channels = 1 if image.ndim == 2 else image.shape[2]
+        raise ValueError(f"{path}: {channels} channel(s) of {image.dtype}; flow images are "
+                         "3-channel 8-bit (u, v, strain)")  # fmt: skip
+    if image.shape[:2] != (size, size):
+        raise ValueError(f"{path}: {image.shape[1]}x{image.shape[0]} pixels; this config "
+                         f"({IMPORTED}_{size}) needs {size}x{size}: build {IMPORTED}_"
+                         f"{image.shape[1]} instead")  # fmt: skip
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Imports a published folder of composite flow images (see the module docstring)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        common.FlowConfig(
+            name=f"{IMPORTED}_{size}",
+            flow_method=IMPORTED,
+            size=size,
+            description=f"published {size}x{size} flow images, imported",
+        )  # fmt: skip
+        for size in SIZES
+    ]
+    DEFAULT_BUILDER_CONFIG_NAME = f"{IMPORTED}_28"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Manual folder layout:{INSTRUCTIONS}"
+
+    def __init__(self, *, workers=None, crop=None, apex="annotated", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The images are made already: the raw-frame options of the other builders do not apply.
+        if crop is not None or apex != "annotated":
+            raise ValueError("flow_images: --crop and --apex do not apply to imported images")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        size = self.builder_config.size
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "flow_image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+                    "emotion": tfds.features.Text(),
+                    "subject": tfds.features.Text(),
+                    "source": tfds.features.Text(),
+                    "clip": tfds.features.Text(),
+                }
+            ),
+            supervised_keys=("flow_image", "label"),
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        csv_path, folder = find_images(Path(dl_manager.manual_dir))
+        rows = read_rows(csv_path)
+        images = match_images(rows, folder)
+        size = self.builder_config.size
+        examples = []
+        for row in rows:
+            image = read_image(images[(row["subject"], row["clip"])], size)
+            examples.append((row, image))
+        self.info.metadata.update(
+            {
+                "clips": len(examples),
+                "crop": {IMPORTED: len(examples)},
+                "skipped": {},
+                "source_folder": folder.name,
+                "csv": csv_path.name,
+            }  # fmt: skip
+        )
+        return {"train": self._generate_examples(examples)}
+
+    def _generate_examples(self, examples):
+        for row, image in examples:
+            key = f"{row['subject']}/{row['clip']}"
+            yield (
+                key,
+                {
+                    "flow_image": encode_png(image),  # PNG bytes from OpenCV: no TensorFlow
+                    "label": row["label"],
+                    "emotion": CLASS_NAMES[row["label"]],
+                    "subject": row["subject"],
+                    "source": row["source"],
+                    "clip": row["clip"],
+                },
+            )

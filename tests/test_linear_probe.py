@@ -1,0 +1,64 @@
+"""mjfn_jax.linear_probe: the linear floor every report shows beside the network."""
+
+import numpy as np
+import pytest
+
+from mjfn_jax.folds import make_folds, pad_folds
+from mjfn_jax.linear_probe import linear_floor
+from mjfn_jax.train import train_and_evaluate
+
+
+def _problem(seed=0, subjects=5, clips=8, size=4):
+    rng = np.random.default_rng(seed)
+    n = subjects * clips
+    labels = rng.integers(0, 3, n)
+    centres = rng.normal(0, 1, (3, size * size * 3))
+    x = centres[labels] + rng.normal(0, 1.5, (n, size * size * 3))  # overlapping classes
+    images = np.clip(128 + 30 * x, 0, 255).astype(np.uint8).reshape(n, size, size, 3)
+    subjects_ = np.repeat([f"s/{i}" for i in range(subjects)], clips)
+    arrays = pad_folds(make_folds(subjects_, protocol="loso", num_folds=5,
+                                  val_subject_fraction=0.0, seed=0))  # fmt: skip
+    return images, labels, arrays
+
+
+def test_matches_scikit_learns_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    images, labels, arrays = _problem()
+    probs = linear_floor(images, labels, arrays, 3)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    x = images.reshape(len(labels), -1) / 255.0
+    want = np.zeros_like(probs)
+    for f in range(arrays.num_folds):
+        test = arrays.test_idx[f][arrays.test_mask[f]]
+        train = np.setdiff1d(np.arange(len(labels)), test)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        want[test] = clf.fit(x[train], labels[train]).predict_proba(x[test])
+    # The same objective, the same optimum (up to both optimisers' tolerances).
+    np.testing.assert_allclose(probs, want, atol=5e-3)
+    np.testing.assert_array_equal(probs.argmax(-1), want.argmax(-1))
+
+
+def test_every_report_shows_the_floor(tmp_path, smoke_config, tiny_dataset, caplog):
+    import logging
+
+    config = smoke_config("train.num_epochs=1", "report.linear_floor=True")
+    dataset = tiny_dataset(3, 3)
+    results = train_and_evaluate(config, str(tmp_path), dataset=dataset)
+    floor = results["linear_floor"]
+    assert floor["n"] == len(dataset) and 0.0 <= floor["uf1"] <= 1.0
+    assert "logistic regression" in floor["method"]
+    text = (tmp_path / "report.md").read_text()
+    assert f"**Linear floor** ({floor['method']}): UF1 {floor['uf1']:.4f}" in text
+    caplog.set_level(logging.INFO, logger="mjfn_jax")
+    again = train_and_evaluate(config, str(tmp_path), dataset=dataset)  # kept, not refitted
+    assert again["linear_floor"] == floor and "linear floor:" not in caplog.text
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "none"])
+def test_a_switch_takes_true_or_false_only(smoke_config, value):
+    with pytest.raises(ValueError, match="is not True or False"):
+        smoke_config(f"report.linear_floor={value}")
+    assert smoke_config("report.linear_floor=false").report.linear_floor is False
