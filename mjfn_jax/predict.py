@@ -219,6 +219,13 @@ def predict(
         )
     config = load_run_config(workdir)
     record = load_dataset_record(workdir)
+    pre = record["preprocessing"]
+    if pre["flow_method"] == "imported" and flow_image is None:
+        raise ValueError(
+            f"{workdir} was trained on imported flow images ({pre.get('dataset')}), made by "
+            "their publishers' own preprocessing: give a flow image made the same way "
+            "(--flow-image), not frames or a video"
+        )
     folds = available_folds(workdir) if fold == "all" else [resolve_fold(workdir, fold)]
     if not folds:
         raise ValueError(f"--fold all: no fold with a checkpoint in {workdir}")

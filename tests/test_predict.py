@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -155,6 +156,13 @@ def test_preprocessing_settings_come_from_the_workdirs_dataset_record(trained, t
         f.write('{"sha256": "x", "class_names": ["a", "b"]}')
     with pytest.raises(ValueError, match="rerun its training command"):
         predict_mod.load_dataset_record(str(tmp_path / "old"))
+    imported = tmp_path / "imported"  # a run on published images: only --flow-image
+    shutil.copytree(workdir, imported)
+    record["preprocessing"]["flow_method"] = "imported"
+    with open(imported / "dataset.json", "w") as f:
+        json.dump(record, f)
+    with pytest.raises(ValueError, match="trained on imported flow images"):
+        predict_mod.predict(str(imported), "s01", onset="a.png", apex="b.png")
 
 
 def test_unfinished_fold_is_flagged(trained, tmp_path):

@@ -1,0 +1,35 @@
+"""Published 28x28 composite flow images (data_builders/flow_images), e.g. STSTNet/HTNet's.
+
+Usage: --config experiments/configs/flow_images.py        (the 28 px recipe)
+       --config experiments/configs/flow_images.py:smoke  (tiny, for tests: imported_32)
+
+Build the dataset first (README, "Published flow-image folders"):
+    python -m data_builders build flow_images/imported_28 --manual_dir DIR --data_dir data/tfds
+
+The recipe is the demo's network at 28 px with a stride-1 stem (28 -> 28, 14, 7, 4 over the
+four stages), as measured in the README; it was not tuned on the test subjects.
+"""
+
+from mjfn_jax.config import base_config, smoke
+
+
+def get_config(arg=None):
+    config = base_config()
+    config.data.name = "flow_images"
+    config.data.flow_method = "imported"  # the dataset flow_images/imported_28
+    config.model.num_classes = 3
+    config.model.input_size = 28
+    config.model.stem_stride = 1
+    config.model.widths = (8, 16, 32, 64)
+    config.model.dropout = 0.2
+    config.train.num_epochs = 20
+    config.train.batch_size = 32
+    config.train.learning_rate = 2e-3
+    config.train.warmup_epochs = 1
+    config.augment.max_translate = 2
+    config.checkpoint.every_epochs = 5
+    if arg == "smoke":
+        smoke(config, num_epochs=1)
+    elif arg not in (None, ""):
+        raise ValueError(f"flow_images config: unknown argument {arg!r} (expected none or 'smoke')")
+    return config
