@@ -6,28 +6,18 @@ Usage: --config experiments/configs/flow_images.py        (the 28 px recipe)
 Build the dataset first (README, "Published flow-image folders"):
     python -m data_builders build flow_images/imported_28 --manual_dir DIR --data_dir data/tfds
 
-The recipe is the demo's network at 28 px with a stride-1 stem (28 -> 28, 14, 7, 4 over the
-four stages), as measured in the README; it was not tuned on the test subjects.
+The recipe is the demo's (mjfn_jax.config.small_input_recipe) at 28 px, as measured in the
+README; it was not tuned on the test subjects.
 """
 
-from mjfn_jax.config import base_config, smoke
+from mjfn_jax.config import base_config, small_input_recipe, smoke
 
 
 def get_config(arg=None):
     config = base_config()
     config.data.name = "flow_images"
     config.data.flow_method = "imported"  # the dataset flow_images/imported_28
-    config.model.num_classes = 3
-    config.model.input_size = 28
-    config.model.stem_stride = 1
-    config.model.widths = (8, 16, 32, 64)
-    config.model.dropout = 0.2
-    config.train.num_epochs = 20
-    config.train.batch_size = 32
-    config.train.learning_rate = 2e-3
-    config.train.warmup_epochs = 1
-    config.augment.max_translate = 2
-    config.checkpoint.every_epochs = 5
+    small_input_recipe(config, input_size=28)  # 28 -> 28, 14, 7, 4 over the four stages
     if arg == "smoke":
         smoke(config, num_epochs=1)
     elif arg not in (None, ""):
