@@ -93,6 +93,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel.loop = "auto"
     c.parallel.num_devices = 0  # Devices of the 'fold' / 'data' mesh axis; 0 = all.
 
+    c.select = ml_collections.ConfigDict()
+    # Nested model selection (mjfn_jax.select): candidate settings as override strings, e.g.
+    # ("train.learning_rate=1e-3", "train.learning_rate=3e-3,train.weight_decay=1e-3"); each
+    # fold keeps the candidate with the best select.metric on its validation subjects
+    # (needs folds.val_subject_fraction > 0). Empty: no selection.
+    c.select.candidates = ()
+    c.select.metric = "val_loss"  # 'val_loss' (lowest) or 'val_accuracy' (highest)
+
     c.report = ml_collections.ConfigDict()
     # The pooled UF1/UAR of a logistic regression on the same images and folds, beside the
     # network's (mjfn_jax.linear_probe; ~30 s for the 442-clip composite at 28 px on 2 cores).
@@ -181,6 +189,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     mt = config.augment.max_translate
     check("augment.max_translate", is_int(mt) and mt >= 0, "needs an int >= 0")
     check("augment.hflip", isinstance(config.augment.hflip, bool), "needs True or False")
+    sel = config.select
+    check("select.metric", sel.metric in ("val_loss", "val_accuracy"),
+          "must be 'val_loss' or 'val_accuracy'")  # fmt: skip
+    if sel.candidates:
+        check("select.candidates", vf > 0 and len(sel.candidates) >= 2,
+              "needs 2 or more candidates and folds.val_subject_fraction > 0")  # fmt: skip
+        from mjfn_jax.select import candidate_config
+
+        for text in sel.candidates:
+            try:
+                validate_config(candidate_config(config, text))
+            except (ValueError, KeyError) as e:
+                cause = e.args[0] if isinstance(e, KeyError) else e
+                raise ValueError(f"select.candidates entry {text!r}: {cause}") from None
     ok = isinstance(config.report.linear_floor, bool)
     check("report.linear_floor", ok, "needs True or False")
     check("parallel.strategy", p.strategy in STRATEGIES, f"must be one of {STRATEGIES}")

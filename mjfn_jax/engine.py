@@ -139,6 +139,9 @@ class FoldProgram:
         self.steps = steps_per_epoch
         self.data_sharding = data_sharding  # batch sharding for the 'data' axis, or None
         self.early_stopping = config.train.early_stopping_patience > 0
+        # Validation subjects (drawn from the fold's training subjects) are scored after every
+        # epoch: for early stopping, and for nested model selection (mjfn_jax.select).
+        self.validate = config.folds.val_subject_fraction > 0
         abstract = nnx.eval_shape(lambda: MJFN(config.model, rngs=nnx.Rngs(0)))
         self.graphdef, params, stats, self.rng_template = nnx.split(
             abstract, nnx.Param, nnx.BatchStat, ...
@@ -256,6 +259,9 @@ class FoldProgram:
         if self.early_stopping:
             state, val_metrics = self._early_stopping(state, fold, data)
             metrics |= val_metrics
+        elif self.validate:
+            val_loss, val_acc = self._validate(state, fold, data)
+            metrics |= {"val_loss": val_loss, "val_acc": val_acc}
         return state, metrics
 
     def _epoch(self, state: TrainState, epoch: jax.Array, fold: FoldInputs, data: dict):
@@ -267,8 +273,8 @@ class FoldProgram:
         state, (losses, correct) = jax.lax.scan(step, state, (order, step_keys))
         return self.end_epoch(state, fold, data, losses, correct)
 
-    def _early_stopping(self, state: TrainState, fold: FoldInputs, data: dict):
-        """Validation loss after the epoch; keep the best-on-VALIDATION params."""
+    def _validate(self, state: TrainState, fold: FoldInputs, data: dict):
+        """(loss, accuracy) of the current model on the fold's validation subjects."""
         log_probs = self._predict(state.params, state.batch_stats, data, fold.val_idx)
         labels = data["labels"][fold.val_idx]
         mask = fold.val_mask.astype(jnp.float32)
@@ -276,6 +282,11 @@ class FoldProgram:
         count = jnp.maximum(jnp.sum(mask), 1.0)
         val_loss = jnp.sum(nll * mask) / count
         val_acc = jnp.sum((jnp.argmax(log_probs, -1) == labels) * mask) / count
+        return val_loss, val_acc
+
+    def _early_stopping(self, state: TrainState, fold: FoldInputs, data: dict):
+        """Validation loss after the epoch; keep the best-on-VALIDATION params."""
+        val_loss, val_acc = self._validate(state, fold, data)
         best = state.best
         improved = (val_loss < best.best_val) & ~best.stopped
         pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(improved, a, b), new, old)

@@ -158,6 +158,7 @@ def write_report(
     title: str | None = None,
     published: bool | None = None,
     linear_floor: Mapping | None = None,
+    selection: Mapping | None = None,
 ) -> dict:
     """Writes results.json, report.md, confusion.png, curves.png, predictions.csv into workdir.
 
@@ -172,6 +173,7 @@ def write_report(
       published: include the published composite table; None = only for MEGC2019 composite runs.
       linear_floor: {"method": str, "y_pred": int [N]} of mjfn_jax.linear_probe on the same
         folds, reported beside the headline; or None.
+      selection: what nested model selection chose (mjfn_jax.select), or None.
     Returns the results dict (as in results.json) with ``files`` naming what was written.
     """
     yt, yp, names = check_predictions(y_true, y_pred, class_names)
@@ -206,6 +208,8 @@ def write_report(
         "config": config_dict,
         "history_final": json_safe(_history_summary(history)) if history else None,
     }
+    if selection is not None:
+        results["selection"] = json_safe(selection)
     if linear_floor is not None:
         floor = pooled_metrics(yt, np.asarray(linear_floor["y_pred"]), names)
         results["linear_floor"] = {"method": linear_floor["method"]} | {

@@ -129,6 +129,22 @@ def _published(r: Mapping) -> list[str]:
     return out + _table(["method (published)", "UF1", "UAR"], rows)
 
 
+def _selection(r: Mapping) -> list[str]:
+    sel = r.get("selection")
+    if not sel:
+        return []
+    text = (
+        f"Each fold chose the candidate with the best `{sel['metric']}` on its validation "
+        "subjects (drawn from its own training subjects); the chosen candidate's model "
+        "predicted the test subject once. The test UF1 each candidate would give if every "
+        "fold took it is shown for completeness; it played no part in the choice."
+    )
+    out = ["## Nested model selection", "", text, ""]
+    rows = [[f"`{c['overrides']}`", c["chosen_by_folds"], fmt(c["test_uf1_alone_not_used"])]
+            for c in sel["candidates"]]  # fmt: skip
+    return out + _table(["candidate", "chosen by folds", "test UF1 alone (not used)"], rows)
+
+
 def render(r: Mapping) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
     out = [
@@ -143,7 +159,7 @@ def render(r: Mapping) -> str:
     ]
     for section in (_headline, _per_class, _per_source, _confusion, _per_fold):
         out += section(r)
-    for section in (_curves_and_timing, _published):
+    for section in (_selection, _curves_and_timing, _published):
         out += section(r)
     files = ", ".join(f"`{v}`" for v in r.get("files", {}).values())
     out += ["## Files", "", f"Written beside this report: {files}.", ""]

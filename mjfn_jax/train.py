@@ -397,12 +397,12 @@ def train_and_evaluate(
     with workdir_lib.Lock(workdir):  # one run per workdir (released even by kill -9)
         save_or_check_config(config, workdir)
         workdir_lib.check_dataset(workdir, dataset)
+        if config.select.candidates:
+            return _select(config, workdir, dataset, arrays, after_epochs)
         return _train_and_report(config, workdir, dataset, arrays, after_epochs)
 
 
 def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_epochs) -> dict:
-    from mjfn_jax.report import write_report
-
     if config.parallel.compilation_cache:
         parallel.enable_compilation_cache()
     config, auto = _choose_strategy(config, arrays, dataset, workdir)
@@ -470,6 +470,13 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
         "folds_trained_this_run": len(pending),
     }
     log.info("timing: %s", timing)
+    return _report(config, workdir, dataset, arrays, pooled, timing)
+
+
+def _report(config, workdir, dataset, arrays, pooled, timing, selection=None) -> dict:
+    """Write the report of pooled predictions (mjfn_jax.report) and return the results."""
+    from mjfn_jax.report import write_report
+
     floor = _linear_floor(config, workdir, dataset, arrays) if config.report.linear_floor else None
     results = write_report(
         workdir,
@@ -486,5 +493,24 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
         timing=timing,
         framework="jax",
         linear_floor=floor,
+        selection=selection,
     )
     return results | pooled | {"timing": timing}
+
+
+def _select(config, workdir: str, dataset, arrays: FoldArrays, after_epochs) -> dict:
+    """``select.candidates``: nested model selection (mjfn_jax.select)."""
+    from mjfn_jax.select import select_and_evaluate
+
+    timings = []
+
+    def train_fn(candidate, candidate_dir, data):
+        results = train_and_evaluate(candidate, candidate_dir, data, after_epochs=after_epochs)
+        timings.append(results["timing"])
+        return results
+
+    def write_fn(pooled, selection):
+        timing = {"candidates": timings, "wall_s": sum(t["wall_s"] for t in timings)}
+        return _report(config, workdir, dataset, arrays, pooled, timing, selection)
+
+    return select_and_evaluate(config, workdir, dataset, train_fn, write_fn)

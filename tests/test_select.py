@@ -1,0 +1,57 @@
+"""Nested model selection (mjfn_jax.select): each fold keeps the candidate with the best score
+on its own validation subjects, and the pooled predictions are those candidates' predictions."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mjfn_jax.config import validate_config
+from mjfn_jax.train import train_and_evaluate
+
+CANDIDATES = ("train.learning_rate=1e-4", "train.learning_rate=3e-3,augment.max_translate=0")
+
+
+def test_each_fold_keeps_its_best_candidate_on_validation(tmp_path, smoke_config, tiny_dataset):
+    config = smoke_config("folds.val_subject_fraction=0.34", f"select.candidates={CANDIDATES}")
+    dataset = tiny_dataset()
+    results = train_and_evaluate(config, str(tmp_path), dataset=dataset)
+    runs = []  # each candidate is a finished run of its own: rerunning it trains nothing
+    for i, text in enumerate(CANDIDATES):
+        candidate = smoke_config("folds.val_subject_fraction=0.34", *text.split(","))
+        run = train_and_evaluate(candidate, str(tmp_path / "candidates" / str(i)), dataset=dataset)
+        assert run["timing"]["folds_trained_this_run"] == 0
+        runs.append(run)
+    selection = results["selection"]
+    for fold, chosen in selection["per_fold"].items():
+        last_val_loss = [run["history"][fold][-1]["val_loss"] for run in runs]
+        assert chosen["scores"] == last_val_loss
+        assert chosen["candidate"] == int(np.argmin(last_val_loss))
+        rows = results["folds"] == fold
+        np.testing.assert_array_equal(
+            results["probs"][rows], runs[chosen["candidate"]]["probs"][rows]
+        )
+    counts = [c["chosen_by_folds"] for c in selection["candidates"]]
+    assert sum(counts) == 4 and selection["metric"] == "val_loss"
+    text = (tmp_path / "report.md").read_text()
+    assert "## Nested model selection" in text and f"`{CANDIDATES[1]}`" in text
+    with open(tmp_path / "results.json") as f:
+        assert json.load(f)["selection"]["per_fold"] == selection["per_fold"]
+    assert os.path.exists(tmp_path / "candidates" / "1" / "report.md")
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ((f"select.candidates={CANDIDATES}",), "needs 2 or more candidates and folds.val_subject"),
+        (("folds.val_subject_fraction=0.34", "select.candidates=('train.bogus=1', 'seed=1')"),
+         "select.candidates entry 'train.bogus=1'"),
+        (("folds.val_subject_fraction=0.34", "select.candidates=('train.num_epochs=0', 'seed=1')"),
+         "entry 'train.num_epochs=0': train.num_epochs=0"),
+        (("select.metric=test_uf1",), "select.metric"),
+    ],
+)  # fmt: skip
+def test_bad_selection_settings_are_named(smoke_config, overrides, match):
+    with pytest.raises((ValueError, KeyError), match=match):
+        validate_config(smoke_config(*overrides))
