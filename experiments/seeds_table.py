@@ -22,9 +22,17 @@ from mjfn_jax.report_md import fmt
 
 
 def _same_but_seed(configs: list[dict]) -> None:
-    strip = [{k: v for k, v in c.items() if k not in ("seed", "parallel", "data")} for c in configs]
-    if any(c != strip[0] for c in strip):
-        raise SystemExit("error: the runs' configs differ in more than the seed")
+    """Configs equal but for the seed and what a run may change (mjfn_jax.config_io); an older
+    run's config.json read as today's fields."""
+    from mjfn_jax.config_io import _diff, _strip_resumable, _upgrade
+
+    strip = [
+        {k: v for k, v in _strip_resumable(_upgrade(c)).items() if k != "seed"} for c in configs
+    ]
+    for other in strip[1:]:
+        diffs = _diff(strip[0], other)
+        if diffs:
+            raise SystemExit(f"error: the runs' configs differ in more than the seed: {diffs}")
 
 
 def table(workdirs: list[str]) -> tuple[list[str], dict]:
@@ -36,7 +44,7 @@ def table(workdirs: list[str]) -> tuple[list[str], dict]:
             digests.add(json.load(f)["sha256"])
     if len(digests) != 1:
         raise SystemExit("error: the runs were trained on different data")
-    lines = ["| seed | UF1 | UAR | accuracy | linear floor UF1 / UAR | wall (s) |",
+    lines = ["| seed | UF1 | UAR | accuracy | linear floor UF1 / UAR | fold loop (s) |",
              "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in results:
         p, floor = r["pooled"], r.get("linear_floor") or {}
