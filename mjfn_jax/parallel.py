@@ -77,6 +77,22 @@ def split_cpu_devices(num_devices: int = 0) -> None:
     jax.config.update("jax_num_cpu_devices", num_devices or os.cpu_count() or 1)
 
 
+def machine_id() -> str:
+    """The host's architecture and a digest of its CPU model and instruction-set flags: what
+    XLA:CPU code and a strategy trial depend on ('x86_64-1a2b3c4d5e6f')."""
+    import hashlib
+    import platform
+
+    machine = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("flags", "model name"))][:2]
+        machine += "-" + hashlib.sha1("".join(lines).encode()).hexdigest()[:12]
+    except OSError:
+        pass
+    return machine
+
+
 def enable_compilation_cache() -> str | None:
     """JAX's persistent compilation cache in ``<cache root>/xla/<machine>``: a rerun of the same
     program (another seed, a resumed run, the same config tomorrow) loads its executables
@@ -84,21 +100,12 @@ def enable_compilation_cache() -> str | None:
     tracing). The folder is per machine: XLA:CPU code is compiled for the host's instruction set,
     and a home folder may be shared by different machines. A cache the user set is kept.
     Returns the folder in use (None if JAX's cache was set elsewhere)."""
-    import hashlib
-    import platform
 
     from mjfn_jax.autotune import cache_root
 
     if jax.config.jax_compilation_cache_dir:
         return None
-    machine = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-        machine += "-" + hashlib.sha1(flags.encode()).hexdigest()[:12]
-    except OSError:
-        pass
-    path = os.path.join(cache_root(), "xla", machine)
+    path = os.path.join(cache_root(), "xla", machine_id())
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     return path

@@ -313,7 +313,9 @@ def _choose_strategy(config, arrays: FoldArrays, dataset, workdir: str):
         "augment": fields["augment"],
         "data": [len(dataset.labels), arrays.num_folds, int(arrays.train_idx.shape[1])],
     }
-    key = json.dumps([platform, jax.devices()[0].device_kind, num_devices, shape], sort_keys=True)
+    device = jax.devices()[0].device_kind  # on CPU just "cpu": the host's model and flags too
+    machine = parallel.machine_id() if platform == "cpu" else device
+    key = json.dumps([platform, device, machine, num_devices, shape], sort_keys=True)
     choice, record = autotune.choose(
         key, options, lambda option: _trial(option.apply(config), arrays, dataset)
     )
