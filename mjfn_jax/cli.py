@@ -50,4 +50,12 @@ def expected_errors():
 
 
 def run(main) -> None:
+    """absl.app.run with one-line flag errors. From a console script (whose __main__ is pip's
+    wrapper) the command's module docstring becomes the --help text, as with python -m."""
+    import sys
+
+    module = sys.modules.get(main.__module__)
+    entry = sys.modules.get("__main__")
+    if entry is not None and not entry.__doc__ and module is not None:
+        entry.__doc__ = module.__doc__
     app.run(main, flags_parser=_parse_flags)
