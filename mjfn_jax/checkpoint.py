@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mjfn_jax.workdir import WorkdirError, read_json, write_json
+from mjfn_jax.workdir import WorkdirError, read_json, write_json, write_npz
 
 # Orbax's save() spends ~40 ms of Python per call (handlers, futures, metadata) before its own
 # asynchronous write starts; one worker thread takes that off the training loop, which waits on
@@ -227,9 +227,7 @@ class FoldCheckpointer:
     def _write_result(self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict) -> None:
         self._wait_orbax()  # "done" promises a complete final checkpoint
         path = os.path.join(self.fold_dir, "predictions.npz")
-        with open(path + ".tmp", "wb") as f:  # atomic, like done.json
-            np.savez(f, test_idx=test_idx, log_probs=log_probs)
-        os.replace(path + ".tmp", path)
+        write_npz(path, test_idx=test_idx, log_probs=log_probs)
         write_json(self.done_path, summary)  # atomic: a fold is done once everything is there
         self._close_orbax()
         self.tidy()

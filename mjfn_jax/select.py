@@ -38,6 +38,7 @@ def candidate_config(config, text: str):
     """``config`` with one ``select.candidates`` entry's overrides applied (no selection)."""
     candidate = config.copy_and_resolve_references()
     candidate.select.candidates = ()
+    candidate.report.linear_floor = False  # the same folds: the selection's report shows it
     overrides = [part.strip() for part in str(text).split(",") if part.strip()]
     return apply_overrides(candidate, overrides)
 
@@ -58,14 +59,18 @@ def _score(history: list[dict], metric: str, early_stopping: bool) -> float:
     return values[-1]
 
 
-def choose(runs: list[dict], metric: str, early_stopping: bool) -> dict[str, int]:
-    """{fold: index of the chosen run} from the runs' histories (ties: the first candidate)."""
+def choose(runs: list[dict], early_stopping: list[bool], metric: str) -> dict[str, dict]:
+    """{fold: {"candidate": index of the chosen run, "scores": every run's score}} from the
+    runs' histories; early_stopping[i]: whether run i kept its best-on-validation model (a
+    candidate may set it). Ties go to the first candidate."""
     pick = METRICS[metric]
     chosen = {}
     for fold in runs[0]["history"]:
-        scores = [_score(run["history"][fold], metric, early_stopping) for run in runs]
-        best = pick(scores)
-        chosen[fold] = scores.index(best)
+        scores = [
+            _score(run["history"][fold], metric, stops)
+            for run, stops in zip(runs, early_stopping, strict=True)
+        ]
+        chosen[fold] = {"candidate": scores.index(pick(scores)), "scores": scores}
     return chosen
 
 
@@ -73,42 +78,33 @@ def select_and_evaluate(config, workdir: str, dataset, train_fn, write_fn) -> di
     """Train every candidate (``train_fn(config, workdir, dataset) -> results``), choose per
     fold, pool the chosen predictions and write the report (``write_fn(pooled, selection)``).
     Returns write_fn's results."""
-    runs = []
-    for i, candidate in enumerate(candidate_configs(config)):
-        log.info("select: candidate %d of %d: %s", i + 1, len(config.select.candidates),
+    runs, candidates = [], candidate_configs(config)
+    for i, candidate in enumerate(candidates):
+        log.info("select: candidate %d of %d: %s", i + 1, len(candidates),
                  config.select.candidates[i])  # fmt: skip
         runs.append(train_fn(candidate, os.path.join(workdir, "candidates", str(i)), dataset))
-    metric = config.select.metric
-    chosen = choose(runs, metric, config.train.early_stopping_patience > 0)
+    stops = [c.train.early_stopping_patience > 0 for c in candidates]
+    per_fold = choose(runs, stops, config.select.metric)
     folds = runs[0]["folds"]  # [N] fold of each clip, dataset order (the same in every run)
     probs = np.stack([run["probs"] for run in runs])  # [K, N, C]
-    pick = np.asarray([chosen[f] for f in folds])
+    pick = np.asarray([per_fold[f]["candidate"] for f in folds])
     pooled = {
         "y_true": runs[0]["y_true"],
         "probs": probs[pick, np.arange(len(folds))],
         "folds": folds,
-        "history": {f: runs[chosen[f]]["history"][f] for f in chosen},
+        "history": {f: runs[c["candidate"]]["history"][f] for f, c in per_fold.items()},
     }
     pooled["y_pred"] = np.argmax(pooled["probs"], axis=-1)
     selection = {
-        "metric": metric,
+        "metric": config.select.metric,
         "candidates": [
             {
                 "overrides": str(text),
-                "chosen_by_folds": sum(v == i for v in chosen.values()),
+                "chosen_by_folds": sum(c["candidate"] == i for c in per_fold.values()),
                 "test_uf1_alone_not_used": run["pooled"]["uf1"],
             }  # fmt: skip
             for i, (text, run) in enumerate(zip(config.select.candidates, runs, strict=True))
         ],
-        "per_fold": {
-            fold: {
-                "candidate": i,
-                "scores": [
-                    _score(run["history"][fold], metric, config.train.early_stopping_patience > 0)
-                    for run in runs
-                ],
-            }
-            for fold, i in chosen.items()
-        },
+        "per_fold": per_fold,
     }
     return write_fn(pooled, selection)

@@ -165,8 +165,7 @@ def _check_finite(metrics: dict, members, names, first_epoch: int) -> None:
             raise FloatingPointError(
                 f"non-finite training loss in fold {names[m]!r} at epoch {first_epoch + e + 1} "
                 f"(1-based), step {int(bad[pos, e]) + 1} (1-based) of that epoch; lower "
-                "train.learning_rate "
-                "or set train.grad_clip_norm"
+                "train.learning_rate or set train.grad_clip_norm"
             )
 
 
@@ -362,9 +361,7 @@ def _linear_floor(config, workdir: str, dataset, arrays: FoldArrays) -> dict:
     start = time.perf_counter()
     probs = linear_floor(dataset.images, dataset.labels, arrays, config.model.num_classes)
     log.info("linear floor: %.1f s", time.perf_counter() - start)
-    with open(path + ".tmp", "wb") as f:
-        np.savez(f, y_pred=probs.argmax(-1), probs=probs)
-    os.replace(path + ".tmp", path)
+    workdir_lib.write_npz(path, y_pred=probs.argmax(-1), probs=probs)
     return {"method": NAME, "y_pred": probs.argmax(-1)}
 
 
@@ -432,8 +429,7 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
     )
     log.info(
         "%d folds (%d to train), strategy %s, mesh %s, %d steps/epoch",
-        arrays.num_folds, len(pending), "vmap" if vmapped else "sequential",
-        dict(mesh.shape), steps,
+        arrays.num_folds, len(pending), execution["strategy"], dict(mesh.shape), steps,
     )  # fmt: skip
     stats = {"train_s": 0.0, "samples": 0, "epochs": 0}
     groups = parallel.fold_groups(len(pending), group_size, mesh.size if vmapped else 1)
@@ -462,13 +458,13 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
         },
         "train_s": stats["train_s"],
         "samples_per_s": stats["samples"] / stats["train_s"] if stats["train_s"] else None,
-        "strategy": "vmap" if vmapped else "sequential",
-        "loop": "scan" if runner.scan else "steps",
+        "strategy": execution["strategy"],
+        "loop": execution["loop"],
         "fold_group_size": int(group_size),
         "auto": auto,  # how 'auto' chose (trial results or the cache), or None
         "mesh": {k: int(v) for k, v in mesh.shape.items()},
         "device": jax.devices()[0].device_kind,
-        "platform": jax.default_backend(),
+        "platform": execution["platform"],
         "folds_trained_this_run": len(pending),
     }
     log.info("timing: %s", timing)

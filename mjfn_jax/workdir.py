@@ -12,9 +12,10 @@ numbers an uninterrupted one would, or refuse with the reason:
                                platform, data shards): continuing a fold another way gives
                                other floating-point rounding, so other predictions
 
-Every JSON file the engine writes goes through :func:`write_json` (atomic: a kill leaves the
-old file or the new one) and is read through :func:`read_json` (a damaged file is an error
-naming the file and the remedy, not a bare JSONDecodeError).
+Every JSON file the engine writes goes through :func:`write_json` (and every .npz through
+:func:`write_npz`; atomic: a kill leaves the old file or the new one) and is read through
+:func:`read_json` (a damaged file is an error naming the file and the remedy, not a bare
+JSONDecodeError).
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def write_json(path: str, obj) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_npz(path: str, **arrays) -> None:
+    """``np.savez`` atomically (a temporary file renamed), like write_json."""
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(path + ".tmp", path)
 
 
 def read_json(path: str, remedy: str = ""):

@@ -55,3 +55,17 @@ def test_each_fold_keeps_its_best_candidate_on_validation(tmp_path, smoke_config
 def test_bad_selection_settings_are_named(smoke_config, overrides, match):
     with pytest.raises((ValueError, KeyError), match=match):
         validate_config(smoke_config(*overrides))
+
+
+def test_each_candidate_is_scored_by_the_model_it_kept():
+    """A candidate with early stopping kept its best-on-validation model, one without it its
+    last: each run is scored by its own rule (a candidate may switch early stopping on)."""
+    from mjfn_jax.select import choose
+
+    history = [{"val_loss": 0.9, "val_accuracy": 0.5}, {"val_loss": 0.5, "val_accuracy": 0.7},
+               {"val_loss": 0.8, "val_accuracy": 0.6}]  # fmt: skip
+    runs = [{"history": {"f": history}}, {"history": {"f": history}}]
+    chosen = choose(runs, early_stopping=[False, True], metric="val_loss")
+    assert chosen["f"] == {"candidate": 1, "scores": [0.8, 0.5]}
+    chosen = choose(runs, early_stopping=[False, True], metric="val_accuracy")
+    assert chosen["f"] == {"candidate": 1, "scores": [0.6, 0.7]}
