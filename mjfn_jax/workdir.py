@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 
 import numpy as np
 
@@ -47,11 +46,14 @@ class WorkdirError(ValueError):
 
 
 def write_json(path: str, obj) -> None:
-    """Write JSON atomically: a reader (or a run killed mid-write) sees the old file or the new."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    """Write JSON atomically: a reader (or a run killed mid-write) sees the old file or the new.
+
+    The temporary file has a fixed name (``<path>.tmp``), so one left by a kill -9 is
+    overwritten by the next write instead of piling up (the workdir lock rules out two
+    writers)."""
+    tmp = path + ".tmp"
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "w") as f:
             json.dump(obj, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
@@ -63,7 +65,7 @@ def write_json(path: str, obj) -> None:
 
 
 def write_npz(path: str, **arrays) -> None:
-    """``np.savez`` atomically (a temporary file renamed), like write_json."""
+    """``np.savez`` atomically (``<path>.tmp`` renamed), like write_json."""
     with open(path + ".tmp", "wb") as f:
         np.savez(f, **arrays)
     os.replace(path + ".tmp", path)
