@@ -68,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Early stopping watches the validation loss (fused head NLL) and restores the best-on-
     # VALIDATION parameters; needs folds.val_subject_fraction > 0.
     c.train.eval_batch_size = 64  # Batch size of validation/test prediction (memory only).
+    # Training seeds, trained in ONE run as members of the parallel fold axis, e.g. (0, 1, 2):
+    # a report per seed (seeds/<s>/) and the mean +- sd over seeds. Empty: (seed,). Seed s's
+    # folds, validation subjects and random streams are those of a run with seeds=(s,).
+    c.train.seeds = ()
 
     c.augment = ml_collections.ConfigDict()
     c.augment.hflip = True  # Horizontal flip that negates the u channel.
@@ -186,6 +190,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if t.early_stopping_patience > 0:
         check("train.early_stopping_patience", vf > 0,
               "needs folds.val_subject_fraction > 0 (validation subjects)")  # fmt: skip
+    seeds = tuple(t.seeds)
+    check("train.seeds", all(is_int(x) and x >= 0 for x in seeds) and len(set(seeds)) == len(seeds),
+          "needs distinct ints >= 0, e.g. (0, 1, 2)")  # fmt: skip
+    if len(seeds) > 1:
+        check("train.seeds", not config.select.candidates,
+              "one seed per run with select.candidates")  # fmt: skip
     mt = config.augment.max_translate
     check("augment.max_translate", is_int(mt) and mt >= 0, "needs an int >= 0")
     check("augment.hflip", isinstance(config.augment.hflip, bool), "needs True or False")

@@ -111,12 +111,13 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
 def _upgrade(saved: dict) -> dict:
     """A config.json of an earlier version, in today's fields: data.builder_config
     ('tvl1_48', before 2026-11-25) is now data.flow_method + model.input_size; a run from
-    before nested selection selected nothing."""
+    before nested selection selected nothing, one from before train.seeds trained one seed."""
     saved = json.loads(json.dumps(saved))
     data = saved.get("data", {})
     if "builder_config" in data and "flow_method" not in data:
         data["flow_method"] = str(data.pop("builder_config")).rsplit("_", 1)[0]
     saved.setdefault("select", {"candidates": [], "metric": "val_loss"})  # none before
+    saved.setdefault("train", {}).setdefault("seeds", [])  # one seed per run before
     return saved
 
 

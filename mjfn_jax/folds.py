@@ -43,6 +43,18 @@ class FoldArrays:
     def num_folds(self) -> int:
         return len(self.names)
 
+    def take(self, rows) -> FoldArrays:
+        """The folds at ``rows`` (same padded widths)."""
+        rows = np.asarray(rows, np.int64)
+        return FoldArrays(
+            names=tuple(self.names[r] for r in rows),
+            **{
+                f.name: getattr(self, f.name)[rows]
+                for f in dataclasses.fields(self)
+                if f.name != "names"
+            },
+        )
+
 
 def sanitize_fold_name(subject: str) -> str:
     """A subject id made safe as a directory name: "casme2/sub01" -> "casme2__sub01"."""

@@ -243,8 +243,79 @@ def write_report(
     return results
 
 
+def mean_sd(values: Sequence[float]) -> dict:
+    """{"mean", "sd"} of runs that differ only in their seed (sample sd, n - 1; 0 for one)."""
+    values = np.asarray(values, np.float64)
+    sd = float(np.std(values, ddof=1)) if values.size > 1 else 0.0
+    return {"mean": float(np.mean(values)), "sd": sd}
+
+
+SEEDS_NOTE = (
+    "Every seed trained every fold in ONE run (the (seed, fold) pairs are members of one "
+    "parallel axis); seed s's folds, validation subjects and random streams are exactly those "
+    "of a run with train.seeds=(s,). Each seed's predictions are pooled over its folds, then "
+    "UF1/UAR are averaged over seeds (sample sd, n - 1)."
+)
+
+
+def write_seeds_report(
+    workdir: str, per_seed: Mapping[int, Mapping], *, config=None, timing=None
+) -> dict:
+    """results.json and report.md of a several-seed run: one row per seed (each seed's own
+    report lies in ``seeds/<s>/``), mean +- sd over seeds of the pooled and per-source metrics,
+    the linear floor. per_seed: {seed: results dict of write_report}."""
+    first = next(iter(per_seed.values()))
+    keys = ("uf1", "uar", "accuracy")
+    rows = [
+        {"seed": int(s), "workdir": os.path.join("seeds", str(s))}
+        | {k: r["pooled"][k] for k in keys}
+        for s, r in per_seed.items()
+    ]
+    sources = sorted({src for r in per_seed.values() for src in r.get("per_source", {})})
+    per_source = {
+        src: {
+            k: mean_sd([r["per_source"][src][k] for r in per_seed.values()]) for k in ("uf1", "uar")
+        }
+        for src in sources
+        if all(src in r.get("per_source", {}) for r in per_seed.values())
+    }
+    floors = [r["linear_floor"] for r in per_seed.values() if r.get("linear_floor")]
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "title": first["title"] + f", {len(per_seed)} seeds",
+        "framework": first["framework"],
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "versions": package_versions(),
+        "protocol": PROTOCOL,
+        "seeds_note": SEEDS_NOTE,
+        "class_names": first["class_names"],
+        "n": first["n"],
+        "num_folds": first["num_folds"],
+        "num_subjects": first["num_subjects"],
+        "seeds": rows,
+        "mean_sd": {k: mean_sd([row[k] for row in rows]) for k in keys},
+        "per_source": per_source,
+        "timing": json_safe(timing) if timing is not None else None,
+        "config": json_safe(config) if config is not None else None,
+    }
+    if floors:
+        results["linear_floor"] = {"method": floors[0]["method"]} | {
+            k: mean_sd([f[k] for f in floors]) for k in ("uf1", "uar")
+        }
+    if first.get("published"):
+        results["published"] = first["published"]
+    results["files"] = {"report": "report.md", "results": "results.json"}
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write(report_md.render_seeds(results))
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    return results
+
+
 def format_results_table(results: Mapping) -> str:
     """A short markdown table (pooled + per source) for the CLI and the demo to print."""
+    if "seeds" in results:
+        return report_md.seeds_table(results)
     pooled = results["pooled"]
     lines = [
         f"{results.get('title', 'MJFN')}: {results['n']} clips, {results.get('num_folds', '?')} "

@@ -164,3 +164,56 @@ def render(r: Mapping) -> str:
     files = ", ".join(f"`{v}`" for v in r.get("files", {}).values())
     out += ["## Files", "", f"Written beside this report: {files}.", ""]
     return "\n".join(out)
+
+
+def _pm(m: Mapping) -> str:
+    return f"{m['mean']:.4f} +- {m['sd']:.4f}"
+
+
+def seeds_table(r: Mapping) -> str:
+    """The per-seed rows and the mean +- sd of a several-seed run (results of
+    mjfn_jax.report.write_seeds_report), as a markdown table."""
+    lines = [
+        f"{r['title']}: {r['n']} clips, {r['num_folds']} folds per seed, "
+        f"pooled predictions per seed ({r['framework']})",
+    ]
+    rows = [[row["seed"], fmt(row["uf1"]), fmt(row["uar"]), fmt(row["accuracy"]),
+             f"`{row['workdir']}`"] for row in r["seeds"]]  # fmt: skip
+    m = r["mean_sd"]
+    rows.append(["**mean +- sd**", f"**{_pm(m['uf1'])}**", _pm(m["uar"]), _pm(m["accuracy"]), ""])
+    floor = r.get("linear_floor")
+    if floor:
+        rows.append([f"linear floor ({floor['method']})", _pm(floor["uf1"]), _pm(floor["uar"]),
+                     "", ""])  # fmt: skip
+    for source, v in r.get("per_source", {}).items():
+        rows.append([SOURCE_NAMES.get(source, source), _pm(v["uf1"]), _pm(v["uar"]), "", ""])
+    return "\n".join(lines + _table(["seed", "UF1", "UAR", "accuracy", "report"], rows)).rstrip()
+
+
+def render_seeds(r: Mapping) -> str:
+    """report.md of a several-seed run."""
+    versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+    out = [
+        f"# {r['title']}",
+        "",
+        f"Framework: {r['framework']}. Date (UTC): {r['date']}. Versions: {versions}.",
+        "",
+        "## Protocol",
+        "",
+        r["protocol"],
+        "",
+        r["seeds_note"],
+        "",
+        "## Seeds",
+        "",
+        seeds_table(r),
+        "",
+        "Each seed's full report (per class, per fold, confusion, curves) is in its folder.",
+        "",
+    ]
+    out += _published(r)
+    if r.get("timing"):
+        out += ["## Timing (the whole run, every seed)", ""]
+        rows = [[k, _value(v)] for k, v in r["timing"].items()]
+        out += _table(["field", "value"], rows, "ll")
+    return "\n".join(out)

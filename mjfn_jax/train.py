@@ -60,16 +60,76 @@ class EpochsDone:
     trained_this_run: int  # epochs trained by this call of train_and_evaluate, all groups
 
 
+def training_seeds(config) -> tuple[int, ...]:
+    """The run's training seeds: ``train.seeds``, or ``(seed,)`` when it is empty."""
+    return tuple(int(s) for s in config.train.seeds) or (int(config.seed),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Units:
+    """What the run trains: one unit per (seed, fold), the members of the parallel fold axis.
+
+    With one seed the units are the folds and the workdir is laid out as always
+    (``folds/<fold>/``); with several, seed s's folds live in ``seeds/<s>/``, itself a complete
+    one-seed workdir (config, data record, folds, report) that predict and resume accept."""
+
+    arrays: FoldArrays  # one row per unit; names as shown ("sub01", or "seed1/sub01")
+    seeds: np.ndarray  # int32 [U]
+    fold_index: np.ndarray  # int32 [U]: unit (s, k) trains with key fold_in(key(s), k)
+    fold_names: tuple[str, ...]  # [U] the fold's own name
+    roots: tuple[str, ...]  # [U] the one-seed workdir the unit belongs to
+
+    def of_seed(self, seed: int) -> list[int]:
+        return [int(u) for u in np.flatnonzero(self.seeds == seed)]
+
+
+def make_units(config, dataset, workdir: str) -> Units:
+    """The folds of every training seed (each seed draws its own validation subjects and
+    k-fold split, exactly as a one-seed run with that seed would)."""
+    seeds = training_seeds(config)
+    multi = len(seeds) > 1
+    folds, unit_seeds, index, fold_names, roots = [], [], [], [], []
+    for s in seeds:
+        for k, fold in enumerate(
+            make_folds(
+                dataset.subjects,
+                protocol=config.folds.protocol,
+                num_folds=config.folds.num_folds,
+                val_subject_fraction=config.folds.val_subject_fraction,
+                seed=s,
+            )
+        ):
+            name = f"seed{s}/{fold.name}" if multi else fold.name
+            folds.append(dataclasses.replace(fold, name=name))
+            unit_seeds.append(s)
+            index.append(k)
+            fold_names.append(fold.name)
+            roots.append(seed_workdir(workdir, s) if multi else workdir)
+    return Units(
+        arrays=pad_folds(folds),
+        seeds=np.asarray(unit_seeds, np.int32),
+        fold_index=np.asarray(index, np.int32),
+        fold_names=tuple(fold_names),
+        roots=tuple(roots),
+    )
+
+
+def seed_workdir(workdir: str, seed: int) -> str:
+    """Where seed ``seed`` of a several-seed run keeps its folds and report."""
+    return os.path.join(workdir, "seeds", str(seed))
+
+
 @jax.jit
-def _fold_keys(seed, folds):
-    """Fold k's key: fold_in(key(seed), k). folds int32 [G] -> typed keys [G] (jitted: an
-    eager vmap retraced at every group, ~15 ms each)."""
-    return jax.vmap(lambda k: jax.random.fold_in(jax.random.key(seed), k))(folds)
+def _fold_keys(seeds, folds):
+    """Unit (s, k)'s key: fold_in(key(s), k). seeds, folds int32 [G] -> typed keys [G]
+    (jitted: an eager vmap retraced at every group, ~15 ms each)."""
+    return jax.vmap(lambda s, k: jax.random.fold_in(jax.random.key(s), k))(seeds, folds)
 
 
-def _fold_inputs(config, dataset, arrays: FoldArrays, members: np.ndarray) -> FoldInputs:
+def _fold_inputs(config, dataset, units: Units, members: np.ndarray) -> FoldInputs:
     """A group's fold inputs, [G, ...] host arrays (dummy members, -1, reuse the first real
-    fold)."""
+    unit)."""
+    arrays = units.arrays
     real = members[members >= 0]
     take = np.where(members >= 0, members, real[0])
     num_classes = config.model.num_classes
@@ -80,7 +140,7 @@ def _fold_inputs(config, dataset, arrays: FoldArrays, members: np.ndarray) -> Fo
         for f in take
     ]
     return FoldInputs(
-        key=_fold_keys(config.seed, take.astype(np.int32)),
+        key=_fold_keys(units.seeds[take], units.fold_index[take]),
         train_idx=arrays.train_idx[take],
         train_count=arrays.train_count[take],
         val_idx=arrays.val_idx[take],
@@ -169,14 +229,16 @@ def _check_finite(metrics: dict, members, names, first_epoch: int) -> None:
             )
 
 
-def _run_group(config, runner, ckpts, arrays, dataset, data, members, stats, after) -> list:
-    """Train (or resume) one group of folds to the end and predict its test subjects.
+def _run_group(config, runner, ckpts, units: Units, dataset, data, members, stats, after) -> list:
+    """Train (or resume) one group of units (folds of a seed) to the end and predict their test
+    subjects.
 
     Returns the group's results as (checkpointer, test_idx, log_probs, summary) tuples; the
     caller writes them (which marks the folds done)."""
+    arrays = units.arrays
     names = arrays.names
     real = [int(m) for m in members if m >= 0]
-    folds = jax.device_put(_fold_inputs(config, dataset, arrays, members), runner.group_sharding)
+    folds = jax.device_put(_fold_inputs(config, dataset, units, members), runner.group_sharding)
     test_idx = jax.device_put(
         arrays.test_idx[np.where(members >= 0, members, real[0])], runner.group_sharding
     )  # [G, max_test]
@@ -223,7 +285,11 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, stats, aft
     for pos, m in enumerate(members):
         if m >= 0:
             mask = arrays.test_mask[m]
-            summary = {"fold": names[m], "epochs_trained": epoch, "history": histories[m]}
+            summary = {
+                "fold": units.fold_names[m],
+                "epochs_trained": epoch,
+                "history": histories[m],
+            }
             results.append((ckpts[m], arrays.test_idx[m][mask], log_probs[pos][mask], summary))
     return results
 
@@ -262,14 +328,14 @@ def _setup(config, arrays: FoldArrays, dataset):
     return runner, group_size, data
 
 
-def _trial(config, arrays: FoldArrays, dataset) -> dict:
+def _trial(config, units: Units, dataset) -> dict:
     """Train the first fold group of ``config``'s strategy for two epochs: the first call's
     compile time, and the second epoch's seconds per fold (the measurement)."""
-    runner, group_size, data = _setup(config, arrays, dataset)
+    runner, group_size, data = _setup(config, units.arrays, dataset)
     group = parallel.fold_groups(
-        arrays.num_folds, group_size, runner.mesh.size if runner.vmapped else 1
+        units.arrays.num_folds, group_size, runner.mesh.size if runner.vmapped else 1
     )[0]
-    folds = jax.device_put(_fold_inputs(config, dataset, arrays, group), runner.group_sharding)
+    folds = jax.device_put(_fold_inputs(config, dataset, units, group), runner.group_sharding)
     states = runner.init(folds.key)
     before = runner.compile_s
     states, metrics = runner.train(states, folds, data, 0, 1)
@@ -282,13 +348,14 @@ def _trial(config, arrays: FoldArrays, dataset) -> dict:
     return {"s_per_fold_epoch": seconds / int(np.sum(group >= 0)), "compile_s": compile_s}
 
 
-def _choose_strategy(config, arrays: FoldArrays, dataset, workdir: str):
+def _choose_strategy(config, units: Units, dataset, workdir: str):
     """(config, record): ``parallel.strategy='auto'`` resolved by a timed trial (mjfn_jax.autotune)
     unless ``parallel.auto_trial`` is off; other strategies pass through (record None). A
     workdir that was trained on this platform before keeps the strategy it was trained with
     (a resumed fold must continue the way it started)."""
     if config.parallel.strategy != "auto" or not config.parallel.auto_trial:
         return config, None
+    arrays = units.arrays
     recorded = workdir_lib.recorded_execution(workdir)
     if recorded and recorded.get("platform") == jax.default_backend():
         choice = autotune.Choice(
@@ -316,15 +383,15 @@ def _choose_strategy(config, arrays: FoldArrays, dataset, workdir: str):
     machine = parallel.machine_id() if platform == "cpu" else device
     key = json.dumps([platform, device, machine, num_devices, shape], sort_keys=True)
     choice, record = autotune.choose(
-        key, options, lambda option: _trial(option.apply(config), arrays, dataset)
+        key, options, lambda option: _trial(option.apply(config), units, dataset)
     )
     return choice.apply(config), record
 
 
-def _gather_results(config, dataset, arrays, ckpts) -> dict:
-    """Pool every fold's saved test predictions, in dataset order."""
+def _gather_results(dataset, fold_names, ckpts) -> dict:
+    """Pool the saved test predictions of one seed's folds, in dataset order."""
     idx, log_probs, fold_of, history = [], [], [], {}
-    for name, ckpt in zip(arrays.names, ckpts, strict=True):
+    for name, ckpt in zip(fold_names, ckpts, strict=True):
         test_idx, lp, summary = ckpt.read_result()
         idx.append(test_idx)
         log_probs.append(lp)
@@ -345,12 +412,19 @@ def _gather_results(config, dataset, arrays, ckpts) -> dict:
     }
 
 
-def _linear_floor(config, workdir: str, dataset, arrays: FoldArrays) -> dict:
+def _linear_floor(config, workdir: str, dataset, arrays: FoldArrays, memo: dict) -> dict:
     """The linear probe's pooled predictions on the run's folds (mjfn_jax.linear_probe), kept
-    in ``workdir/linear_floor.npz``: the workdir's dataset and folds never change."""
+    in ``workdir/linear_floor.npz``: the workdir's dataset and folds never change. The probe
+    depends only on the test subjects of each fold: ``memo`` (test split -> probabilities)
+    spares the seeds of one run that share them (LOSO) from fitting it again."""
     from mjfn_jax.linear_probe import NAME, linear_floor
 
     path = os.path.join(workdir, "linear_floor.npz")
+    split = tuple(
+        tuple(arrays.test_idx[f][arrays.test_mask[f]].tolist()) for f in range(arrays.num_folds)
+    )
+    if split in memo:
+        workdir_lib.write_npz(path, y_pred=memo[split].argmax(-1), probs=memo[split])
     if os.path.exists(path):
         try:
             with np.load(path) as z:
@@ -361,6 +435,7 @@ def _linear_floor(config, workdir: str, dataset, arrays: FoldArrays) -> dict:
     start = time.perf_counter()
     probs = linear_floor(dataset.images, dataset.labels, arrays, config.model.num_classes)
     log.info("linear floor: %.1f s", time.perf_counter() - start)
+    memo[split] = probs
     workdir_lib.write_npz(path, y_pred=probs.argmax(-1), probs=probs)
     return {"method": NAME, "y_pred": probs.argmax(-1)}
 
@@ -385,32 +460,38 @@ def train_and_evaluate(
     validate_config(config)
     dataset = _load_dataset(config) if dataset is None else dataset
     _check_dataset(config, dataset)
-    folds = make_folds(
-        dataset.subjects,
-        protocol=config.folds.protocol,
-        num_folds=config.folds.num_folds,
-        val_subject_fraction=config.folds.val_subject_fraction,
-        seed=config.seed,
-    )
-    arrays = pad_folds(folds)
+    units = make_units(config, dataset, workdir)
+    seeds = training_seeds(config)
     with workdir_lib.Lock(workdir):  # one run per workdir (released even by kill -9)
         save_or_check_config(config, workdir)
         workdir_lib.check_dataset(workdir, dataset)
+        if len(seeds) > 1:  # each seed's folder is a one-seed workdir of its own
+            for s in seeds:
+                save_or_check_config(one_seed_config(config, s), seed_workdir(workdir, s))
+                workdir_lib.check_dataset(seed_workdir(workdir, s), dataset)
         if config.select.candidates:
-            return _select(config, workdir, dataset, arrays, after_epochs)
-        return _train_and_report(config, workdir, dataset, arrays, after_epochs)
+            return _select(config, workdir, dataset, units.arrays, after_epochs)
+        return _train_and_report(config, workdir, dataset, units, after_epochs)
 
 
-def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_epochs) -> dict:
+def one_seed_config(config, seed: int):
+    """The config of the one-seed run that seed ``seed`` of ``config`` reproduces."""
+    config = config.copy_and_resolve_references()
+    config.train.seeds = (seed,)
+    return config
+
+
+def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs) -> dict:
     if config.parallel.compilation_cache:
         parallel.enable_compilation_cache()
-    config, auto = _choose_strategy(config, arrays, dataset, workdir)
+    arrays = units.arrays
+    config, auto = _choose_strategy(config, units, dataset, workdir)
     runner, group_size, data = _setup(config, arrays, dataset)
     mesh, vmapped, steps = runner.mesh, runner.vmapped, runner.program.steps
     compile_before, compile_by_before = runner.compile_s, dict(runner.compile_by_program)
     ckpts = [
-        FoldCheckpointer(workdir, name, max_to_keep=config.checkpoint.max_to_keep)
-        for name in arrays.names
+        FoldCheckpointer(root, name, max_to_keep=config.checkpoint.max_to_keep)
+        for root, name in zip(units.roots, units.fold_names, strict=True)
     ]
     for c in ckpts:  # a damaged result is found now, not after hours of training
         if c.is_done():
@@ -428,8 +509,9 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
         workdir, execution, [arrays.names[i] for i in pending if ckpts[i].has_progress()]
     )
     log.info(
-        "%d folds (%d to train), strategy %s, mesh %s, %d steps/epoch",
-        arrays.num_folds, len(pending), execution["strategy"], dict(mesh.shape), steps,
+        "%d folds x %d seeds (%d to train), strategy %s, mesh %s, %d steps/epoch",
+        arrays.num_folds // len(set(units.seeds.tolist())), len(set(units.seeds.tolist())),
+        len(pending), execution["strategy"], dict(mesh.shape), steps,
     )  # fmt: skip
     stats = {"train_s": 0.0, "samples": 0, "epochs": 0}
     groups = parallel.fold_groups(len(pending), group_size, mesh.size if vmapped else 1)
@@ -438,7 +520,7 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
         for group in tqdm(groups, desc="fold groups", unit="group", disable=len(groups) < 2):
             members = np.where(group >= 0, pending[np.maximum(group, 0)], -1)
             finished = _run_group(
-                config, runner, ckpts, arrays, dataset, data, members, stats, after_epochs
+                config, runner, ckpts, units, dataset, data, members, stats, after_epochs
             )
             for ckpt, test_idx, log_probs, summary in finished:  # written in the background,
                 summary["execution"] = execution  # after the fold's saves
@@ -447,7 +529,6 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
         for c in ckpts:  # waits for every save and result (completed folds are kept even if a
             c.close()  # later one failed)
     wall = time.perf_counter() - start
-    pooled = _gather_results(config, dataset, arrays, ckpts)
     timing = {
         "wall_s": wall,
         "compile_s": runner.compile_s - compile_before,  # training calls compiled this run
@@ -468,14 +549,39 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
         "folds_trained_this_run": len(pending),
     }
     log.info("timing: %s", timing)
-    return _report(config, workdir, dataset, arrays, pooled, timing)
+    seeds = training_seeds(config)
+    per_seed, floor_memo = {}, {}
+    for s in seeds:  # one report per seed, in its own one-seed workdir
+        members = units.of_seed(s)
+        pooled = _gather_results(
+            dataset, [units.fold_names[u] for u in members], [ckpts[u] for u in members]
+        )
+        root = units.roots[members[0]]
+        seed_arrays = units.arrays.take(members)
+        per_seed[s] = _report(
+            one_seed_config(config, s), root, dataset, seed_arrays, pooled, timing,
+            floor_memo=floor_memo,
+        )  # fmt: skip
+    if len(seeds) == 1:
+        return per_seed[seeds[0]]
+    from mjfn_jax.report import write_seeds_report
+
+    summary = write_seeds_report(
+        workdir, {s: r for s, r in per_seed.items()}, config=config_to_dict(config), timing=timing
+    )
+    return summary | {"per_seed": per_seed, "timing": timing}
 
 
-def _report(config, workdir, dataset, arrays, pooled, timing, selection=None) -> dict:
+def _report(
+    config, workdir, dataset, arrays, pooled, timing, selection=None, floor_memo=None
+) -> dict:
     """Write the report of pooled predictions (mjfn_jax.report) and return the results."""
     from mjfn_jax.report import write_report
 
-    floor = _linear_floor(config, workdir, dataset, arrays) if config.report.linear_floor else None
+    floor = None
+    if config.report.linear_floor:
+        memo = {} if floor_memo is None else floor_memo
+        floor = _linear_floor(config, workdir, dataset, arrays, memo)
     results = write_report(
         workdir,
         class_names=dataset.class_names,

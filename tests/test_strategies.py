@@ -44,6 +44,10 @@ try:  # vmap group interrupted after its first epoch, then resumed
 except Killed:
     pass
 run("vmap_resumed", "vmap")
+# seeds x folds: 2 seeds x 3 folds = 6 members of the fold axis, in 2 groups of 4 devices
+config = smoke_config(*common, "parallel.strategy=vmap", "train.seeds=(0, 1)")
+r = train_and_evaluate(config, f"{sys.argv[1]}/vmap_seeds", dataset=dataset)
+out["vmap_seeds"] = {str(s): r["per_seed"][s]["probs"].tolist() for s in (0, 1)}
 with open(f"{sys.argv[1]}/out.json", "w") as f:
     json.dump(out, f)
 """
@@ -121,3 +125,12 @@ def test_vmap_group_resumes_exactly(runs):
     np.testing.assert_allclose(
         np.array(runs["vmap_resumed"]["probs"]), np.array(runs["vmap"]["probs"]), atol=1e-6
     )
+
+
+def test_seeds_share_the_fold_axis(runs):
+    """Seed 0's members of a 2-seed vmap run (mixed with seed 1's in the same groups) give
+    what the one-seed vmap run gives; seed 1 differs."""
+    np.testing.assert_allclose(
+        np.array(runs["vmap_seeds"]["0"]), np.array(runs["vmap"]["probs"]), rtol=0, atol=1e-6
+    )
+    assert np.abs(np.array(runs["vmap_seeds"]["1"]) - np.array(runs["vmap"]["probs"])).max() > 1e-3
