@@ -4,8 +4,9 @@
         --title "..." --command "..." WORKDIR...
 
 Reads each workdir's results.json (mjfn_jax.report); every run must have the same config but
-the seed, and the same data (its dataset.json digest). Writes a markdown table: one row per
-seed, the mean +- sd (sample sd, n-1), the linear floor, and the time of each run.
+the seed (a one-seed folder, seeds/<s>, of a several-seed run counts as a run) and the same data
+(its dataset.json digest). Writes a markdown table: one row per seed, the mean +- sd (sample
+sd, n-1), the linear floor, and the time of each run.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import datetime
 import json
 import os
 import platform
-import statistics
 
-from mjfn_jax.report import load_results
+from mjfn_jax.report import load_results, mean_sd
 from mjfn_jax.report_md import fmt
 
 
@@ -26,9 +26,10 @@ def _same_but_seed(configs: list[dict]) -> None:
     run's config.json read as today's fields."""
     from mjfn_jax.config_io import _diff, _strip_resumable, _upgrade
 
-    strip = [
-        {k: v for k, v in _strip_resumable(_upgrade(c)).items() if k != "seed"} for c in configs
-    ]
+    strip = [_strip_resumable(_upgrade(c)) for c in configs]
+    for c in strip:  # the seed, and the training seeds of one seed's folder of a several-seed run
+        c.pop("seed")
+        c["train"].pop("seeds")
     for other in strip[1:]:
         diffs = _diff(strip[0], other)
         if diffs:
@@ -48,16 +49,16 @@ def table(workdirs: list[str]) -> tuple[list[str], dict]:
              "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in results:
         p, floor = r["pooled"], r.get("linear_floor") or {}
+        seed = (r["config"]["train"].get("seeds") or [r["config"]["seed"]])[0]
         lines.append(
-            f"| {r['config']['seed']} | {fmt(p['uf1'])} | {fmt(p['uar'])} | {fmt(p['accuracy'])} "
+            f"| {seed} | {fmt(p['uf1'])} | {fmt(p['uar'])} | {fmt(p['accuracy'])} "
             f"| {fmt(floor.get('uf1'))} / {fmt(floor.get('uar'))} "
             f"| {fmt((r.get('timing') or {}).get('wall_s'), '{:.0f}')} |"
         )
     summary = {}
     for key in ("uf1", "uar", "accuracy"):
-        values = [r["pooled"][key] for r in results]
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        summary[key] = (statistics.mean(values), sd)
+        m = mean_sd([r["pooled"][key] for r in results])
+        summary[key] = (m["mean"], m["sd"])
     lines.append(
         f"| **mean +- sd** | **{summary['uf1'][0]:.4f} +- {summary['uf1'][1]:.4f}** | "
         f"{summary['uar'][0]:.4f} +- {summary['uar'][1]:.4f} | "

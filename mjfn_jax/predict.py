@@ -218,6 +218,13 @@ def predict(
             "folder"
         )
     config = load_run_config(workdir)
+    seeds = tuple(config.train.get("seeds", ()))
+    if len(seeds) > 1:
+        raise ValueError(
+            f"{workdir} trained {len(seeds)} seeds in one run; give one seed's workdir, "
+            f"--workdir {os.path.join(workdir, 'seeds', str(seeds[0]))} (seeds: "
+            f"{', '.join(map(str, seeds))})"
+        )
     record = load_dataset_record(workdir)
     pre = record["preprocessing"]
     if pre["flow_method"] == "imported" and flow_image is None:

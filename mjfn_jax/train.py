@@ -558,8 +558,9 @@ def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs)
         )
         root = units.roots[members[0]]
         seed_arrays = units.arrays.take(members)
+        seed_config = config if len(seeds) == 1 else one_seed_config(config, s)
         per_seed[s] = _report(
-            one_seed_config(config, s), root, dataset, seed_arrays, pooled, timing,
+            seed_config, root, dataset, seed_arrays, pooled, timing,
             floor_memo=floor_memo,
         )  # fmt: skip
     if len(seeds) == 1:

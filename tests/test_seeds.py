@@ -111,3 +111,14 @@ def test_bad_seeds_are_refused(smoke_config, overrides, error):
 def test_mean_sd_is_the_sample_sd():
     assert mean_sd([0.5, 0.7]) == pytest.approx({"mean": 0.6, "sd": np.std([0.5, 0.7], ddof=1)})
     assert mean_sd([0.5]) == {"mean": 0.5, "sd": 0.0}
+
+
+def test_predict_asks_for_one_seeds_workdir(runs, tmp_path):
+    from mjfn_jax import predict as predict_mod
+
+    image = tmp_path / "flow.png"
+    import cv2
+
+    cv2.imwrite(str(image), runs["dataset"].images[0])
+    with pytest.raises(ValueError, match=r"trained 3 seeds in one run.*seeds/0 \(seeds: 0, 1, 2\)"):
+        predict_mod.predict(str(runs["root"] / "multi"), "all", flow_image=str(image))
