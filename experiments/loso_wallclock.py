@@ -28,9 +28,12 @@ COMMANDS = {
 }  # fmt: skip
 
 
-def _run(name: str, config: str, epochs: int, root: str, env: dict) -> dict:
+def run_cli(name: str, config: str, epochs: int, root: str, env: dict, extra=()) -> dict:
+    """One whole process of ``COMMANDS[name]`` (plus ``extra`` flags): wall time, UF1 (mean
+    over seeds for a several-seed run), disk use, the strategy."""
     workdir = tempfile.mkdtemp(prefix=f"{name}_{epochs}_", dir=root)
     cmd = [part.format(config=config, w=workdir, epochs=epochs) for part in COMMANDS[name]]
+    cmd += list(extra)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
@@ -42,12 +45,17 @@ def _run(name: str, config: str, epochs: int, root: str, env: dict) -> dict:
         os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(workdir) for f in files
     )
     auto = (results.get("timing") or {}).get("auto") or {}
+    multi = "seeds" in results  # a several-seed run: mean over its seeds
+    train, config_seed = results["config"]["train"], results["config"]["seed"]
     return {
         "auto_trial_s": 0.0 if auto.get("cached", True) else auto.get("trial_s", 0.0),
         "variant": name,
         "epochs": epochs,
         "wall_s": wall,
-        "uf1": results["pooled"]["uf1"],
+        "uf1": results["mean_sd"]["uf1"]["mean"] if multi else results["pooled"]["uf1"],
+        "seed_uf1": {str(r["seed"]): r["uf1"] for r in results["seeds"]}
+        if multi
+        else {str(train.get("seeds", [config_seed])[0]): results["pooled"]["uf1"]},
         "strategy": (results.get("timing") or {}).get("strategy"),
         "disk_mb": disk / 2**20,
         "command": " ".join(cmd),
@@ -70,7 +78,7 @@ def main(argv=None) -> None:
         for epochs in (int(e) for e in args.epochs.split(",")):
             for _ in range(args.repeats):
                 for name in COMMANDS:  # alternate the frameworks
-                    run = _run(name, args.config, epochs, root, env)
+                    run = run_cli(name, args.config, epochs, root, env)
                     print(f"{name} {epochs} epochs: {run['wall_s']:.1f} s, UF1 {run['uf1']:.3f}")
                     runs.append(run)
     lines = [
