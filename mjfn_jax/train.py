@@ -391,6 +391,7 @@ def train_and_evaluate(
         num_folds=config.folds.num_folds,
         val_subject_fraction=config.folds.val_subject_fraction,
         seed=config.seed,
+        sources=dataset.sources,
     )
     arrays = pad_folds(folds)
     with workdir_lib.Lock(workdir):  # one run per workdir (released even by kill -9)
