@@ -51,7 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.generated_samples = 442  # ... and 442 clips.
 
     c.folds = ml_collections.ConfigDict()
-    c.folds.protocol = "loso"  # 'loso' (leave one subject out) or 'kfold' (k folds by subject).
+    # 'loso' (leave one subject out), 'kfold' (k folds by subject) or 'lodo' (leave one source
+    # dataset out: train on the other sources, test on it; one fold per source).
+    c.folds.protocol = "loso"
     c.folds.num_folds = 5  # Only for 'kfold'.
     # Optional early stopping: a validation split drawn from the TRAINING subjects only.
     c.folds.val_subject_fraction = 0.0  # 0 disables the validation split.
@@ -184,7 +186,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     )
     ls = config.loss.label_smoothing
     check("loss.label_smoothing", number(ls) and 0 <= ls < 1, "must be in [0, 1)")
-    check("folds.protocol", config.folds.protocol in ("loso", "kfold"), "must be 'loso' or 'kfold'")
+    protocols = ("loso", "kfold", "lodo")
+    check("folds.protocol", config.folds.protocol in protocols, f"must be one of {protocols}")
     vf = config.folds.val_subject_fraction
     check("folds.val_subject_fraction", number(vf) and 0 <= vf < 1, "must be in [0, 1)")
     if t.early_stopping_patience > 0:

@@ -1,4 +1,5 @@
-"""Evaluation folds by subject (LOSO or k-fold), their padded index arrays, and epoch orders.
+"""Evaluation folds by subject (LOSO, k-fold) or by source dataset (leave one dataset out), their
+padded index arrays, and epoch orders.
 
 A fold never sees its test subjects during training or validation: validation subjects are drawn
 from the fold's own training subjects. The engine trains folds in lockstep, so every fold gets
@@ -20,7 +21,7 @@ import numpy as np
 class Fold:
     """One evaluation fold: indices into the dataset (sorted, int64)."""
 
-    name: str  # Path-safe, e.g. "casme2__sub01" (LOSO) or "fold03" (k-fold).
+    name: str  # Path-safe: "casme2__sub01" (LOSO), "fold03" (k-fold), "lodo__casme2" (LODO).
     test_subjects: tuple[str, ...]
     train_idx: np.ndarray  # [n_train]
     val_idx: np.ndarray  # [n_val], possibly empty
@@ -81,6 +82,28 @@ def _split_validation(
     return train, val
 
 
+def _lodo_groups(
+    subjects: np.ndarray, sources: np.ndarray | None
+) -> tuple[list[list[str]], list[str]]:
+    """(test subjects of each fold, fold names): one fold per source dataset, sorted."""
+    if sources is None:
+        raise ValueError("folds.protocol='lodo' needs each sample's source dataset (sources=)")
+    if not all(sources):
+        raise ValueError("folds.protocol='lodo': some samples have an empty source name")
+    datasets = sorted(set(sources.tolist()))
+    if len(datasets) < 2:
+        raise ValueError(f"folds.protocol='lodo' needs at least 2 source datasets, got {datasets}")
+    owner: dict[str, str] = {}
+    for subject, source in zip(subjects.tolist(), sources.tolist(), strict=True):
+        if owner.setdefault(subject, source) != source:
+            raise ValueError(
+                f"folds.protocol='lodo': subject {subject!r} is in sources {owner[subject]!r} "
+                f"and {source!r}; a subject must belong to one source"
+            )
+    groups = [sorted(set(subjects[sources == d].tolist())) for d in datasets]
+    return groups, [sanitize_fold_name(f"lodo/{d}") for d in datasets]
+
+
 def make_folds(
     subjects: np.ndarray,
     *,
@@ -88,15 +111,26 @@ def make_folds(
     num_folds: int = 5,
     val_subject_fraction: float = 0.0,
     seed: int = 0,
+    sources: np.ndarray | None = None,
 ) -> list[Fold]:
     """Folds from the per-sample ``subjects`` array [N] (str).
 
     'loso': one fold per subject (sorted ids). 'kfold': subjects shuffled with ``seed`` and
-    dealt round-robin into ``num_folds`` groups. Validation subjects (if any) are drawn per
-    fold from that fold's training subjects, with a seed derived from (seed, fold index).
+    dealt round-robin into ``num_folds`` groups. 'lodo' (leave one dataset out, needs the
+    per-sample ``sources`` [N] str): one fold per source dataset (sorted), named
+    "lodo__<source>", testing every subject of that source and training on the other sources'.
+    Validation subjects (if any) are drawn per fold from that fold's training subjects, with a
+    seed derived from (seed, fold index).
     """
     subjects = np.asarray(subjects).astype(str)
     unique = sorted(set(subjects.tolist()))
+    if sources is not None:
+        sources = np.asarray(sources).astype(str)
+        if sources.shape != subjects.shape:
+            raise ValueError(
+                f"make_folds: sources has shape {sources.shape}, subjects {subjects.shape}; "
+                "need one source per sample"
+            )
     if len(unique) < 2:
         raise ValueError(f"need at least 2 subjects for subject-wise folds, got {unique}")
     if protocol == "loso":
@@ -108,8 +142,10 @@ def make_folds(
         order = np.random.default_rng(seed).permutation(len(unique))
         groups = [sorted(unique[j] for j in order[k::num_folds]) for k in range(num_folds)]
         names = [f"fold{k:02d}" for k in range(num_folds)]
+    elif protocol == "lodo":
+        groups, names = _lodo_groups(subjects, sources)
     else:
-        raise ValueError(f"folds.protocol must be 'loso' or 'kfold', got {protocol!r}")
+        raise ValueError(f"folds.protocol must be 'loso', 'kfold' or 'lodo', got {protocol!r}")
 
     folds = []
     for k, (name, test_subjects) in enumerate(zip(names, groups, strict=True)):

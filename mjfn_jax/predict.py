@@ -15,7 +15,8 @@ engine's own predict function (so the best-on-validation weights are used when t
 early stopping).
 
 Which fold: a clip of a subject of the dataset must go to THAT subject's fold (the only model
-that never saw the subject). For a new person every fold's model is a valid choice, and
+that never saw the subject; under leave-one-dataset-out, its source's fold "lodo__<source>",
+which a subject id resolves to). For a new person every fold's model is a valid choice, and
 ``--fold all`` averages the probabilities of all of them.
 
 Raw clips (``--video`` / ``--frames``): onset = first frame, apex spotted
@@ -91,14 +92,19 @@ def available_folds(workdir: str) -> list[str]:
 
 
 def resolve_fold(workdir: str, fold: str) -> str:
-    """Accepts a fold name ("casme2__sub01", "fold03"), a subject id ("casme2/sub01") or an
-    unambiguous subject id without its source prefix ("sub01")."""
+    """Accepts a fold name ("casme2__sub01", "fold03", "lodo__casme2"), a subject id
+    ("casme2/sub01"; in a leave-one-dataset-out run, its source's fold), an unambiguous subject
+    id without its source prefix ("sub01") or a source name ("casme2", LODO)."""
     from mjfn_jax.folds import sanitize_fold_name
 
     folds = available_folds(workdir)
     for candidate in (fold, sanitize_fold_name(fold)):
         if candidate in folds:
             return candidate
+    if "/" in fold:  # leave one dataset out: the subject's source was held out as a whole
+        held_out = sanitize_fold_name("lodo/" + fold.split("/", 1)[0])
+        if held_out in folds:
+            return held_out
     # A subject id without its source prefix ("sub01" for "casme2__sub01"), if unambiguous.
     matches = [f for f in folds if f.endswith("__" + sanitize_fold_name(fold))]
     if len(matches) == 1:

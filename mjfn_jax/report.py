@@ -1,4 +1,5 @@
-"""Evaluation report of a LOSO run: results.json, report.md, figures, predictions.csv.
+"""Evaluation report of a LOSO (k-fold, leave-one-dataset-out) run: results.json, report.md,
+figures, predictions.csv.
 
 Framework-agnostic (numpy inputs only; neither jax nor torch is imported), so the JAX engine
 and the PyTorch baseline write the same files in the same format. The markdown rendering lives
@@ -25,16 +26,27 @@ from mjfn_jax.metrics import (
     per_sample_strings,
     pooled_metrics,
 )
-from mjfn_jax.report_md import SOURCE_NAMES, fmt
+from mjfn_jax.report_md import SOURCE_NAMES, fmt, fold_protocol
 
 SCHEMA_VERSION = 1
+_METRICS_TEXT = (
+    "Metrics follow MEGC2019: the predictions of all folds are pooled, then "
+    "UF1 = mean over classes of F1_c = 2TP/(2TP+FP+FN) and UAR = mean over classes of "
+    "recall_c = TP/(TP+FN), over the classes present in the ground truth of the evaluated part."
+)
 PROTOCOL = (
     "Leave-one-subject-out (or k-fold by subject) with a FIXED epoch budget: each fold's model "
     "after its last epoch (or after early stopping on a validation split drawn from its TRAINING "
     "subjects only) predicts its test subject once. No model, epoch or threshold is selected on "
-    "the test subject. Metrics follow MEGC2019: the predictions of all folds are pooled, then "
-    "UF1 = mean over classes of F1_c = 2TP/(2TP+FP+FN) and UAR = mean over classes of "
-    "recall_c = TP/(TP+FN), over the classes present in the ground truth of the evaluated part."
+    "the test subject. " + _METRICS_TEXT
+)
+PROTOCOL_LODO = (
+    "Leave-one-dataset-out (folds.protocol='lodo', the cross-dataset protocol): one fold per "
+    "source dataset, whose model is trained on the OTHER sources only with a FIXED epoch budget "
+    "(or early stopping on a validation split drawn from those training subjects only) and "
+    "predicts every clip of the held-out dataset once. No model, epoch or threshold is selected "
+    "on the target dataset. The per-source rows are the per-target-dataset results; the headline "
+    "pools all targets. " + _METRICS_TEXT
 )
 # Full MEGC2019 composite (442 clips, 68 subjects, LOSO), as reported by their authors.
 PUBLISHED = (
@@ -170,7 +182,8 @@ def write_report(
       history: {fold: [{"epoch", "loss", "accuracy", optional "val_*"}, ...]} or None.
       config: ConfigDict or dict of the run; timing: dict of timings (seconds) and device info.
       framework: "jax" or "pytorch". title: report title.
-      published: include the published composite table; None = only for MEGC2019 composite runs.
+      published: include the published composite table; None = only for MEGC2019 composite runs
+        that are not leave-one-dataset-out (the published numbers are LOSO ones).
       linear_floor: {"method": str, "y_pred": int [N]} of mjfn_jax.linear_probe on the same
         folds, reported beside the headline; or None.
       selection: what nested model selection chose (mjfn_jax.select), or None.
@@ -185,8 +198,10 @@ def write_report(
     folds = per_sample_strings(folds, "folds", n)
     os.makedirs(workdir, exist_ok=True)
     config_dict = json_safe(config) if config is not None else None
+    lodo = fold_protocol(config_dict) == "lodo"
     if published is None:
-        published = _data_name(config_dict) == "megc2019" or COMPOSITE_SOURCES <= set(sources)
+        composite = _data_name(config_dict) == "megc2019" or COMPOSITE_SOURCES <= set(sources)
+        published = composite and not lodo
     fold_rows = per_fold_table(yt, yp, folds, names)
     for row in fold_rows:
         row["subjects"] = sorted(set(subjects[folds == row["fold"]]))
@@ -196,7 +211,7 @@ def write_report(
         "framework": framework,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": package_versions(),
-        "protocol": PROTOCOL,
+        "protocol": PROTOCOL_LODO if lodo else PROTOCOL,
         "class_names": list(names),
         "n": int(n),
         "num_folds": len(fold_rows),
@@ -317,9 +332,11 @@ def format_results_table(results: Mapping) -> str:
     if "seeds" in results:
         return report_md.seeds_table(results)
     pooled = results["pooled"]
+    lodo = fold_protocol(results.get("config")) == "lodo"
     lines = [
         f"{results.get('title', 'MJFN')}: {results['n']} clips, {results.get('num_folds', '?')} "
-        f"folds, pooled predictions ({results.get('framework', '?')})",
+        f"folds, pooled predictions ({results.get('framework', '?')})"
+        + ("; leave one dataset out: a source's row is its target-dataset result" if lodo else ""),
         "| part | n | UF1 | UAR | accuracy |",
         "|---|---:|---:|---:|---:|",
         f"| all (pooled) | {pooled['n']} | {fmt(pooled['uf1'])} | {fmt(pooled['uar'])} | "

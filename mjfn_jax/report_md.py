@@ -57,6 +57,19 @@ def _per_class(r: Mapping) -> list[str]:
     return out + _table(["class", "support", "predicted", "F1", "recall", "precision"], rows)
 
 
+def fold_protocol(config: Mapping | None) -> str:
+    """A run's ``folds.protocol`` from its config dict ('loso' when the config does not say)."""
+    try:
+        return str(config["folds"]["protocol"])
+    except (KeyError, TypeError):
+        return "loso"
+
+
+def _lodo(r: Mapping) -> bool:
+    """Whether the run left one source dataset out per fold."""
+    return fold_protocol(r.get("config")) == "lodo"
+
+
 def _per_source(r: Mapping) -> list[str]:
     rows = []
     for source, m in r["per_source"].items():
@@ -64,7 +77,15 @@ def _per_source(r: Mapping) -> list[str]:
         name = SOURCE_NAMES.get(source, source)
         rows.append([name, m["n"], fmt(m["uf1"]), fmt(m["uar"]), fmt(m["accuracy"]), absent])
     out = ["## Per source dataset", ""]
-    out += _table(["source", "n", "UF1", "UAR", "accuracy", "absent classes"], rows, "lrrrrl")
+    if _lodo(r):
+        out = ["## Per target dataset (leave one dataset out)", ""]
+        out += [
+            "Each row: the model trained on the other sources, tested on this one (the "
+            "per-target-dataset results of cross-dataset micro-expression papers).",
+            "",
+        ]
+    header = ["target" if _lodo(r) else "source", "n", "UF1", "UAR", "accuracy"]
+    out += _table([*header, "absent classes"], rows, "lrrrrl")
     return out + ["UF1/UAR of a source average over the classes present in that source.", ""]
 
 
@@ -80,23 +101,29 @@ def _confusion(r: Mapping) -> list[str]:
 
 
 def _per_fold(r: Mapping) -> list[str]:
-    out = [
-        "## Per fold",
-        "",
+    note = (
         "Per-fold UF1/UAR are noisy (a fold holds one subject's few clips, rarely every class) "
         "and average over the classes present in that fold only; the headline is the pooled "
-        "figure.",
-        "",
-    ]
-    # LOSO folds are named after their one subject: a subjects column only for k-fold runs.
+        "figure."
+    )
+    if _lodo(r):
+        note = "One fold per held-out source dataset (its metrics are in the table above)."
+    out = ["## Per fold", "", note, ""]
+    # LOSO folds are named after their one subject: a subjects column only for k-fold runs
+    # (and a count for leave-one-dataset-out runs, whose fold holds a whole source).
     loso = all(len(f["subjects"]) == 1 for f in r["per_fold"])
+    lodo = _lodo(r)
+
+    def subjects(f: Mapping) -> str:
+        return f"{len(f['subjects'])} subjects" if lodo else ", ".join(f["subjects"])
+
     rows = [
-        [f["fold"], *([] if loso else [", ".join(f["subjects"])]), f["n"], f["correct"],
+        [f["fold"], *([] if loso else [subjects(f)]), f["n"], f["correct"],
          fmt(f["accuracy"]), fmt(f["uf1"]), ", ".join(f["absent_classes"]) or "-"]
         for f in r["per_fold"]
     ]  # fmt: skip
     header = ["fold", *([] if loso else ["subjects"]), "n", "correct", "accuracy"]
-    header += ["UF1 (noisy)", "absent classes"]
+    header += ["UF1" if lodo else "UF1 (noisy)", "absent classes"]
     return out + _table(header, rows, "l" + ("" if loso else "l") + "rrrrl")
 
 

@@ -97,6 +97,7 @@ def make_units(config, dataset, workdir: str) -> Units:
                 num_folds=config.folds.num_folds,
                 val_subject_fraction=config.folds.val_subject_fraction,
                 seed=s,
+                sources=dataset.sources,
             )
         ):
             name = f"seed{s}/{fold.name}" if multi else fold.name

@@ -1,4 +1,5 @@
-"""Folds by subject: LOSO / k-fold, validation from training subjects, in-fold top-up."""
+"""Folds by subject (LOSO / k-fold) or by source (LODO), validation from training subjects,
+in-fold top-up."""
 
 import jax
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 from mjfn_jax.folds import epoch_batches, make_folds, pad_folds, sanitize_fold_name, steps_per_epoch
 
-# 5 subjects of uneven sizes (2..6 clips), two sources.
+# 5 subjects of uneven sizes (2..6 clips), three sources.
 SUBJECTS = np.array(
     ["casme2/sub01"] * 2
     + ["casme2/sub02"] * 6
@@ -14,6 +15,7 @@ SUBJECTS = np.array(
     + ["smic/s02"] * 5
     + ["samm/006"] * 4
 )
+SOURCES = np.array([s.split("/")[0] for s in SUBJECTS])
 
 
 def _check_disjoint(folds, subjects):
@@ -64,6 +66,61 @@ def test_validation_drawn_from_training_subjects_only():
     # reproducible for a seed
     again = make_folds(SUBJECTS, protocol="loso", val_subject_fraction=0.25, seed=1)
     assert all(np.array_equal(a.val_idx, b.val_idx) for a, b in zip(folds, again, strict=True))
+
+
+def test_lodo_one_fold_per_source():
+    folds = make_folds(SUBJECTS, protocol="lodo", sources=SOURCES)
+    assert [f.name for f in folds] == ["lodo__casme2", "lodo__samm", "lodo__smic"]
+    _check_disjoint(folds, SUBJECTS)
+    # every source is the test set of exactly one fold, and every sample is tested once
+    tests = np.sort(np.concatenate([f.test_idx for f in folds]))
+    np.testing.assert_array_equal(tests, np.arange(len(SUBJECTS)))
+    for f, source in zip(folds, ["casme2", "samm", "smic"], strict=True):
+        np.testing.assert_array_equal(f.test_idx, np.flatnonzero(SOURCES == source))
+        np.testing.assert_array_equal(f.train_idx, np.flatnonzero(SOURCES != source))
+        assert f.test_subjects == tuple(sorted(set(SUBJECTS[SOURCES == source])))
+
+
+def test_lodo_validation_from_training_sources_only():
+    folds = make_folds(SUBJECTS, protocol="lodo", sources=SOURCES, val_subject_fraction=0.34)
+    _check_disjoint(folds, SUBJECTS)
+    for f in folds:
+        test_source = set(SOURCES[f.test_idx])
+        assert len(f.val_idx) and not set(SOURCES[f.val_idx]) & test_source, f.name
+        assert not set(SOURCES[f.train_idx]) & test_source, f.name
+        # the validation subject is taken out of the training sources' subjects
+        train_and_val = np.sort(np.concatenate([f.train_idx, f.val_idx]))
+        np.testing.assert_array_equal(
+            train_and_val, np.flatnonzero(~np.isin(SOURCES, [*test_source]))
+        )
+
+
+def test_sources_leave_loso_and_kfold_unchanged():
+    for kwargs in (
+        dict(protocol="loso", val_subject_fraction=0.25),
+        dict(protocol="kfold", num_folds=2),
+    ):
+        a = make_folds(SUBJECTS, seed=2, **kwargs)
+        b = make_folds(SUBJECTS, seed=2, sources=SOURCES, **kwargs)
+        assert [f.name for f in a] == [f.name for f in b]
+        for fa, fb in zip(a, b, strict=True):
+            for part in ("train_idx", "val_idx", "test_idx"):
+                np.testing.assert_array_equal(getattr(fa, part), getattr(fb, part))
+
+
+@pytest.mark.parametrize(
+    "sources,error",
+    [
+        (None, r"folds.protocol='lodo' needs each sample's source"),
+        (np.full(len(SUBJECTS), "casme2"), r"at least 2 source datasets, got \['casme2'\]"),
+        (SOURCES[:-1], r"sources has shape \(19,\), subjects \(20,\)"),
+        (np.where(SUBJECTS == "samm/006", "", SOURCES), "empty source name"),
+        (np.where(np.arange(len(SUBJECTS)) == 0, "smic", SOURCES), "'casme2/sub01' is in sources"),
+    ],
+)
+def test_lodo_errors(sources, error):
+    with pytest.raises(ValueError, match=error):
+        make_folds(SUBJECTS, protocol="lodo", sources=sources)
 
 
 def test_pad_folds_shapes_and_masks():

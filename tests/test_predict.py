@@ -314,3 +314,14 @@ def test_cli_process_bad_video_is_one_line(trained, tmp_path):
     assert run.stderr.splitlines() == [
         f"error: --video {empty}: cannot open it as a video (unknown or broken file)"
     ]
+
+
+def test_resolve_fold_of_a_leave_one_dataset_out_run(tmp_path):
+    for name in ("lodo__casme2", "lodo__samm"):
+        os.makedirs(tmp_path / "folds" / name / "final")
+    workdir = str(tmp_path)
+    assert predict_mod.resolve_fold(workdir, "casme2/sub01") == "lodo__casme2"
+    assert predict_mod.resolve_fold(workdir, "samm") == "lodo__samm"
+    assert predict_mod.resolve_fold(workdir, "lodo__samm") == "lodo__samm"
+    with pytest.raises(ValueError, match="unknown fold 'smic/s01'"):
+        predict_mod.resolve_fold(workdir, "smic/s01")

@@ -111,6 +111,25 @@ def test_published_table_only_for_composite_runs(tmp_path):
     assert "THEIRS" not in (tmp_path / "report.md").read_text()
 
 
+def test_leave_one_dataset_out_report(tmp_path):
+    """folds.protocol='lodo': the protocol says so, the per-source rows are the per-target
+    results, the per-fold table counts subjects, and the (LOSO) published table is left out."""
+    run = _run()
+    run["folds"] = np.array([f"lodo__{s}" for s in run["sources"]])
+    config = {"data": {"name": "megc2019"}, "folds": {"protocol": "lodo"}}
+    results = write_report(str(tmp_path), **run, config=config)
+    assert results["protocol"].startswith("Leave-one-dataset-out") and "published" not in results
+    text = (tmp_path / "report.md").read_text()
+    assert "## Per target dataset (leave one dataset out)" in text and "THEIRS" not in text
+    samm = results["per_source"]["samm"]
+    assert f"| SAMM | {samm['n']} | {samm['uf1']:.4f} | {samm['uar']:.4f} |" in text
+    assert "| lodo__samm | 3 subjects | 12 |" in text
+    assert "leave one dataset out" in format_results_table(results)
+    loso = write_report(str(tmp_path / "loso"), **_run(), config={"folds": {"protocol": "loso"}})
+    assert loso["protocol"].startswith("Leave-one-subject-out")
+    assert "leave one dataset out" not in format_results_table(loso)
+
+
 def test_without_history_or_probs(tmp_path):
     run = _run()
     run.update(history=None, probs=None)

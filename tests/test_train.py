@@ -85,6 +85,7 @@ def test_balanced_class_weights():
         ("train.learning_rate=0.0", "train.learning_rate"),
         ("parallel.strategy=pmap", "parallel.strategy"),
         ("model.fusion=bogus", "model.fusion"),
+        ("folds.protocol=lofo", "folds.protocol"),
     ],
 )
 def test_invalid_config_is_refused_before_the_workdir_is_written(

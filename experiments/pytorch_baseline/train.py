@@ -232,6 +232,7 @@ def train_loso_torch(
         num_folds=f.num_folds,
         val_subject_fraction=f.val_subject_fraction,
         seed=config.seed,
+        sources=dataset.sources,
     )
     steps = folds_lib.steps_per_epoch(
         max(len(fold.train_idx) for fold in folds), config.train.batch_size
