@@ -56,6 +56,37 @@ def _drop_closed_loop_reports() -> None:
     sys.unraisablehook = hook
 
 
+def _solo(key: str = ""):
+    """Multi-process: Orbax options for a checkpoint that ONE process writes and reads alone
+    (a fold's owner; by default Orbax expects every process to call save and meets them at
+    barriers, so a save by one process would wait for the others forever). None with one
+    process."""
+    if jax.process_count() == 1:
+        return None
+    me = jax.process_index()
+    _separate_operation_ids(me)
+    return ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"{key}@{me}"
+    )
+
+
+def _separate_operation_ids(process: int) -> None:
+    """Orbax (0.12.8) keys its save signals in the jax.distributed key-value store, shared by
+    all processes, by an operation id counted per process from 0 (futures/future.py:
+    ``awaitable_signals_contract_<id>``): processes that save different checkpoints at once
+    read each other's signals (seen: FileExistsError on a step's .orbax-checkpoint-tmp, then
+    a hang). Each process counts from its own range instead. PRIVATE Orbax API."""
+    import itertools
+
+    from orbax.checkpoint._src.futures import synchronization
+
+    gen = synchronization.OperationIdGenerator
+    if not getattr(gen, "_mjfn_separated", False):
+        gen._operation_id_counter = itertools.count(process << 40)
+        gen._operation_id = next(gen._operation_id_counter)
+        gen._mjfn_separated = True
+
+
 class CheckpointDamaged(Exception):
     """An in-progress checkpoint step that cannot be restored (the message names it)."""
 
@@ -124,8 +155,13 @@ class FoldCheckpointer:
     def manager(self) -> ocp.CheckpointManager:
         if self._manager is None:
             options = ocp.CheckpointManagerOptions(
-                max_to_keep=self._max_to_keep, create=True, enable_async_checkpointing=True
+                max_to_keep=self._max_to_keep,
+                create=_solo() is None,  # not allowed with active_processes
+                enable_async_checkpointing=True,
+                multiprocessing_options=_solo(self.fold_dir)
+                or ocp.options.MultiprocessingOptions(),
             )
+            os.makedirs(self.checkpoints_dir, exist_ok=True)
             self._manager = ocp.CheckpointManager(self.checkpoints_dir, options=options)
         return self._manager
 
@@ -197,7 +233,10 @@ class FoldCheckpointer:
 
         def save() -> None:
             if self._final is None:
-                self._final = ocp.StandardCheckpointer()
+                solo = _solo(self.fold_dir)
+                self._final = ocp.StandardCheckpointer(
+                    **({"multiprocessing_options": solo} if solo else {})
+                )
             self._final.save(self.final_dir, host_state, force=True)
 
         self._pending.append(_BACKGROUND.submit(save))
@@ -207,7 +246,9 @@ class FoldCheckpointer:
 
     def restore_final(self, like):
         """The finished fold's model into the structure of ``like``."""
-        with ocp.StandardCheckpointer() as checkpointer:
+        solo = _solo(self.fold_dir)
+        kwargs = {"multiprocessing_options": solo} if solo else {}
+        with ocp.StandardCheckpointer(**kwargs) as checkpointer:
             return _unflatten_like(like, checkpointer.restore(self.final_dir, _abstract(like)))
 
     @property

@@ -137,7 +137,7 @@ def _all_stopped(states, members) -> bool:
     """Whether early stopping has stopped every real fold of the group (False without it)."""
     if getattr(states, "best", None) is None:
         return False
-    stopped = np.asarray(jax.device_get(states.best.stopped))  # [G] bool
+    stopped = np.asarray(parallel.to_host(states.best.stopped))  # [G] bool
     return bool(np.all(stopped[members >= 0]))
 
 
@@ -176,11 +176,14 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, stats, aft
     caller writes them (which marks the folds done)."""
     names = arrays.names
     real = [int(m) for m in members if m >= 0]
-    folds = jax.device_put(_fold_inputs(config, dataset, arrays, members), runner.group_sharding)
-    test_idx = jax.device_put(
+    folds = parallel.put(_fold_inputs(config, dataset, arrays, members), runner.group_sharding)
+    test_idx = parallel.put(
         arrays.test_idx[np.where(members >= 0, members, real[0])], runner.group_sharding
     )  # [G, max_test]
     states = runner.init(folds.key)
+    # The group positions whose folds this process saves and marks done (all of them with
+    # one process; multi-process: one process per fold, see parallel.owned_positions).
+    owned = set(parallel.owned_positions(states))
     states, epoch, histories = _resume(runner, ckpts, members, states, names)
     total, policy = config.train.num_epochs, SavePolicy(config.checkpoint.every_epochs)
     stopped = epoch > 0 and _all_stopped(states, members)  # resumed after the folds stopped
@@ -191,7 +194,7 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, stats, aft
             n = min(n, policy.epochs_until_save(epoch) or n)
             start = time.perf_counter()
             states, metrics = runner.train(states, folds, data, epoch, n)
-            metrics = jax.device_get(metrics)  # waits for the device
+            metrics = parallel.to_host(metrics)  # waits for the device
             stats["train_s"] += time.perf_counter() - start
             stats["samples"] += len(real) * n * runner.program.steps * config.train.batch_size
             _check_finite(metrics, members, names, epoch)
@@ -204,24 +207,24 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, stats, aft
                 stopped = bool(np.all(metrics["stopped"][members >= 0, -1]))
             save = policy.what_to_save(epoch, finished=epoch == total or stopped)
             if save == "final":  # the model only (no optimizer state): what a finished fold keeps
-                host_models = jax.device_get(runner.program.export(states))  # one batch of copies
+                host_models = parallel.owned_rows(runner.program.export(states))
                 for pos, m in enumerate(members):
-                    if m >= 0:
-                        ckpts[m].save_final(_slice(host_models, pos))
+                    if m >= 0 and pos in owned:
+                        ckpts[m].save_final(host_models[pos])
             elif save == "progress":
-                host_states = jax.device_get(states)  # one batch of copies for the group
+                host_states = parallel.owned_rows(states)  # one batch of copies for the group
                 for pos, m in enumerate(members):
-                    if m >= 0:
+                    if m >= 0 and pos in owned:
                         meta = {"epochs_done": epoch, "history": histories[m]}
-                        ckpts[m].save(epoch, _slice(host_states, pos), meta)
+                        ckpts[m].save(epoch, host_states[pos], meta)
             bar.update(n)
             bar.set_postfix(loss=f"{np.mean(metrics['loss'][:, -1]):.3f}")
             if after is not None:
                 after(EpochsDone(tuple(names[m] for m in real), epoch, stats["epochs"]))
-    log_probs = np.asarray(runner.predict(states, data, test_idx))  # [G, max_test, C]
+    log_probs = parallel.to_host(runner.predict(states, data, test_idx))  # [G, max_test, C]
     results = []
     for pos, m in enumerate(members):
-        if m >= 0:
+        if m >= 0 and pos in owned:
             mask = arrays.test_mask[m]
             summary = {"fold": names[m], "epochs_trained": epoch, "history": histories[m]}
             results.append((ckpts[m], arrays.test_idx[m][mask], log_probs[pos][mask], summary))
@@ -269,15 +272,15 @@ def _trial(config, arrays: FoldArrays, dataset) -> dict:
     group = parallel.fold_groups(
         arrays.num_folds, group_size, runner.mesh.size if runner.vmapped else 1
     )[0]
-    folds = jax.device_put(_fold_inputs(config, dataset, arrays, group), runner.group_sharding)
+    folds = parallel.put(_fold_inputs(config, dataset, arrays, group), runner.group_sharding)
     states = runner.init(folds.key)
     before = runner.compile_s
     states, metrics = runner.train(states, folds, data, 0, 1)
-    np.asarray(metrics["loss"])  # waits for the device
+    jax.block_until_ready(metrics["loss"])  # waits for the device
     compile_s = runner.compile_s - before
     start = time.perf_counter()
     states, metrics = runner.train(states, folds, data, 1, 1)
-    np.asarray(metrics["loss"])
+    jax.block_until_ready(metrics["loss"])
     seconds = time.perf_counter() - start
     return {"s_per_fold_epoch": seconds / int(np.sum(group >= 0)), "compile_s": compile_s}
 
@@ -393,7 +396,8 @@ def train_and_evaluate(
         seed=config.seed,
     )
     arrays = pad_folds(folds)
-    with workdir_lib.Lock(workdir):  # one run per workdir (released even by kill -9)
+    # One run per workdir (released even by kill -9); each process of a run its own lock.
+    with workdir_lib.Lock(workdir, jax.process_index()):
         save_or_check_config(config, workdir)
         workdir_lib.check_dataset(workdir, dataset)
         if config.select.candidates:
@@ -447,6 +451,7 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
         for c in ckpts:  # waits for every save and result (completed folds are kept even if a
             c.close()  # later one failed)
     wall = time.perf_counter() - start
+    parallel.sync("fold results written")  # multi-process: every process's folds are on disk
     pooled = _gather_results(config, dataset, arrays, ckpts)
     timing = {
         "wall_s": wall,
@@ -468,6 +473,8 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
         "folds_trained_this_run": len(pending),
     }
     log.info("timing: %s", timing)
+    if jax.process_index() != 0:  # multi-process: process 0 writes the report
+        return pooled | {"timing": timing}
     return _report(config, workdir, dataset, arrays, pooled, timing)
 
 
