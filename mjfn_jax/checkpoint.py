@@ -57,34 +57,16 @@ def _drop_closed_loop_reports() -> None:
 
 
 def _solo(key: str = ""):
-    """Multi-process: Orbax options for a checkpoint that ONE process writes and reads alone
-    (a fold's owner; by default Orbax expects every process to call save and meets them at
-    barriers, so a save by one process would wait for the others forever). None with one
-    process."""
+    """Multi-process: Orbax options for a checkpoint that one process saves or restores alone
+    (process 0 saves every fold; by default Orbax expects every process to call save and
+    meets them at barriers, so a save by one process would wait for the others forever).
+    None with one process."""
     if jax.process_count() == 1:
         return None
     me = jax.process_index()
-    _separate_operation_ids(me)
     return ocp.options.MultiprocessingOptions(
         primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"{key}@{me}"
     )
-
-
-def _separate_operation_ids(process: int) -> None:
-    """Orbax (0.12.8) keys its save signals in the jax.distributed key-value store, shared by
-    all processes, by an operation id counted per process from 0 (futures/future.py:
-    ``awaitable_signals_contract_<id>``): processes that save different checkpoints at once
-    read each other's signals (seen: FileExistsError on a step's .orbax-checkpoint-tmp, then
-    a hang). Each process counts from its own range instead. PRIVATE Orbax API."""
-    import itertools
-
-    from orbax.checkpoint._src.futures import synchronization
-
-    gen = synchronization.OperationIdGenerator
-    if not getattr(gen, "_mjfn_separated", False):
-        gen._operation_id_counter = itertools.count(process << 40)
-        gen._operation_id = next(gen._operation_id_counter)
-        gen._mjfn_separated = True
 
 
 class CheckpointDamaged(Exception):

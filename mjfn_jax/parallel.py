@@ -206,36 +206,6 @@ def to_host(tree):
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
-def owned_positions(tree) -> list[int]:
-    """Leading-axis rows (fold group positions) of a [G, ...] tree that THIS process writes:
-    those of its devices' shards with replica_id 0. Every row has exactly one such shard in
-    the whole run (a replicated array's is on the first device), so each fold is written by
-    exactly one process; with one process, every row."""
-    x = jax.tree.leaves(tree)[0]
-    rows = set()
-    for shard in x.addressable_shards:
-        if shard.replica_id == 0:
-            rows.update(range(*shard.index[0].indices(x.shape[0])))
-    return sorted(rows)
-
-
-def owned_rows(tree) -> dict[int, object]:
-    """{position: host pytree of that row} for this process's owned_positions, read from its
-    own shards (no cross-process traffic; jax.device_get of the whole tree is not allowed
-    across processes)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    per_leaf = []
-    for x in leaves:
-        rows = {}
-        for shard in x.addressable_shards:
-            if shard.replica_id == 0:
-                start = shard.index[0].indices(x.shape[0])[0]
-                for k, row in enumerate(np.asarray(shard.data)):
-                    rows[start + k] = row
-        per_leaf.append(rows)
-    return {p: treedef.unflatten([rows[p] for rows in per_leaf]) for p in sorted(per_leaf[0])}
-
-
 def sync(name: str) -> None:
     """A barrier across processes (nothing with one process)."""
     if jax.process_count() > 1:

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from mjfn_jax import autotune, parallel
+from mjfn_jax import autotune, distributed, parallel
 from mjfn_jax import workdir as workdir_lib
 from mjfn_jax.checkpoint import CheckpointDamaged, FoldCheckpointer, SavePolicy
 from mjfn_jax.config import validate_config
@@ -106,11 +106,15 @@ def _resume(runner, ckpts, members, states, names):
     real = [m for m in members if m >= 0]
     common = set.intersection(*(set(ckpts[m].epochs()) for m in real))
     histories = {m: [] for m in real}
+    # Multi-process: rows of other processes' devices cannot be read (np.asarray raises), so
+    # every process restores every real fold from its shapes, and dummy members copy one.
+    local = all(x.is_fully_addressable for x in jax.tree.leaves(states))
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), states)
     for done in sorted(common, reverse=True):
         slices, metas = [], {}
         try:
             for pos, m in enumerate(members):
-                like = _slice(states, pos)
+                like = _slice(states, pos) if local else shapes
                 if m >= 0:
                     like, metas[m] = ckpts[m].restore(done, like)
                 slices.append(like)
@@ -120,7 +124,9 @@ def _resume(runner, ckpts, members, states, names):
         for m in real:
             ckpts[m].discard_after(done)
             histories[m] = metas[m]["history"][:done]
-        restored = jax.device_put(_stack(slices), runner.group_sharding)
+        first = next(s for s, m in zip(slices, members, strict=True) if m >= 0)
+        slices = [s if local or m >= 0 else first for s, m in zip(slices, members, strict=True)]
+        restored = parallel.put(_stack(slices), runner.group_sharding)
         log.info("resumed folds %s from epoch %d", ", ".join(names[m] for m in real), done)
         return restored, done, histories
     if common:
@@ -181,14 +187,18 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, stats, aft
         arrays.test_idx[np.where(members >= 0, members, real[0])], runner.group_sharding
     )  # [G, max_test]
     states = runner.init(folds.key)
-    # The group positions whose folds this process saves and marks done (all of them with
-    # one process; multi-process: one process per fold, see parallel.owned_positions).
-    owned = set(parallel.owned_positions(states))
+    # Multi-process: process 0 writes every fold (Orbax writes host numpy arrays from process
+    # 0 only: a save by another process leaves a checkpoint without data); the others only
+    # take part in the all-gathers that bring it the folds of their devices.
+    writer = distributed.is_main()
     states, epoch, histories = _resume(runner, ckpts, members, states, names)
     total, policy = config.train.num_epochs, SavePolicy(config.checkpoint.every_epochs)
     stopped = epoch > 0 and _all_stopped(states, members)  # resumed after the folds stopped
     label = names[real[0]] if len(real) == 1 else f"{len(real)} folds"
-    with tqdm(total=total, initial=epoch, desc=label, unit="epoch", leave=False) as bar:
+    quiet = not distributed.is_main()  # multi-process: bars on process 0 only
+    with tqdm(
+        total=total, initial=epoch, desc=label, unit="epoch", leave=False, disable=quiet
+    ) as bar:
         while epoch < total and not stopped:
             n = min(max(1, config.parallel.epochs_per_call), total - epoch)
             n = min(n, policy.epochs_until_save(epoch) or n)
@@ -207,16 +217,16 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, stats, aft
                 stopped = bool(np.all(metrics["stopped"][members >= 0, -1]))
             save = policy.what_to_save(epoch, finished=epoch == total or stopped)
             if save == "final":  # the model only (no optimizer state): what a finished fold keeps
-                host_models = parallel.owned_rows(runner.program.export(states))
+                host_models = parallel.to_host(runner.program.export(states))  # one batch
                 for pos, m in enumerate(members):
-                    if m >= 0 and pos in owned:
-                        ckpts[m].save_final(host_models[pos])
+                    if m >= 0 and writer:
+                        ckpts[m].save_final(_slice(host_models, pos))
             elif save == "progress":
-                host_states = parallel.owned_rows(states)  # one batch of copies for the group
+                host_states = parallel.to_host(states)  # one batch of copies for the group
                 for pos, m in enumerate(members):
-                    if m >= 0 and pos in owned:
+                    if m >= 0 and writer:
                         meta = {"epochs_done": epoch, "history": histories[m]}
-                        ckpts[m].save(epoch, host_states[pos], meta)
+                        ckpts[m].save(epoch, _slice(host_states, pos), meta)
             bar.update(n)
             bar.set_postfix(loss=f"{np.mean(metrics['loss'][:, -1]):.3f}")
             if after is not None:
@@ -224,7 +234,7 @@ def _run_group(config, runner, ckpts, arrays, dataset, data, members, stats, aft
     log_probs = parallel.to_host(runner.predict(states, data, test_idx))  # [G, max_test, C]
     results = []
     for pos, m in enumerate(members):
-        if m >= 0 and pos in owned:
+        if m >= 0 and writer:
             mask = arrays.test_mask[m]
             summary = {"fold": names[m], "epochs_trained": epoch, "history": histories[m]}
             results.append((ckpts[m], arrays.test_idx[m][mask], log_probs[pos][mask], summary))
@@ -439,7 +449,8 @@ def _train_and_report(config, workdir: str, dataset, arrays: FoldArrays, after_e
     groups = parallel.fold_groups(len(pending), group_size, mesh.size if vmapped else 1)
     start = time.perf_counter()
     try:
-        for group in tqdm(groups, desc="fold groups", unit="group", disable=len(groups) < 2):
+        quiet = len(groups) < 2 or not distributed.is_main()  # multi-process: process 0 only
+        for group in tqdm(groups, desc="fold groups", unit="group", disable=quiet):
             members = np.where(group >= 0, pending[np.maximum(group, 0)], -1)
             finished = _run_group(
                 config, runner, ckpts, arrays, dataset, data, members, stats, after_epochs
