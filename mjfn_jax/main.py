@@ -59,11 +59,12 @@ def main(argv: list[str]) -> None:
     setup_logging()
     with cli.expected_errors():
         distributed.initialize(cluster)
-    distributed.setup_process_logging(FLAGS.workdir)
+    if cluster is not None:  # (jax.process_index() starts the backends: not before checks)
+        distributed.setup_process_logging(FLAGS.workdir)
     with cli.expected_errors():
         results = train_and_evaluate(config, FLAGS.workdir)
-    if not distributed.is_main():
-        return
+    if cluster is not None and not distributed.is_main():
+        return  # process 0 prints the results
     timing = results["timing"]
     print(format_results_table(results))
     auto = timing.get("auto") or {}
