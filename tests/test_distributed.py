@@ -149,3 +149,26 @@ def test_disagreeing_num_processes_is_one_line_on_every_process(tmp_path):
         assert rc == 1 and "the processes disagree on --num_processes" in line, err[-2000:]
         assert "process 0 has 2, process 1 has 3" in line
     assert not (tmp_path / "w").exists()
+
+
+def test_distributed_outside_a_cluster_is_one_line(tmp_path):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_COORDINATOR", "TPU_", "MEGASCALE"))
+    }
+    cmd = [
+        sys.executable, "-m", "mjfn_jax.main",
+        "--config", "experiments/configs/synthetic.py:smoke",
+        "--workdir", str(tmp_path / "w"),
+        "--distributed", "--distributed_timeout", "5",
+    ]  # fmt: skip
+    env |= dict(JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    line = _error_line(proc.stderr)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert line == (
+        "error: --distributed (cluster detected by JAX): jax.distributed.initialize: "
+        "coordinator_address should be defined."
+    )
+    assert not (tmp_path / "w").exists()
