@@ -56,6 +56,19 @@ def _drop_closed_loop_reports() -> None:
     sys.unraisablehook = hook
 
 
+def _solo(key: str = ""):
+    """Multi-process: Orbax options for a checkpoint that one process saves or restores alone
+    (process 0 saves every fold; by default Orbax expects every process to call save and
+    meets them at barriers, so a save by one process would wait for the others forever).
+    None with one process."""
+    if jax.process_count() == 1:
+        return None
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"{key}@{me}"
+    )
+
+
 class CheckpointDamaged(Exception):
     """An in-progress checkpoint step that cannot be restored (the message names it)."""
 
@@ -124,8 +137,13 @@ class FoldCheckpointer:
     def manager(self) -> ocp.CheckpointManager:
         if self._manager is None:
             options = ocp.CheckpointManagerOptions(
-                max_to_keep=self._max_to_keep, create=True, enable_async_checkpointing=True
+                max_to_keep=self._max_to_keep,
+                create=_solo() is None,  # not allowed with active_processes
+                enable_async_checkpointing=True,
+                multiprocessing_options=_solo(self.fold_dir)
+                or ocp.options.MultiprocessingOptions(),
             )
+            os.makedirs(self.checkpoints_dir, exist_ok=True)
             self._manager = ocp.CheckpointManager(self.checkpoints_dir, options=options)
         return self._manager
 
@@ -197,7 +215,10 @@ class FoldCheckpointer:
 
         def save() -> None:
             if self._final is None:
-                self._final = ocp.StandardCheckpointer()
+                solo = _solo(self.fold_dir)
+                self._final = ocp.StandardCheckpointer(
+                    **({"multiprocessing_options": solo} if solo else {})
+                )
             self._final.save(self.final_dir, host_state, force=True)
 
         self._pending.append(_BACKGROUND.submit(save))
@@ -207,7 +228,9 @@ class FoldCheckpointer:
 
     def restore_final(self, like):
         """The finished fold's model into the structure of ``like``."""
-        with ocp.StandardCheckpointer() as checkpointer:
+        solo = _solo(self.fold_dir)
+        kwargs = {"multiprocessing_options": solo} if solo else {}
+        with ocp.StandardCheckpointer(**kwargs) as checkpointer:
             return _unflatten_like(like, checkpointer.restore(self.final_dir, _abstract(like)))
 
     @property

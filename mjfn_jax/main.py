@@ -5,6 +5,11 @@
 
 Rerunning the same command resumes: finished folds are skipped, the others continue from
 their latest checkpoint. A different config in the same workdir is refused.
+
+Several processes (one global mesh over all their devices; mjfn_jax.distributed): start one
+per process, same config and workdir, with --coordinator_address HOST:PORT (process 0's)
+--num_processes N --process_id I; or --distributed where JAX detects the cluster itself (TPU
+VM, Slurm, Open MPI). Process 0 prints; the others log to <workdir>/logs/process_<i>.log.
 """
 
 from __future__ import annotations
@@ -12,28 +17,54 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from mjfn_jax import cli
+from mjfn_jax import cli, distributed
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (path.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (checkpoints, predictions, report).")
 flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process: HOST:PORT of process 0's coordinator."
+)
+flags.DEFINE_integer("num_processes", None, "Multi-process: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's id, 0..num_processes-1.")
+flags.DEFINE_bool(
+    "distributed", False, "Multi-process, the cluster (TPU VM, Slurm, Open MPI) detected by JAX."
+)
+flags.DEFINE_integer(
+    "distributed_timeout",
+    distributed.DEFAULT_TIMEOUT_S,
+    "Multi-process: seconds to wait for every process to join, then end with an error.",
+)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    with cli.expected_errors():  # checked before anything starts
+        cluster = distributed.settings(
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            FLAGS.distributed,
+            FLAGS.distributed_timeout,
+        )
+    config = cli.config_flag()
     from mjfn_jax.parallel import split_cpu_devices
 
-    split_cpu_devices()
+    split_cpu_devices()  # configures devices only; JAX's backends start after initialize
     from mjfn_jax.report import format_results_table
     from mjfn_jax.train import setup_logging, train_and_evaluate
 
     setup_logging()
-
-    config = cli.config_flag()
+    with cli.expected_errors():
+        distributed.initialize(cluster)
+    if cluster is not None:  # (jax.process_index() starts the backends: not before checks)
+        distributed.setup_process_logging(FLAGS.workdir)
     with cli.expected_errors():
         results = train_and_evaluate(config, FLAGS.workdir)
+    if cluster is not None and not distributed.is_main():
+        return  # process 0 prints the results
     timing = results["timing"]
     print(format_results_table(results))
     auto = timing.get("auto") or {}

@@ -176,8 +176,42 @@ def fold_groups(num_folds: int, group_size: int, num_devices: int) -> list[np.nd
 
 
 def put(tree, sharding: NamedSharding):
-    """Place every leaf of ``tree`` with ``sharding``."""
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+    """Place every leaf of ``tree`` (the same host values in every process) with ``sharding``.
+
+    Multi-process: jax.device_put refuses a sharding over other processes' devices unless it
+    is replicated ("device_put's second argument must be a Device or a Sharding which
+    represents addressable devices"); each process then gives its own devices' slices."""
+    if sharding.is_fully_addressable:
+        return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+    def one(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: via their data
+            impl = jax.random.key_impl(x)
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=impl)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
+
+
+def to_host(tree):
+    """Every leaf as a host array of its GLOBAL value, in every process (small arrays only:
+    metrics, predictions). Multi-process: an all-gather (np.asarray/jax.device_get of an
+    array with shards in other processes raise)."""
+    leaves = jax.tree.leaves(tree)
+    if all(getattr(x, "is_fully_addressable", True) for x in leaves):
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def sync(name: str) -> None:
+    """A barrier across processes (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def strategy_setup(config, num_folds: int):
@@ -324,6 +358,7 @@ class GroupRunner:
                 options=_FAST_COMPILE if not self.program.early_stopping else None,
             )
             per_epoch.append(metrics)
+        per_epoch = to_host(per_epoch)  # multi-process: np.stack of a global array raises
         return states, jax.tree.map(lambda *xs: np.stack(xs, 1), *per_epoch)  # host [G, E]
 
     def predict(self, states, data, test_idx):

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from mjfn_jax import autotune, parallel
+from mjfn_jax import autotune, distributed, parallel
 from mjfn_jax import workdir as workdir_lib
 from mjfn_jax.checkpoint import CheckpointDamaged, FoldCheckpointer, SavePolicy
 from mjfn_jax.config import validate_config
@@ -167,11 +167,15 @@ def _resume(runner, ckpts, members, states, names):
     real = [m for m in members if m >= 0]
     common = set.intersection(*(set(ckpts[m].epochs()) for m in real))
     histories = {m: [] for m in real}
+    # Multi-process: rows of other processes' devices cannot be read (np.asarray raises), so
+    # every process restores every real fold from its shapes, and dummy members copy one.
+    local = all(x.is_fully_addressable for x in jax.tree.leaves(states))
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), states)
     for done in sorted(common, reverse=True):
         slices, metas = [], {}
         try:
             for pos, m in enumerate(members):
-                like = _slice(states, pos)
+                like = _slice(states, pos) if local else shapes
                 if m >= 0:
                     like, metas[m] = ckpts[m].restore(done, like)
                 slices.append(like)
@@ -181,7 +185,9 @@ def _resume(runner, ckpts, members, states, names):
         for m in real:
             ckpts[m].discard_after(done)
             histories[m] = metas[m]["history"][:done]
-        restored = jax.device_put(_stack(slices), runner.group_sharding)
+        first = next(s for s, m in zip(slices, members, strict=True) if m >= 0)
+        slices = [s if local or m >= 0 else first for s, m in zip(slices, members, strict=True)]
+        restored = parallel.put(_stack(slices), runner.group_sharding)
         log.info("resumed folds %s from epoch %d", ", ".join(names[m] for m in real), done)
         return restored, done, histories
     if common:
@@ -198,7 +204,7 @@ def _all_stopped(states, members) -> bool:
     """Whether early stopping has stopped every real fold of the group (False without it)."""
     if getattr(states, "best", None) is None:
         return False
-    stopped = np.asarray(jax.device_get(states.best.stopped))  # [G] bool
+    stopped = np.asarray(parallel.to_host(states.best.stopped))  # [G] bool
     return bool(np.all(stopped[members >= 0]))
 
 
@@ -239,22 +245,29 @@ def _run_group(config, runner, ckpts, units: Units, dataset, data, members, stat
     arrays = units.arrays
     names = arrays.names
     real = [int(m) for m in members if m >= 0]
-    folds = jax.device_put(_fold_inputs(config, dataset, units, members), runner.group_sharding)
-    test_idx = jax.device_put(
+    folds = parallel.put(_fold_inputs(config, dataset, units, members), runner.group_sharding)
+    test_idx = parallel.put(
         arrays.test_idx[np.where(members >= 0, members, real[0])], runner.group_sharding
     )  # [G, max_test]
     states = runner.init(folds.key)
+    # Multi-process: process 0 writes every fold (Orbax writes host numpy arrays from process
+    # 0 only: a save by another process leaves a checkpoint without data); the others only
+    # take part in the all-gathers that bring it the folds of their devices.
+    writer = distributed.is_main()
     states, epoch, histories = _resume(runner, ckpts, members, states, names)
     total, policy = config.train.num_epochs, SavePolicy(config.checkpoint.every_epochs)
     stopped = epoch > 0 and _all_stopped(states, members)  # resumed after the folds stopped
     label = names[real[0]] if len(real) == 1 else f"{len(real)} folds"
-    with tqdm(total=total, initial=epoch, desc=label, unit="epoch", leave=False) as bar:
+    quiet = not distributed.is_main()  # multi-process: bars on process 0 only
+    with tqdm(
+        total=total, initial=epoch, desc=label, unit="epoch", leave=False, disable=quiet
+    ) as bar:
         while epoch < total and not stopped:
             n = min(max(1, config.parallel.epochs_per_call), total - epoch)
             n = min(n, policy.epochs_until_save(epoch) or n)
             start = time.perf_counter()
             states, metrics = runner.train(states, folds, data, epoch, n)
-            metrics = jax.device_get(metrics)  # waits for the device
+            metrics = parallel.to_host(metrics)  # waits for the device
             stats["train_s"] += time.perf_counter() - start
             stats["samples"] += len(real) * n * runner.program.steps * config.train.batch_size
             _check_finite(metrics, members, names, epoch)
@@ -267,24 +280,24 @@ def _run_group(config, runner, ckpts, units: Units, dataset, data, members, stat
                 stopped = bool(np.all(metrics["stopped"][members >= 0, -1]))
             save = policy.what_to_save(epoch, finished=epoch == total or stopped)
             if save == "final":  # the model only (no optimizer state): what a finished fold keeps
-                host_models = jax.device_get(runner.program.export(states))  # one batch of copies
+                host_models = parallel.to_host(runner.program.export(states))  # one batch
                 for pos, m in enumerate(members):
-                    if m >= 0:
+                    if m >= 0 and writer:
                         ckpts[m].save_final(_slice(host_models, pos))
             elif save == "progress":
-                host_states = jax.device_get(states)  # one batch of copies for the group
+                host_states = parallel.to_host(states)  # one batch of copies for the group
                 for pos, m in enumerate(members):
-                    if m >= 0:
+                    if m >= 0 and writer:
                         meta = {"epochs_done": epoch, "history": histories[m]}
                         ckpts[m].save(epoch, _slice(host_states, pos), meta)
             bar.update(n)
             bar.set_postfix(loss=f"{np.mean(metrics['loss'][:, -1]):.3f}")
             if after is not None:
                 after(EpochsDone(tuple(names[m] for m in real), epoch, stats["epochs"]))
-    log_probs = np.asarray(runner.predict(states, data, test_idx))  # [G, max_test, C]
+    log_probs = parallel.to_host(runner.predict(states, data, test_idx))  # [G, max_test, C]
     results = []
     for pos, m in enumerate(members):
-        if m >= 0:
+        if m >= 0 and writer:
             mask = arrays.test_mask[m]
             summary = {
                 "fold": units.fold_names[m],
@@ -336,15 +349,15 @@ def _trial(config, units: Units, dataset) -> dict:
     group = parallel.fold_groups(
         units.arrays.num_folds, group_size, runner.mesh.size if runner.vmapped else 1
     )[0]
-    folds = jax.device_put(_fold_inputs(config, dataset, units, group), runner.group_sharding)
+    folds = parallel.put(_fold_inputs(config, dataset, units, group), runner.group_sharding)
     states = runner.init(folds.key)
     before = runner.compile_s
     states, metrics = runner.train(states, folds, data, 0, 1)
-    np.asarray(metrics["loss"])  # waits for the device
+    jax.block_until_ready(metrics["loss"])  # waits for the device
     compile_s = runner.compile_s - before
     start = time.perf_counter()
     states, metrics = runner.train(states, folds, data, 1, 1)
-    np.asarray(metrics["loss"])
+    jax.block_until_ready(metrics["loss"])
     seconds = time.perf_counter() - start
     return {"s_per_fold_epoch": seconds / int(np.sum(group >= 0)), "compile_s": compile_s}
 
@@ -356,6 +369,10 @@ def _choose_strategy(config, units: Units, dataset, workdir: str):
     (a resumed fold must continue the way it started)."""
     if config.parallel.strategy != "auto" or not config.parallel.auto_trial:
         return config, None
+    if jax.process_count() > 1:  # each process's trial could choose differently: a deadlock
+        log.info("parallel.strategy=auto with %d processes: the platform rule, no trial",
+                 jax.process_count())  # fmt: skip
+        return config, {"reason": "several processes: the platform rule (no timed trial)"}
     arrays = units.arrays
     recorded = workdir_lib.recorded_execution(workdir)
     if recorded and recorded.get("platform") == jax.default_backend():
@@ -463,7 +480,8 @@ def train_and_evaluate(
     _check_dataset(config, dataset)
     units = make_units(config, dataset, workdir)
     seeds = training_seeds(config)
-    with workdir_lib.Lock(workdir):  # one run per workdir (released even by kill -9)
+    # One run per workdir (released even by kill -9); each process of a run its own lock.
+    with workdir_lib.Lock(workdir, jax.process_index()):
         save_or_check_config(config, workdir)
         workdir_lib.check_dataset(workdir, dataset)
         if len(seeds) > 1:  # each seed's folder is a one-seed workdir of its own
@@ -518,7 +536,8 @@ def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs)
     groups = parallel.fold_groups(len(pending), group_size, mesh.size if vmapped else 1)
     start = time.perf_counter()
     try:
-        for group in tqdm(groups, desc="fold groups", unit="group", disable=len(groups) < 2):
+        quiet = len(groups) < 2 or not distributed.is_main()  # multi-process: process 0 only
+        for group in tqdm(groups, desc="fold groups", unit="group", disable=quiet):
             members = np.where(group >= 0, pending[np.maximum(group, 0)], -1)
             finished = _run_group(
                 config, runner, ckpts, units, dataset, data, members, stats, after_epochs
@@ -530,6 +549,7 @@ def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs)
         for c in ckpts:  # waits for every save and result (completed folds are kept even if a
             c.close()  # later one failed)
     wall = time.perf_counter() - start
+    parallel.sync("fold results written")  # multi-process: every process's folds are on disk
     timing = {
         "wall_s": wall,
         "compile_s": runner.compile_s - compile_before,  # training calls compiled this run
@@ -551,12 +571,16 @@ def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs)
     }
     log.info("timing: %s", timing)
     seeds = training_seeds(config)
+    main = jax.process_index() == 0  # multi-process: process 0 writes the reports
     per_seed, floor_memo = {}, {}
     for s in seeds:  # one report per seed, in its own one-seed workdir
         members = units.of_seed(s)
         pooled = _gather_results(
             dataset, [units.fold_names[u] for u in members], [ckpts[u] for u in members]
         )
+        if not main:
+            per_seed[s] = pooled | {"timing": timing}
+            continue
         root = units.roots[members[0]]
         seed_arrays = units.arrays.take(members)
         seed_config = config if len(seeds) == 1 else one_seed_config(config, s)
@@ -566,6 +590,8 @@ def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs)
         )  # fmt: skip
     if len(seeds) == 1:
         return per_seed[seeds[0]]
+    if not main:
+        return {"per_seed": per_seed, "timing": timing}
     from mjfn_jax.report import write_seeds_report
 
     summary = write_seeds_report(

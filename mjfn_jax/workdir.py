@@ -51,7 +51,7 @@ def write_json(path: str, obj) -> None:
     The temporary file has a fixed name (``<path>.tmp``), so one left by a kill -9 is
     overwritten by the next write instead of piling up (the workdir lock rules out two
     writers)."""
-    tmp = path + ".tmp"
+    tmp = path + _tmp_suffix()
     try:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1, sort_keys=True)
@@ -66,9 +66,20 @@ def write_json(path: str, obj) -> None:
 
 def write_npz(path: str, **arrays) -> None:
     """``np.savez`` atomically (``<path>.tmp`` renamed), like write_json."""
-    with open(path + ".tmp", "wb") as f:
+    tmp = path + _tmp_suffix()
+    with open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
+
+
+def _tmp_suffix() -> str:
+    """``.tmp``; ``.tmp.process_<i>`` in process i > 0 of a multi-process run, whose processes
+    may write the same record (config.json, dataset.json, execution.json) at once: with one
+    temporary name one process's os.replace would find the file gone."""
+    import jax
+
+    index = jax.process_index() if jax.distributed.is_initialized() else 0  # no backend start
+    return ".tmp" if index == 0 else f".tmp.process_{index}"
 
 
 def read_json(path: str, remedy: str = ""):
@@ -89,8 +100,12 @@ class Lock:
     lock may not exclude runs on other machines.)
     """
 
-    def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK_FILE)
+    def __init__(self, workdir: str, process: int = 0):
+        """process: the jax.distributed process index. Each process of a multi-process run
+        locks its own file (``.lock``, ``.lock.process_<i>``): the processes of one run share
+        the workdir, and a second run's process i still finds it in use."""
+        name = LOCK_FILE if process == 0 else f"{LOCK_FILE}.process_{process}"
+        self.path = os.path.join(workdir, name)
         self._fd: int | None = None
 
     def __enter__(self) -> Lock:

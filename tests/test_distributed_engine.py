@@ -1,0 +1,103 @@
+"""The engine under jax.distributed (DIST_NOTES.md): a lock per process, and two processes x 2
+CPU devices on 127.0.0.1 give the predictions of one process with 4 devices (slow: three
+training runs of the smoke config)."""
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mjfn_jax import workdir as workdir_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_each_process_of_a_run_locks_its_own_file(tmp_path):
+    with workdir_lib.Lock(str(tmp_path), 0), workdir_lib.Lock(str(tmp_path), 1):
+        assert (tmp_path / ".lock").exists() and (tmp_path / ".lock.process_1").exists()
+        with pytest.raises(workdir_lib.WorkdirError, match="is in use by another run"):
+            workdir_lib.Lock(str(tmp_path), 1).__enter__()  # a second run's process 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _command(workdir, strategy: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "mjfn_jax.main",
+        "--config", "experiments/configs/synthetic.py:smoke",
+        "--config.data.name=generated",
+        "--config.data.generated_subjects=4",
+        "--config.data.generated_samples=16",
+        "--config.train.num_epochs=2",
+        "--config.report.linear_floor=False",
+        f"--config.parallel.strategy={strategy}",
+        "--workdir", str(workdir),
+        *extra,
+    ]  # fmt: skip
+
+
+def _env(devices: int, cache) -> dict:
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=REPO,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        MJFN_JAX_CACHE_DIR=str(cache),
+    )
+
+
+def _predictions(workdir) -> tuple[list, np.ndarray]:
+    with open(os.path.join(workdir, "predictions.csv")) as f:
+        rows = list(csv.DictReader(f))
+    probs = np.array([[float(v) for k, v in r.items() if k.startswith("prob_")] for r in rows])
+    return [(r["clip"], r["fold"], r["pred"]) for r in rows], probs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["vmap", "sequential"])
+def test_two_processes_give_the_predictions_of_one(tmp_path, strategy):
+    one = subprocess.run(
+        _command(tmp_path / "one", strategy),
+        cwd=REPO, env=_env(4, tmp_path / "cache"), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    port, workdir = _free_port(), tmp_path / "two"
+    procs = [
+        subprocess.Popen(
+            _command(workdir, strategy)
+            + ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
+            + ["--process_id", str(i), "--distributed_timeout", "60"],
+            cwd=REPO,
+            env=_env(2, tmp_path / "cache"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = []
+    for proc in procs:
+        try:
+            outs.append(proc.communicate(timeout=300))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        assert proc.returncode == 0, outs[-1][1][-3000:]
+    # Process 0 prints the results; gloo itself prints "[Gloo] Rank i is connected ..." lines.
+    printed = [line for line in outs[1][0].splitlines() if not line.startswith("[Gloo]")]
+    assert "report in" in outs[0][0] and not printed
+    assert (workdir / "logs" / "process_1.log").exists()
+    assert "epoch/s" not in outs[1][1]  # no progress bars from process 1
+    ids_one, probs_one = _predictions(tmp_path / "one")
+    ids_two, probs_two = _predictions(workdir)
+    assert ids_two == ids_one
+    np.testing.assert_allclose(probs_two, probs_one, atol=1e-5)
