@@ -9,7 +9,7 @@
 Without these flags nothing changes: one process. With them the devices of all processes form
 one global mesh (``jax.devices()``); on CPU the processes' collectives run over gloo.
 
-What JAX does by itself when processes do not match up (measured, jax 0.10.2; DIST_NOTES.md):
+What JAX does by itself when processes do not match up (measured, jax 0.10.2; docs/multi_host.md):
 a process that cannot register with the coordinator (no process 0, a process missing, two
 processes with one id, process 0 expecting more processes than were started) ABORTS the
 whole interpreter (C++ LOG(FATAL), exit status 134, a multi-line stack trace, not a Python

@@ -1,12 +1,15 @@
-"""The engine under jax.distributed (DIST_NOTES.md): a lock per process, and two processes x 2
-CPU devices on 127.0.0.1 give the predictions of one process with 4 devices (slow: three
-training runs of the smoke config)."""
+"""The engine under jax.distributed (docs/design.md#multi-host): a lock per process; two
+processes x 2 CPU devices on 127.0.0.1 give the predictions of one process with 4 devices
+(vmap and sequential); a process killed mid-run, then both processes run again, finishes with
+the same predictions. ~80 s: five training runs of the smoke config."""
 
 import csv
+import glob
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -36,7 +39,8 @@ def _command(workdir, strategy: str, *extra: str) -> list[str]:
         "--config.data.name=generated",
         "--config.data.generated_subjects=4",
         "--config.data.generated_samples=16",
-        "--config.train.num_epochs=2",
+        "--config.train.num_epochs=3",
+        "--config.checkpoint.every_epochs=1",
         "--config.report.linear_floor=False",
         f"--config.parallel.strategy={strategy}",
         "--workdir", str(workdir),
@@ -61,28 +65,39 @@ def _predictions(workdir) -> tuple[list, np.ndarray]:
     return [(r["clip"], r["fold"], r["pred"]) for r in rows], probs
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["vmap", "sequential"])
-def test_two_processes_give_the_predictions_of_one(tmp_path, strategy):
-    one = subprocess.run(
-        _command(tmp_path / "one", strategy),
-        cwd=REPO, env=_env(4, tmp_path / "cache"), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
-    port, workdir = _free_port(), tmp_path / "two"
-    procs = [
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """{strategy: workdir} of one process with 4 CPU devices (the reference)."""
+    root = tmp_path_factory.mktemp("one_process")
+    out = {}
+    for strategy in ("vmap", "sequential"):
+        proc = subprocess.run(
+            _command(root / strategy, strategy),
+            cwd=REPO, env=_env(4, root / "cache"), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[strategy] = root / strategy
+    return out
+
+
+def _start_two(workdir, strategy: str, cache) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [
         subprocess.Popen(
             _command(workdir, strategy)
             + ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
             + ["--process_id", str(i), "--distributed_timeout", "60"],
             cwd=REPO,
-            env=_env(2, tmp_path / "cache"),
+            env=_env(2, cache),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for i in range(2)
     ]
+
+
+def _finish_all(procs) -> list[tuple[str, str]]:
     outs = []
     for proc in procs:
         try:
@@ -92,12 +107,42 @@ def test_two_processes_give_the_predictions_of_one(tmp_path, strategy):
                 p.kill()
             raise
         assert proc.returncode == 0, outs[-1][1][-3000:]
+    return outs
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "sequential"])
+def test_two_processes_give_the_predictions_of_one(tmp_path, one_process, strategy):
+    workdir = tmp_path / "two"
+    outs = _finish_all(_start_two(workdir, strategy, tmp_path / "cache"))
     # Process 0 prints the results; gloo itself prints "[Gloo] Rank i is connected ..." lines.
     printed = [line for line in outs[1][0].splitlines() if not line.startswith("[Gloo]")]
     assert "report in" in outs[0][0] and not printed
     assert (workdir / "logs" / "process_1.log").exists()
     assert "epoch/s" not in outs[1][1]  # no progress bars from process 1
-    ids_one, probs_one = _predictions(tmp_path / "one")
+    ids_one, probs_one = _predictions(one_process[strategy])
+    ids_two, probs_two = _predictions(workdir)
+    assert ids_two == ids_one
+    np.testing.assert_allclose(probs_two, probs_one, atol=1e-5)
+
+
+def test_a_killed_process_then_both_again_resumes(tmp_path, one_process):
+    """kill -9 of process 1 after the first checkpoint; process 0, left waiting in a collective,
+    is killed too (as a cluster scheduler would); the same two commands again resume."""
+    workdir = tmp_path / "two"
+    procs = _start_two(workdir, "vmap", tmp_path / "cache")
+    deadline = time.monotonic() + 240
+    while not glob.glob(str(workdir / "folds" / "*" / "checkpoints" / "[0-9]*")):
+        assert time.monotonic() < deadline and procs[1].poll() is None, "no checkpoint came"
+        time.sleep(0.05)
+    procs[1].kill()
+    procs[1].communicate()
+    time.sleep(1.0)
+    procs[0].kill()
+    procs[0].communicate()
+    assert not (workdir / "results.json").exists()  # killed mid-run
+    outs = _finish_all(_start_two(workdir, "vmap", tmp_path / "cache"))
+    assert "resumed folds" in outs[0][1], outs[0][1][-3000:]
+    ids_one, probs_one = _predictions(one_process["vmap"])
     ids_two, probs_two = _predictions(workdir)
     assert ids_two == ids_one
     np.testing.assert_allclose(probs_two, probs_one, atol=1e-5)
