@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= data/tfds
 WORKDIR ?= workdirs/demo
 
-.PHONY: demo test test-all lint format bench setup setup-dev clean
+.PHONY: demo test test-all lint format bench bench-gpu setup setup-dev clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,19 @@ format: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) experiments/benchmark.py --preset cpu
+
+# The gpu preset end to end on an NVIDIA GPU (never run yet: no GPU was lent to this project's
+# sessions so far): CUDA jaxlib and torch, then both frameworks in fp32 and bf16, every strategy
+# and the autotune choice, whole-process LOSO vs PyTorch, seeds in one run vs one per seed.
+# Results in experiments/results/<device>/ (and <device>-bf16/).
+bench-gpu: $(VENV)/.dev
+	$(PY) -m pip install -q "jax[cuda12]==0.10.2"
+	$(PY) -c "import jax; assert jax.default_backend() == 'gpu', jax.devices()"
+	GPU=$$($(PY) -c "from experiments.benchmark_lib import default_machine_name as d; print(d())") && \
+	$(PY) experiments/benchmark.py --preset gpu --machine $$GPU && \
+	$(PY) experiments/benchmark.py --preset gpu --machine $$GPU-bf16 --config.model.dtype=bfloat16 && \
+	$(PY) -m experiments.loso_wallclock --config experiments/configs/benchmark.py:gpu --epochs 2,10 --machine $$GPU && \
+	$(PY) -m experiments.seeds_wallclock --config experiments/configs/benchmark.py:gpu --machine $$GPU
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
