@@ -301,7 +301,7 @@ def write_seeds_report(
         "framework": first["framework"],
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": package_versions(),
-        "protocol": PROTOCOL,
+        "protocol": first["protocol"],
         "seeds_note": SEEDS_NOTE,
         "class_names": first["class_names"],
         "n": first["n"],

@@ -172,9 +172,10 @@ def _selection(r: Mapping) -> list[str]:
     return out + _table(["candidate", "chosen by folds", "test UF1 alone (not used)"], rows)
 
 
-def render(r: Mapping) -> str:
+def _preamble(r: Mapping) -> list[str]:
+    """Title, framework, date, versions and the protocol statement."""
     versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
-    out = [
+    return [
         f"# {r['title']}",
         "",
         f"Framework: {r['framework']}. Date (UTC): {r['date']}. Versions: {versions}.",
@@ -184,6 +185,10 @@ def render(r: Mapping) -> str:
         r["protocol"],
         "",
     ]
+
+
+def render(r: Mapping) -> str:
+    out = _preamble(r)
     for section in (_headline, _per_class, _per_source, _confusion, _per_fold):
         out += section(r)
     for section in (_selection, _curves_and_timing, _published):
@@ -214,21 +219,13 @@ def seeds_table(r: Mapping) -> str:
                      "", ""])  # fmt: skip
     for source, v in r.get("per_source", {}).items():
         rows.append([SOURCE_NAMES.get(source, source), _pm(v["uf1"]), _pm(v["uar"]), "", ""])
-    return "\n".join(lines + _table(["seed", "UF1", "UAR", "accuracy", "report"], rows)).rstrip()
+    table = _table(["seed", "UF1", "UAR", "accuracy", "report"], rows, "lrrrl")
+    return "\n".join(lines + table).rstrip()
 
 
 def render_seeds(r: Mapping) -> str:
     """report.md of a several-seed run."""
-    versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
-    out = [
-        f"# {r['title']}",
-        "",
-        f"Framework: {r['framework']}. Date (UTC): {r['date']}. Versions: {versions}.",
-        "",
-        "## Protocol",
-        "",
-        r["protocol"],
-        "",
+    out = _preamble(r) + [
         r["seeds_note"],
         "",
         "## Seeds",
