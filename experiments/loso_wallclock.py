@@ -105,11 +105,16 @@ def main(argv=None) -> None:
             f"{fmt(torch_runs, 'wall_s')} | {ratio} | "
             f"{fmt(jax_runs, 'uf1')} | {fmt(torch_runs, 'uf1')} |"
         )
-    out_dir = os.path.join(args.out, args.machine)
+    record = {"runs": runs, "argv": argv or sys.argv[1:]}
+    write_record(os.path.join(args.out, args.machine), "loso_wallclock", record, lines)
+
+
+def write_record(out_dir: str, name: str, record: dict, lines: list[str]) -> None:
+    """<out_dir>/<name>.json (the runs) and <name>.md (the table), and print the table."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "loso_wallclock.json"), "w") as f:
-        json.dump({"runs": runs, "argv": argv or sys.argv[1:]}, f, indent=1)
-    with open(os.path.join(out_dir, "loso_wallclock.md"), "w") as f:
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

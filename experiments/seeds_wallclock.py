@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
 import tempfile
 
-from experiments.loso_wallclock import run_cli
+from experiments.loso_wallclock import run_cli, write_record
 
 
 def main(argv=None) -> None:
@@ -68,13 +67,8 @@ def main(argv=None) -> None:
         one, wall = row["one_run"]["wall_s"], row["separate_wall_s"]
         uf1 = ", ".join(f"{s}: {u:.4f}" for s, u in row["one_run"]["seed_uf1"].items())
         lines.append(f"| {one:.1f} | {wall:.1f} | {wall / one:.2f}x | {uf1} |")
-    out_dir = os.path.join(args.out, args.machine)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "seeds_wallclock.json"), "w") as f:
-        json.dump({"rows": rows, "argv": argv or sys.argv[1:]}, f, indent=1)
-    with open(os.path.join(out_dir, "seeds_wallclock.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    record = {"rows": rows, "argv": argv or sys.argv[1:]}
+    write_record(os.path.join(args.out, args.machine), "seeds_wallclock", record, lines)
 
 
 if __name__ == "__main__":
