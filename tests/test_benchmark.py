@@ -83,3 +83,20 @@ def test_merge_keeps_other_commands_results(tmp_path):
         ("jax_vmap", 0), ("torch_eager", 0), ("jax_vmap", 1)]  # fmt: skip
     other = {"preset": "cpu", "config": {"a": (1, 2)}, "total_s": 1.0}
     assert "throughput" not in _merge_previous(other, str(path))  # another preset: no merge
+
+
+@pytest.mark.slow
+def test_seeds_wallclock_quick(tmp_path):
+    """3 seeds in one process vs 3 processes (5 CLI processes of the quick preset, ~45 s): the
+    per-seed UF1 must agree (the script checks it) and the table is written."""
+    from experiments import seeds_wallclock
+
+    seeds_wallclock.main(
+        ["--config", "experiments/configs/benchmark.py:quick", "--epochs", "1",
+         "--out", str(tmp_path), "--machine", "m"]
+    )  # fmt: skip
+    with open(tmp_path / "m" / "seeds_wallclock.json") as f:
+        row = json.load(f)["rows"][0]
+    assert set(row["one_run"]["seed_uf1"]) == {"0", "1", "2"}
+    assert len(row["separate"]) == 3 and row["separate_wall_s"] > 0
+    assert "speed-up" in (tmp_path / "m" / "seeds_wallclock.md").read_text()
