@@ -196,9 +196,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     seeds = tuple(t.seeds)
     check("train.seeds", all(is_int(x) and x >= 0 for x in seeds) and len(set(seeds)) == len(seeds),
           "needs distinct ints >= 0, e.g. (0, 1, 2)")  # fmt: skip
-    if len(seeds) > 1:
-        check("train.seeds", not config.select.candidates,
-              "one seed per run with select.candidates")  # fmt: skip
     mt = config.augment.max_translate
     check("augment.max_translate", is_int(mt) and mt >= 0, "needs an int >= 0")
     check("augment.hflip", isinstance(config.augment.hflip, bool), "needs True or False")

@@ -270,16 +270,14 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 class GroupRunner:
     """Compiled programs for groups of ``group_size`` folds on one mesh."""
 
-    def __init__(self, program: FoldProgram, mesh, vmapped: bool, scan: bool, shared=None):
-        """scan: epochs as lax.scan in one call, else one call per step (see resolve_loop).
-        shared: (init, predict) jitted by an earlier runner with the same model, optimizer
-        kind and mesh (they do not depend on learning-rate values, so need no recompiling)."""
+    def __init__(self, program: FoldProgram, mesh, vmapped: bool, scan: bool):
+        """scan: epochs as lax.scan in one call, else one call per step (see resolve_loop)."""
         self.program, self.mesh, self.vmapped, self.scan = program, mesh, vmapped, scan
         self.group_sharding = sharded_leading(mesh) if vmapped else replicated(mesh)
-        self._init, self._predict = shared or (
-            jax.jit(_lift(program.init, vmapped, (0,), mesh), out_shardings=self.group_sharding),
-            jax.jit(_lift(program.predict, vmapped, (0, None, 0), mesh)),
+        self._init = jax.jit(
+            _lift(program.init, vmapped, (0,), mesh), out_shardings=self.group_sharding
         )
+        self._predict = jax.jit(_lift(program.predict, vmapped, (0, None, 0), mesh))
         self._train = jax.jit(
             _lift(program.train_epochs, vmapped, (0, 0, None, None), mesh),
             donate_argnums=0,
@@ -367,9 +365,9 @@ class GroupRunner:
 
 
 # Runners (hence compiled programs) reused by later calls in the same process with the same
-# program-relevant config: a notebook or a test suite that reruns a config compiles once.
+# program-relevant config: a notebook or a test suite that reruns a config compiles once, and a
+# run reuses the programs that parallel.strategy=auto's trial compiled.
 _RUNNERS: dict[str, GroupRunner] = {}
-_SHARED: dict[str, tuple] = {}
 _NOT_PROGRAM = ("data", "folds", "checkpoint", "seed")
 
 
@@ -377,21 +375,10 @@ def get_runner(config, steps: int, mesh, vmapped: bool, data_sharding) -> GroupR
     """The (cached) runner of this program config, step count and placement."""
     scan = resolve_loop(config.parallel.loop) == "scan"
     program_config = {k: v for k, v in config_to_dict(config).items() if k not in _NOT_PROGRAM}
+    program_config["train"].pop("seeds", None)  # the seeds are inputs, not the program
     placement = [vmapped, mesh.axis_names, [d.id for d in mesh.devices.flat]]
     key = json.dumps([program_config, steps, placement], sort_keys=True)
-    train = config.train
-    shared_key = json.dumps(
-        [
-            program_config["model"],
-            [train.optimizer, train.grad_clip_norm > 0, train.early_stopping_patience > 0],
-            train.eval_batch_size,
-            placement,
-        ],
-        sort_keys=True,
-    )
     if key not in _RUNNERS:
         program = FoldProgram(config, steps_per_epoch=steps, data_sharding=data_sharding)
-        shared = _SHARED.get(shared_key)
-        _RUNNERS[key] = GroupRunner(program, mesh, vmapped, scan, shared)
-        _SHARED[shared_key] = (_RUNNERS[key]._init, _RUNNERS[key]._predict)
+        _RUNNERS[key] = GroupRunner(program, mesh, vmapped, scan)
     return _RUNNERS[key]

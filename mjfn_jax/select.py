@@ -15,6 +15,8 @@ Each candidate is a complete run in ``workdir/candidates/<i>/`` (resumable, with
 report); the selection pools, per fold, the test predictions of the chosen candidate (the
 "keep the selected model" variant: no retraining on the validation subjects) and writes the
 report to ``workdir``, with what each fold chose and why (``results.json`` "selection").
+With several ``train.seeds`` every candidate trains all seeds in one run and the choice is
+made per (seed, fold): each seed's report in ``seeds/<s>/``, the mean +- sd at the top.
 The score is ``select.metric`` over the fold's validation subjects: 'val_loss' (lowest) or
 'val_accuracy' (highest), taken at the epoch whose model predicts the test subject (the best
 one with early stopping, else the last).
@@ -74,16 +76,22 @@ def choose(runs: list[dict], early_stopping: list[bool], metric: str) -> dict[st
     return chosen
 
 
-def select_and_evaluate(config, workdir: str, dataset, train_fn, write_fn) -> dict:
-    """Train every candidate (``train_fn(config, workdir, dataset) -> results``), choose per
-    fold, pool the chosen predictions and write the report (``write_fn(pooled, selection)``).
-    Returns write_fn's results."""
+def train_candidates(config, workdir: str, dataset, train_fn) -> list[dict]:
+    """Train every candidate: ``train_fn(candidate config, workdir/candidates/<i>, dataset)
+    -> results`` (a one-seed run's results, or a several-seed run's with "per_seed")."""
     runs, candidates = [], candidate_configs(config)
     for i, candidate in enumerate(candidates):
         log.info("select: candidate %d of %d: %s", i + 1, len(candidates),
                  config.select.candidates[i])  # fmt: skip
         runs.append(train_fn(candidate, os.path.join(workdir, "candidates", str(i)), dataset))
-    stops = [c.train.early_stopping_patience > 0 for c in candidates]
+    return runs
+
+
+def choose_and_pool(config, runs: list[dict]) -> tuple[dict, dict]:
+    """(pooled predictions, selection record) of one seed: each fold keeps the candidate with
+    the best ``select.metric`` on its validation subjects. runs: one seed's results per
+    candidate (``train_and_evaluate``'s dict: history, probs, folds, y_true, pooled)."""
+    stops = [c.train.early_stopping_patience > 0 for c in candidate_configs(config)]
     per_fold = choose(runs, stops, config.select.metric)
     folds = runs[0]["folds"]  # [N] fold of each clip, dataset order (the same in every run)
     probs = np.stack([run["probs"] for run in runs])  # [K, N, C]
@@ -107,4 +115,4 @@ def select_and_evaluate(config, workdir: str, dataset, train_fn, write_fn) -> di
         ],
         "per_fold": per_fold,
     }
-    return write_fn(pooled, selection)
+    return pooled, selection

@@ -489,7 +489,7 @@ def train_and_evaluate(
                 save_or_check_config(one_seed_config(config, s), seed_workdir(workdir, s))
                 workdir_lib.check_dataset(seed_workdir(workdir, s), dataset)
         if config.select.candidates:
-            return _select(config, workdir, dataset, units.arrays, after_epochs)
+            return _select(config, workdir, dataset, units, after_epochs)
         return _train_and_report(config, workdir, dataset, units, after_epochs)
 
 
@@ -592,12 +592,7 @@ def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs)
         return per_seed[seeds[0]]
     if not main:
         return {"per_seed": per_seed, "timing": timing}
-    from mjfn_jax.report import write_seeds_report
-
-    summary = write_seeds_report(
-        workdir, {s: r for s, r in per_seed.items()}, config=config_to_dict(config), timing=timing
-    )
-    return summary | {"per_seed": per_seed, "timing": timing}
+    return _seeds_report(config, workdir, per_seed, timing)
 
 
 def _report(
@@ -630,19 +625,35 @@ def _report(
     return results | pooled | {"timing": timing}
 
 
-def _select(config, workdir: str, dataset, arrays: FoldArrays, after_epochs) -> dict:
-    """``select.candidates``: nested model selection (mjfn_jax.select)."""
-    from mjfn_jax.select import select_and_evaluate
-
-    timings = []
+def _select(config, workdir: str, dataset, units: Units, after_epochs) -> dict:
+    """``select.candidates``: nested model selection (mjfn_jax.select), per (seed, fold)."""
+    from mjfn_jax.select import choose_and_pool, train_candidates
 
     def train_fn(candidate, candidate_dir, data):
-        results = train_and_evaluate(candidate, candidate_dir, data, after_epochs=after_epochs)
-        timings.append(results["timing"])
-        return results
+        return train_and_evaluate(candidate, candidate_dir, data, after_epochs=after_epochs)
 
-    def write_fn(pooled, selection):
-        timing = {"candidates": timings, "wall_s": sum(t["wall_s"] for t in timings)}
-        return _report(config, workdir, dataset, arrays, pooled, timing, selection)
+    runs = train_candidates(config, workdir, dataset, train_fn)
+    timing = {"candidates": [r["timing"] for r in runs]}
+    timing["wall_s"] = sum(t["wall_s"] for t in timing["candidates"])
+    seeds = training_seeds(config)
+    if jax.process_index() != 0:  # multi-process: process 0 writes the reports
+        return {"per_seed": {s: None for s in seeds}, "timing": timing}
+    if len(seeds) == 1:
+        pooled, selection = choose_and_pool(config, runs)
+        return _report(config, workdir, dataset, units.arrays, pooled, timing, selection)
+    per_seed, floor_memo = {}, {}
+    for s in seeds:
+        pooled, selection = choose_and_pool(config, [r["per_seed"][s] for r in runs])
+        per_seed[s] = _report(
+            one_seed_config(config, s), seed_workdir(workdir, s), dataset,
+            units.arrays.take(units.of_seed(s)), pooled, timing, selection, floor_memo,
+        )  # fmt: skip
+    return _seeds_report(config, workdir, per_seed, timing)
 
-    return select_and_evaluate(config, workdir, dataset, train_fn, write_fn)
+
+def _seeds_report(config, workdir: str, per_seed: dict, timing: dict) -> dict:
+    """The top-level report of a several-seed run (mjfn_jax.report.write_seeds_report)."""
+    from mjfn_jax.report import write_seeds_report
+
+    summary = write_seeds_report(workdir, per_seed, config=config_to_dict(config), timing=timing)
+    return summary | {"per_seed": per_seed, "timing": timing}

@@ -93,14 +93,6 @@ def test_a_seed_folder_resumes_as_a_one_seed_workdir(runs, smoke_config):
     [
         (["train.seeds=(0, 0)"], "train.seeds"),
         (["train.seeds=(-1,)"], "train.seeds"),
-        (
-            [
-                "train.seeds=(0, 1)",
-                "folds.val_subject_fraction=0.3",
-                "select.candidates=('train.learning_rate=1e-3', 'train.learning_rate=2e-3')",
-            ],
-            "one seed per run",
-        ),
     ],
 )
 def test_bad_seeds_are_refused(smoke_config, overrides, error):
@@ -122,3 +114,24 @@ def test_predict_asks_for_one_seeds_workdir(runs, tmp_path):
     cv2.imwrite(str(image), runs["dataset"].images[0])
     with pytest.raises(ValueError, match=r"trained 3 seeds in one run.*seeds/0 \(seeds: 0, 1, 2\)"):
         predict_mod.predict(str(runs["root"] / "multi"), "all", flow_image=str(image))
+
+
+def test_nested_selection_per_seed_equals_its_one_seed_selection(runs, smoke_config):
+    """select.candidates with two seeds: every candidate trains both seeds in one run, each
+    (seed, fold) chooses on its own validation subjects; seed 1's report is the one a one-seed
+    selection with seed 1 writes."""
+    select = "select.candidates=('train.learning_rate=1e-3', 'train.learning_rate=3e-3')"
+    root, dataset = runs["root"], runs["dataset"]
+    multi = train_and_evaluate(
+        smoke_config(*COMMON, select, "train.seeds=(0, 1)"), str(root / "sel_multi"), dataset
+    )
+    single = train_and_evaluate(
+        smoke_config(*COMMON, select, "train.seeds=(1,)"), str(root / "sel_single"), dataset
+    )
+    member = multi["per_seed"][1]
+    assert member["selection"]["per_fold"] == json.loads(
+        json.dumps(single["selection"]["per_fold"])
+    )
+    np.testing.assert_allclose(member["probs"], single["probs"], rtol=0, atol=1e-6)
+    assert (root / "sel_multi" / "seeds" / "1" / "report.md").read_text().count("Nested") == 1
+    assert [row["seed"] for row in multi["seeds"]] == [0, 1]
