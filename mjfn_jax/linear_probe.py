@@ -17,49 +17,120 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mjfn_jax.folds import FoldArrays
 
 NAME = "logistic regression on standardised pixels (C=1, L-BFGS), same folds"
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "iterations"))
-def _fit_predict(x, x_squared, labels, train, *, num_classes: int, iterations: int):
-    """One fold: x float32 [N, D] (shared), train float32 [N] (1 = training clip). Returns the
-    log-probabilities of every clip [N, C] under the fold's fitted model."""
-    n = jnp.sum(train)
-    mean = train @ x / n
-    std = jnp.sqrt(jnp.maximum(train @ x_squared / n - mean**2, 0.0))
-    scale = 1.0 / jnp.where(std > 1e-6, std, 1.0)  # a constant pixel carries nothing
+# L-BFGS without while loops. XLA:CPU runs code inside while loops many times slower than
+# straight-line code (a convolution 50-70x, jax-ml/jax#12868; here a vmapped optax.lbfgs step,
+# whose two-loop recursion and zoom line search are while loops, took ~270 ms for 68 folds on
+# 2 cores, its gradient alone ~3 ms). So: the two-loop recursion unrolled over a fixed memory,
+# and a backtracking line search that scores every candidate step at once (the logits are
+# linear in the step, so that costs one extra matmul), one jitted call per iteration.
+MEMORY = 10  # curvature pairs kept
+STEPS = 2.0 ** -np.arange(12)  # line-search candidates 1, 1/2, ..., 1/2048
+ARMIJO = 1e-4
 
-    def logits_fn(params):
-        w, b = params  # standardised inputs: z = (x - mean) * scale; z @ w == x @ (w*scale) - ...
-        ws = w * scale[:, None]
-        return x @ ws - mean @ ws + b
 
-    def loss(params):
-        log_probs = jax.nn.log_softmax(logits_fn(params))
-        nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
-        return (jnp.sum(train * nll) + 0.5 * jnp.sum(params[0] ** 2)) / n
+class _Problem:
+    """One fold's objective over flat params p = [w (D*C), b (C)] on standardised pixels."""
 
-    params = (jnp.zeros((x.shape[1], num_classes), jnp.float32), jnp.zeros((num_classes,)))
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(loss)
+    def __init__(self, x, x_squared, labels, train, num_classes: int):
+        self.x, self.labels, self.train = x, labels, train
+        self.d, self.c = x.shape[1], num_classes
+        self.n = jnp.sum(train)
+        self.mean = train @ x / self.n
+        std = jnp.sqrt(jnp.maximum(train @ x_squared / self.n - self.mean**2, 0.0))
+        self.scale = 1.0 / jnp.where(std > 1e-6, std, 1.0)  # a constant pixel carries nothing
 
-    def step(carry, _):
-        params, state = carry
-        value, grad = value_and_grad(params, state=state)
-        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss)
-        return (optax.apply_updates(params, updates), state), value
+    def logits(self, p):  # z = (x - mean) * scale; z @ w + b == x @ (w*scale) - mean @ ... + b
+        w, b = p[: self.d * self.c].reshape(self.d, self.c), p[self.d * self.c :]
+        ws = w * self.scale[:, None]
+        return self.x @ ws - self.mean @ ws + b
 
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=iterations)
-    return jax.nn.log_softmax(logits_fn(params))
+    def loss_of_logits(self, logits, p):
+        log_probs = jax.nn.log_softmax(logits)
+        nll = -jnp.take_along_axis(log_probs, self.labels[:, None], axis=1)[:, 0]
+        w = p[: self.d * self.c]
+        return (jnp.sum(self.train * nll) + 0.5 * jnp.sum(w**2)) / self.n
+
+    def loss(self, p):
+        return self.loss_of_logits(self.logits(p), p)
+
+
+def _init(x, x_squared, labels, train, *, num_classes: int):
+    problem = _Problem(x, x_squared, labels, train, num_classes)
+    p = jnp.zeros(problem.d * num_classes + num_classes, jnp.float32)
+    value, grad = jax.value_and_grad(problem.loss)(p)
+    history = jnp.zeros((MEMORY, p.size), jnp.float32)
+    return {"p": p, "value": value, "grad": grad, "s": history, "y": history,
+            "rho": jnp.zeros((MEMORY,), jnp.float32)}  # fmt: skip
+
+
+def _direction(grad, s, y, rho):
+    """-H grad by the L-BFGS two-loop recursion (pairs oldest first; an empty pair has rho 0
+    and changes nothing)."""
+    q, alphas = grad, []
+    for i in reversed(range(MEMORY)):
+        alpha = rho[i] * jnp.dot(s[i], q)
+        q = q - alpha * y[i]
+        alphas.append(alpha)
+    yy = jnp.dot(y[-1], y[-1])
+    gamma = jnp.where(rho[-1] > 0, jnp.dot(s[-1], y[-1]) / jnp.maximum(yy, 1e-30), 0.0)
+    first = 1.0 / jnp.maximum(jnp.linalg.norm(grad), 1e-12)  # no pair yet: a scaled gradient
+    r = q * jnp.where(rho[-1] > 0, gamma, first)
+    for i, alpha in zip(range(MEMORY), reversed(alphas), strict=True):
+        beta = rho[i] * jnp.dot(y[i], r)
+        r = r + s[i] * (alpha - beta)
+    return -r
+
+
+def _step(state, x, x_squared, labels, train, *, num_classes: int):
+    problem = _Problem(x, x_squared, labels, train, num_classes)
+    p, value, grad = state["p"], state["value"], state["grad"]
+    d = _direction(grad, state["s"], state["y"], state["rho"])
+    slope = jnp.dot(grad, d)
+    d = jnp.where(slope < 0, d, -grad)  # not a descent direction: the gradient
+    slope = jnp.where(slope < 0, slope, -jnp.dot(grad, grad))
+    base, along = problem.logits(p), problem.logits(d) - problem.logits(jnp.zeros_like(d))
+    steps = jnp.asarray(STEPS, jnp.float32)
+    values = jax.vmap(lambda t: problem.loss_of_logits(base + t * along, p + t * d))(steps)
+    ok = values <= value + ARMIJO * steps * slope
+    t = jnp.where(jnp.any(ok), steps[jnp.argmax(ok)], 0.0)  # the longest step that is ok
+    new_p = p + t * d
+    new_value, new_grad = jax.value_and_grad(problem.loss)(new_p)
+    s_new, y_new = new_p - p, new_grad - grad
+    sy = jnp.dot(s_new, y_new)
+    keep = sy > 1e-10  # curvature condition; else the memory is left as it is
+    shift = lambda h, new: jnp.where(keep, jnp.concatenate([h[1:], new[None]]), h)
+    return {
+        "p": new_p,
+        "value": new_value,
+        "grad": new_grad,
+        "s": shift(state["s"], s_new),
+        "y": shift(state["y"], y_new),
+        "rho": shift(state["rho"], jnp.where(keep, 1.0 / jnp.where(keep, sy, 1.0), 0.0)),
+    }
+
+
+def _predict(state, x, x_squared, labels, train, *, num_classes: int):
+    problem = _Problem(x, x_squared, labels, train, num_classes)
+    return jax.nn.log_softmax(problem.logits(state["p"]))
+
+
+def _over_folds(fn, num_classes: int, donate: bool = False):
+    """fn(state?, x, x_squared, labels, train) vmapped over the folds' train masks, jitted."""
+    fn = functools.partial(fn, num_classes=num_classes)
+    shared = (None, None, None, 0)
+    in_axes = (0, *shared) if fn.func is not _init else shared
+    return jax.jit(jax.vmap(fn, in_axes=in_axes), donate_argnums=(0,) if donate else ())
 
 
 def linear_floor(
     images: np.ndarray, labels: np.ndarray, arrays: FoldArrays, num_classes: int,
-    iterations: int = 100,
+    iterations: int = 150,
 ) -> np.ndarray:  # fmt: skip
     """Pooled class probabilities [N, C]: each clip predicted by the probe of the fold that
     holds its subject out. images uint8 [N, H, W, 3], labels int [N]."""
@@ -69,11 +140,12 @@ def linear_floor(
     train = np.ones((arrays.num_folds, n), np.float32)
     for f, idx in enumerate(tests):
         train[f, idx] = 0.0
-    fit = jax.vmap(
-        functools.partial(_fit_predict, num_classes=num_classes, iterations=iterations),
-        in_axes=(None, None, None, 0),
-    )
-    log_probs = np.asarray(fit(x, x**2, jnp.asarray(labels, jnp.int32), jnp.asarray(train)))
+    data = (x, x**2, jnp.asarray(labels, jnp.int32), jnp.asarray(train))
+    state = _over_folds(_init, num_classes)(*data)
+    step = _over_folds(_step, num_classes, donate=True)
+    for _ in range(iterations):  # one call per iteration: no while loop (see MEMORY)
+        state = step(state, *data)
+    log_probs = np.asarray(_over_folds(_predict, num_classes)(state, *data))
     probs = np.zeros((n, num_classes), np.float32)
     for f, idx in enumerate(tests):
         probs[idx] = np.exp(log_probs[f, idx])
