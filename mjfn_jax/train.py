@@ -85,7 +85,9 @@ class Units:
 
 def make_units(config, dataset, workdir: str) -> Units:
     """The folds of every training seed (each seed draws its own validation subjects and
-    k-fold split, exactly as a one-seed run with that seed would)."""
+    k-fold split, as a one-seed run with that seed would). Exactly that run's, when the seeds'
+    largest training folds need the same number of steps per epoch (always without validation
+    subjects; else a warning says which seeds differ)."""
     seeds = training_seeds(config)
     multi = len(seeds) > 1
     folds, unit_seeds, index, fold_names, roots = [], [], [], [], []
@@ -106,8 +108,23 @@ def make_units(config, dataset, workdir: str) -> Units:
             index.append(k)
             fold_names.append(fold.name)
             roots.append(seed_workdir(workdir, s) if multi else workdir)
+    arrays = pad_folds(folds)
+    if multi:  # every member of the fold axis takes the same number of steps per epoch
+        batch = config.train.batch_size
+        largest = {s: 0 for s in seeds}
+        for fold, s in zip(folds, unit_seeds, strict=True):
+            largest[s] = max(largest[s], len(fold.train_idx))
+        own = {s: steps_per_epoch(n, batch) for s, n in largest.items()}
+        run = steps_per_epoch(arrays.train_idx.shape[1], batch)
+        if any(steps != run for steps in own.values()):
+            log.warning(
+                "train.seeds: the seeds' largest training folds need %s steps per epoch; all "
+                "train %d, so a seed with fewer is not exactly its one-seed run (its smaller "
+                "folds top up their epochs from their own training clips, as always)",
+                ", ".join(f"seed {s}: {n}" for s, n in own.items()), run,
+            )  # fmt: skip
     return Units(
-        arrays=pad_folds(folds),
+        arrays=arrays,
         seeds=np.asarray(unit_seeds, np.int32),
         fold_index=np.asarray(index, np.int32),
         fold_names=tuple(fold_names),

@@ -135,3 +135,30 @@ def test_nested_selection_per_seed_equals_its_one_seed_selection(runs, smoke_con
     np.testing.assert_allclose(member["probs"], single["probs"], rtol=0, atol=1e-6)
     assert (root / "sel_multi" / "seeds" / "1" / "report.md").read_text().count("Nested") == 1
     assert [row["seed"] for row in multi["seeds"]] == [0, 1]
+
+
+def test_seeds_whose_step_counts_differ_are_named(smoke_config, caplog):
+    """With validation subjects of different sizes, the seeds' largest training folds can need
+    different step counts: every seed trains the run's (the largest), and a warning says so."""
+    import logging
+    import types
+
+    from mjfn_jax.train import make_units
+
+    counts = [1, 1, 2, 3, 8, 12]  # clips per subject
+    subjects = np.repeat([f"s/{i}" for i in range(len(counts))], counts)
+    data = types.SimpleNamespace(subjects=subjects, sources=np.full(len(subjects), "s"))
+    common = ("train.batch_size=1", "folds.val_subject_fraction=0.2")  # steps = largest fold
+    caplog.set_level(logging.WARNING, logger="mjfn_jax")
+    steps = {
+        s: make_units(
+            smoke_config(*common, f"train.seeds=({s},)"), data, "w"
+        ).arrays.train_idx.shape[1]
+        for s in range(4)
+    }
+    assert len(set(steps.values())) > 1, steps  # the fixture does make them differ
+    assert not caplog.text  # one seed: nothing to say
+    units = make_units(smoke_config(*common, "train.seeds=(0, 1, 2, 3)"), data, "w")
+    assert units.arrays.train_idx.shape[1] == max(steps.values())
+    assert "not exactly its one-seed run" in caplog.text
+    assert ", ".join(f"seed {s}: {n}" for s, n in steps.items()) in caplog.text
