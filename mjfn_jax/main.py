@@ -65,16 +65,30 @@ def main(argv: list[str]) -> None:
         results = train_and_evaluate(config, FLAGS.workdir)
     if cluster is not None and not distributed.is_main():
         return  # process 0 prints the results
-    timing = results["timing"]
     print(format_results_table(results))
-    auto = timing.get("auto") or {}
+    print(timing_lines(results["timing"], FLAGS.workdir))
+
+
+def timing_lines(timing: dict, workdir: str) -> str:
+    """How the run went (the strategy, compile and training seconds), for the console; a
+    nested selection's timing sums its candidates' runs."""
+    runs = timing.get("candidates") or [timing]
+    lines = []
+    auto = runs[0].get("auto") or {}
     if not auto.get("cached", True) and "trial_s" in auto:
-        print(f"parallel.strategy=auto: timed trial {auto['trial_s']:.1f} s (cached from now on)")
-    print(
-        f"strategy {timing['strategy']} on {timing['platform']} {timing['mesh']}: "
-        f"compile {timing['compile_s']:.1f} s, train {timing['train_s']:.1f} s, "
-        f"{timing['samples_per_s'] or 0:.0f} samples/s; report in {FLAGS.workdir}/report.md"
+        lines.append(
+            f"parallel.strategy=auto: timed trial {auto['trial_s']:.1f} s (cached from now on)"
+        )
+    train_s = sum(r["train_s"] for r in runs)
+    samples = sum((r["samples_per_s"] or 0) * r["train_s"] for r in runs)
+    first = runs[0]
+    what = f" ({len(runs)} candidates)" if "candidates" in timing else ""
+    lines.append(
+        f"strategy {first['strategy']} on {first['platform']} {first['mesh']}{what}: "
+        f"compile {sum(r['compile_s'] for r in runs):.1f} s, train {train_s:.1f} s, "
+        f"{samples / train_s if train_s else 0:.0f} samples/s; report in {workdir}/report.md"
     )
+    return "\n".join(lines)
 
 
 def run() -> None:

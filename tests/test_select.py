@@ -39,6 +39,12 @@ def test_each_fold_keeps_its_best_candidate_on_validation(tmp_path, smoke_config
     with open(tmp_path / "results.json") as f:
         assert json.load(f)["selection"]["per_fold"] == selection["per_fold"]
     assert os.path.exists(tmp_path / "candidates" / "1" / "report.md")
+    # the CLI's closing lines sum the candidates' runs (they raised KeyError before)
+    from mjfn_jax.main import timing_lines
+
+    line = timing_lines(results["timing"], "W")
+    train_s = sum(t["train_s"] for t in results["timing"]["candidates"])
+    assert "(2 candidates)" in line and f"train {train_s:.1f} s" in line
 
 
 @pytest.mark.parametrize(
