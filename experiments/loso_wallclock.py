@@ -55,7 +55,7 @@ def run_cli(name: str, config: str, epochs: int, root: str, env: dict, extra=())
         "uf1": results["mean_sd"]["uf1"]["mean"] if multi else results["pooled"]["uf1"],
         "seed_uf1": {str(r["seed"]): r["uf1"] for r in results["seeds"]}
         if multi
-        else {str(train.get("seeds", [config_seed])[0]): results["pooled"]["uf1"]},
+        else {str((train.get("seeds") or [config_seed])[0]): results["pooled"]["uf1"]},
         "strategy": (results.get("timing") or {}).get("strategy"),
         "disk_mb": disk / 2**20,
         "command": " ".join(cmd),

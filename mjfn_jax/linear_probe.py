@@ -134,19 +134,39 @@ def linear_floor(
 ) -> np.ndarray:  # fmt: skip
     """Pooled class probabilities [N, C]: each clip predicted by the probe of the fold that
     holds its subject out. images uint8 [N, H, W, 3], labels int [N]."""
+    return fit_floor(images, labels, arrays, num_classes, iterations)[0]
+
+
+def fit_floor(
+    images: np.ndarray, labels: np.ndarray, arrays: FoldArrays, num_classes: int,
+    iterations: int = 150,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(pooled probabilities [N, C] as linear_floor, each fold's final training loss [F])."""
     n = len(labels)
     x = jnp.asarray(images.reshape(n, -1), jnp.float32) / 255.0
-    tests = [arrays.test_idx[f][arrays.test_mask[f]] for f in range(arrays.num_folds)]
-    train = np.ones((arrays.num_folds, n), np.float32)
-    for f, idx in enumerate(tests):
-        train[f, idx] = 0.0
+    train, tests = training_masks(arrays, n)
     data = (x, x**2, jnp.asarray(labels, jnp.int32), jnp.asarray(train))
     state = _over_folds(_init, num_classes)(*data)
     step = _over_folds(_step, num_classes, donate=True)
     for _ in range(iterations):  # one call per iteration: no while loop (see MEMORY)
         state = step(state, *data)
     log_probs = np.asarray(_over_folds(_predict, num_classes)(state, *data))
-    probs = np.zeros((n, num_classes), np.float32)
+    return pool(log_probs, tests, num_classes), np.asarray(state["value"])
+
+
+def training_masks(arrays: FoldArrays, n: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(float32 [F, N] 1 for a fold's training clips (all but its test subjects'), each
+    fold's test indices)."""
+    tests = [arrays.test_idx[f][arrays.test_mask[f]] for f in range(arrays.num_folds)]
+    train = np.ones((arrays.num_folds, n), np.float32)
+    for f, idx in enumerate(tests):
+        train[f, idx] = 0.0
+    return train, tests
+
+
+def pool(log_probs: np.ndarray, tests: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """Each clip's probabilities from the fold that tests it: log_probs [F, N, C] -> [N, C]."""
+    probs = np.zeros((log_probs.shape[1], num_classes), np.float32)
     for f, idx in enumerate(tests):
         probs[idx] = np.exp(log_probs[f, idx])
     return probs
