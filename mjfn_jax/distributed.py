@@ -18,11 +18,13 @@ thread that ends the process first, after ``timeout`` seconds, with one line nam
 to check (JAX gets a longer timeout than the watchdog). A process whose --num_processes is
 larger than process 0's joins silently (the coordinator's count wins): an all-gather of every
 process's flags after initialization turns that into the same one-line error on every process.
+A second process 0 is refused before it binds the coordinator's port (check_port_free).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import socket
@@ -122,6 +124,31 @@ def _reachable(address: str) -> bool:
         return False
 
 
+def check_port_free(s: Settings) -> None:
+    """Process 0 serves the coordinator on its port. A second process 0 (two processes given
+    --process_id=0) would bind it too (gRPC sets SO_REUSEPORT) and one of them would then die
+    in JAX's C++ abort: refuse here, with one line, when something already listens there."""
+    _, port = check_address(s.coordinator_address)
+    for family, address in ((socket.AF_INET6, ("::", port)), (socket.AF_INET, ("", port))):
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 on this host
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            try:
+                probe.bind(address)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    continue  # e.g. that family unavailable: JAX reports what matters
+                raise ValueError(
+                    f"--process_id=0: port {port} of --coordinator_address="
+                    f"{s.coordinator_address} is already in use on this machine (another "
+                    "process given --process_id=0, or another program): give --process_id=0 "
+                    "to one process only, and each run its own port"
+                ) from None
+
+
 def timeout_message(s: Settings) -> str:
     """The one line the watchdog prints when initialization did not finish in time."""
     within = f"within --distributed_timeout={s.timeout_s} s"
@@ -161,6 +188,8 @@ def initialize(s: Settings | None) -> None:
         return
     # CPU collectives across processes (already the default in jax 0.10.2; explicit here).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if not s.auto and s.process_id == 0:
+        check_port_free(s)
     jax_timeout = s.timeout_s + _JAX_TIMEOUT_MARGIN_S
     timer = _watchdog(s)
     timer.start()

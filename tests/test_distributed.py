@@ -139,6 +139,25 @@ def test_duplicate_ids_without_process_0_are_one_line(tmp_path):
         assert rc == 1 and "no coordinator answered" in _error_line(err)
 
 
+def test_a_second_process_0_is_one_line(tmp_path):
+    """Two processes given --process_id=0: the second finds the coordinator's port taken (JAX
+    alone would bind it too, and one of the two would die in a C++ abort)."""
+    port = _free_port()
+    first = _main(tmp_path / "w", port, 2, 0, timeout_s=30)
+    try:
+        deadline = time.monotonic() + 30
+        while not distributed._reachable(f"127.0.0.1:{port}"):
+            assert time.monotonic() < deadline and first.poll() is None, "no coordinator came up"
+            time.sleep(0.1)
+        rc, err = _finish(_main(tmp_path / "w2", port, 2, 0, timeout_s=30))
+        line = _error_line(err)
+        assert rc == 1 and f"--process_id=0: port {port} of --coordinator_address" in line
+        assert "already in use" in line
+    finally:
+        first.kill()
+        first.communicate()
+
+
 def test_disagreeing_num_processes_is_one_line_on_every_process(tmp_path):
     # JAX accepts process 1 (it believes in 3 processes, process 0 in 2) without complaint.
     port = _free_port()
