@@ -9,7 +9,6 @@ and mean training loss, twice, alternating.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -17,9 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.floor_vs_sklearn import built_dataset_and_loso_folds
 from mjfn_jax import linear_probe
-from mjfn_jax.data import load_dataset
-from mjfn_jax.folds import make_folds, pad_folds
 
 
 def _optax_floor(images, labels, arrays, num_classes: int, iterations: int = 100):
@@ -52,13 +50,7 @@ def _optax_floor(images, labels, arrays, num_classes: int, iterations: int = 100
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--name", default="flow_images")
-    parser.add_argument("--config", default="imported_28")
-    args = parser.parse_args(argv)
-    data = load_dataset(args.name, args.config, args.data_dir)
-    arrays = pad_folds(make_folds(data.subjects))
+    data, arrays = built_dataset_and_loso_folds(argv, __doc__.splitlines()[0])
     variants = (
         ("optax.lbfgs in a lax.scan, 100 iterations (before)", _optax_floor),
         ("mjfn_jax.linear_probe, 150 iterations (after)", linear_probe.fit_floor),

@@ -20,20 +20,23 @@ from mjfn_jax.linear_probe import linear_floor
 from mjfn_jax.metrics import pooled_metrics
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def built_dataset_and_loso_folds(argv, description: str):
+    """(dataset, padded LOSO folds) of a built dataset named by --data_dir/--name/--config."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--name", default="flow_images")
     parser.add_argument("--config", default="imported_28")
     args = parser.parse_args(argv)
+    data = load_dataset(args.name, args.config, args.data_dir)
+    return data, pad_folds(make_folds(data.subjects, protocol="loso"))
+
+
+def main(argv=None) -> None:
+    data, arrays = built_dataset_and_loso_folds(argv, __doc__.splitlines()[0])
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    data = load_dataset(args.name, args.config, args.data_dir)
-    arrays = pad_folds(
-        make_folds(data.subjects, protocol="loso", num_folds=5, val_subject_fraction=0.0, seed=0)
-    )
     start = time.perf_counter()
     ours = linear_floor(data.images, data.labels, arrays, data.num_classes).argmax(-1)
     ours_s = time.perf_counter() - start
