@@ -56,17 +56,18 @@ def _drop_closed_loop_reports() -> None:
     sys.unraisablehook = hook
 
 
-def _solo(key: str = ""):
-    """Multi-process: Orbax options for a checkpoint that one process saves or restores alone
-    (process 0 saves every fold; by default Orbax expects every process to call save and
-    meets them at barriers, so a save by one process would wait for the others forever).
-    None with one process."""
+def _solo(key: str) -> dict:
+    """Multi-process: the Orbax keyword arguments for a checkpoint that one process saves or
+    restores alone (process 0 saves every fold; by default Orbax expects every process to
+    call save and meets them at barriers, so a save by one process would wait for the others
+    forever). Empty with one process: Orbax's defaults."""
     if jax.process_count() == 1:
-        return None
+        return {}
     me = jax.process_index()
-    return ocp.options.MultiprocessingOptions(
+    options = ocp.options.MultiprocessingOptions(
         primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"{key}@{me}"
     )
+    return {"multiprocessing_options": options}
 
 
 class CheckpointDamaged(Exception):
@@ -136,12 +137,12 @@ class FoldCheckpointer:
     @property
     def manager(self) -> ocp.CheckpointManager:
         if self._manager is None:
+            solo = _solo(self.fold_dir)
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=self._max_to_keep,
-                create=_solo() is None,  # not allowed with active_processes
+                create=not solo,  # not allowed with active_processes: made below
                 enable_async_checkpointing=True,
-                multiprocessing_options=_solo(self.fold_dir)
-                or ocp.options.MultiprocessingOptions(),
+                **solo,
             )
             os.makedirs(self.checkpoints_dir, exist_ok=True)
             self._manager = ocp.CheckpointManager(self.checkpoints_dir, options=options)
@@ -215,10 +216,7 @@ class FoldCheckpointer:
 
         def save() -> None:
             if self._final is None:
-                solo = _solo(self.fold_dir)
-                self._final = ocp.StandardCheckpointer(
-                    **({"multiprocessing_options": solo} if solo else {})
-                )
+                self._final = ocp.StandardCheckpointer(**_solo(self.fold_dir))
             self._final.save(self.final_dir, host_state, force=True)
 
         self._pending.append(_BACKGROUND.submit(save))
@@ -228,9 +226,7 @@ class FoldCheckpointer:
 
     def restore_final(self, like):
         """The finished fold's model into the structure of ``like``."""
-        solo = _solo(self.fold_dir)
-        kwargs = {"multiprocessing_options": solo} if solo else {}
-        with ocp.StandardCheckpointer(**kwargs) as checkpointer:
+        with ocp.StandardCheckpointer(**_solo(self.fold_dir)) as checkpointer:
             return _unflatten_like(like, checkpointer.restore(self.final_dir, _abstract(like)))
 
     @property

@@ -94,7 +94,7 @@ def _step(state, x, x_squared, labels, train, *, num_classes: int):
     slope = jnp.dot(grad, d)
     d = jnp.where(slope < 0, d, -grad)  # not a descent direction: the gradient
     slope = jnp.where(slope < 0, slope, -jnp.dot(grad, grad))
-    base, along = problem.logits(p), problem.logits(d) - problem.logits(jnp.zeros_like(d))
+    base, along = problem.logits(p), problem.logits(d)  # logits are linear in the params
     steps = jnp.asarray(STEPS, jnp.float32)
     values = jax.vmap(lambda t: problem.loss_of_logits(base + t * along, p + t * d))(steps)
     ok = values <= value + ARMIJO * steps * slope
@@ -120,12 +120,14 @@ def _predict(state, x, x_squared, labels, train, *, num_classes: int):
     return jax.nn.log_softmax(problem.logits(state["p"]))
 
 
-def _over_folds(fn, num_classes: int, donate: bool = False):
-    """fn(state?, x, x_squared, labels, train) vmapped over the folds' train masks, jitted."""
-    fn = functools.partial(fn, num_classes=num_classes)
-    shared = (None, None, None, 0)
-    in_axes = (0, *shared) if fn.func is not _init else shared
-    return jax.jit(jax.vmap(fn, in_axes=in_axes), donate_argnums=(0,) if donate else ())
+def _over_folds(fn, num_classes: int, *, stateful: bool = True, donate: bool = False):
+    """fn([state,] x, x_squared, labels, train) vmapped over the folds (their states and train
+    masks; the pixels and labels shared), jitted."""
+    in_axes = (None, None, None, 0)
+    if stateful:
+        in_axes = (0, *in_axes)
+    fn = jax.vmap(functools.partial(fn, num_classes=num_classes), in_axes=in_axes)
+    return jax.jit(fn, donate_argnums=(0,) if donate else ())
 
 
 def linear_floor(
@@ -146,7 +148,7 @@ def fit_floor(
     x = jnp.asarray(images.reshape(n, -1), jnp.float32) / 255.0
     train, tests = training_masks(arrays, n)
     data = (x, x**2, jnp.asarray(labels, jnp.int32), jnp.asarray(train))
-    state = _over_folds(_init, num_classes)(*data)
+    state = _over_folds(_init, num_classes, stateful=False)(*data)
     step = _over_folds(_step, num_classes, donate=True)
     for _ in range(iterations):  # one call per iteration: no while loop (see MEMORY)
         state = step(state, *data)

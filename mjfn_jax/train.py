@@ -275,9 +275,8 @@ def _run_group(config, runner, ckpts, units: Units, dataset, data, members, stat
     total, policy = config.train.num_epochs, SavePolicy(config.checkpoint.every_epochs)
     stopped = epoch > 0 and _all_stopped(states, members)  # resumed after the folds stopped
     label = names[real[0]] if len(real) == 1 else f"{len(real)} folds"
-    quiet = not distributed.is_main()  # multi-process: bars on process 0 only
-    with tqdm(
-        total=total, initial=epoch, desc=label, unit="epoch", leave=False, disable=quiet
+    with tqdm(  # multi-process: bars on process 0 only
+        total=total, initial=epoch, desc=label, unit="epoch", leave=False, disable=not writer
     ) as bar:
         while epoch < total and not stopped:
             n = min(max(1, config.parallel.epochs_per_call), total - epoch)
@@ -458,8 +457,10 @@ def _linear_floor(config, workdir: str, dataset, arrays: FoldArrays, memo: dict)
     split = tuple(
         tuple(arrays.test_idx[f][arrays.test_mask[f]].tolist()) for f in range(arrays.num_folds)
     )
-    if split in memo:
-        workdir_lib.write_npz(path, y_pred=memo[split].argmax(-1), probs=memo[split])
+    if split in memo:  # another seed of this run fitted it
+        probs = memo[split]
+        workdir_lib.write_npz(path, y_pred=probs.argmax(-1), probs=probs)
+        return {"method": NAME, "y_pred": probs.argmax(-1)}
     if os.path.exists(path):
         try:
             with np.load(path) as z:
@@ -545,9 +546,8 @@ def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs)
         workdir, execution, [arrays.names[i] for i in pending if ckpts[i].has_progress()]
     )
     log.info(
-        "%d folds x %d seeds (%d to train), strategy %s, mesh %s, %d steps/epoch",
-        arrays.num_folds // len(set(units.seeds.tolist())), len(set(units.seeds.tolist())),
-        len(pending), execution["strategy"], dict(mesh.shape), steps,
+        "%d units (folds x seeds), %d to train, strategy %s, mesh %s, %d steps/epoch",
+        arrays.num_folds, len(pending), execution["strategy"], dict(mesh.shape), steps,
     )  # fmt: skip
     stats = {"train_s": 0.0, "samples": 0, "epochs": 0}
     groups = parallel.fold_groups(len(pending), group_size, mesh.size if vmapped else 1)
@@ -587,41 +587,51 @@ def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs)
         "folds_trained_this_run": len(pending),
     }
     log.info("timing: %s", timing)
+
+    def pooled_of(seed: int):
+        members = units.of_seed(seed)
+        names = [units.fold_names[u] for u in members]
+        return _gather_results(dataset, names, [ckpts[u] for u in members]), None
+
+    return _reports(config, workdir, dataset, units, timing, pooled_of)
+
+
+def _reports(config, workdir: str, dataset, units: Units, timing: dict, pooled_of) -> dict:
+    """One report per seed, in its one-seed workdir, and with several seeds the top-level one
+    (per-seed rows, mean +- sd). pooled_of(seed) -> (pooled predictions, selection record or
+    None). Multi-process: process 0 writes; the others return the pooled predictions."""
     seeds = training_seeds(config)
-    main = jax.process_index() == 0  # multi-process: process 0 writes the reports
+    main = jax.process_index() == 0
     per_seed, floor_memo = {}, {}
-    for s in seeds:  # one report per seed, in its own one-seed workdir
-        members = units.of_seed(s)
-        pooled = _gather_results(
-            dataset, [units.fold_names[u] for u in members], [ckpts[u] for u in members]
-        )
+    for s in seeds:
+        pooled, selection = pooled_of(s)
         if not main:
             per_seed[s] = pooled | {"timing": timing}
             continue
-        root = units.roots[members[0]]
-        seed_arrays = units.arrays.take(members)
+        members = units.of_seed(s)
         seed_config = config if len(seeds) == 1 else one_seed_config(config, s)
         per_seed[s] = _report(
-            seed_config, root, dataset, seed_arrays, pooled, timing,
-            floor_memo=floor_memo,
+            seed_config, units.roots[members[0]], dataset, units.arrays.take(members), pooled,
+            timing, selection, floor_memo,
         )  # fmt: skip
     if len(seeds) == 1:
         return per_seed[seeds[0]]
     if not main:
         return {"per_seed": per_seed, "timing": timing}
-    return _seeds_report(config, workdir, per_seed, timing)
+    from mjfn_jax.report import write_seeds_report
+
+    summary = write_seeds_report(workdir, per_seed, config=config_to_dict(config), timing=timing)
+    return summary | {"per_seed": per_seed, "timing": timing}
 
 
-def _report(
-    config, workdir, dataset, arrays, pooled, timing, selection=None, floor_memo=None
-) -> dict:
-    """Write the report of pooled predictions (mjfn_jax.report) and return the results."""
+def _report(config, workdir, dataset, arrays, pooled, timing, selection, floor_memo) -> dict:
+    """Write the report of pooled predictions (mjfn_jax.report) and return the results.
+    floor_memo: see _linear_floor."""
     from mjfn_jax.report import write_report
 
     floor = None
     if config.report.linear_floor:
-        memo = {} if floor_memo is None else floor_memo
-        floor = _linear_floor(config, workdir, dataset, arrays, memo)
+        floor = _linear_floor(config, workdir, dataset, arrays, floor_memo)
     results = write_report(
         workdir,
         class_names=dataset.class_names,
@@ -652,25 +662,11 @@ def _select(config, workdir: str, dataset, units: Units, after_epochs) -> dict:
     runs = train_candidates(config, workdir, dataset, train_fn)
     timing = {"candidates": [r["timing"] for r in runs]}
     timing["wall_s"] = sum(t["wall_s"] for t in timing["candidates"])
-    seeds = training_seeds(config)
-    if jax.process_index() != 0:  # multi-process: process 0 writes the reports
-        return {"per_seed": {s: None for s in seeds}, "timing": timing}
-    if len(seeds) == 1:
-        pooled, selection = choose_and_pool(config, runs)
-        return _report(config, workdir, dataset, units.arrays, pooled, timing, selection)
-    per_seed, floor_memo = {}, {}
-    for s in seeds:
-        pooled, selection = choose_and_pool(config, [r["per_seed"][s] for r in runs])
-        per_seed[s] = _report(
-            one_seed_config(config, s), seed_workdir(workdir, s), dataset,
-            units.arrays.take(units.of_seed(s)), pooled, timing, selection, floor_memo,
-        )  # fmt: skip
-    return _seeds_report(config, workdir, per_seed, timing)
+    if jax.process_index() != 0:  # multi-process: process 0 chooses and writes the reports
+        return {"per_seed": {s: None for s in training_seeds(config)}, "timing": timing}
+    several = len(training_seeds(config)) > 1
 
+    def pooled_of(seed: int):
+        return choose_and_pool(config, [r["per_seed"][seed] if several else r for r in runs])
 
-def _seeds_report(config, workdir: str, per_seed: dict, timing: dict) -> dict:
-    """The top-level report of a several-seed run (mjfn_jax.report.write_seeds_report)."""
-    from mjfn_jax.report import write_seeds_report
-
-    summary = write_seeds_report(workdir, per_seed, config=config_to_dict(config), timing=timing)
-    return summary | {"per_seed": per_seed, "timing": timing}
+    return _reports(config, workdir, dataset, units, timing, pooled_of)
