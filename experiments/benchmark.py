@@ -71,7 +71,7 @@ PRESETS = {
         scan_steps=14,
         loso=dict(num_subjects=68, num_samples=442),
         seeds=(0, 1, 2),
-        loso_variants=("jax_auto", "jax_vmap", "jax_sequential", "torch_eager", "torch_compiled"),
+        loso_variants=lib.LOSO_VARIANTS,
         parity_variants=("jax_auto", "torch_eager"),
         torch_workers=4,  # DataLoader worker processes, as peers use on a GPU box
     ),
@@ -161,6 +161,17 @@ def _merge_previous(result: dict, path: str) -> dict:
     for key in ("throughput", "loso", "loso_data"):
         if key not in result and key in previous:
             result[key], merged = previous[key], True
+    if "throughput" in previous and result["throughput"] is not previous["throughput"]:
+        # variants this run did not measure, per batch size, from the earlier run
+        rows = {r["batch_size"]: r for r in result["throughput"]["rows"]}
+        for old in previous["throughput"]["rows"]:
+            row = rows.setdefault(old["batch_size"], {"batch_size": old["batch_size"]})
+            extra = {
+                k: v for k, v in old["variants"].items() if k not in row.setdefault("variants", {})
+            }
+            row["variants"] = extra | row["variants"]
+            merged = merged or bool(extra)
+        result["throughput"]["rows"] = sorted(rows.values(), key=lambda r: r["batch_size"])
     if "loso" in previous and result.get("loso") is not previous["loso"]:
         done = {(r["variant"], r["seed"]) for r in result["loso"]}
         older = [r for r in previous["loso"] if (r["variant"], r["seed"]) not in done]
@@ -172,6 +183,14 @@ def _merge_previous(result: dict, path: str) -> dict:
     return result
 
 
+def _names(text: str, known: tuple, flag: str) -> tuple:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"{flag}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    return names
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -181,6 +200,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip_loso", action="store_true", help="throughput only")
     parser.add_argument("--skip_throughput", action="store_true", help="LOSO only")
     parser.add_argument("--seeds", default="", help="comma-separated seeds (default: preset's)")
+    parser.add_argument("--batch_sizes", default="", help="comma-separated (default: preset's)")
+    parser.add_argument(
+        "--step_variants", default="", help=f"comma-separated of {STEP_VARIANTS} (default: all)"
+    )
+    parser.add_argument(
+        "--loso_variants", default="", help="comma-separated LOSO variants (default: preset's)"
+    )
     parser.add_argument(
         "--merge",
         action="store_true",
@@ -198,6 +224,13 @@ def main(argv=None) -> dict:
     preset = dict(PRESETS[args.preset])
     if args.seeds:
         preset["seeds"] = tuple(int(x) for x in args.seeds.split(","))
+    if args.batch_sizes:
+        preset["batch_sizes"] = tuple(int(x) for x in args.batch_sizes.split(","))
+    if args.step_variants:
+        preset["step_variants"] = _names(args.step_variants, STEP_VARIANTS, "--step_variants")
+    if args.loso_variants:  # at every seed: a split run picks its variants per command
+        names = _names(args.loso_variants, lib.LOSO_VARIANTS, "--loso_variants")
+        preset["loso_variants"] = preset["parity_variants"] = names
     t0 = time.perf_counter()
     from mjfn_jax.parallel import split_cpu_devices
 

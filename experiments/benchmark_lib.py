@@ -311,6 +311,8 @@ def make_runner(name: str, config, batch: int, scan_steps: int):
 
 # LOSO ----------------------------------------------------------------------------------------
 
+LOSO_VARIANTS = ("jax_auto", "jax_vmap", "jax_sequential", "torch_eager", "torch_compiled")
+
 
 def run_loso(name: str, config, dataset, seed: int, workdir: str, torch_workers: int = 0) -> dict:
     """One full LOSO run; errors are recorded (not raised) so the benchmark still reports."""

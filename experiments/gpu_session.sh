@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# One lent-GPU session's measurements, in priority order, each step under its own time limit so
+# that a slow or failing step costs only its own slot and the rest still run (a lent machine
+# has no network and ~10 minutes per command: see experiments/results/README.md).
+#
+#   bash experiments/gpu_session.sh [OUT] [BUDGET_S] [PRESET]
+#
+# OUT: where the log and a tarball of experiments/results/<machine>/ go (default ./gpu_out);
+# BUDGET_S: the whole script's deadline (default 540); PRESET: gpu (default) or quick (a check
+# of this script on any machine). Python: $PYTHON, else python3. Pure-Python wheels in .whl/
+# (the pinned flax/optax/orbax/ml_collections, see requirements.txt) are installed to
+# /tmp/mjfn_site first when present; if a smoke run fails with them, the machine's own are used.
+set -u
+OUT=${1:-gpu_out}
+BUDGET=${2:-540}
+PRESET=${3:-gpu}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+T0=$(date +%s)
+# JAX and PyTorch share the GPU in one benchmark process: no JAX preallocation of 75% of it.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=1
+
+say() { echo "$*" | tee -a "$LOG"; }
+left() { echo $((T0 + BUDGET - $(date +%s))); }
+step() { # step NAME LIMIT_S CMD...: run CMD under min(LIMIT_S, time left), log its rc and time
+    local name=$1 limit=$2 l s rc
+    shift 2
+    l=$(left)
+    if [ "$l" -lt 25 ]; then
+        say "== $name: SKIPPED (${l}s left)"
+        return 99
+    fi
+    [ "$limit" -gt "$l" ] && limit=$l
+    s=$(date +%s)
+    say "== $name (limit ${limit}s) at $(date -u +%H:%M:%S)"
+    timeout -k 5 "$limit" "$@" >>"$LOG" 2>&1
+    rc=$?
+    say "== $name: rc=$rc in $(($(date +%s) - s))s"
+    return $rc
+}
+
+say "gpu_session preset=$PRESET budget=${BUDGET}s start $(date -u +%FT%TZ)"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu,utilization.gpu \
+    --format=csv >>"$LOG" 2>&1
+if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/mjfn_site .whl/*.whl >>"$LOG" 2>&1 && export PYTHONPATH=/tmp/mjfn_site
+fi
+versions() {
+    $PY -c "import sys, jax, flax, optax, orbax.checkpoint as o, torch; print(sys.version.split()[0],
+'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__,
+'torch', torch.__version__, jax.devices())" >>"$LOG" 2>&1
+}
+versions
+MACHINE=$($PY -c "from experiments.benchmark_lib import default_machine_name as d; print(d())" \
+    2>>"$LOG")
+[ "$PRESET" = quick ] && MACHINE="$MACHINE-quick"
+say "machine folder: experiments/results/$MACHINE"
+B="$PY experiments/benchmark.py --preset $PRESET --machine $MACHINE --merge"
+
+# 1. Smoke: the tiny preset end to end (both trainers). Failing with the carried wheels, retry
+#    with the machine's own flax/optax/orbax (their versions are then in the log and results).
+if ! step smoke 90 $PY experiments/benchmark.py --preset quick --out /tmp/mjfn_smoke; then
+    if [ -n "${PYTHONPATH:-}" ]; then
+        say "smoke failed with the carried wheels: using the machine's packages"
+        rm -rf /tmp/mjfn_site/flax* /tmp/mjfn_site/optax* /tmp/mjfn_site/orbax*
+        versions
+        step smoke_own 90 $PY experiments/benchmark.py --preset quick --out /tmp/mjfn_smoke
+    fi
+fi
+# 2. The headline: full LOSO at composite scale, JAX auto (its timed trial of vmap/sequential x
+#    steps/scan is in the result) vs PyTorch eager, seed 0; one process each (a killed step
+#    loses only itself; --merge keeps the others).
+step loso_jax_auto 240 $B --skip_throughput --seeds 0 --loso_variants jax_auto
+step loso_torch_eager 120 $B --skip_throughput --seeds 0 --loso_variants torch_eager
+# 3. Training-step throughput at the reference batch: both frameworks, JAX step and scan.
+step throughput_fp32 100 $B --skip_loso --batch_sizes 32 \
+    --step_variants jax_step,jax_scan,torch_eager
+# 4. bf16 (JAX): own results folder.
+step throughput_bf16 60 $PY experiments/benchmark.py --preset $PRESET --machine "$MACHINE-bf16" \
+    --merge --skip_loso --batch_sizes 32 --step_variants jax_step,torch_eager \
+    --config.model.dtype=bfloat16
+# 5. Where the GPU step's time goes (trace per XLA op category) and a 16-fold LOSO breakdown.
+step profile 90 $PY -m experiments.profile_step --config "experiments/configs/benchmark.py:$PRESET" \
+    --steps 20 --machine "$MACHINE"
+# 6. torch.compile, if time is left.
+step throughput_torch_compiled 90 $B --skip_loso --batch_sizes 32 --step_variants torch_compiled
+
+say "done at $(date -u +%FT%TZ), $(($(date +%s) - T0))s"
+cp "${MJFN_JAX_CACHE_DIR:-$HOME/.cache/mjfn_jax}/auto_strategy.json" "$OUT/" 2>>"$LOG"
+tar czf "$OUT/results.tgz" experiments/results/"$MACHINE"* 2>>"$LOG"
+for f in experiments/results/"$MACHINE"/benchmark.md experiments/results/"$MACHINE"/profile_step.md; do
+    [ -f "$f" ] && cp "$f" "$OUT/"
+done
+grep "^==" "$LOG"
