@@ -85,12 +85,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel.strategy = "auto"
     # With 'auto': time the candidate strategies and loops on this machine (two epochs of the
     # first fold group each, cached per device kind and program shape in ~/.cache/mjfn_jax);
-    # False: the measured rule per platform (CPU: one fold per device; GPU/TPU: vmap).
+    # False: the measured rule (several devices: vmap, one fold per device; one: sequential).
     c.parallel.auto_trial = True
     # JAX's persistent compilation cache in ~/.cache/mjfn_jax/xla (MJFN_JAX_CACHE_DIR moves it):
     # reruns of the same program skip their XLA compiles. False: compile every run.
     c.parallel.compilation_cache = True
-    # Folds trained together under 'vmap'; 0 = all folds (on CPU: one per device).
+    # Folds trained together under 'vmap'; 0 = one per device (vmapping several folds on one
+    # device was slower than one at a time on XLA:CPU and on an H200).
     c.parallel.fold_group_size = 0
     c.parallel.epochs_per_call = 1  # Epochs fused into one jitted call (lax.scan).
     # 'scan' (each call runs its epochs as lax.scan: no Python per step), 'steps' (one jitted

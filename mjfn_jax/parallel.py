@@ -9,9 +9,11 @@
   with ``parallel.auto_trial`` off, the platform rule of resolve_strategy). On XLA:CPU vmap
   lowers the convolutions of K models to one grouped convolution, which is slower than K
   separate ones (measured 2026-11-23, demo config, 6 folds: sequential 79.6 vs vmap 34.4
-  samples/s), so on CPU 'vmap' runs ONE fold per device (no vmap at all inside a device) and
-  the host is split into one CPU device per core. GPU/TPU -> 'vmap' over all folds
-  (UNMEASURED here: no accelerator was available when this was written).
+  samples/s), and on one H200 GPU too (2026-11-26, gpu benchmark model, 17 folds vmapped:
+  0.141 s per fold-epoch against 0.083 for one fold at a time, experiments/results/nvidia-h200/),
+  so 'vmap' runs ONE fold per device by default (no vmap at all inside a device; CPU hosts are
+  split into one device per core). The rule: one device -> 'sequential'; several -> 'vmap'
+  (several GPUs and TPUs unmeasured: the trial decides there).
 
 Under 'vmap' each device runs ``jax.vmap`` over its own folds inside ``jax.shard_map``: letting
 the SPMD partitioner split a vmapped program over the fold axis gave wrong numbers (see _lift).
@@ -42,28 +44,23 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "vmap", "sequential")
 LOOPS = ("auto", "scan", "steps")
-# Measured choice per platform; see the module docstring (GPU/TPU unmeasured).
-AUTO_STRATEGY = {"gpu": "vmap", "cuda": "vmap", "rocm": "vmap", "tpu": "vmap"}
 
 
 def resolve_strategy(strategy: str, platform: str | None = None, num_devices: int = 1) -> str:
-    """'auto' -> the measured choice for ``platform`` (default: jax's default backend).
+    """'auto' -> the measured rule: 'vmap' with one fold per device when there are several
+    devices (``mjfn_jax.main`` splits a CPU host into one device per core), else 'sequential'.
 
-    CPU: 'vmap' with one fold per device when the host is split into several CPU devices
-    (``mjfn_jax.main`` splits it into one device per core), else 'sequential'. Measured on the
-    2-core dev machine (2026-11-25, benchmark cpu config, 68 folds x 2 epochs): training time
-    18.5 s with 2 devices x 1 fold vs 23.7 s sequential (XLA:CPU runs one small step on 2 cores
-    at ~1.4x one core; two steps on their own cores at ~2x).
+    Measured on the 2-core dev machine (2026-11-25, benchmark cpu config, 68 folds x 2 epochs):
+    training time 18.5 s with 2 devices x 1 fold vs 23.7 s sequential (XLA:CPU runs one small
+    step on 2 cores at ~1.4x one core; two steps on their own cores at ~2x). On one H200
+    (2026-11-26, gpu config): sequential 0.083 s per fold-epoch, vmap over 17 folds 0.141 s.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"parallel.strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy != "auto":
         return strategy
     platform = platform or jax.default_backend()
-    if platform == "cpu":
-        choice = "vmap" if num_devices > 1 else "sequential"
-    else:
-        choice = AUTO_STRATEGY.get(platform, "sequential")
+    choice = "vmap" if num_devices > 1 else "sequential"
     log.info("parallel.strategy=auto -> %s on %s (%d devices)", choice, platform, num_devices)
     return choice
 
@@ -221,8 +218,8 @@ def strategy_setup(config, num_folds: int):
     if strategy == "vmap":
         mesh = make_mesh("fold", num_devices)
         group_size = config.parallel.fold_group_size
-        if not group_size:  # all folds at once; on CPU one fold per device (no grouped convs)
-            group_size = num_devices if jax.default_backend() == "cpu" else num_folds
+        if not group_size:  # one fold per device: no grouped convolutions (module docstring)
+            group_size = num_devices
         return True, mesh, group_size, None
     size = data_axis_size(config.train.batch_size, num_devices)
     mesh = make_mesh("data", size)

@@ -25,7 +25,19 @@ def test_candidates_per_platform():
     ]
     gpu = autotune.candidates("gpu", 1, 68, 17)
     assert Choice("vmap", "scan", 17) in gpu and Choice("sequential", "steps", 0) in gpu
-    assert len(gpu) == len(set(gpu)) == 6  # vmap x1 per device, vmap x17, sequential; 2 loops
+    assert len(gpu) == len(set(gpu)) == 4  # vmap x17 and sequential; 2 loops
+    assert len(autotune.candidates("gpu", 8, 68, 17)) == 6  # + one fold per device
+
+
+def test_rule_without_a_trial_one_fold_per_device_else_sequential():
+    from mjfn_jax.parallel import resolve_strategy
+
+    assert resolve_strategy("auto", "gpu", 1) == "sequential"  # measured on an H200
+    assert resolve_strategy("auto", "cpu", 1) == "sequential"
+    assert resolve_strategy("auto", "cpu", 2) == resolve_strategy("auto", "gpu", 8) == "vmap"
+    assert resolve_strategy("vmap", "gpu", 1) == "vmap"  # an explicit choice stands
+    with pytest.raises(ValueError, match="parallel.strategy"):
+        resolve_strategy("pmap", "gpu", 1)
 
 
 def test_choose_times_every_candidate_picks_the_fastest_and_caches(cache_dir):

@@ -85,6 +85,27 @@ def test_merge_keeps_other_commands_results(tmp_path):
     assert "throughput" not in _merge_previous(other, str(path))  # another preset: no merge
 
 
+def test_merge_keeps_throughput_variants_of_other_commands(tmp_path):
+    """A command that measured only torch_compiled at batch 32 keeps the earlier command's
+    jax_step at 32 and its batch 64 row; its own figure wins where both measured."""
+    from experiments.benchmark import _merge_previous
+
+    def rows(**by_batch):
+        return {"rows": [{"batch_size": int(b[1:]), "variants": v} for b, v in by_batch.items()]}
+
+    previous = {"preset": "gpu", "config": {}, "env": {"date": "d", "command": "c"},
+                "total_s": 5.0, "throughput": rows(b32={"jax_step": {"step_s": 1.0},
+                "torch_compiled": {"step_s": 9.0}}, b64={"jax_step": {"step_s": 2.0}})}  # fmt: skip
+    path = tmp_path / "benchmark.json"
+    path.write_text(json.dumps(previous))
+    current = {"preset": "gpu", "config": {}, "total_s": 1.0,
+               "throughput": rows(b32={"torch_compiled": {"step_s": 3.0}})}  # fmt: skip
+    merged = _merge_previous(current, str(path))["throughput"]["rows"]
+    assert [r["batch_size"] for r in merged] == [32, 64]
+    assert merged[0]["variants"] == {"jax_step": {"step_s": 1.0}, "torch_compiled": {"step_s": 3.0}}
+    assert merged[1]["variants"] == {"jax_step": {"step_s": 2.0}}
+
+
 @pytest.mark.slow
 def test_seeds_wallclock_quick(tmp_path):
     """3 seeds in one process vs 3 processes (5 CLI processes of the quick preset, ~45 s): the
