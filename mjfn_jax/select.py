@@ -41,8 +41,19 @@ def candidate_config(config, text: str):
     candidate = config.copy_and_resolve_references()
     candidate.select.candidates = ()
     candidate.report.linear_floor = False  # the same folds: the selection's report shows it
-    overrides = [part.strip() for part in str(text).split(",") if part.strip()]
-    return apply_overrides(candidate, overrides)
+    return apply_overrides(candidate, split_overrides(text))
+
+
+def split_overrides(text: str) -> list[str]:
+    """'a=1, b=(2, 3)' -> ['a=1', 'b=(2, 3)']: commas inside brackets belong to a value."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(str(text)):
+        depth += (char in "([{") - (char in ")]}")
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(str(text)[start:])
+    return [part.strip() for part in parts if part.strip()]
 
 
 def candidate_configs(config) -> list:

@@ -75,3 +75,18 @@ def test_each_candidate_is_scored_by_the_model_it_kept():
     assert chosen["f"] == {"candidate": 1, "scores": [0.8, 0.5]}
     chosen = choose(runs, early_stopping=[False, True], metric="val_accuracy")
     assert chosen["f"] == {"candidate": 1, "scores": [0.6, 0.7]}
+
+
+def test_candidate_values_may_hold_commas_inside_brackets():
+    from mjfn_jax.config import base_config
+    from mjfn_jax.select import candidate_config, split_overrides
+
+    text = "model.widths=(4,8,16,32), train.learning_rate=1e-3,model.blocks_per_stage=(1, 1, 1, 1)"
+    assert split_overrides(text) == [
+        "model.widths=(4,8,16,32)",
+        "train.learning_rate=1e-3",
+        "model.blocks_per_stage=(1, 1, 1, 1)",
+    ]
+    config = candidate_config(base_config(), text)
+    assert config.model.widths == (4, 8, 16, 32) and config.model.blocks_per_stage == (1, 1, 1, 1)
+    assert config.train.learning_rate == 1e-3
