@@ -1,8 +1,11 @@
 """``parallel.strategy='auto'``: the strategy and loop chosen by a short timed trial of the real
 program on the machine it runs on, cached per (device kind, program shape).
 
-Candidates (``candidates``): 'vmap' with one fold per device, 'vmap' over all folds (or
-``parallel.fold_group_size``) on accelerators, 'sequential'; loops 'steps' and, except on CPU,
+Candidates (``candidates``): 'vmap' with one fold per device (several devices), 'vmap' with
+several folds per device (on TPU over all folds, unmeasured there; elsewhere only when
+``parallel.fold_group_size`` asks for more folds than devices: it lost on XLA:CPU and on an
+H200, 1.7x slower per fold, where its trial alone cost 50 s of compiles), 'sequential'; loops
+'steps' and, except on CPU,
 'scan' (a whole epoch as one ``lax.scan``: XLA:CPU ran this network's step 5-25x slower inside
 a while loop and took 30-90 s to compile it, so the CPU trial skips it). Each candidate trains
 the first fold group for two epochs: the first call's compile time is recorded separately, the
@@ -51,7 +54,7 @@ def candidates(platform: str, num_devices: int, num_folds: int, group_size: int)
         # H200, 2026-11-26: as fast with 'steps', 3.7x slower with 'scan'): not tried there.
         if num_devices > 1:
             out.append(Choice("vmap", loop, num_devices))
-        if platform != "cpu":
+        if platform == "tpu" or group_size > num_devices:
             out.append(Choice("vmap", loop, group_size or num_folds))
         out.append(Choice("sequential", loop, 0))
     return list(dict.fromkeys(out))

@@ -23,10 +23,17 @@ def test_candidates_per_platform():
         Choice("vmap", "steps", 2),
         Choice("sequential", "steps", 0),
     ]
-    gpu = autotune.candidates("gpu", 1, 68, 17)
+    gpu = autotune.candidates("gpu", 1, 68, 17)  # fold_group_size=17 asks for vmap x17
     assert Choice("vmap", "scan", 17) in gpu and Choice("sequential", "steps", 0) in gpu
     assert len(gpu) == len(set(gpu)) == 4  # vmap x17 and sequential; 2 loops
     assert len(autotune.candidates("gpu", 8, 68, 17)) == 6  # + one fold per device
+    # By default no candidate vmaps several folds on one device (it lost on CPU and GPU) ...
+    assert autotune.candidates("gpu", 1, 68, 0) == [
+        Choice("sequential", "scan", 0),
+        Choice("sequential", "steps", 0),
+    ]
+    assert Choice("vmap", "scan", 4) in autotune.candidates("gpu", 4, 68, 0)
+    assert Choice("vmap", "scan", 68) in autotune.candidates("tpu", 4, 68, 0)  # ... unmeasured
 
 
 def test_rule_without_a_trial_one_fold_per_device_else_sequential():
