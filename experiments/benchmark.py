@@ -73,7 +73,10 @@ PRESETS = {
         seeds=(0, 1, 2),
         loso_variants=lib.LOSO_VARIANTS,
         parity_variants=("jax_auto", "torch_eager"),
-        torch_workers=4,  # DataLoader worker processes, as peers use on a GPU box
+        # No DataLoader workers: the data are in memory, and workers fork this process, which
+        # holds JAX's threads (PyTorch warned of a deadlock on the H200, 2026-11-26, where the
+        # in-process run with 4 workers did not finish in 120 s; the CLI with none took 111 s).
+        torch_workers=0,
     ),
 }
 STEP_VARIANTS = ("jax_step", "jax_scan", "torch_eager", "torch_compiled")
