@@ -121,3 +121,24 @@ def test_seeds_wallclock_quick(tmp_path):
     assert set(row["one_run"]["seed_uf1"]) == {"0", "1", "2"}
     assert len(row["separate"]) == 3 and row["separate_wall_s"] > 0
     assert "speed-up" in (tmp_path / "m" / "seeds_wallclock.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_gpu_session_script_on_the_quick_preset(tmp_path):
+    """experiments/gpu_session.sh end to end on the quick preset (~3 min on 2 cores): every
+    step runs, each under its limit, and what a lease brings back is written to OUT."""
+    out, results = tmp_path / "out", tmp_path / "results"
+    env = dict(os.environ, PYTHON=sys.executable, RESULTS=str(results),
+               MJFN_JAX_CACHE_DIR=str(tmp_path / "cache"))  # fmt: skip
+    cmd = ["bash", "experiments/gpu_session.sh", str(out), "500", "quick"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=580, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    for step in ("imports", "loso_cli_jax", "loso_cli_torch", "throughput_fp32", "profile"):
+        assert f"== {step}: rc=0" in log, log[-3000:]
+    for name in ("loso_cli_jax_results.json", "loso_cli_torch_results.json", "results.tgz"):
+        assert (out / name).stat().st_size > 0
+    bench = json.loads(next(results.glob("*-quick")).joinpath("benchmark.json").read_text())
+    variants = bench["throughput"]["rows"][0]["variants"]  # merged over the script's commands
+    assert {"jax_step", "jax_scan", "torch_eager"} <= set(variants)
