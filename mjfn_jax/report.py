@@ -317,6 +317,8 @@ def write_seeds_report(
         results["linear_floor"] = {"method": floors[0]["method"]} | {
             k: mean_sd([f[k] for f in floors]) for k in ("uf1", "uar")
         }
+    if all("probs" in r for r in per_seed.values()):
+        results["seed_ensemble"] = seed_ensemble(per_seed, first["class_names"])
     if first.get("published"):
         results["published"] = first["published"]
     results["files"] = {"report": "report.md", "results": "results.json"}
@@ -325,6 +327,20 @@ def write_seeds_report(
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     return results
+
+
+def seed_ensemble(per_seed: Mapping[int, Mapping], class_names) -> dict:
+    """The pooled metrics of the seeds' models as one ensemble: each clip's class probabilities
+    averaged over the seeds (each seed's fold model that held the clip out), then argmax. A
+    different model from any one seed's (several trainings per prediction): reported beside the
+    mean +- sd, never in place of it. per_seed: {seed: {"probs" [N, C], "y_true" [N], ...}}, in
+    dataset order."""
+    probs = np.mean([np.asarray(r["probs"], np.float64) for r in per_seed.values()], axis=0)
+    y_true = next(iter(per_seed.values()))["y_true"]
+    pooled = pooled_metrics(y_true, probs.argmax(-1), class_names)
+    return {"method": f"mean probability of {len(per_seed)} seeds"} | {
+        k: pooled[k] for k in ("uf1", "uar", "accuracy")
+    }
 
 
 def format_results_table(results: Mapping) -> str:

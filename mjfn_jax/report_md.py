@@ -213,6 +213,10 @@ def seeds_table(r: Mapping) -> str:
              f"`{row['workdir']}`"] for row in r["seeds"]]  # fmt: skip
     m = r["mean_sd"]
     rows.append(["**mean +- sd**", f"**{_pm(m['uf1'])}**", _pm(m["uar"]), _pm(m["accuracy"]), ""])
+    ensemble = r.get("seed_ensemble")
+    if ensemble:  # another model (several trainings per prediction): beside, not instead
+        rows.append([f"ensemble ({ensemble['method']})", fmt(ensemble["uf1"]),
+                     fmt(ensemble["uar"]), fmt(ensemble["accuracy"]), ""])  # fmt: skip
     floor = r.get("linear_floor")
     if floor:
         rows.append([f"linear floor ({floor['method']})", _pm(floor["uf1"]), _pm(floor["uar"]),

@@ -68,6 +68,22 @@ def test_layout_report_and_mean_sd(runs):
     assert "mean +- sd" in table and table.count("\n| ") >= 4
 
 
+def test_seed_ensemble_averages_the_seeds_probabilities(runs):
+    from mjfn_jax.metrics import pooled_metrics
+
+    multi = runs["multi"]
+    per_seed = [multi["per_seed"][s] for s in (0, 1, 2)]
+    probs = np.mean([r["probs"] for r in per_seed], axis=0)
+    names = multi["class_names"]
+    expected = pooled_metrics(per_seed[0]["y_true"], probs.argmax(-1), names)
+    ensemble = multi["seed_ensemble"]
+    assert ensemble["method"] == "mean probability of 3 seeds"
+    assert ensemble["uf1"] == pytest.approx(expected["uf1"])
+    assert ensemble["uar"] == pytest.approx(expected["uar"])
+    report = (runs["root"] / "multi" / "report.md").read_text()
+    assert "ensemble (mean probability of 3 seeds)" in report
+
+
 def test_rerun_resumes_every_seed_and_fold(runs):
     again = runs["again"]
     assert again["timing"]["folds_trained_this_run"] == 0
