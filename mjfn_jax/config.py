@@ -23,6 +23,10 @@ def base_model_config() -> ml_collections.ConfigDict:
     # Fusion of the four heads' predictions: 'mean_prob' (mean of softmaxes), 'mean_logit',
     # or 'learned' (softmax-normalised learned weights over the heads).
     m.fusion = "mean_prob"
+    # The backbone head's input: 'mean' (global average pooling of the last stage, the
+    # reconstruction's) or 'flatten' (the whole last feature map, which keeps where on the face
+    # the motion is, as STSTNet's head does; for small aligned inputs: 4x4 at 28 px).
+    m.backbone_pool = "mean"
     # Cross-entropy weights of the heads, in the order (backbone, jfm1, jfm2, jfm3).
     m.head_loss_weights = (1.0, 1.0, 1.0, 1.0)
     m.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).

@@ -118,6 +118,7 @@ def _upgrade(saved: dict) -> dict:
         data["flow_method"] = str(data.pop("builder_config")).rsplit("_", 1)[0]
     saved.setdefault("select", {"candidates": [], "metric": "val_loss"})  # none before
     saved.setdefault("train", {}).setdefault("seeds", [])  # one seed per run before
+    saved.setdefault("model", {}).setdefault("backbone_pool", "mean")  # before 2026-11-26
     return saved
 
 

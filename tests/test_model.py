@@ -138,6 +138,7 @@ def test_bad_input_raises_clear_error(shape, dtype, match):
         ({"dtype": "float16"}, "dtype"),
         ({"widths": (4, 8, 16)}, "4 entries"),
         ({"input_size": 4}, "total stride"),
+        ({"backbone_pool": "max"}, "backbone_pool"),
     ],
 )
 def test_bad_config_raises(overrides, match):

@@ -93,7 +93,14 @@ class MJFNTorch(nn.Module):
             [JFM(widths[k], widths[k + 1], num_classes, model_config.dropout) for k in range(3)]
         )
         self.dropout = nn.Dropout(model_config.dropout)
-        self.backbone_head = nn.Linear(widths[3], num_classes)
+        self.flatten = model_config.get("backbone_pool", "mean") == "flatten"
+        features = widths[3]
+        if self.flatten:  # the last map's side: 3x3 convolutions with padding 1 give ceil(n / s)
+            side = math.ceil(self.input_size / int(model_config.stem_stride))
+            for stride in STAGE_STRIDES:
+                side = math.ceil(side / stride)
+            features *= side * side
+        self.backbone_head = nn.Linear(features, num_classes)
         if self.fusion == "learned":
             self.fusion_logits = nn.Parameter(torch.zeros(len(HEADS)))
 
@@ -110,7 +117,9 @@ class MJFNTorch(nn.Module):
         for stage in self.stages:
             h = stage(h)
             stage_outputs.append(h)
-        out = {"backbone": self.backbone_head(self.dropout(h.mean(dim=(2, 3))))}
+        # flatten in NHWC order, as the JAX model does, so that the head's weights map 1:1
+        pooled = h.permute(0, 2, 3, 1).flatten(1) if self.flatten else h.mean(dim=(2, 3))
+        out = {"backbone": self.backbone_head(self.dropout(pooled))}
         for k, jfm in enumerate(self.jfms):
             out[f"jfm{k + 1}"] = jfm(stage_outputs[k], stage_outputs[k + 1])
         out["fused"] = self._fuse(out)

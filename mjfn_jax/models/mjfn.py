@@ -19,6 +19,23 @@ HEADS = ("backbone", "jfm1", "jfm2", "jfm3")
 FUSIONS = ("mean_prob", "mean_logit", "learned")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 STAGE_STRIDES = (1, 2, 2, 2)
+BACKBONE_POOLS = ("mean", "flatten")
+
+
+def final_map_size(input_size: int, stem_stride: int) -> int:
+    """Side of the last stage's feature map (3x3 convolutions with padding 1: ceil(n / s))."""
+    size = -(-input_size // stem_stride)
+    for stride in STAGE_STRIDES:
+        size = -(-size // stride)
+    return size
+
+
+def backbone_features(model_config) -> int:
+    """Inputs of the backbone head: the last width, times the final map's area if flattened."""
+    width = tuple(model_config.widths)[3]
+    if model_config.get("backbone_pool", "mean") == "mean":
+        return width
+    return width * final_map_size(model_config.input_size, model_config.stem_stride) ** 2
 
 
 def _validate_config(cfg) -> None:
@@ -44,6 +61,10 @@ def _validate_config(cfg) -> None:
         )
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.get("backbone_pool", "mean") not in BACKBONE_POOLS:
+        raise ValueError(
+            f"model.backbone_pool must be one of {BACKBONE_POOLS}, got {cfg.backbone_pool!r}"
+        )
 
 
 class MJFN(nnx.Module):
@@ -88,8 +109,13 @@ class MJFN(nnx.Module):
             ]
         )
         self.dropout = nnx.Dropout(model_config.dropout, rngs=rngs)
+        self.flatten = model_config.get("backbone_pool", "mean") == "flatten"
         self.backbone_head = nnx.Linear(
-            widths[3], self.num_classes, dtype=dt, param_dtype=jnp.float32, rngs=rngs
+            backbone_features(model_config),
+            self.num_classes,
+            dtype=dt,
+            param_dtype=jnp.float32,
+            rngs=rngs,
         )
         if self.fusion == "learned":
             self.fusion_logits = nnx.Param(jnp.zeros((len(HEADS),), jnp.float32))
@@ -119,7 +145,8 @@ class MJFN(nnx.Module):
             for block in stage:
                 h = block(h)
             stage_outputs.append(h)
-        logits = {"backbone": self.backbone_head(self.dropout(jnp.mean(h, axis=(1, 2))))}
+        pooled = h.reshape(h.shape[0], -1) if self.flatten else jnp.mean(h, axis=(1, 2))
+        logits = {"backbone": self.backbone_head(self.dropout(pooled))}  # flatten: NHWC order
         for k, jfm in enumerate(self.jfms):
             logits[f"jfm{k + 1}"] = jfm(stage_outputs[k], stage_outputs[k + 1])
         out = {name: logits[name].astype(jnp.float32) for name in HEADS}  # [B, C] float32
