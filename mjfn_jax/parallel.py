@@ -212,7 +212,7 @@ def sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def strategy_setup(config, num_folds: int):
+def strategy_setup(config):
     """(vmapped, mesh, group_size, data_sharding) for the configured strategy."""
     num_devices = len(devices(config.parallel.num_devices))
     strategy = resolve_strategy(config.parallel.strategy, num_devices=num_devices)

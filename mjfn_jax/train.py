@@ -348,7 +348,7 @@ def _check_dataset(config, dataset) -> None:
 def _setup(config, arrays: FoldArrays, dataset):
     """(runner, fold group size, the dataset placed on the runner's mesh) for the config's
     strategy. data: {"images": uint8 [N, H, W, 3], "labels": int32 [N]}, replicated."""
-    vmapped, mesh, group_size, data_sharding = strategy_setup(config, arrays.num_folds)
+    vmapped, mesh, group_size, data_sharding = strategy_setup(config)
     steps = steps_per_epoch(arrays.train_idx.shape[1], config.train.batch_size)
     runner = get_runner(config, steps, mesh, vmapped, data_sharding)
     data = parallel.put(
