@@ -82,6 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict()
     c.augment.hflip = True  # Horizontal flip that negates the u channel.
     c.augment.max_translate = 4  # Random translation in pixels (zero-padded); 0 disables.
+    # At prediction (test, validation, predict CLI): average the fused class probabilities of
+    # the image and of its flow-aware mirror image (hflip above). Off by default.
+    c.augment.test_hflip = False
 
     c.parallel = ml_collections.ConfigDict()
     # 'auto' (a timed trial on this machine, see auto_trial), 'vmap' (folds on a sharded fold
@@ -204,6 +207,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     mt = config.augment.max_translate
     check("augment.max_translate", is_int(mt) and mt >= 0, "needs an int >= 0")
     check("augment.hflip", isinstance(config.augment.hflip, bool), "needs True or False")
+    test_hflip = config.augment.get("test_hflip", False)
+    check("augment.test_hflip", isinstance(test_hflip, bool), "needs True or False")
     sel = config.select
     check("select.metric", sel.metric in ("val_loss", "val_accuracy"),
           "must be 'val_loss' or 'val_accuracy'")  # fmt: skip

@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from mjfn_jax.augment import augment_batch
+from mjfn_jax.augment import augment_batch, hflip_batch
 from mjfn_jax.folds import epoch_batches
 from mjfn_jax.models import MJFN, mjfn_loss
 
@@ -316,9 +316,16 @@ class FoldProgram:
         idx_chunks = jnp.pad(idx, (0, padded - m)).reshape(-1, chunk)
         model_key = jax.random.key(0)  # dropout is off in eval mode; any key will do
 
+        mirror = self.config.augment.get("test_hflip", False)
+
         def one(chunk_idx):  # [chunk] -> [chunk, C]
             model = self._model(params, batch_stats, model_key, train=False)
-            return model(data["images"][chunk_idx].astype(jnp.float32) / 255.0)["fused"]
+            images = data["images"][chunk_idx].astype(jnp.float32) / 255.0
+            log_probs = model(images)["fused"]
+            if mirror:  # log of the mean of the two probabilities
+                both = jnp.stack([log_probs, model(hflip_batch(images))["fused"]])
+                log_probs = jax.nn.logsumexp(both, axis=0) - jnp.log(2.0)
+            return log_probs
 
         if idx_chunks.shape[0] <= _UNROLLED_EVAL_CHUNKS:  # a test subject: one or two chunks
             log_probs = jnp.concatenate([one(chunk_idx) for chunk_idx in idx_chunks])

@@ -174,3 +174,29 @@ def test_one_training_step():
         new, (loss, _) = step(new, fold, data, plan, 0)
         losses.append(float(loss))
     assert losses[-1] < losses[0], losses
+
+
+def test_test_time_flip_averages_the_image_and_its_mirror():
+    """augment.test_hflip: each prediction is the log of the mean of the fused probabilities of
+    the image and of its flow-aware mirror image (u -> 255 - u, mirrored), nothing else."""
+    plain = _program()
+    config = plain.config.copy_and_resolve_references()  # the plain program reads its own
+    config.augment.test_hflip = True
+    mirrored = FoldProgram(config, steps_per_epoch=2)
+    state = jax.jit(plain.init)(jax.random.key(0))
+    rng = np.random.default_rng(0)  # random weights: the zero-initialised heads predict uniformly
+    noise = {k: 0.05 * rng.standard_normal(v.shape, np.float32) for k, v in state.params.items()}
+    params = {k: v + noise[k] for k, v in state.params.items()}
+    state = {"params": params, "batch_stats": state.batch_stats}  # an exported model
+    images = rng.integers(0, 256, (5, 16, 16, 3), np.uint8)
+    flipped = images[:, :, ::-1].copy()
+    flipped[..., 0] = 255 - flipped[..., 0]
+    idx = jnp.arange(5, dtype=jnp.int32)
+
+    def probs(program, x):
+        data = {"images": jnp.asarray(x), "labels": jnp.zeros((5,), jnp.int32)}
+        return np.exp(np.asarray(program.predict(state, data, idx), np.float64))
+
+    expected = (probs(plain, images) + probs(plain, flipped)) / 2
+    np.testing.assert_allclose(probs(mirrored, images), expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(probs(mirrored, images) - probs(plain, images)).max() > 1e-4
