@@ -24,9 +24,9 @@ from mjfn_jax.report_md import fmt
 def _same_but_seed(configs: list[dict]) -> None:
     """Configs equal but for the seed and what a run may change (mjfn_jax.config_io); an older
     run's config.json read as today's fields."""
-    from mjfn_jax.config_io import _diff, _strip_resumable, _upgrade
+    from mjfn_jax.config_io import _diff, _strip_resumable, upgrade_saved_config
 
-    strip = [_strip_resumable(_upgrade(c)) for c in configs]
+    strip = [_strip_resumable(upgrade_saved_config(c)) for c in configs]
     for c in strip:  # the seed, and the training seeds of one seed's folder of a several-seed run
         c.pop("seed")
         c["train"].pop("seeds")

@@ -108,7 +108,7 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json())
 
 
-def _upgrade(saved: dict) -> dict:
+def upgrade_saved_config(saved: dict) -> dict:
     """A config.json of an earlier version, in today's fields: data.builder_config
     ('tvl1_48', before 2026-11-25) is now data.flow_method + model.input_size; a run from
     before nested selection selected nothing, one from before train.seeds trained one seed."""
@@ -156,7 +156,7 @@ def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     new = config_to_dict(config)
     if os.path.exists(path):
         saved = read_json(path, "restore it, or use a new --workdir")
-        diffs = _diff(_strip_resumable(_upgrade(saved)), _strip_resumable(new))
+        diffs = _diff(_strip_resumable(upgrade_saved_config(saved)), _strip_resumable(new))
         if diffs:
             raise WorkdirError(
                 f"workdir {workdir!r} holds a run with a different config ({path}); "

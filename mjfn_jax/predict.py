@@ -59,7 +59,10 @@ def load_run_config(workdir: str):
             f"{path} not found: {workdir} is not a training workdir (python -m mjfn_jax.main "
             "writes config.json there first)"
         )
-    return ml_collections.ConfigDict(read_json(path, "restore it from the run's report"))
+    from mjfn_jax.config_io import upgrade_saved_config
+
+    saved = read_json(path, "restore it from the run's report")
+    return ml_collections.ConfigDict(upgrade_saved_config(saved))  # today's fields
 
 
 def load_dataset_record(workdir: str) -> dict:

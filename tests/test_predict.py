@@ -325,3 +325,15 @@ def test_resolve_fold_of_a_leave_one_dataset_out_run(tmp_path):
     assert predict_mod.resolve_fold(workdir, "lodo__samm") == "lodo__samm"
     with pytest.raises(ValueError, match="unknown fold 'smic/s01'"):
         predict_mod.resolve_fold(workdir, "smic/s01")
+
+
+def test_repredict_reproduces_the_run_and_adds_test_time_flips(trained):
+    """experiments/repredict.py: the saved fold models re-predict the run's pooled metrics
+    exactly without flips; with flips they are the engine's augment.test_hflip predictions."""
+    from experiments.repredict import repredict
+
+    workdir, dataset, results = trained
+    out = repredict(workdir, dataset=dataset)
+    assert out[False]["uf1"] == results["pooled"]["uf1"]
+    assert out[False]["confusion"] == results["pooled"]["confusion"]
+    assert out[True]["n"] == results["pooled"]["n"]

@@ -1,0 +1,96 @@
+"""A finished run's test subjects predicted again from its saved fold models, with test-time
+flips (``augment.test_hflip``) off and on: what the flip gives on that run, without training.
+
+    python -m experiments.repredict --workdir W [--workdir W2 ...] [--data_dir DIR] [--out FILE.md]
+
+Training does not depend on ``augment.test_hflip`` unless early stopping reads the validation
+loss it changes, so a run without early stopping (and without nested selection, whose choice
+reads it too) is refused otherwise. Each fold's final model predicts the test clips it held out;
+the pooled UF1/UAR of both settings are printed and written to ``--out`` as markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def repredict(workdir: str, data_dir: str | None = None, dataset=None) -> dict:
+    """{False: pooled metrics as the run reported them, True: with test-time flips}; dataset:
+    the run's (default: the one its config names, read from ``data_dir`` if given)."""
+    import jax
+    import jax.numpy as jnp
+
+    from mjfn_jax.checkpoint import FoldCheckpointer
+    from mjfn_jax.data import dataset_from_config
+    from mjfn_jax.engine import FoldProgram
+    from mjfn_jax.metrics import pooled_metrics
+    from mjfn_jax.predict import load_run_config, restore_fold
+
+    config = load_run_config(workdir)
+    if config.train.early_stopping_patience > 0 or config.select.candidates:
+        raise SystemExit(
+            f"{workdir}: early stopping or nested selection reads the validation loss, which "
+            "test-time flips change: retrain with the setting instead"
+        )
+    if data_dir:
+        config.data.data_dir = data_dir
+    if dataset is None:
+        dataset = dataset_from_config(config.data, config.model.input_size, config.seed)
+    data = {"images": jnp.asarray(dataset.images), "labels": jnp.asarray(dataset.labels)}
+    folds = sorted(os.listdir(os.path.join(workdir, "folds")))
+    out = {}
+    for flip in (False, True):
+        config.augment.test_hflip = flip
+        program, predict_fn = FoldProgram(config, steps_per_epoch=1), None
+        y_true, y_pred = [], []
+        for fold in folds:
+            ckpt = FoldCheckpointer(workdir, fold)
+            test_idx, _, _ = ckpt.read_result()
+            ckpt.close()
+            _, model, _ = restore_fold(workdir, fold, config, program)
+            predict_fn = predict_fn or jax.jit(program.predict)
+            log_probs = predict_fn(model, data, jnp.asarray(test_idx, jnp.int32))
+            y_true.append(np.asarray(dataset.labels)[test_idx])
+            y_pred.append(np.asarray(log_probs).argmax(-1))
+        out[flip] = pooled_metrics(
+            np.concatenate(y_true), np.concatenate(y_pred), dataset.class_names
+        )
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", action="append", required=True)
+    parser.add_argument("--data_dir", default=None, help="where the run's dataset is now")
+    parser.add_argument("--out", default=None, help="markdown file for the table")
+    args = parser.parse_args(argv)
+    lines = [
+        "| workdir | UF1 | UAR | UF1, test-time flips | UAR, test-time flips |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for workdir in args.workdir:
+        r = repredict(workdir, args.data_dir)
+        lines.append(
+            f"| `{workdir}` | {r[False]['uf1']:.4f} | {r[False]['uar']:.4f} | "
+            f"{r[True]['uf1']:.4f} | {r[True]['uar']:.4f} |"
+        )
+        print(lines[-1], flush=True)
+    stamp = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"
+    command = " ".join(["python -m experiments.repredict", *(argv or sys.argv[1:])])
+    text = "\n".join([f"`{command}`, {stamp}", "", *lines])
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
