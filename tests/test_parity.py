@@ -82,7 +82,11 @@ def assert_state_close(torch_model, jax_model, tol=TOL, what="all"):
     ],
 )
 def test_eval_outputs_match(size, blocks, fusion):
-    cfg = tiny_config(size, blocks, fusion)
+    assert_eval_twins_match(tiny_config(size, blocks, fusion))
+
+
+def assert_eval_twins_match(cfg):
+    """Same parameter count, and the same eval-mode outputs on random inputs."""
     torch_model, jax_model = twin_pair(cfg)
     assert count_params(jax_model)["total"] == sum(p.numel() for p in torch_model.parameters())
     torch_model.eval()
@@ -91,6 +95,7 @@ def test_eval_outputs_match(size, blocks, fusion):
     with torch.no_grad():
         torch_out = torch_model(torch.from_numpy(x))
     assert_outputs_close(torch_out, jax_model(jnp.asarray(x)))
+    return jax_model
 
 
 @pytest.mark.parametrize("size, stem", [(28, 1), (48, 2)])
@@ -99,16 +104,9 @@ def test_flattened_backbone_head_matches(size, stem):
     weights map 1:1 and the outputs agree (28 px: a 4x4 map; 48 px, stem 2: 3x3)."""
     cfg = tiny_config(size)
     cfg.stem_stride, cfg.backbone_pool = stem, "flatten"
-    torch_model, jax_model = twin_pair(cfg)
+    jax_model = assert_eval_twins_match(cfg)
     side = {28: 4, 48: 3}[size]
     assert jax_model.backbone_head.kernel.shape == (16 * side * side, cfg.num_classes)
-    assert count_params(jax_model)["total"] == sum(p.numel() for p in torch_model.parameters())
-    torch_model.eval()
-    jax_model.eval()
-    x = inputs(cfg)
-    with torch.no_grad():
-        torch_out = torch_model(torch.from_numpy(x))
-    assert_outputs_close(torch_out, jax_model(jnp.asarray(x)))
 
 
 @pytest.mark.parametrize("size", [32, 48])
