@@ -29,7 +29,8 @@ def _optax_floor(images, labels, arrays, num_classes: int, iterations: int = 100
     train, tests = linear_probe.training_masks(arrays, n)
 
     def fit(tr):
-        problem = linear_probe._Problem(x, x**2, y, tr, num_classes)
+        stats = linear_probe._standardisation(x, x**2, tr)
+        problem = linear_probe._Problem(x, y, tr, stats, num_classes)
         p = jnp.zeros(problem.d * num_classes + num_classes, jnp.float32)
         opt = optax.lbfgs()
         value_and_grad = optax.value_and_grad_from_state(problem.loss)

@@ -34,16 +34,22 @@ STEPS = 2.0 ** -np.arange(12)  # line-search candidates 1, 1/2, ..., 1/2048
 ARMIJO = 1e-4
 
 
-class _Problem:
-    """One fold's objective over flat params p = [w (D*C), b (C)] on standardised pixels."""
+def _standardisation(x, x_squared, train):
+    """The fold's pixel statistics over its training clips: (count, mean [D], 1/std [D])."""
+    n = jnp.sum(train)
+    mean = train @ x / n
+    std = jnp.sqrt(jnp.maximum(train @ x_squared / n - mean**2, 0.0))
+    return n, mean, 1.0 / jnp.where(std > 1e-6, std, 1.0)  # a constant pixel carries nothing
 
-    def __init__(self, x, x_squared, labels, train, num_classes: int):
+
+class _Problem:
+    """One fold's objective over flat params p = [w (D*C), b (C)] on standardised pixels;
+    stats: _standardisation's (computed once per fold, carried in the state)."""
+
+    def __init__(self, x, labels, train, stats, num_classes: int):
         self.x, self.labels, self.train = x, labels, train
         self.d, self.c = x.shape[1], num_classes
-        self.n = jnp.sum(train)
-        self.mean = train @ x / self.n
-        std = jnp.sqrt(jnp.maximum(train @ x_squared / self.n - self.mean**2, 0.0))
-        self.scale = 1.0 / jnp.where(std > 1e-6, std, 1.0)  # a constant pixel carries nothing
+        self.n, self.mean, self.scale = stats
 
     def logits(self, p):  # z = (x - mean) * scale; z @ w + b == x @ (w*scale) - mean @ ... + b
         w, b = p[: self.d * self.c].reshape(self.d, self.c), p[self.d * self.c :]
@@ -61,12 +67,13 @@ class _Problem:
 
 
 def _init(x, x_squared, labels, train, *, num_classes: int):
-    problem = _Problem(x, x_squared, labels, train, num_classes)
+    stats = _standardisation(x, x_squared, train)
+    problem = _Problem(x, labels, train, stats, num_classes)
     p = jnp.zeros(problem.d * num_classes + num_classes, jnp.float32)
     value, grad = jax.value_and_grad(problem.loss)(p)
     history = jnp.zeros((MEMORY, p.size), jnp.float32)
     return {"p": p, "value": value, "grad": grad, "s": history, "y": history,
-            "rho": jnp.zeros((MEMORY,), jnp.float32)}  # fmt: skip
+            "rho": jnp.zeros((MEMORY,), jnp.float32), "stats": stats}  # fmt: skip
 
 
 def _direction(grad, s, y, rho):
@@ -87,8 +94,8 @@ def _direction(grad, s, y, rho):
     return -r
 
 
-def _step(state, x, x_squared, labels, train, *, num_classes: int):
-    problem = _Problem(x, x_squared, labels, train, num_classes)
+def _step(state, x, labels, train, *, num_classes: int):
+    problem = _Problem(x, labels, train, state["stats"], num_classes)
     p, value, grad = state["p"], state["value"], state["grad"]
     d = _direction(grad, state["s"], state["y"], state["rho"])
     slope = jnp.dot(grad, d)
@@ -112,20 +119,19 @@ def _step(state, x, x_squared, labels, train, *, num_classes: int):
         "s": shift(state["s"], s_new),
         "y": shift(state["y"], y_new),
         "rho": shift(state["rho"], jnp.where(keep, 1.0 / jnp.where(keep, sy, 1.0), 0.0)),
+        "stats": state["stats"],
     }
 
 
-def _predict(state, x, x_squared, labels, train, *, num_classes: int):
-    problem = _Problem(x, x_squared, labels, train, num_classes)
+def _predict(state, x, labels, train, *, num_classes: int):
+    problem = _Problem(x, labels, train, state["stats"], num_classes)
     return jax.nn.log_softmax(problem.logits(state["p"]))
 
 
 def _over_folds(fn, num_classes: int, *, stateful: bool = True, donate: bool = False):
-    """fn([state,] x, x_squared, labels, train) vmapped over the folds (their states and train
-    masks; the pixels and labels shared), jitted."""
-    in_axes = (None, None, None, 0)
-    if stateful:
-        in_axes = (0, *in_axes)
+    """fn(x, x_squared, labels, train) or fn(state, x, labels, train) vmapped over the folds
+    (their states and train masks; the pixels and labels shared), jitted."""
+    in_axes = (0, None, None, 0) if stateful else (None, None, None, 0)
     fn = jax.vmap(functools.partial(fn, num_classes=num_classes), in_axes=in_axes)
     return jax.jit(fn, donate_argnums=(0,) if donate else ())
 
@@ -147,12 +153,12 @@ def fit_floor(
     n = len(labels)
     x = jnp.asarray(images.reshape(n, -1), jnp.float32) / 255.0
     train, tests = training_masks(arrays, n)
-    data = (x, x**2, jnp.asarray(labels, jnp.int32), jnp.asarray(train))
-    state = _over_folds(_init, num_classes, stateful=False)(*data)
+    y, train = jnp.asarray(labels, jnp.int32), jnp.asarray(train)
+    state = _over_folds(_init, num_classes, stateful=False)(x, x**2, y, train)
     step = _over_folds(_step, num_classes, donate=True)
     for _ in range(iterations):  # one call per iteration: no while loop (see MEMORY)
-        state = step(state, *data)
-    log_probs = np.asarray(_over_folds(_predict, num_classes)(state, *data))
+        state = step(state, x, y, train)
+    log_probs = np.asarray(_over_folds(_predict, num_classes)(state, x, y, train))
     return pool(log_probs, tests, num_classes), np.asarray(state["value"])
 
 
