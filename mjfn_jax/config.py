@@ -207,8 +207,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     mt = config.augment.max_translate
     check("augment.max_translate", is_int(mt) and mt >= 0, "needs an int >= 0")
     check("augment.hflip", isinstance(config.augment.hflip, bool), "needs True or False")
-    test_hflip = config.augment.get("test_hflip", False)
-    check("augment.test_hflip", isinstance(test_hflip, bool), "needs True or False")
+    check("augment.test_hflip", isinstance(config.augment.test_hflip, bool), "needs True or False")
     sel = config.select
     check("select.metric", sel.metric in ("val_loss", "val_accuracy"),
           "must be 'val_loss' or 'val_accuracy'")  # fmt: skip

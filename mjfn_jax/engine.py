@@ -316,7 +316,7 @@ class FoldProgram:
         idx_chunks = jnp.pad(idx, (0, padded - m)).reshape(-1, chunk)
         model_key = jax.random.key(0)  # dropout is off in eval mode; any key will do
 
-        mirror = self.config.augment.get("test_hflip", False)
+        mirror = self.config.augment.test_hflip
 
         def one(chunk_idx):  # [chunk] -> [chunk, C]
             model = self._model(params, batch_stats, model_key, train=False)

@@ -46,7 +46,7 @@ STRATEGIES = ("auto", "vmap", "sequential")
 LOOPS = ("auto", "scan", "steps")
 
 
-def resolve_strategy(strategy: str, platform: str | None = None, num_devices: int = 1) -> str:
+def resolve_strategy(strategy: str, num_devices: int = 1) -> str:
     """'auto' -> the measured rule: 'vmap' with one fold per device when there are several
     devices (``mjfn_jax.main`` splits a CPU host into one device per core), else 'sequential'.
 
@@ -59,9 +59,11 @@ def resolve_strategy(strategy: str, platform: str | None = None, num_devices: in
         raise ValueError(f"parallel.strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy != "auto":
         return strategy
-    platform = platform or jax.default_backend()
     choice = "vmap" if num_devices > 1 else "sequential"
-    log.info("parallel.strategy=auto -> %s on %s (%d devices)", choice, platform, num_devices)
+    log.info(
+        "parallel.strategy=auto -> %s on %s (%d devices)",
+        choice, jax.default_backend(), num_devices,
+    )  # fmt: skip
     return choice
 
 

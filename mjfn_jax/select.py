@@ -46,13 +46,13 @@ def candidate_config(config, text: str):
 
 def split_overrides(text: str) -> list[str]:
     """'a=1, b=(2, 3)' -> ['a=1', 'b=(2, 3)']: commas inside brackets belong to a value."""
-    parts, depth, start = [], 0, 0
-    for i, char in enumerate(str(text)):
+    text, parts, depth, start = str(text), [], 0, 0
+    for i, char in enumerate(text):
         depth += (char in "([{") - (char in ")]}")
         if char == "," and depth == 0:
             parts.append(text[start:i])
             start = i + 1
-    parts.append(str(text)[start:])
+    parts.append(text[start:])
     return [part.strip() for part in parts if part.strip()]
 
 

@@ -39,12 +39,12 @@ def test_candidates_per_platform():
 def test_rule_without_a_trial_one_fold_per_device_else_sequential():
     from mjfn_jax.parallel import resolve_strategy
 
-    assert resolve_strategy("auto", "gpu", 1) == "sequential"  # measured on an H200
-    assert resolve_strategy("auto", "cpu", 1) == "sequential"
-    assert resolve_strategy("auto", "cpu", 2) == resolve_strategy("auto", "gpu", 8) == "vmap"
-    assert resolve_strategy("vmap", "gpu", 1) == "vmap"  # an explicit choice stands
+    # the same on every platform: measured on the 2-core CPU and on an H200
+    assert resolve_strategy("auto", 1) == "sequential"
+    assert resolve_strategy("auto", 2) == resolve_strategy("auto", 8) == "vmap"
+    assert resolve_strategy("vmap", 1) == "vmap"  # an explicit choice stands
     with pytest.raises(ValueError, match="parallel.strategy"):
-        resolve_strategy("pmap", "gpu", 1)
+        resolve_strategy("pmap", 1)
 
 
 def test_choose_times_every_candidate_picks_the_fastest_and_caches(cache_dir):

@@ -93,7 +93,7 @@ class MJFNTorch(nn.Module):
             [JFM(widths[k], widths[k + 1], num_classes, model_config.dropout) for k in range(3)]
         )
         self.dropout = nn.Dropout(model_config.dropout)
-        self.flatten = model_config.get("backbone_pool", "mean") == "flatten"
+        self.flatten = model_config.backbone_pool == "flatten"
         features = widths[3]
         if self.flatten:  # the last map's side: 3x3 convolutions with padding 1 give ceil(n / s)
             side = math.ceil(self.input_size / int(model_config.stem_stride))

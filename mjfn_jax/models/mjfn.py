@@ -33,7 +33,7 @@ def final_map_size(input_size: int, stem_stride: int) -> int:
 def backbone_features(model_config) -> int:
     """Inputs of the backbone head: the last width, times the final map's area if flattened."""
     width = tuple(model_config.widths)[3]
-    if model_config.get("backbone_pool", "mean") == "mean":
+    if model_config.backbone_pool == "mean":
         return width
     return width * final_map_size(model_config.input_size, model_config.stem_stride) ** 2
 
@@ -61,7 +61,7 @@ def _validate_config(cfg) -> None:
         )
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
-    if cfg.get("backbone_pool", "mean") not in BACKBONE_POOLS:
+    if cfg.backbone_pool not in BACKBONE_POOLS:
         raise ValueError(
             f"model.backbone_pool must be one of {BACKBONE_POOLS}, got {cfg.backbone_pool!r}"
         )
@@ -109,7 +109,7 @@ class MJFN(nnx.Module):
             ]
         )
         self.dropout = nnx.Dropout(model_config.dropout, rngs=rngs)
-        self.flatten = model_config.get("backbone_pool", "mean") == "flatten"
+        self.flatten = model_config.backbone_pool == "flatten"
         self.backbone_head = nnx.Linear(
             backbone_features(model_config),
             self.num_classes,
