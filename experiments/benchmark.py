@@ -228,7 +228,12 @@ def main(argv=None) -> dict:
     if args.seeds:
         preset["seeds"] = tuple(int(x) for x in args.seeds.split(","))
     if args.batch_sizes:
-        preset["batch_sizes"] = tuple(int(x) for x in args.batch_sizes.split(","))
+        try:
+            preset["batch_sizes"] = tuple(int(x) for x in args.batch_sizes.split(","))
+        except ValueError:
+            raise SystemExit(
+                f"--batch_sizes={args.batch_sizes}: needs integers, e.g. 32,64"
+            ) from None
     if args.step_variants:
         preset["step_variants"] = _names(args.step_variants, STEP_VARIANTS, "--step_variants")
     if args.loso_variants:  # at every seed: a split run picks its variants per command

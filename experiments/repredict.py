@@ -77,7 +77,10 @@ def main(argv=None) -> None:
         "|---|---:|---:|---:|---:|",
     ]
     for workdir in args.workdir:
-        r = repredict(workdir, args.data_dir)
+        try:
+            r = repredict(workdir, args.data_dir)
+        except (OSError, ValueError) as e:  # no workdir, no config.json, a damaged result
+            raise SystemExit(f"{workdir}: {e}") from None
         lines.append(
             f"| `{workdir}` | {r[False]['uf1']:.4f} | {r[False]['uar']:.4f} | "
             f"{r[True]['uf1']:.4f} | {r[True]['uar']:.4f} |"
