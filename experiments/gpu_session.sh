@@ -7,7 +7,8 @@
 #
 # OUT: where the log and a tarball of experiments/results/<machine>/ go (default ./gpu_out);
 # BUDGET_S: the whole script's deadline (default 540); PRESET: gpu (default) or quick (a check
-# of this script on any machine). Python: $PYTHON, else python3. Results folder root: $RESULTS,
+# of this script on any machine). STEPS: which measurements, in order (default: all; names in
+# run_step below). Python: $PYTHON, else python3. Results folder root: $RESULTS,
 # else experiments/results. Pure-Python wheels in .whl/
 # (the pinned flax/optax/orbax/ml_collections, see requirements.txt) are installed to
 # /tmp/mjfn_site first when present; if our modules fail to import with them, the machine's own
@@ -61,6 +62,7 @@ MACHINE=$($PY -c "from experiments.benchmark_lib import default_machine_name as 
     2>>"$LOG")
 [ "$PRESET" = quick ] && MACHINE="$MACHINE-quick"
 say "machine folder: $RESULTS/$MACHINE"
+mkdir -p "$RESULTS/$MACHINE"
 B="$PY experiments/benchmark.py --preset $PRESET --machine $MACHINE --merge --out $RESULTS"
 
 # 1. Imports. Pinned wheels that fail under the machine's jax (an H200 lease, 2026-11-26: flax
@@ -70,30 +72,58 @@ if ! step imports 60 $PY -c "import mjfn_jax.train, experiments.benchmark_lib"; 
     rm -rf /tmp/mjfn_site/flax* /tmp/mjfn_site/optax* /tmp/mjfn_site/orbax*
     versions
 fi
-# 2. The headline: full LOSO at composite scale, each trainer's own CLI as one whole process,
-#    the way a user meets it: JAX cold (auto's timed trial included, written to its
-#    results.json), then PyTorch eager. The workdirs' results.json come back.
+# 2. The measurements, each a named step; $STEPS picks and orders them (default: all, in this
+#    order; the budget skips what does not fit). The whole-process CLI runs are the headline:
+#    each trainer's own command line as one fresh process, the way a user meets it; the JAX
+#    one first cold ('auto's timed trial included, cached for the later runs), then again warm
+#    (the persistent XLA cache and the trial's choice from the first), and the PyTorch twice.
 C="experiments/configs/benchmark.py:$PRESET"
-step loso_cli_jax 240 $PY -m mjfn_jax.main --config "$C" --workdir "$WORK/jax"
-cp "$WORK/jax/results.json" "$OUT/loso_cli_jax_results.json" 2>>"$LOG"
-step loso_cli_torch 180 $PY experiments/pytorch_baseline/train.py --config "$C" \
-    --workdir "$WORK/torch"
-cp "$WORK/torch/results.json" "$OUT/loso_cli_torch_results.json" 2>>"$LOG"
-# 3. Training-step throughput at the reference batch: both frameworks, JAX step and scan.
-step throughput_fp32 100 $B --skip_loso --batch_sizes 32 \
-    --step_variants jax_step,jax_scan,torch_eager
-# 4. bf16 (JAX): own results folder.
-step throughput_bf16 60 $PY experiments/benchmark.py --preset $PRESET --machine "$MACHINE-bf16" \
-    --out "$RESULTS" --merge --skip_loso --batch_sizes 32 --step_variants jax_step,torch_eager \
-    --config.model.dtype=bfloat16
-# 5. Where the GPU step's time goes (trace per XLA op category) and a 16-fold LOSO breakdown.
-step profile 90 $PY -m experiments.profile_step --config "experiments/configs/benchmark.py:$PRESET" \
-    --steps 20 --machine "$MACHINE" --out "$RESULTS"
-# 6. torch.compile, if time is left.
-step throughput_torch_compiled 90 $B --skip_loso --batch_sizes 32 --step_variants torch_compiled
+n_cli=0
+cli() { # cli NAME LIMIT TRAINER [overrides...]: one whole-process LOSO; results.json kept
+    local name=$1 limit=$2 trainer=$3 rc
+    shift 3
+    n_cli=$((n_cli + 1))
+    if [ "$trainer" = jax ]; then
+        step "$name" "$limit" $PY -m mjfn_jax.main --config "$C" --workdir "$WORK/$n_cli" "$@"
+    else
+        step "$name" "$limit" $PY experiments/pytorch_baseline/train.py --config "$C" \
+            --workdir "$WORK/$n_cli" "$@"
+    fi
+    rc=$?
+    say "$name: workdir $(du -sb "$WORK/$n_cli" 2>/dev/null | cut -f1) bytes"  # checkpoints' disk
+    cp "$WORK/$n_cli/results.json" "$RESULTS/$MACHINE/${name}_results.json" 2>>"$LOG"
+    return $rc
+}
+run_step() {
+    case $1 in
+    loso_cli_jax) cli loso_cli_jax 240 jax ;;
+    loso_cli_torch) cli loso_cli_torch 180 torch ;;
+    loso_cli_jax_warm) cli loso_cli_jax_warm 150 jax ;;
+    loso_cli_torch_again) cli loso_cli_torch_again 180 torch ;;
+    loso_cli_jax_bf16) cli loso_cli_jax_bf16 150 jax --config.model.dtype=bfloat16 ;;
+    # Where the GPU step's time goes (trace per XLA op) and a 16-fold LOSO's phases per fold.
+    profile) step profile 120 $PY -m experiments.profile_step --config "$C" --steps 20 \
+        --machine "$MACHINE" --out "$RESULTS" ;;
+    throughput_torch_compiled) step throughput_torch_compiled 90 $B --skip_loso \
+        --batch_sizes 32 --step_variants torch_compiled ;;
+    # Training-step throughput at the reference batch: both frameworks, JAX step and scan.
+    throughput_fp32) step throughput_fp32 100 $B --skip_loso --batch_sizes 32 \
+        --step_variants jax_step,jax_scan,torch_eager ;;
+    throughput_bf16) step throughput_bf16 60 $PY experiments/benchmark.py --preset $PRESET \
+        --machine "$MACHINE-bf16" --out "$RESULTS" --merge --skip_loso --batch_sizes 32 \
+        --step_variants jax_step,torch_eager --config.model.dtype=bfloat16 ;;
+    *) say "== $1: unknown step" ;;
+    esac
+}
+ALL="loso_cli_jax loso_cli_torch profile loso_cli_jax_warm throughput_torch_compiled
+loso_cli_jax_bf16 loso_cli_torch_again throughput_fp32 throughput_bf16"
+for s in ${STEPS:-$ALL}; do
+    run_step "$s"
+done
 
 say "done at $(date -u +%FT%TZ), $(($(date +%s) - T0))s"
-cp "${MJFN_JAX_CACHE_DIR:-$HOME/.cache/mjfn_jax}/auto_strategy.json" "$OUT/" 2>>"$LOG"
+cp "${MJFN_JAX_CACHE_DIR:-$HOME/.cache/mjfn_jax}/auto_strategy.json" "$RESULTS/$MACHINE/" \
+    2>>"$LOG"
 tar czf "$OUT/results.tgz" -C "$RESULTS" $(cd "$RESULTS" && ls -d "$MACHINE"*) 2>>"$LOG"
 for f in "$RESULTS/$MACHINE/benchmark.md" "$RESULTS/$MACHINE/profile_step.md"; do
     [ -f "$f" ] && cp "$f" "$OUT/"

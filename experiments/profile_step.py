@@ -67,7 +67,7 @@ def _category(name: str) -> str:
         return "copy / transpose"
     if base.startswith("while"):
         return "while loop"
-    if base.startswith("dot"):
+    if base.startswith(("dot", "cublas", "gemm")):
         return "dot"
     return "other fusions (elementwise, BN, gather, augmentation)"
 
@@ -117,8 +117,16 @@ def profile_step(config, steps: int) -> dict:
         for name, (fn, a) in parts.items()
     }
 
+    try:
+        result.update(_trace(step, (state, fold, data, plan, jnp.int32(0)), steps))
+    except Exception as e:  # noqa: BLE001 - e.g. no CUPTI on a GPU machine: the rest still runs
+        result["trace_error"] = f"{type(e).__name__}: {e}"
+    return result
+
+
+def _trace(step, args, steps: int) -> dict:
+    """A jax.profiler trace of ``steps`` calls of ``step``, summarised per op category."""
     trace_dir = tempfile.mkdtemp(prefix="mjfn_trace_")
-    args = (state, fold, data, plan, jnp.int32(0))
     jax.block_until_ready(args)
     jax.profiler.start_trace(trace_dir)
     for _ in range(steps):
@@ -126,21 +134,32 @@ def profile_step(config, steps: int) -> dict:
     jax.block_until_ready(args)
     jax.profiler.stop_trace()
     xspace = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
-    thread_ns, count = collections.Counter(), collections.Counter()
-    for plane in jax.profiler.ProfileData.from_file(xspace).planes:
-        for line in plane.lines:
-            if "XLAEigen" not in line.name:  # XLA:CPU's worker threads run the ops
+    thread_ns, count, by_op = collections.Counter(), collections.Counter(), collections.Counter()
+    for _plane, line in _op_lines(jax.profiler.ProfileData.from_file(xspace)):
+        for event in line.events:
+            if event.name.startswith(("ThunkExecutor", "end:", "Threadpool", "Slinky")):
                 continue
-            for event in line.events:
-                if event.name.startswith(("ThunkExecutor", "end:", "Threadpool", "Slinky")):
-                    continue
-                thread_ns[_category(event.name)] += event.duration_ns
-                count[_category(event.name)] += 1
-    result["xla_ops_per_step"] = {
-        name: {"thread_ms": ns / steps / 1e6, "ops": count[name] / steps}
-        for name, ns in thread_ns.most_common()
+            thread_ns[_category(event.name)] += event.duration_ns
+            count[_category(event.name)] += 1
+            by_op[re.sub(r"\.\d+$", "", event.name.split(" ")[0])] += event.duration_ns
+    return {
+        "xla_ops_per_step": {
+            name: {"thread_ms": ns / steps / 1e6, "ops": count[name] / steps}
+            for name, ns in thread_ns.most_common()
+        },
+        "top_ops_ms_per_step": {k: ns / steps / 1e6 for k, ns in by_op.most_common(12)},
     }
-    return result
+
+
+def _op_lines(profile):
+    """The trace lines that hold XLA's ops: XLA:CPU's worker threads ("XLAEigen"); on a GPU
+    the device plane's "XLA Ops" line (kernel time on the device, not host threads)."""
+    planes = list(profile.planes)
+    gpu = [p for p in planes if p.name.startswith("/device:GPU")]
+    if gpu:
+        lines = [(p, ln) for p in gpu for ln in p.lines if ln.name == "XLA Ops"]
+        return lines or [(p, ln) for p in gpu for ln in p.lines if ln.name.startswith("Stream")]
+    return [(p, ln) for p in planes for ln in p.lines if "XLAEigen" in ln.name]
 
 
 def profile_loso(config, subjects: int, samples: int) -> dict:
@@ -159,7 +178,12 @@ def profile_loso(config, subjects: int, samples: int) -> dict:
     # engine time outside the training calls and outside every compile: init and predict calls,
     # host transfers, saves, result files, progress bars
     other = timing["wall_s"] - timing["train_s"] - sum(compiles.get(k, 0.0) for k in outside)
+    phases = dict(timing["phases_s"])  # less the compiles their first calls paid
+    phases["init"] -= compiles.get("the init", 0.0)
+    phases["predict"] -= compiles.get("the prediction", 0.0)
+    phases["training calls"] -= train_compile_s
     return timing | {
+        "phases_per_fold_ms": {k: 1e3 * v / subjects for k, v in phases.items()},
         "folds": subjects,
         "steps_s": steps_s,
         "other_s": other,
@@ -183,7 +207,15 @@ def to_markdown(result: dict) -> str:
         "| XLA op category | thread time / step (ms) | ops / step |",
         "|---|---:|---:|",
     ]
-    for name, row in step["xla_ops_per_step"].items():
+    busy = sum(row["thread_ms"] for row in step.get("xla_ops_per_step", {}).values())
+    lines.insert(
+        -3,
+        f"- ops' busy time per step in the trace (device time on a GPU, summed over "
+        f"threads on a CPU): {busy:.2f} ms against the step's {step['step_ms']:.2f} ms",
+    )
+    if "trace_error" in step:
+        lines.append(f"| (no trace: {step['trace_error']}) | | |")
+    for name, row in step.get("xla_ops_per_step", {}).items():
         lines.append(f"| {name} | {row['thread_ms']:.2f} | {row['ops']:.0f} |")
     loso = result["loso"]
     lines += [
@@ -194,7 +226,14 @@ def to_markdown(result: dict) -> str:
         f"training steps {loso['steps_s']:.1f} s + other {loso['other_s']:.1f} s "
         f"({loso['other_per_fold_ms']:.0f} ms per fold: init and predict calls, host transfers, "
         "saves, result files).",
+        "",
+        "Host time per fold by phase, compiles left out (ms): "
+        + "; ".join(f"{k} {v:.1f}" for k, v in loso["phases_per_fold_ms"].items())
+        + ".",
     ]
+    if step.get("top_ops_ms_per_step"):
+        lines += ["", "| op (instance numbers dropped) | ms / step |", "|---|---:|"]
+        lines += [f"| `{k}` | {v:.3f} |" for k, v in step["top_ops_ms_per_step"].items()]
     return "\n".join(lines) + "\n"
 
 

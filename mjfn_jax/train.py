@@ -12,6 +12,7 @@ the workdir's records (mjfn_jax.workdir) refuse what would make it inexact.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -262,16 +263,22 @@ def _run_group(config, runner, ckpts, units: Units, dataset, data, members, stat
     arrays = units.arrays
     names = arrays.names
     real = [int(m) for m in members if m >= 0]
+    phase = stats["phase_s"]  # host seconds per phase of a fold's life (timing's "phases_s")
+    clock = time.perf_counter()
     folds = parallel.put(_fold_inputs(config, dataset, units, members), runner.group_sharding)
     test_idx = parallel.put(
         arrays.test_idx[np.where(members >= 0, members, real[0])], runner.group_sharding
     )  # [G, max_test]
     states = runner.init(folds.key)
+    jax.block_until_ready(states)
+    phase["init"] += time.perf_counter() - clock
+    clock = time.perf_counter()
     # Multi-process: process 0 writes every fold (Orbax writes host numpy arrays from process
     # 0 only: a save by another process leaves a checkpoint without data); the others only
     # take part in the all-gathers that bring it the folds of their devices.
     writer = distributed.is_main()
     states, epoch, histories = _resume(runner, ckpts, members, states, names)
+    phase["resume"] += time.perf_counter() - clock
     total, policy = config.train.num_epochs, SavePolicy(config.checkpoint.every_epochs)
     stopped = epoch > 0 and _all_stopped(states, members)  # resumed after the folds stopped
     label = names[real[0]] if len(real) == 1 else f"{len(real)} folds"
@@ -285,6 +292,7 @@ def _run_group(config, runner, ckpts, units: Units, dataset, data, members, stat
             states, metrics = runner.train(states, folds, data, epoch, n)
             metrics = parallel.to_host(metrics)  # waits for the device
             stats["train_s"] += time.perf_counter() - start
+            phase["training calls"] += time.perf_counter() - start
             stats["samples"] += len(real) * n * runner.program.steps * config.train.batch_size
             _check_finite(metrics, members, names, epoch)
             for pos, m in enumerate(members):
@@ -295,6 +303,7 @@ def _run_group(config, runner, ckpts, units: Units, dataset, data, members, stat
             if "stopped" in metrics:  # early stopping: every real fold has stopped
                 stopped = bool(np.all(metrics["stopped"][members >= 0, -1]))
             save = policy.what_to_save(epoch, finished=epoch == total or stopped)
+            clock = time.perf_counter()
             if save == "final":  # the model only (no optimizer state): what a finished fold keeps
                 host_models = parallel.to_host(runner.program.export(states))  # one batch
                 for pos, m in enumerate(members):
@@ -306,11 +315,14 @@ def _run_group(config, runner, ckpts, units: Units, dataset, data, members, stat
                     if m >= 0 and writer:
                         meta = {"epochs_done": epoch, "history": histories[m]}
                         ckpts[m].save(epoch, _slice(host_states, pos), meta)
+            phase["saves (handing over)"] += time.perf_counter() - clock
             bar.update(n)
             bar.set_postfix(loss=f"{np.mean(metrics['loss'][:, -1]):.3f}")
             if after is not None:
                 after(EpochsDone(tuple(names[m] for m in real), epoch, stats["epochs"]))
+    clock = time.perf_counter()
     log_probs = parallel.to_host(runner.predict(states, data, test_idx))  # [G, max_test, C]
+    phase["predict"] += time.perf_counter() - clock
     results = []
     for pos, m in enumerate(members):
         if m >= 0 and writer:
@@ -549,7 +561,7 @@ def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs)
         "%d units (folds x seeds), %d to train, strategy %s, mesh %s, %d steps/epoch",
         arrays.num_folds, len(pending), execution["strategy"], dict(mesh.shape), steps,
     )  # fmt: skip
-    stats = {"train_s": 0.0, "samples": 0, "epochs": 0}
+    stats = {"train_s": 0.0, "samples": 0, "epochs": 0, "phase_s": collections.Counter()}
     groups = parallel.fold_groups(len(pending), group_size, mesh.size if vmapped else 1)
     start = time.perf_counter()
     try:
@@ -559,12 +571,16 @@ def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs)
             finished = _run_group(
                 config, runner, ckpts, units, dataset, data, members, stats, after_epochs
             )
+            clock = time.perf_counter()
             for ckpt, test_idx, log_probs, summary in finished:  # written in the background,
                 summary["execution"] = execution  # after the fold's saves
                 ckpt.write_result(test_idx, log_probs, summary)
+            stats["phase_s"]["results (handing over)"] += time.perf_counter() - clock
     finally:
+        clock = time.perf_counter()
         for c in ckpts:  # waits for every save and result (completed folds are kept even if a
             c.close()  # later one failed)
+        stats["phase_s"]["waiting for the writes at the end"] += time.perf_counter() - clock
     wall = time.perf_counter() - start
     parallel.sync("fold results written")  # multi-process: every process's folds are on disk
     timing = {
@@ -577,6 +593,8 @@ def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs)
         },
         "train_s": stats["train_s"],
         "samples_per_s": stats["samples"] / stats["train_s"] if stats["train_s"] else None,
+        # where the wall time went, host seconds (compiles inside the calls that triggered them)
+        "phases_s": dict(stats["phase_s"]),
         "strategy": execution["strategy"],
         "loop": execution["loop"],
         "fold_group_size": int(group_size),

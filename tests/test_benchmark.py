@@ -135,10 +135,15 @@ def test_gpu_session_script_on_the_quick_preset(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=580, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = (out / "log.txt").read_text()
-    for step in ("imports", "loso_cli_jax", "loso_cli_torch", "throughput_fp32", "profile"):
+    steps = ("imports", "loso_cli_jax", "loso_cli_torch", "profile", "loso_cli_jax_warm")
+    for step in (*steps, "loso_cli_jax_bf16", "loso_cli_torch_again", "throughput_fp32"):
         assert f"== {step}: rc=0" in log, log[-3000:]
-    for name in ("loso_cli_jax_results.json", "loso_cli_torch_results.json", "results.tgz"):
-        assert (out / name).stat().st_size > 0
-    bench = json.loads(next(results.glob("*-quick")).joinpath("benchmark.json").read_text())
+    machine = next(results.glob("*-quick"))
+    for name in ("loso_cli_jax", "loso_cli_jax_warm", "loso_cli_jax_bf16", "loso_cli_torch"):
+        assert json.loads((machine / f"{name}_results.json").read_text())["pooled"]["uf1"] >= 0
+    warm = json.loads((machine / "loso_cli_jax_warm_results.json").read_text())["timing"]
+    assert warm["auto"]["cached"]  # the cold run's trial chose; the warm one reused it
+    assert (out / "results.tgz").stat().st_size > 0 and len(list(out.iterdir())) <= 8
+    bench = json.loads(machine.joinpath("benchmark.json").read_text())
     variants = bench["throughput"]["rows"][0]["variants"]  # merged over the script's commands
     assert {"jax_step", "jax_scan", "torch_eager"} <= set(variants)
