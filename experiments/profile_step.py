@@ -59,7 +59,7 @@ def _time(compiled, args, steps: int, donate: bool = False) -> tuple[float, tupl
 
 def _category(name: str) -> str:
     base = re.sub(r"\.\d+$", "", name)
-    if "conv" in base:
+    if "conv" in base or "implicit_gemm" in base:  # GPU: cuDNN's convolution kernels
         return "convolution"
     if base.startswith(("ynn_fusion", "xnn_fusion")):
         return "YNN/XNN library fusion (dots, reductions)"
@@ -67,7 +67,7 @@ def _category(name: str) -> str:
         return "copy / transpose"
     if base.startswith("while"):
         return "while loop"
-    if base.startswith(("dot", "cublas", "gemm")):
+    if base.startswith(("dot", "cublas")) or "gemm" in base:
         return "dot"
     return "other fusions (elementwise, BN, gather, augmentation)"
 
@@ -141,7 +141,7 @@ def _trace(step, args, steps: int) -> dict:
                 continue
             thread_ns[_category(event.name)] += event.duration_ns
             count[_category(event.name)] += 1
-            by_op[re.sub(r"\.\d+$", "", event.name.split(" ")[0])] += event.duration_ns
+            by_op[_short(event.name)] += event.duration_ns
     return {
         "xla_ops_per_step": {
             name: {"thread_ms": ns / steps / 1e6, "ops": count[name] / steps}
@@ -149,6 +149,11 @@ def _trace(step, args, steps: int) -> dict:
         },
         "top_ops_ms_per_step": {k: ns / steps / 1e6 for k, ns in by_op.most_common(12)},
     }
+
+
+def _short(name: str) -> str:
+    """An op or kernel name without instance numbers or argument lists, at most 90 chars."""
+    return re.sub(r"\.\d+$", "", name.split("(")[0].split(" = ")[0])[:90]
 
 
 def _op_lines(profile):
@@ -200,7 +205,12 @@ def to_markdown(result: dict) -> str:
         "",
         f"- one fold's training step: **{step['step_ms']:.2f} ms** "
         f"(compile {step['compile_s']:.1f} s); "
-        f"XLA counts {step['flops_per_step_xla'] / 1e9:.3f} GFLOP/step",
+        f"XLA counts {step['flops_per_step_xla'] / 1e9:.3f} GFLOP/step"
+        + (
+            " (on a GPU without cuDNN's convolutions: benchmark.md counts on XLA:CPU)"
+            if "(gpu)" in result["device"]
+            else ""
+        ),
         "- parts, each jitted alone: "
         + "; ".join(f"{k} {v:.2f} ms" for k, v in step["parts_ms"].items()),
         "",

@@ -370,24 +370,26 @@ def _setup(config, arrays: FoldArrays, dataset):
     return runner, group_size, data
 
 
-def _trial(config, units: Units, dataset) -> dict:
-    """Train the first fold group of ``config``'s strategy for two epochs: the first call's
-    compile time, and the second epoch's seconds per fold (the measurement)."""
+def _trial(config, units: Units, dataset):
+    """Start ``config``'s strategy on the first fold group: (the compile time of its training
+    call, a function that trains the group one more epoch and returns seconds per fold)."""
     runner, group_size, data = _setup(config, units.arrays, dataset)
     group = parallel.fold_groups(
         units.arrays.num_folds, group_size, runner.mesh.size if runner.vmapped else 1
     )[0]
     folds = parallel.put(_fold_inputs(config, dataset, units, group), runner.group_sharding)
-    states = runner.init(folds.key)
+    state = {"states": runner.init(folds.key), "epoch": 0}
     before = runner.compile_s
-    states, metrics = runner.train(states, folds, data, 0, 1)
-    jax.block_until_ready(metrics["loss"])  # waits for the device
-    compile_s = runner.compile_s - before
-    start = time.perf_counter()
-    states, metrics = runner.train(states, folds, data, 1, 1)
-    jax.block_until_ready(metrics["loss"])
-    seconds = time.perf_counter() - start
-    return {"s_per_fold_epoch": seconds / int(np.sum(group >= 0)), "compile_s": compile_s}
+
+    def epoch() -> float:
+        start = time.perf_counter()
+        state["states"], metrics = runner.train(state["states"], folds, data, state["epoch"], 1)
+        jax.block_until_ready(metrics["loss"])  # waits for the device
+        state["epoch"] += 1
+        return (time.perf_counter() - start) / int(np.sum(group >= 0))
+
+    epoch()  # compiles
+    return runner.compile_s - before, epoch
 
 
 def _choose_strategy(config, units: Units, dataset, workdir: str):

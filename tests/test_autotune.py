@@ -47,24 +47,41 @@ def test_rule_without_a_trial_one_fold_per_device_else_sequential():
         resolve_strategy("pmap", 1)
 
 
+def _starter(speeds: dict, events: list):
+    """A fake trial: candidate -> (compile_s, epoch()), epoch times from ``speeds`` by strategy,
+    each a list of the rounds' seconds; ``events`` records the order of compiles and epochs."""
+
+    def start(choice):
+        events.append(("compile", choice))
+        times = iter(speeds[choice.strategy])
+        return 1.0, lambda: events.append(("epoch", choice)) or next(times)
+
+    return start
+
+
 def test_choose_times_every_candidate_picks_the_fastest_and_caches(cache_dir):
-    speeds = {"vmap": 0.5, "sequential": 0.2}
-    calls = []
-
-    def measure(choice):
-        calls.append(choice)
-        return {"s_per_fold_epoch": speeds[choice.strategy], "compile_s": 1.0}
-
+    # sequential's first round is slow (a first-run effect), its best round is the fastest
+    events = []
+    start = _starter({"vmap": [0.5, 0.4], "sequential": [0.9, 0.2]}, events)
     options = autotune.candidates("cpu", 2, 10, 0)
-    choice, record = autotune.choose("program-A", options, measure)
-    assert choice == Choice("sequential", "steps", 0) and calls == options
+    choice, record = autotune.choose("program-A", options, start)
+    assert choice == Choice("sequential", "steps", 0)
+    # every compile first, then alternating rounds
+    assert [e[0] for e in events] == ["compile"] * 2 + ["epoch"] * 2 * autotune.ROUNDS
+    assert [e[1] for e in events[2:4]] == options
     assert not record["cached"] and len(record["trial"]) == 2 and record["trial_s"] >= 0
+    by_strategy = {t["strategy"]: t for t in record["trial"]}
+    assert by_strategy["sequential"]["s_per_fold_epoch"] == 0.2
+    assert by_strategy["sequential"]["rounds_s"] == [0.9, 0.2]
+    calls = [e[1] for e in events if e[0] == "compile"]
+    measure = _starter({"vmap": [0.5] * 2, "sequential": [0.2] * 2}, events)
     # the second time: from the cache, no trial
     again, record = autotune.choose("program-A", options, measure)
-    assert again == choice and record["cached"] and len(calls) == 2
+    compiles = lambda: sum(e[0] == "compile" for e in events)  # noqa: E731
+    assert again == choice and record["cached"] and compiles() == len(calls) == 2
     # another program shape gets its own trial
     autotune.choose("program-B", options, measure)
-    assert len(calls) == 4
+    assert compiles() == 4
     with open(cache_dir / "auto_strategy.json") as f:
         assert set(json.load(f)) == {"program-A", "program-B"}
 
@@ -72,10 +89,10 @@ def test_choose_times_every_candidate_picks_the_fastest_and_caches(cache_dir):
 def test_a_damaged_cache_means_a_new_trial(cache_dir):
     cache_dir.mkdir(parents=True)
     (cache_dir / "auto_strategy.json").write_text("{not json")
-    calls = []
-    measure = lambda c: calls.append(c) or {"s_per_fold_epoch": 1.0, "compile_s": 0.0}
-    autotune.choose("k", autotune.candidates("cpu", 4, 8, 0), measure)
-    assert len(calls) == 2
+    events = []
+    autotune.choose("k", autotune.candidates("cpu", 4, 8, 0), _starter({"vmap": [1.0] * 2,
+                    "sequential": [1.0] * 2}, events))  # fmt: skip
+    assert sum(e[0] == "compile" for e in events) == 2
 
 
 def test_one_candidate_needs_no_trial():
