@@ -25,6 +25,7 @@ import sys
 import zipfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -99,6 +100,9 @@ def _flatten(tree) -> dict[str, jax.Array]:
     return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
 
 
+FINAL_DTYPES = ("float32", "bfloat16")  # checkpoint.final_dtype
+
+
 def _abstract(like) -> dict[str, jax.ShapeDtypeStruct]:
     """The flat {key path: ShapeDtypeStruct} that Orbax restores into."""
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _flatten(like).items()}
@@ -113,7 +117,13 @@ def _unflatten_like(like, flat: dict):
 class FoldCheckpointer:
     """Checkpoints and results of one fold, in ``workdir/folds/<fold_name>``."""
 
-    def __init__(self, workdir: str, fold_name: str, *, max_to_keep: int = 2):
+    def __init__(
+        self, workdir: str, fold_name: str, *, max_to_keep: int = 2, final_dtype: str = "float32"
+    ):
+        """final_dtype: the floating dtype of the finished fold's saved model (FINAL_DTYPES)."""
+        if final_dtype not in FINAL_DTYPES:
+            raise ValueError(f"checkpoint.final_dtype must be one of {FINAL_DTYPES}")
+        self.final_dtype = final_dtype
         self.fold_dir = os.path.abspath(os.path.join(workdir, "folds", fold_name))
         os.makedirs(self.fold_dir, exist_ok=True)
         # No best_fn: with best_fn Orbax may delete the latest step (docs/design.md#checkpoints);
@@ -210,9 +220,16 @@ class FoldCheckpointer:
     # Finished folds -------------------------------------------------------------------------
 
     def save_final(self, model_state) -> None:
-        """The finished fold's model {"params", "batch_stats"} (host arrays). Returns at once;
-        written on the background thread, atomically (Orbax renames a finished temp folder)."""
-        host_state = jax.tree.map(np.asarray, _flatten(model_state))
+        """The finished fold's model {"params", "batch_stats"} (host arrays), its floating
+        arrays in ``final_dtype``. Returns at once; written on the background thread,
+        atomically (Orbax renames a finished temp folder)."""
+        dtype = np.dtype(jnp.dtype(self.final_dtype))
+
+        def stored(x):
+            x = np.asarray(x)
+            return x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x
+
+        host_state = jax.tree.map(stored, _flatten(model_state))
 
         def save() -> None:
             if self._final is None:
@@ -225,7 +242,8 @@ class FoldCheckpointer:
         return os.path.isdir(self.final_dir)
 
     def restore_final(self, like):
-        """The finished fold's model into the structure of ``like``."""
+        """The finished fold's model into the structure and dtypes of ``like`` (a model saved
+        in bfloat16 comes back as float32 where ``like`` says so)."""
         with ocp.StandardCheckpointer(**_solo(self.fold_dir)) as checkpointer:
             return _unflatten_like(like, checkpointer.restore(self.final_dir, _abstract(like)))
 

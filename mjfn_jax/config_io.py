@@ -120,6 +120,7 @@ def upgrade_saved_config(saved: dict) -> dict:
     saved.setdefault("train", {}).setdefault("seeds", [])  # one seed per run before
     saved.setdefault("model", {}).setdefault("backbone_pool", "mean")  # before 2026-11-26
     saved.setdefault("augment", {}).setdefault("test_hflip", False)  # before 2026-11-26
+    saved.setdefault("checkpoint", {}).setdefault("final_dtype", "float32")  # likewise
     return saved
 
 

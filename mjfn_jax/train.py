@@ -541,7 +541,12 @@ def _train_and_report(config, workdir: str, dataset, units: Units, after_epochs)
     mesh, vmapped, steps = runner.mesh, runner.vmapped, runner.program.steps
     compile_before, compile_by_before = runner.compile_s, dict(runner.compile_by_program)
     ckpts = [
-        FoldCheckpointer(root, name, max_to_keep=config.checkpoint.max_to_keep)
+        FoldCheckpointer(
+            root,
+            name,
+            max_to_keep=config.checkpoint.max_to_keep,
+            final_dtype=config.checkpoint.final_dtype,
+        )
         for root, name in zip(units.roots, units.fold_names, strict=True)
     ]
     for c in ckpts:  # a damaged result is found now, not after hours of training
