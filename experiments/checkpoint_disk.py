@@ -62,7 +62,7 @@ def main(argv=None) -> None:
         f"| checkpoint.final_dtype | MB per fold | GB for {args.folds} folds |",
         "|---|---:|---:|",
     ]
-    lines += [f"| {r['final_dtype']} | {r['fold_mb']:.1f} | {r['run_gb']:.2f} |" for r in rows]
+    lines += [f"| {r['final_dtype']} | {r['fold_mb']:.3g} | {r['run_gb']:.2f} |" for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
