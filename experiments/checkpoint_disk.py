@@ -1,7 +1,6 @@
 """Disk use of a finished fold's saved model, float32 and bfloat16 (``checkpoint.final_dtype``),
 and what a 68-fold LOSO would leave: one fold's model of the config, initialised, saved through
-the engine's FoldCheckpointer. (A trained model's bytes compress about as its initial ones: the
-H200 run of the gpu preset, 68 trained folds in float32, left 62.7 MB per fold.)
+the engine's FoldCheckpointer (an uncompressed .npz: its size depends only on the shapes).
 
     python -m experiments.checkpoint_disk [--config experiments/configs/benchmark.py:gpu]
         [--folds 68] [--out experiments/results/cpu-2core/checkpoint_disk.md]
@@ -25,10 +24,6 @@ from mjfn_jax.config_io import load_config  # noqa: E402
 from mjfn_jax.engine import FoldProgram  # noqa: E402
 
 
-def disk_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-
-
 def measure(config, folds: int) -> list[dict]:
     program = FoldProgram(config, steps_per_epoch=1)
     model = jax.device_get(program.export(jax.jit(program.init)(jax.random.key(0))))
@@ -39,7 +34,7 @@ def measure(config, folds: int) -> list[dict]:
             ckpt = FoldCheckpointer(os.path.join(root, dtype), "fold", final_dtype=dtype)
             ckpt.save_final(model)
             ckpt.close()
-            size = disk_bytes(ckpt.final_dir)
+            size = os.path.getsize(ckpt.final_path)
             rows.append({"final_dtype": dtype, "values": parameters, "fold_mb": size / 1e6,
                          "run_gb": folds * size / 1e9})  # fmt: skip
     return rows
@@ -56,7 +51,7 @@ def main(argv=None) -> None:
         f"# Saved model per finished fold: `{args.config}`",
         "",
         f"`python -m experiments.checkpoint_disk {' '.join(argv or sys.argv[1:])}`, "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, orbax's store as written, "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, final.npz as written, "
         f"{rows[0]['values'] / 1e6:.2f} M values (params + BN statistics).",
         "",
         f"| checkpoint.final_dtype | MB per fold | GB for {args.folds} folds |",

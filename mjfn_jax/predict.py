@@ -87,7 +87,11 @@ def available_folds(workdir: str) -> list[str]:
     names = []
     for name in sorted(os.listdir(root)):
         ckpt_dir = os.path.join(root, name, "checkpoints")
-        if os.path.isdir(os.path.join(root, name, "final")) or (
+        fold = os.path.join(root, name)  # checkpoint.FoldCheckpointer.has_final, without Orbax
+        has_final = os.path.exists(os.path.join(fold, "final.npz")) or os.path.isdir(
+            os.path.join(fold, "final")
+        )
+        if has_final or (
             os.path.isdir(ckpt_dir) and any(e.isdigit() for e in os.listdir(ckpt_dir))
         ):
             names.append(name)

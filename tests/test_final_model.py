@@ -1,0 +1,87 @@
+"""A finished fold's model (final.npz): checkpoint.final_dtype (bfloat16 takes about half the
+disk and comes back as float32, equal to the float32 model rounded to bfloat16), damaged files,
+and the Orbax folder of runs from before 2026-11-26."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mjfn_jax.checkpoint import FoldCheckpointer, _flatten
+from mjfn_jax.config import base_config, validate_config
+from mjfn_jax.workdir import WorkdirError
+
+
+def _model():
+    rng = np.random.default_rng(0)
+    return {
+        "params": {"conv": rng.normal(size=(3, 3, 64, 64)).astype(np.float32)},
+        "batch_stats": {"mean": rng.normal(size=(64,)).astype(np.float32)},
+        "count": np.arange(5, dtype=np.int32),  # not floating: kept as it is
+    }
+
+
+def test_bfloat16_final_model_halves_the_disk_and_restores_as_float32(tmp_path):
+    model = _model()
+    sizes = {}
+    for dtype in ("float32", "bfloat16"):
+        ckpt = FoldCheckpointer(str(tmp_path / dtype), "fold", final_dtype=dtype)
+        ckpt.save_final(model)
+        ckpt.close()
+        sizes[dtype] = os.path.getsize(ckpt.final_path)
+        restored = ckpt.restore_final(model)
+        assert restored["params"]["conv"].dtype == np.float32
+        np.testing.assert_array_equal(restored["count"], model["count"])
+        expected = model["params"]["conv"]
+        if dtype == "bfloat16":
+            expected = np.asarray(jnp.asarray(expected, jnp.bfloat16).astype(jnp.float32))
+            assert not np.array_equal(expected, model["params"]["conv"])  # it did round
+        np.testing.assert_array_equal(restored["params"]["conv"], expected)
+    assert sizes["bfloat16"] < 0.55 * sizes["float32"], sizes
+
+
+def test_unknown_final_dtype_is_refused():
+    config = base_config()
+    config.checkpoint.final_dtype = "float16"
+    with pytest.raises(ValueError, match="checkpoint.final_dtype"):
+        validate_config(config)
+
+
+def test_checkpoint_disk_command_writes_both_dtypes(tmp_path):
+    from experiments.checkpoint_disk import main
+
+    out = tmp_path / "disk.md"
+    main(["--config", "experiments/configs/benchmark.py:cpu", "--folds", "10", "--out", str(out)])
+    rows = [r for r in out.read_text().splitlines() if r.startswith(("| float32", "| bfloat16"))]
+    mb = [float(r.split("|")[2]) for r in rows]
+    assert len(rows) == 2 and 0 < mb[1] < mb[0]
+
+
+def test_a_damaged_or_foreign_final_model_is_one_error_naming_the_file(tmp_path):
+    ckpt = FoldCheckpointer(str(tmp_path), "fold")
+    ckpt.save_final(_model())
+    ckpt.close()
+    bigger = _model()
+    bigger["params"]["conv"] = np.zeros((3, 3, 64, 128), np.float32)
+    with pytest.raises(WorkdirError, match=r"final.npz: \['params'\]\['conv'\] has shape"):
+        ckpt.restore_final(bigger)
+    other = {"params": {"dense": np.zeros(3, np.float32)}}
+    with pytest.raises(WorkdirError, match="is not this config's model"):
+        ckpt.restore_final(other)
+    with open(ckpt.final_path, "wb") as f:
+        f.write(b"not a zip")
+    with pytest.raises(WorkdirError, match="final.npz is damaged"):
+        ckpt.restore_final(_model())
+
+
+def test_the_orbax_final_folder_of_older_runs_is_still_read(tmp_path):
+    import orbax.checkpoint as ocp
+
+    model = _model()
+    ckpt = FoldCheckpointer(str(tmp_path), "fold")
+    with ocp.StandardCheckpointer() as orbax:  # what save_final wrote before 2026-11-26
+        orbax.save(ckpt.legacy_final_dir, _flatten(model))
+    assert ckpt.has_final() and not os.path.exists(ckpt.final_path)
+    restored = ckpt.restore_final(model)
+    np.testing.assert_array_equal(restored["params"]["conv"], model["params"]["conv"])
