@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import os
-import time
+import re
 
 import jax
 import jax.numpy as jnp
@@ -272,102 +272,113 @@ def _lift(fn, vmapped: bool, in_axes: tuple, mesh):
 # compile at the default level vs 1.6 s at level 0 (2-core CPU, cpu benchmark model).
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
+# Compile time per program, from JAX's own monitoring events (tracing, lowering, XLA compile or
+# a persistent-cache load), keyed by the function name that GroupRunner gives each program. The
+# names are the same in every runner and process: they are part of the persistent cache's key.
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_PREFIX = "mjfn_program__"
+_compile_seconds: dict[str, float] = {}  # program name -> seconds, this process
+
+
+def _on_event(event: str, seconds: float, **kwargs) -> None:
+    # fun_name: the function's name, or its module's ("jit(<name>)")
+    match = re.search(_PREFIX + r"(\w+)", str(kwargs.get("fun_name", "")))
+    if event in _COMPILE_EVENTS and match:
+        _compile_seconds[match[1]] = _compile_seconds.get(match[1], 0.0) + seconds
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+def _named(fn, program: str):
+    """``fn`` under a function name that the compile-time listener attributes to ``program``."""
+
+    def call(*args):
+        return fn(*args)
+
+    call.__name__ = call.__qualname__ = _PREFIX + program.replace(" ", "_")
+    return call
+
 
 class GroupRunner:
-    """Compiled programs for groups of ``group_size`` folds on one mesh."""
+    """The jitted programs for groups of ``group_size`` folds on one mesh: init, train (a scan
+    over epochs, or per-step calls between an epoch plan and an epoch end) and predict. jax.jit
+    caches their executables per argument shapes; the compile seconds of this runner's calls
+    come from JAX's monitoring events (``compile_s``, ``compile_by_program``)."""
 
     def __init__(self, program: FoldProgram, mesh, vmapped: bool, scan: bool):
         """scan: epochs as lax.scan in one call, else one call per step (see resolve_loop)."""
         self.program, self.mesh, self.vmapped, self.scan = program, mesh, vmapped, scan
         self.group_sharding = sharded_leading(mesh) if vmapped else replicated(mesh)
-        self._init = jax.jit(
-            _lift(program.init, vmapped, (0,), mesh), out_shardings=self.group_sharding
-        )
-        self._predict = jax.jit(_lift(program.predict, vmapped, (0, None, 0), mesh))
-        self._train = jax.jit(
-            _lift(program.train_epochs, vmapped, (0, 0, None, None), mesh),
-            donate_argnums=0,
-            out_shardings=(self.group_sharding, self.group_sharding),
-        )
-        self._plan = jax.jit(
-            _lift(program.epoch_plan, vmapped, (0, None), mesh),
-            out_shardings=self.group_sharding,
-        )
-        self._step = jax.jit(
-            _lift(program.train_step_at, vmapped, (0, 0, None, 0, None), mesh),
-            donate_argnums=0,
-            out_shardings=(self.group_sharding, self.group_sharding),
-        )
-        self._end = jax.jit(
-            _lift(program.end_epoch, vmapped, (0, 0, None, 0, 0), mesh),
-            donate_argnums=0,
-            out_shardings=(self.group_sharding, self.group_sharding),
-        )
-        self._compiled: dict[tuple, object] = {}  # AOT-compiled training calls
-        self.compile_s = 0.0
-        self.compile_by_program: dict[str, float] = {}
+        group = self.group_sharding
+        self.compile_by_program: dict[str, float] = {}  # this runner's compiles, all shapes
 
-    def _compiled_for(self, name: str, jitted, *args, options=None):
-        """``jitted`` AOT-compiled once per argument shapes (the compile timed)."""
-        # A flat tuple of leaf shapes/dtypes; str() of an nnx.State goes through flax's pretty
-        # repr (it cost a third of a LOSO's wall time when it was on the per-step path).
-        key = (name, tuple((x.shape, x.dtype) for x in jax.tree.leaves(args)))
-        if key not in self._compiled:
-            start = time.perf_counter()
-            compiled = jitted.lower(*args).compile(compiler_options=options)
-            seconds = time.perf_counter() - start
-            self._compiled[key] = compiled
-            self.compile_s += seconds
-            self.compile_by_program[name] = self.compile_by_program.get(name, 0.0) + seconds
-            log.info("compiled %s in %.1f s", name, seconds)
-        return self._compiled[key]
+        def jit(name, fn, in_axes, *, fast=False, **kwargs):
+            lifted = _named(_lift(fn, vmapped, in_axes, mesh), name)
+            jitted = jax.jit(lifted, compiler_options=_FAST_COMPILE if fast else None, **kwargs)
+            key = name.replace(" ", "_")
 
-    def _call(self, name: str, jitted, *args, options=None):
-        return self._compiled_for(name, jitted, *args, options=options)(*args)
+            def call(*args):  # a first call per shapes compiles inside, on this thread
+                before = _compile_seconds.get(key, 0.0)
+                out = jitted(*args)
+                if (spent := _compile_seconds.get(key, 0.0) - before) > 0:
+                    self.compile_by_program[name] = self.compile_by_program.get(name, 0) + spent
+                return out
+
+            return call
+
+        self._init = jit("the init", program.init, (0,), fast=True, out_shardings=group)
+        self._predict = jit("the prediction", program.predict, (0, None, 0))
+        self._train = jit(
+            "the training call", program.train_epochs, (0, 0, None, None),
+            donate_argnums=0, out_shardings=(group, group),
+        )  # fmt: skip
+        self._plan = jit(
+            "the epoch plan", program.epoch_plan, (0, None), fast=True, out_shardings=group
+        )
+        self._step = jit(
+            "the training step", program.train_step_at, (0, 0, None, 0, None),
+            donate_argnums=0, out_shardings=(group, group),
+        )  # fmt: skip
+        self._end = jit(
+            "the epoch end", program.end_epoch, (0, 0, None, 0, 0),
+            fast=not program.early_stopping, donate_argnums=0, out_shardings=(group, group),
+        )  # fmt: skip
+
+    @property
+    def compile_s(self) -> float:
+        return sum(self.compile_by_program.values())
 
     def init(self, keys):
-        """Fresh train states [G, ...] from fold keys [G] (compiled with _FAST_COMPILE)."""
-        return self._compiled_for("the init", self._init, keys, options=_FAST_COMPILE)(keys)
+        """Fresh train states [G, ...] from fold keys [G]."""
+        return self._init(keys)
 
     def train(self, states, folds, data, first_epoch: int, num_epochs: int):
         """Train epochs [first_epoch, first_epoch + num_epochs) of a group.
         Returns (states, metrics {name: [G, num_epochs]})."""
         if self.scan:
             epochs = jnp.arange(first_epoch, first_epoch + num_epochs, dtype=jnp.int32)
-            name = f"the {num_epochs}-epoch training call"
-            return self._call(name, self._train, states, folds, data, epochs)
+            return self._train(states, folds, data, epochs)
         per_epoch = []
         for epoch in range(first_epoch, first_epoch + num_epochs):
             losses, correct = [], []
-            # [G, steps, B] batches and [G, steps] keys, once per epoch.
-            plan = self._call(
-                "the epoch plan", self._plan, folds, np.int32(epoch), options=_FAST_COMPILE
-            )
-            # Looked up once per epoch: the per-step path is only the compiled call.
-            step_fn = self._compiled_for(
-                "the training step", self._step, states, folds, data, plan, np.int32(0)
-            )
+            plan = self._plan(folds, np.int32(epoch))  # [G, steps, B] batches, [G, steps] keys
             for step in range(self.program.steps):
-                states, (loss, right) = step_fn(states, folds, data, plan, np.int32(step))
+                states, (loss, right) = self._step(states, folds, data, plan, np.int32(step))
                 losses.append(loss)  # [G] each
                 correct.append(right)
-            states, metrics = self._call(
-                "the epoch end",
-                self._end,
-                states,
-                folds,
-                data,
-                tuple(losses),
-                tuple(correct),
-                options=_FAST_COMPILE if not self.program.early_stopping else None,
-            )
+            states, metrics = self._end(states, folds, data, tuple(losses), tuple(correct))
             per_epoch.append(metrics)
         per_epoch = to_host(per_epoch)  # multi-process: np.stack of a global array raises
         return states, jax.tree.map(lambda *xs: np.stack(xs, 1), *per_epoch)  # host [G, E]
 
     def predict(self, states, data, test_idx):
         """test_idx [G, M] int32 -> log-probs [G, M, C] float32."""
-        return self._call("the prediction", self._predict, states, data, test_idx)
+        return self._predict(states, data, test_idx)
 
 
 # Runners (hence compiled programs) reused by later calls in the same process with the same
