@@ -90,8 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
     # 'auto' (a timed trial on this machine, see auto_trial), 'vmap' (folds on a sharded fold
     # axis) or 'sequential' (one fold at a time, batch sharded over the data axis).
     c.parallel.strategy = "auto"
-    # With 'auto': time the candidate strategies and loops on this machine (two epochs of the
-    # first fold group each, cached per device kind and program shape in ~/.cache/mjfn_jax);
+    # With 'auto': time the candidate strategies and loops on this machine (epochs of the first
+    # fold group, cached per device kind and program shape in ~/.cache/mjfn_jax);
     # False: the measured rule (several devices: vmap, one fold per device; one: sequential).
     c.parallel.auto_trial = True
     # JAX's persistent compilation cache in ~/.cache/mjfn_jax/xla (MJFN_JAX_CACHE_DIR moves it):

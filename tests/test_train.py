@@ -40,6 +40,9 @@ def test_end_to_end_results(early_stopping_run):
         assert not os.path.exists(os.path.join(workdir, "folds", fold, "checkpoints"))
     timing = results["timing"]
     assert timing["strategy"] == "sequential" and timing["samples_per_s"] > 0
+    phases = timing["phases_s"]  # where the loop's wall time went, inside it
+    assert {"init", "training calls", "predict", "saves (handing over)"} <= set(phases)
+    assert 0 < sum(phases.values()) <= timing["wall_s"] and phases["training calls"] > 0
     with open(os.path.join(workdir, "results.json")) as f:
         assert json.load(f)["pooled"]["uf1"] == results["pooled"]["uf1"]
 
