@@ -234,7 +234,7 @@ class FoldCheckpointer:
     def save_final(self, model_state) -> None:
         """The finished fold's model {"params", "batch_stats"} (host arrays), its floating
         arrays in ``final_dtype``. Returns at once; written on the background thread,
-        atomically (Orbax renames a finished temp folder)."""
+        atomically (a temporary file, renamed when complete)."""
         arrays, bf16 = {}, []
         for key, x in _flatten(model_state).items():
             x = np.asarray(x)

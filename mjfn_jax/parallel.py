@@ -285,9 +285,11 @@ _compile_seconds: dict[str, float] = {}  # program name -> seconds, this process
 
 
 def _on_event(event: str, seconds: float, **kwargs) -> None:
+    if event not in _COMPILE_EVENTS:
+        return
     # fun_name: the function's name, or its module's ("jit(<name>)")
     match = re.search(_PREFIX + r"(\w+)", str(kwargs.get("fun_name", "")))
-    if event in _COMPILE_EVENTS and match:
+    if match:
         _compile_seconds[match[1]] = _compile_seconds.get(match[1], 0.0) + seconds
 
 
