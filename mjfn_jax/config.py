@@ -27,6 +27,11 @@ def base_model_config() -> ml_collections.ConfigDict:
     # reconstruction's) or 'flatten' (the whole last feature map, which keeps where on the face
     # the motion is, as STSTNet's head does; for small aligned inputs: 4x4 at 28 px).
     m.backbone_pool = "mean"
+    # Standardise every input pixel and channel by the mean and standard deviation of the fold's
+    # training clips (symmetrised under the flow-aware flip when augment.hflip is on), as the
+    # linear floor standardises its pixels; the statistics are part of the fold's saved model.
+    # Off: the network sees the image / 255 as it is.
+    m.input_standardize = False
     # Cross-entropy weights of the heads, in the order (backbone, jfm1, jfm2, jfm3).
     m.head_loss_weights = (1.0, 1.0, 1.0, 1.0)
     m.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).

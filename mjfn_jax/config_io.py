@@ -119,6 +119,7 @@ def upgrade_saved_config(saved: dict) -> dict:
     saved.setdefault("select", {"candidates": [], "metric": "val_loss"})  # none before
     saved.setdefault("train", {}).setdefault("seeds", [])  # one seed per run before
     saved.setdefault("model", {}).setdefault("backbone_pool", "mean")  # before 2026-11-26
+    saved["model"].setdefault("input_standardize", False)  # likewise
     saved.setdefault("augment", {}).setdefault("test_hflip", False)  # before 2026-11-26
     saved.setdefault("checkpoint", {}).setdefault("final_dtype", "float32")  # likewise
     return saved

@@ -168,6 +168,46 @@ def _fold_inputs(config, dataset, units: Units, members: np.ndarray) -> FoldInpu
     )
 
 
+def input_stats(config, dataset, units: Units, members: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-pixel, per-channel mean and standard deviation [G, S, S, 3] of each member's training
+    clips (images / 255), for ``model.input_standardize``. With ``augment.hflip`` they are the
+    statistics of the clips and their flow-aware mirror images together, so that a flipped clip
+    is standardised as it would be unflipped. The standard deviation is at least 1/255."""
+    arrays = units.arrays
+    real = members[members >= 0]
+    means, stds = [], []
+    for f in np.where(members >= 0, members, real[0]):
+        images = dataset.images[arrays.train_idx[f, : arrays.train_count[f]]]
+        images = images.astype(np.float64) / 255.0
+        mean, var = images.mean(0), images.var(0)
+        if config.augment.hflip:  # an equal mixture of the clips and their mirror images
+            mirrored_mean = mean[:, ::-1, :].copy()  # augment.hflip_batch: mirror, u -> 1 - u
+            mirrored_mean[..., 0] = 1.0 - mirrored_mean[..., 0]
+            mirrored_var = var[:, ::-1, :]
+            var = (var + mirrored_var) / 2 + ((mean - mirrored_mean) / 2) ** 2
+            mean = (mean + mirrored_mean) / 2
+        means.append(mean)
+        stds.append(np.maximum(np.sqrt(var), 1.0 / 255.0))
+    return {
+        "input_mean": np.stack(means).astype(np.float32),
+        "input_std": np.stack(stds).astype(np.float32),
+    }
+
+
+def _with_input_stats(states, stats: dict, runner):
+    """``states`` with the input statistics of ``input_stats`` in their BN-statistics dicts (and
+    the early-stopping copy's): keys ``['input_mean']`` and ``['input_std']``."""
+    placed = parallel.put(stats, runner.group_sharding)
+
+    def put(batch_stats: dict) -> dict:
+        return batch_stats | {f"['{name}']": placed[name] for name in stats}
+
+    states = states.replace(batch_stats=put(states.batch_stats))
+    if states.best is not None:
+        states = states.replace(best=states.best.replace(batch_stats=put(states.best.batch_stats)))
+    return states
+
+
 def _slice(tree, i: int):
     return jax.tree.map(lambda x: np.asarray(x[i]), tree)
 
@@ -270,6 +310,8 @@ def _run_group(config, runner, ckpts, units: Units, dataset, data, members, stat
         arrays.test_idx[np.where(members >= 0, members, real[0])], runner.group_sharding
     )  # [G, max_test]
     states = runner.init(folds.key)
+    if config.model.input_standardize:
+        states = _with_input_stats(states, input_stats(config, dataset, units, members), runner)
     jax.block_until_ready(states)
     phase["init"] += time.perf_counter() - clock
     clock = time.perf_counter()

@@ -78,6 +78,8 @@ class MJFNTorch(nn.Module):
         self.fusion = model_config.fusion
         if self.fusion not in ("mean_prob", "mean_logit", "learned"):
             raise ValueError(f"unknown fusion {self.fusion!r}")
+        if model_config.get("input_standardize", False):
+            raise ValueError("model.input_standardize=True has no PyTorch twin (JAX only)")
         self.stem = ConvBN(3, widths[0], 3, int(model_config.stem_stride))
         stages, in_ch = [], widths[0]
         for width, blocks, stride in zip(

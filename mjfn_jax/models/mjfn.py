@@ -119,6 +119,11 @@ class MJFN(nnx.Module):
         )
         if self.fusion == "learned":
             self.fusion_logits = nnx.Param(jnp.zeros((len(HEADS),), jnp.float32))
+        self.standardize = bool(model_config.input_standardize)
+        if self.standardize:  # per-pixel statistics, set per fold by training (not learned)
+            shape = (self.input_size, self.input_size, 3)
+            self.input_mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32))
+            self.input_std = nnx.BatchStat(jnp.ones(shape, jnp.float32))
 
     def _check_input(self, x: jax.Array) -> None:
         if x.ndim != 4:
@@ -139,6 +144,8 @@ class MJFN(nnx.Module):
 
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
         self._check_input(x)
+        if self.standardize:
+            x = (x - self.input_mean.value) / self.input_std.value
         h = self.stem(x.astype(self.dtype))  # [B, S/stem, S/stem, w0]
         stage_outputs = []
         for stage in self.stages:  # resolutions S/stem * (1, 1/2, 1/4, 1/8)
