@@ -34,7 +34,15 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mjfn_jax.workdir import WorkdirError, read_json, write_json, write_npz
+from mjfn_jax.workdir import (
+    FINAL_MODEL_FILE,
+    LEGACY_FINAL_DIR,
+    WorkdirError,
+    has_final_model,
+    read_json,
+    write_json,
+    write_npz,
+)
 
 # Orbax's save() spends ~40 ms of Python per call (handlers, futures, metadata) before its own
 # asynchronous write starts; one worker thread takes that off the training loop, which waits on
@@ -106,7 +114,6 @@ def _flatten(tree) -> dict[str, jax.Array]:
 
 
 FINAL_DTYPES = ("float32", "bfloat16")  # checkpoint.final_dtype
-FINAL_FILE = "final.npz"
 _BF16_KEYS = "__bfloat16_keys__"  # the entries of final.npz stored as bfloat16 bit patterns
 
 
@@ -149,12 +156,12 @@ class FoldCheckpointer:
 
     @property
     def final_path(self) -> str:
-        return os.path.join(self.fold_dir, FINAL_FILE)
+        return os.path.join(self.fold_dir, FINAL_MODEL_FILE)
 
     @property
     def legacy_final_dir(self) -> str:
         """Where runs before 2026-11-26 kept the model (an Orbax checkpoint)."""
-        return os.path.join(self.fold_dir, "final")
+        return os.path.join(self.fold_dir, LEGACY_FINAL_DIR)
 
     @property
     def manager(self) -> ocp.CheckpointManager:
@@ -246,7 +253,7 @@ class FoldCheckpointer:
         self._pending.append(_BACKGROUND.submit(write_npz, self.final_path, **arrays))
 
     def has_final(self) -> bool:
-        return os.path.exists(self.final_path) or os.path.isdir(self.legacy_final_dir)
+        return has_final_model(self.fold_dir)
 
     def restore_final(self, like):
         """The finished fold's model into the structure and dtypes of ``like`` (a model saved

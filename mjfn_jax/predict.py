@@ -42,7 +42,7 @@ from mjfn_jax.predict_input import (
 
 # The inputs (a pair of frames, a saved flow image, a raw clip) -> the model's flow image.
 from mjfn_jax.preprocess.face import CROP_MODES
-from mjfn_jax.workdir import DATASET_FILE, read_json
+from mjfn_jax.workdir import DATASET_FILE, has_final_model, read_json
 
 CONFIG_FILE = "config.json"  # written by mjfn_jax.config_io.save_or_check_config
 
@@ -87,11 +87,7 @@ def available_folds(workdir: str) -> list[str]:
     names = []
     for name in sorted(os.listdir(root)):
         ckpt_dir = os.path.join(root, name, "checkpoints")
-        fold = os.path.join(root, name)  # checkpoint.FoldCheckpointer.has_final, without Orbax
-        has_final = os.path.exists(os.path.join(fold, "final.npz")) or os.path.isdir(
-            os.path.join(fold, "final")
-        )
-        if has_final or (
+        if has_final_model(os.path.join(root, name)) or (
             os.path.isdir(ckpt_dir) and any(e.isdigit() for e in os.listdir(ckpt_dir))
         ):
             names.append(name)

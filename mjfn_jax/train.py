@@ -198,9 +198,13 @@ def _with_input_stats(states, stats: dict, runner):
     """``states`` with the input statistics of ``input_stats`` in their BN-statistics dicts (and
     the early-stopping copy's): keys ``['input_mean']`` and ``['input_std']``."""
     placed = parallel.put(stats, runner.group_sharding)
+    keys = {name: f"['{name}']" for name in stats}  # the model's variables, flat (engine)
+    missing = [key for key in keys.values() if key not in states.batch_stats]
+    if missing:  # a renamed variable must not leave the model at mean 0, sd 1 unnoticed
+        raise RuntimeError(f"the model's statistics {missing} are not in its train state")
 
     def put(batch_stats: dict) -> dict:
-        return batch_stats | {f"['{name}']": placed[name] for name in stats}
+        return batch_stats | {key: placed[name] for name, key in keys.items()}
 
     states = states.replace(batch_stats=put(states.batch_stats))
     if states.best is not None:

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 DATASET_FILE = "dataset.json"
 EXECUTION_FILE = "execution.json"
+FINAL_MODEL_FILE = "final.npz"  # a finished fold's model, in folds/<fold>/ (mjfn_jax.checkpoint)
+LEGACY_FINAL_DIR = "final"  # where runs before 2026-11-26 kept it (an Orbax checkpoint)
 # The execution fields that change the numbers a fold's training produces. A fold group's
 # size under 'vmap' does not: each fold's program is the same, only batched differently.
 NUMERIC_FIELDS = ("strategy", "loop", "platform", "data_shards")
@@ -43,6 +45,14 @@ NUMERIC_FIELDS = ("strategy", "loop", "platform", "data_shards")
 
 class WorkdirError(ValueError):
     """A workdir that cannot be used as asked (the message says why and what to do)."""
+
+
+def has_final_model(fold_dir: str) -> bool:
+    """Whether a fold folder holds a finished fold's model (today's file or the Orbax folder of
+    older runs); here rather than in mjfn_jax.checkpoint so that asking needs no Orbax import."""
+    return os.path.exists(os.path.join(fold_dir, FINAL_MODEL_FILE)) or os.path.isdir(
+        os.path.join(fold_dir, LEGACY_FINAL_DIR)
+    )
 
 
 def write_json(path: str, obj) -> None:

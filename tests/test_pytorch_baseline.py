@@ -92,3 +92,18 @@ def test_rejects_unknown_class_weights(tiny_torch_dataset, tmp_path):
     config = load_config(SMOKE, ["train.num_epochs=1", "loss.class_weights=inverse"])
     with pytest.raises(ValueError, match="class_weights"):
         train_loso_torch(config, tiny_torch_dataset, str(tmp_path), write=False)
+
+
+def test_a_config_the_baseline_cannot_run_is_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "experiments/pytorch_baseline/train.py", "--config",
+           "experiments/configs/benchmark.py:quick", "--workdir", str(tmp_path / "w"),
+           "--config.model.input_standardize=True"]  # fmt: skip
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: model.input_standardize=True has no PyTorch twin (JAX only)"
+    )

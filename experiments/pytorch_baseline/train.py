@@ -345,4 +345,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from mjfn_jax.cli import expected_errors
+
+    with expected_errors():  # an unsupported config field: one line, no traceback
+        main()
