@@ -14,8 +14,11 @@ round (seconds per fold-epoch). Alternating rounds after every compile keep the 
 on an H200 (2026-11-26) the first candidate's only measured epoch once came out 2.9x slower
 than the same program's steady rate (0.247 s against 0.083 s). The winner is cached in
 ``$MJFN_JAX_CACHE_DIR`` (default ``~/.cache/mjfn_jax``) ``/auto_strategy.json`` and reused
-without a trial; its compiled programs are reused by the run itself. With
-``parallel.auto_trial=False`` 'auto' is the measured rule of ``parallel.resolve_strategy``.
+without a trial; its compiled programs are reused by the run itself. A trial that would cost
+more than ``parallel.auto_trial_budget`` of the run's estimated training time (a short run on
+a fresh machine: 17 s of trial for a 2-epoch run of 15 s on the 2-core CPU) is skipped after
+timing the first candidate (see ``choose``). With ``parallel.auto_trial=False`` 'auto' is the
+measured rule of ``parallel.resolve_strategy``.
 """
 
 from __future__ import annotations
@@ -99,12 +102,23 @@ ROUNDS = 2  # measured epochs per candidate, in alternating rounds
 
 
 def choose(
-    key: str, options: list[Choice], start: Callable[[Choice], tuple[float, Callable[[], float]]]
+    key: str,
+    options: list[Choice],
+    start: Callable[[Choice], tuple[float, Callable[[], float]]],
+    *,
+    run_fold_epochs: float = 0,
+    budget: float = 0,
 ) -> tuple[Choice, dict]:
     """The fastest of ``options`` for the program described by ``key``.
 
     start(choice) -> (compile_s, epoch): compiles the candidate (training its first epoch);
     epoch() trains one more epoch and returns its seconds per fold.
+    run_fold_epochs, budget: with both > 0 the first option (the platform rule's choice, which
+    the run compiles anyway) is started and timed for one epoch first, and the trial goes on
+    only if its estimated extra cost (the other candidates' compiles, priced at the first's,
+    and the rounds' epochs) is at most ``budget`` times the run's estimated training time
+    (``run_fold_epochs`` at the first option's rate); otherwise the first option is taken and
+    nothing is cached, so that a longer run of the same program still gets its trial.
     Returns (choice, record) where record says how it was chosen (written to results.json).
     """
     if len(options) == 1:
@@ -117,7 +131,27 @@ def choose(
             log.info("parallel.strategy=auto -> %s (cached trial in %s)", choice, path)
             return choice, cached | {"cached": True}
     began = time.perf_counter()
-    started = [start(option) for option in options]  # every compile before any measurement
+    started = [start(options[0])]
+    if budget > 0 and run_fold_epochs > 0:
+        rate = started[0][1]()  # s per fold-epoch of the rule's choice
+        estimate = {
+            "run_s": rate * run_fold_epochs,
+            "trial_extra_s": started[0][0] * (len(options) - 1) + rate * ROUNDS * len(options),
+            "budget": budget,
+            "s_per_fold_epoch": rate,
+        }
+        if estimate["trial_extra_s"] > budget * estimate["run_s"]:
+            log.info("parallel.strategy=auto -> %s without a trial: it would cost ~%.1f s, over "
+                     "%g of this run's ~%.1f s of training (parallel.auto_trial_budget)",
+                     options[0], estimate["trial_extra_s"], budget, estimate["run_s"])  # fmt: skip
+            return options[0], {
+                "choice": dataclasses.asdict(options[0]),
+                "reason": "the trial's estimated cost is over parallel.auto_trial_budget",
+                "estimate": estimate,
+                "trial_s": time.perf_counter() - began,
+                "cached": False,
+            }
+    started += [start(option) for option in options[1:]]  # every compile before any measurement
     rounds = [[epoch() for _, epoch in started] for _ in range(ROUNDS)]
     trial = []
     for i, option in enumerate(options):

@@ -99,6 +99,10 @@ def base_config() -> ml_collections.ConfigDict:
     # fold group, cached per device kind and program shape in ~/.cache/mjfn_jax);
     # False: the measured rule (several devices: vmap, one fold per device; one: sequential).
     c.parallel.auto_trial = True
+    # The trial only when its estimated extra cost is at most this fraction of the run's
+    # estimated training time (timed on the rule's choice, which the run compiles anyway);
+    # a skipped trial is not cached. 0: always the trial.
+    c.parallel.auto_trial_budget = 0.1
     # JAX's persistent compilation cache in ~/.cache/mjfn_jax/xla (MJFN_JAX_CACHE_DIR moves it):
     # reruns of the same program skip their XLA compiles. False: compile every run.
     c.parallel.compilation_cache = True
@@ -236,6 +240,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check("report.linear_floor", ok, "needs True or False")
     check("parallel.strategy", p.strategy in STRATEGIES, f"must be one of {STRATEGIES}")
     check("parallel.loop", p.loop in LOOPS, f"must be one of {LOOPS}")
+    ok = isinstance(p.auto_trial_budget, int | float) and p.auto_trial_budget >= 0
+    check("parallel.auto_trial_budget", ok, "needs a number >= 0 (0: always the trial)")
     ok = is_int(p.epochs_per_call) and p.epochs_per_call >= 1
     check("parallel.epochs_per_call", ok, "needs an int >= 1")
     for name in ("num_devices", "fold_group_size"):

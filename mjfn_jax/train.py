@@ -465,6 +465,11 @@ def _choose_strategy(config, units: Units, dataset, workdir: str):
     options = autotune.candidates(
         platform, num_devices, arrays.num_folds, config.parallel.fold_group_size
     )
+    vmap = parallel.resolve_strategy("auto", num_devices) == "vmap"
+    rule = autotune.Choice(
+        "vmap" if vmap else "sequential", parallel.resolve_loop("auto"), num_devices if vmap else 0
+    )  # what the run would do without a trial: timed first, kept if the trial is not worth it
+    options.sort(key=lambda option: option != rule)
     fields = config_to_dict(config)
     shape = {  # what the speed of a step depends on
         "model": fields["model"],
@@ -477,7 +482,11 @@ def _choose_strategy(config, units: Units, dataset, workdir: str):
     machine = parallel.machine_id() if platform == "cpu" else device
     key = json.dumps([platform, device, machine, num_devices, shape], sort_keys=True)
     choice, record = autotune.choose(
-        key, options, lambda option: _trial(option.apply(config), units, dataset)
+        key,
+        options,
+        lambda option: _trial(option.apply(config), units, dataset),
+        run_fold_epochs=arrays.num_folds * config.train.num_epochs,
+        budget=config.parallel.auto_trial_budget,
     )
     return choice.apply(config), record
 

@@ -34,7 +34,8 @@ def run(name, strategy, *extra, after=None):
                  "strategy": r["timing"]["strategy"], "auto": r["timing"]["auto"]}
 run("vmap", "vmap")
 run("vmap_grouped", "vmap", "parallel.fold_group_size=8")  # 2 folds (or dummies) per device
-run("auto", "auto")  # the timed trial (MJFN_JAX_CACHE_DIR is empty) ...
+run("auto_short", "auto")  # 3 folds x 2 epochs: the trial is not worth it (not cached) ...
+run("auto", "auto", "parallel.auto_trial_budget=0")  # ... the timed trial, always ...
 run("auto_cached", "auto")  # ... then its cached choice
 run("sequential", "sequential")
 run("sequential_scan", "sequential", "parallel.loop=scan", "parallel.epochs_per_call=2")
@@ -107,7 +108,7 @@ def test_auto_trial_on_simulated_devices_then_its_cache(runs):
     assert all(t["s_per_fold_epoch"] > 0 and t["compile_s"] >= 0 for t in trial.values())
     fastest = min(trial.values(), key=lambda t: t["s_per_fold_epoch"])
     assert runs["auto"]["strategy"] == fastest["strategy"] == record["choice"]["strategy"]
-    cached = runs["auto_cached"]["auto"]
+    cached = runs["auto_cached"]["auto"]  # (its budget is the default: the cache comes first)
     assert cached["cached"] and cached["choice"] == record["choice"]
     assert runs["auto_cached"]["y_pred"] == runs["auto"]["y_pred"]
 
@@ -134,3 +135,15 @@ def test_seeds_share_the_fold_axis(runs):
         np.array(runs["vmap_seeds"]["0"]), np.array(runs["vmap"]["probs"]), rtol=0, atol=1e-6
     )
     assert np.abs(np.array(runs["vmap_seeds"]["1"]) - np.array(runs["vmap"]["probs"])).max() > 1e-3
+
+
+def test_auto_skips_a_trial_that_costs_more_than_its_budget(runs):
+    """3 folds x 2 epochs: the rule's choice (one fold per device) timed for one epoch, the
+    trial judged too dear for the run, nothing cached (the next run still had its trial)."""
+    record = runs["auto_short"]["auto"]
+    assert record["reason"].startswith("the trial's estimated cost") and not record["cached"]
+    estimate = record["estimate"]
+    assert estimate["trial_extra_s"] > estimate["budget"] * estimate["run_s"] > 0
+    assert record["choice"] == {"strategy": "vmap", "loop": "steps", "fold_group_size": 4}
+    assert runs["auto_short"]["strategy"] == "vmap"
+    assert runs["auto_short"]["y_pred"] == runs["vmap"]["y_pred"]
