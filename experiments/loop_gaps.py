@@ -111,7 +111,8 @@ def summarise_gaps(planes, min_gap_us: float = 20.0) -> dict:
     host_events = [ev for line in host_lines for ev in line]
     busy = sum(e - s for s, e, _ in timeline)
     span = timeline[-1][1] - timeline[0][0]
-    by_transition, by_host, count = collections.Counter(), collections.Counter(), collections.Counter()
+    by_transition, by_host = collections.Counter(), collections.Counter()
+    count = collections.Counter()
     for (_, end, before), (start, _, after) in zip(timeline, timeline[1:], strict=False):
         gap = start - end
         if gap < min_gap_us * 1e3:
