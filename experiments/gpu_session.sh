@@ -101,6 +101,7 @@ run_step() {
     loso_cli_jax) cli loso_cli_jax 240 jax ;;
     loso_cli_torch) cli loso_cli_torch 180 torch ;;
     loso_cli_jax_warm) cli loso_cli_jax_warm 150 jax ;;
+    loso_cli_jax_warm_again) cli loso_cli_jax_warm_again 150 jax ;;
     loso_cli_torch_again) cli loso_cli_torch_again 180 torch ;;
     loso_cli_jax_bf16) cli loso_cli_jax_bf16 150 jax --config.model.dtype=bfloat16 ;;
     # 'auto's timed trial whatever the run's length (parallel.auto_trial_budget=0), cold.
