@@ -19,6 +19,7 @@ Writes experiments/results/<machine>/loop_gaps.{md,json}.
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import datetime
 import glob
@@ -108,7 +109,6 @@ def summarise_gaps(planes, min_gap_us: float = 20.0) -> dict:
         for ln in p.lines
         if any("pjit" in e.name.lower() for e in ln.events)
     ]
-    host_events = [ev for line in host_lines for ev in line]
     busy = sum(e - s for s, e, _ in timeline)
     span = timeline[-1][1] - timeline[0][0]
     by_transition, by_host = collections.Counter(), collections.Counter()
@@ -121,7 +121,7 @@ def summarise_gaps(planes, min_gap_us: float = 20.0) -> dict:
         by_transition[key] += gap
         count[key] += 1
         mid = end + gap // 2
-        running = [(e - s, n) for s, e, n in host_events if s <= mid <= e]
+        running = [ev for line in host_lines if (ev := _innermost(line, mid))]
         by_host[_short(min(running)[1]) if running else "(no JAX event: Python)"] += gap
     return {
         "device_span_ms": span / 1e6,
@@ -134,6 +134,16 @@ def summarise_gaps(planes, min_gap_us: float = 20.0) -> dict:
         "gaps_by_host_event_ms": {k: v / 1e6 for k, v in by_host.most_common(12)},
         "modules_ms": {k: v / 1e6 for k, v in _sum_by(timeline).most_common(8)},
     }
+
+
+def _innermost(line: list, t: int, lookback: int = 256):
+    """(duration, name) of the latest-starting event of a thread's sorted events that spans
+    ``t`` (the innermost: a thread's events nest), or None; looks back ``lookback`` events."""
+    i = bisect.bisect_right(line, (t, float("inf"), ""))
+    for start, end, name in reversed(line[max(0, i - lookback) : i]):
+        if end >= t:
+            return end - start, name
+    return None
 
 
 def _sum_by(events) -> dict:

@@ -75,7 +75,14 @@ def timing_lines(timing: dict, workdir: str) -> str:
     runs = timing.get("candidates") or [timing]
     lines = []
     auto = runs[0].get("auto") or {}
-    if not auto.get("cached", True) and "trial_s" in auto:
+    if "estimate" in auto:  # the trial was not worth this run: the rule's choice, timed
+        est = auto["estimate"]
+        lines.append(
+            f"parallel.strategy=auto: no trial (it would cost ~{est['trial_extra_s']:.1f} s, over "
+            f"{est['budget']:g} of ~{est['run_s']:.1f} s of training; "
+            "parallel.auto_trial_budget=0 forces it)"
+        )
+    elif not auto.get("cached", True) and "trial_s" in auto:
         lines.append(
             f"parallel.strategy=auto: timed trial {auto['trial_s']:.1f} s (cached from now on)"
         )

@@ -132,3 +132,16 @@ def test_choice_applies_to_a_config_copy():
     applied = Choice("vmap", "steps", 4).apply(config)
     assert (applied.parallel.strategy, applied.parallel.loop) == ("vmap", "steps")
     assert applied.parallel.fold_group_size == 4 and config.parallel.strategy == "auto"
+
+
+def test_the_console_says_why_there_was_no_trial():
+    from mjfn_jax.main import timing_lines
+
+    timing = {"strategy": "sequential", "platform": "gpu", "mesh": {"data": 1}, "compile_s": 1.0,
+              "train_s": 2.0, "samples_per_s": 10.0}  # fmt: skip
+    skipped = {"estimate": {"trial_extra_s": 18.0, "budget": 0.1, "run_s": 27.5}, "cached": False}
+    line = timing_lines(timing | {"auto": skipped}, "W").splitlines()[0]
+    assert "no trial (it would cost ~18.0 s, over 0.1 of ~27.5 s" in line
+    trial = {"trial": [], "trial_s": 29.7, "cached": False}
+    assert "timed trial 29.7 s (cached" in timing_lines(timing | {"auto": trial}, "W")
+    assert "trial" not in timing_lines(timing | {"auto": trial | {"cached": True}}, "W")
