@@ -184,8 +184,9 @@ def write_report(
       framework: "jax" or "pytorch". title: report title.
       published: include the published composite table; None = only for MEGC2019 composite runs
         that are not leave-one-dataset-out (the published numbers are LOSO ones).
-      linear_floor: {"method": str, "y_pred": int [N]} of mjfn_jax.linear_probe on the same
-        folds, reported beside the headline; or None.
+      linear_floor: {"method": str, "y_pred": int [N], optional "probs": [N, C]} of
+        mjfn_jax.linear_probe on the same folds, reported beside the headline (with probs and
+        the network's probs also their fixed fusion, ``with_linear_floor``); or None.
       selection: what nested model selection chose (mjfn_jax.select), or None.
     Returns the results dict (as in results.json) with ``files`` naming what was written.
     """
@@ -230,6 +231,8 @@ def write_report(
         results["linear_floor"] = {"method": linear_floor["method"]} | {
             k: floor[k] for k in ("uf1", "uar", "accuracy", "n")
         }
+        if p is not None and linear_floor.get("probs") is not None:
+            results["with_linear_floor"] = with_linear_floor(yt, p, linear_floor["probs"], names)
     if published:
         results["published"] = {
             "note": PUBLISHED_NOTE,
@@ -317,6 +320,11 @@ def write_seeds_report(
         results["linear_floor"] = {"method": floors[0]["method"]} | {
             k: mean_sd([f[k] for f in floors]) for k in ("uf1", "uar")
         }
+    fused = [r["with_linear_floor"] for r in per_seed.values() if r.get("with_linear_floor")]
+    if fused and len(fused) == len(per_seed):
+        results["with_linear_floor"] = {"method": FUSION_METHOD} | {
+            k: mean_sd([f[k] for f in fused]) for k in ("uf1", "uar")
+        }
     results["seed_ensemble"] = seed_ensemble(per_seed, first["class_names"])
     if first.get("published"):
         results["published"] = first["published"]
@@ -326,6 +334,21 @@ def write_seeds_report(
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     return results
+
+
+FUSION_METHOD = "mean probability of the network and the linear floor"
+
+
+def with_linear_floor(y_true, probs, floor_probs, class_names) -> dict:
+    """The pooled metrics of a fixed, untuned late fusion: each clip's class probabilities
+    averaged over the network and the linear floor (both fitted on the same fold's training
+    subjects only), then argmax. Another model than the network's: reported beside it, never in
+    place of it. probs, floor_probs: [N, C] in the same (dataset) order."""
+    probs, floor_probs = np.asarray(probs, np.float64), np.asarray(floor_probs, np.float64)
+    if probs.shape != floor_probs.shape:
+        raise ValueError(f"floor probabilities {floor_probs.shape} != network's {probs.shape}")
+    pooled = pooled_metrics(y_true, ((probs + floor_probs) / 2).argmax(-1), class_names)
+    return {"method": FUSION_METHOD} | {k: pooled[k] for k in ("uf1", "uar", "accuracy", "n")}
 
 
 def seed_ensemble(per_seed: Mapping[int, Mapping], class_names) -> dict:
@@ -362,6 +385,12 @@ def format_results_table(results: Mapping) -> str:
         lines.append(
             f"| linear floor | {floor['n']} | {fmt(floor['uf1'])} | {fmt(floor['uar'])} | "
             f"{fmt(floor['accuracy'])} |"
+        )
+    fused = results.get("with_linear_floor")
+    if fused:
+        lines.append(
+            f"| network + floor (mean probability) | {fused['n']} | {fmt(fused['uf1'])} | "
+            f"{fmt(fused['uar'])} | {fmt(fused['accuracy'])} |"
         )
     for source, m in results.get("per_source", {}).items():
         absent = f" (absent: {', '.join(m['absent_classes'])})" if m["absent_classes"] else ""

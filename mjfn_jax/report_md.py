@@ -45,6 +45,14 @@ def _headline(r: Mapping) -> list[str]:
             "beat it has learnt nothing a linear model of its input would not.",
             "",
         ]
+    fused = r.get("with_linear_floor")
+    if fused:
+        out += [
+            f"**Network + linear floor** ({fused['method']}; a fixed, untuned fusion of the two "
+            f"models of each fold, another model than the network's): UF1 {fmt(fused['uf1'])}, "
+            f"UAR {fmt(fused['uar'])}, accuracy {fmt(fused['accuracy'])}.",
+            "",
+        ]
     return out
 
 
@@ -220,6 +228,10 @@ def seeds_table(r: Mapping) -> str:
     floor = r.get("linear_floor")
     if floor:
         rows.append([f"linear floor ({floor['method']})", _pm(floor["uf1"]), _pm(floor["uar"]),
+                     "", ""])  # fmt: skip
+    fused = r.get("with_linear_floor")
+    if fused:
+        rows.append(["network + floor (mean probability)", _pm(fused["uf1"]), _pm(fused["uar"]),
                      "", ""])  # fmt: skip
     for source, v in r.get("per_source", {}).items():
         rows.append([SOURCE_NAMES.get(source, source), _pm(v["uf1"]), _pm(v["uar"]), "", ""])

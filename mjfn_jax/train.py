@@ -529,12 +529,12 @@ def _linear_floor(config, workdir: str, dataset, arrays: FoldArrays, memo: dict)
     if split in memo:  # another seed of this run fitted it
         probs = memo[split]
         workdir_lib.write_npz(path, y_pred=probs.argmax(-1), probs=probs)
-        return {"method": NAME, "y_pred": probs.argmax(-1)}
+        return {"method": NAME, "y_pred": probs.argmax(-1), "probs": probs}
     if os.path.exists(path):
         try:
             with np.load(path) as z:
-                if z["y_pred"].shape == dataset.labels.shape:
-                    return {"method": NAME, "y_pred": z["y_pred"]}
+                if z["probs"].shape == (len(dataset.labels), config.model.num_classes):
+                    return {"method": NAME, "y_pred": z["probs"].argmax(-1), "probs": z["probs"]}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # damaged: computed again
     start = time.perf_counter()
@@ -542,7 +542,7 @@ def _linear_floor(config, workdir: str, dataset, arrays: FoldArrays, memo: dict)
     log.info("linear floor: %.1f s", time.perf_counter() - start)
     memo[split] = probs
     workdir_lib.write_npz(path, y_pred=probs.argmax(-1), probs=probs)
-    return {"method": NAME, "y_pred": probs.argmax(-1)}
+    return {"method": NAME, "y_pred": probs.argmax(-1), "probs": probs}
 
 
 def train_and_evaluate(
