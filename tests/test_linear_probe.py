@@ -5,6 +5,7 @@ import pytest
 
 from mjfn_jax.folds import make_folds, pad_folds
 from mjfn_jax.linear_probe import linear_floor
+from mjfn_jax.report import format_results_table, with_linear_floor
 from mjfn_jax.train import train_and_evaluate
 
 
@@ -52,9 +53,27 @@ def test_every_report_shows_the_floor(tmp_path, smoke_config, tiny_dataset, capl
     assert "logistic regression" in floor["method"]
     text = (tmp_path / "report.md").read_text()
     assert f"**Linear floor** ({floor['method']}): UF1 {floor['uf1']:.4f}" in text
+    # and the fixed fusion of the two, from the saved floor probabilities and the network's
+    fused = results["with_linear_floor"]
+    with np.load(tmp_path / "linear_floor.npz") as z:
+        want = with_linear_floor(results["y_true"], results["probs"], z["probs"], ["a", "b", "c"])
+    assert fused == want and f"UF1 {fused['uf1']:.4f}" in text
+    assert "network + floor (mean probability)" in format_results_table(results)
     caplog.set_level(logging.INFO, logger="mjfn_jax")
     again = train_and_evaluate(config, str(tmp_path), dataset=dataset)  # kept, not refitted
     assert again["linear_floor"] == floor and "linear floor:" not in caplog.text
+    assert again["with_linear_floor"] == fused
+
+
+def test_the_fusion_is_the_mean_probability():
+    y = np.array([0, 1, 2, 0])
+    net = np.array([[0.6, 0.4, 0.0], [0.0, 0.9, 0.1], [0.5, 0.0, 0.5], [0.2, 0.8, 0.0]])
+    floor = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.2, 0.8], [0.9, 0.1, 0.0]])
+    # means: [.3 .7 0] -> 1, [0 .45 .55] -> 2, [.25 .1 .65] -> 2, [.55 .45 0] -> 0
+    fused = with_linear_floor(y, net, floor, ["a", "b", "c"])
+    assert fused["accuracy"] == 0.5 and fused["n"] == 4
+    with pytest.raises(ValueError, match="floor probabilities"):
+        with_linear_floor(y, net, floor[:3], ["a", "b", "c"])
 
 
 @pytest.mark.parametrize("value", ["yes", "1", "none"])

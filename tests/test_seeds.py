@@ -50,6 +50,8 @@ def test_layout_report_and_mean_sd(runs):
     assert multi["mean_sd"]["uf1"]["mean"] == pytest.approx(np.mean(uf1s))
     assert multi["mean_sd"]["uf1"]["sd"] == pytest.approx(np.std(uf1s, ddof=1))
     assert "uf1" in multi["linear_floor"]
+    fused = [multi["per_seed"][s]["with_linear_floor"]["uf1"] for s in multi["per_seed"]]
+    assert multi["with_linear_floor"]["uf1"]["mean"] == pytest.approx(np.mean(fused))
     with open(root / "results.json") as f:
         assert json.load(f)["mean_sd"] == json.loads(json.dumps(multi["mean_sd"]))
     report = (root / "report.md").read_text()
