@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from experiments import benchmark_lib as lib  # noqa: E402
 from experiments import benchmark_report as report  # noqa: E402
+from experiments.results_io import write_result  # noqa: E402
 from mjfn_jax.config_io import parse_args_with_overrides  # noqa: E402
 
 # Model / data / budget per preset. 'cpu' must finish in < 15 min on the 2-core dev machine.
@@ -276,12 +277,7 @@ def main(argv=None) -> dict:
     if args.merge:  # a split run: keep the other commands' results
         result = _merge_previous(result, os.path.join(out_dir, "benchmark.json"))
     result["summary"] = report.summarize(result)
-    markdown = report.to_markdown(result)
-    with open(os.path.join(out_dir, "benchmark.json"), "w") as f:
-        json.dump(lib.json_safe(result), f, indent=1)
-    with open(os.path.join(out_dir, "benchmark.md"), "w") as f:
-        f.write(markdown)
-    print(markdown)
+    write_result(out_dir, "benchmark", result, report.to_markdown(result))
     return result
 
 

@@ -35,6 +35,7 @@ import jax
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments.results_io import write_result  # noqa: E402
 from mjfn_jax.config_io import load_config  # noqa: E402
 
 
@@ -179,7 +180,9 @@ def to_markdown(result: dict) -> str:
         )
     gaps = result.get("trace", {})
     lines += ["", f"## Trace of one more `{result['variants'][0]}` run", ""]
-    if "note" in gaps or "error" in gaps:
+    if not gaps:
+        lines.append("not traced (--no_trace)")
+    elif "note" in gaps or "error" in gaps:
         lines.append(gaps.get("note") or gaps.get("error"))
     else:
         lines += [
@@ -251,14 +254,7 @@ def main(argv=None) -> dict:
         "runs": runs,
         "trace": trace,
     }
-    out_dir = os.path.join(args.out, machine)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "loop_gaps.json"), "w") as f:
-        json.dump(result, f, indent=1, default=float)
-    markdown = to_markdown(result)
-    with open(os.path.join(out_dir, "loop_gaps.md"), "w") as f:
-        f.write(markdown)
-    print(markdown)
+    write_result(os.path.join(args.out, machine), "loop_gaps", result, to_markdown(result))
     return result
 
 

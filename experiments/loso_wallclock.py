@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from experiments.results_io import write_result
+
 COMMANDS = {
     "jax": [sys.executable, "-m", "mjfn_jax.main", "--config", "{config}", "--workdir", "{w}",
             "--config.train.num_epochs={epochs}"],
@@ -48,7 +50,8 @@ def run_cli(name: str, config: str, epochs: int, root: str, env: dict, extra=())
     multi = "seeds" in results  # a several-seed run: mean over its seeds
     train, config_seed = results["config"]["train"], results["config"]["seed"]
     return {
-        "auto_trial_s": 0.0 if auto.get("cached", True) else auto.get("trial_s", 0.0),
+        # a timed trial's seconds (none when cached, or skipped by parallel.auto_trial_budget)
+        "auto_trial_s": auto.get("trial_s", 0.0) if "trial" in auto and not auto["cached"] else 0.0,
         "variant": name,
         "epochs": epochs,
         "wall_s": wall,
@@ -106,17 +109,8 @@ def main(argv=None) -> None:
             f"{fmt(jax_runs, 'uf1')} | {fmt(torch_runs, 'uf1')} |"
         )
     record = {"runs": runs, "argv": argv or sys.argv[1:]}
-    write_record(os.path.join(args.out, args.machine), "loso_wallclock", record, lines)
-
-
-def write_record(out_dir: str, name: str, record: dict, lines: list[str]) -> None:
-    """<out_dir>/<name>.json (the runs) and <name>.md (the table), and print the table."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(record, f, indent=1)
-    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    out_dir = os.path.join(args.out, args.machine)
+    write_result(out_dir, "loso_wallclock", record, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

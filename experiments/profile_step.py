@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import sys
@@ -32,6 +31,7 @@ import optax
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments.results_io import write_result  # noqa: E402
 from mjfn_jax.config_io import load_config  # noqa: E402
 from mjfn_jax.data import dataset_from_config  # noqa: E402
 from mjfn_jax.engine import FoldInputs, FoldProgram  # noqa: E402
@@ -273,14 +273,7 @@ def main(argv=None) -> dict:
         "step": profile_step(config, args.steps),
         "loso": profile_loso(config, args.loso_subjects, round(6.5 * args.loso_subjects)),
     }
-    out_dir = os.path.join(args.out, machine)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "profile_step.json"), "w") as f:
-        json.dump(result, f, indent=1, default=float)
-    markdown = to_markdown(result)
-    with open(os.path.join(out_dir, "profile_step.md"), "w") as f:
-        f.write(markdown)
-    print(markdown)
+    write_result(os.path.join(args.out, machine), "profile_step", result, to_markdown(result))
     return result
 
 

@@ -19,7 +19,8 @@ import platform
 import sys
 import tempfile
 
-from experiments.loso_wallclock import run_cli, write_record
+from experiments.loso_wallclock import run_cli
+from experiments.results_io import write_result
 
 
 def main(argv=None) -> None:
@@ -68,7 +69,8 @@ def main(argv=None) -> None:
         uf1 = ", ".join(f"{s}: {u:.4f}" for s, u in row["one_run"]["seed_uf1"].items())
         lines.append(f"| {one:.1f} | {wall:.1f} | {wall / one:.2f}x | {uf1} |")
     record = {"rows": rows, "argv": argv or sys.argv[1:]}
-    write_record(os.path.join(args.out, args.machine), "seeds_wallclock", record, lines)
+    out_dir = os.path.join(args.out, args.machine)
+    write_result(out_dir, "seeds_wallclock", record, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

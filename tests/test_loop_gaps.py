@@ -46,3 +46,19 @@ def test_gaps_by_transition_and_host_event():
 
 def test_no_gpu_plane_is_a_note():
     assert "note" in summarise_gaps([NS(name="/host:CPU", lines=[])])
+
+
+def test_the_command_on_the_quick_preset(tmp_path):
+    """Warm runs of two loop shapes and the trace (on a CPU: a note, no gap analysis)."""
+    from experiments import loop_gaps
+
+    result = loop_gaps.main([
+        "--config", "experiments/configs/benchmark.py:quick", "--subjects", "3", "--samples",
+        "12", "--repeats", "1", "--variants", "steps:1,scan:1", "--machine", "m",
+        "--out", str(tmp_path),
+    ])  # fmt: skip
+    assert [r["variant"] for r in result["runs"]] == ["steps:1", "scan:1"]
+    assert all(r["training_calls_per_fold_ms"] > 0 and r["steps_per_epoch"] == 1
+               for r in result["runs"])  # fmt: skip
+    assert "gap analysis is for accelerators" in result["trace"]["note"]
+    assert "| steps:1 | 1 |" in (tmp_path / "m" / "loop_gaps.md").read_text()
