@@ -147,9 +147,11 @@ def linear_floor(
 
 def fit_floor(
     images: np.ndarray, labels: np.ndarray, arrays: FoldArrays, num_classes: int,
-    iterations: int = 150,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(pooled probabilities [N, C] as linear_floor, each fold's final training loss [F])."""
+    iterations: int = 150, *, with_weights: bool = False,
+) -> tuple:  # fmt: skip
+    """(pooled probabilities [N, C] as linear_floor, each fold's final training loss [F]), and
+    with ``with_weights`` each fold's probe as weights [F, D, C] and bias [F, C] on the raw
+    pixels scaled to [0, 1] (the standardisation folded in; see ``floor_log_probs``)."""
     n = len(labels)
     x = jnp.asarray(images.reshape(n, -1), jnp.float32) / 255.0
     train, tests = training_masks(arrays, n)
@@ -159,7 +161,29 @@ def fit_floor(
     for _ in range(iterations):  # one call per iteration: no while loop (see MEMORY)
         state = step(state, x, y, train)
     log_probs = np.asarray(_over_folds(_predict, num_classes)(state, x, y, train))
-    return pool(log_probs, tests, num_classes), np.asarray(state["value"])
+    out = pool(log_probs, tests, num_classes), np.asarray(state["value"])
+    if not with_weights:
+        return out
+    d = x.shape[1]
+    w = state["p"][:, : d * num_classes].reshape(-1, d, num_classes)
+    _, mean, scale = state["stats"]
+    w = w * scale[:, :, None]  # z @ w + b with z = (x - mean) * scale == x @ w' + b'
+    b = state["p"][:, d * num_classes :] - jnp.einsum("fd,fdc->fc", mean, w)
+    return (*out, np.asarray(w, np.float32), np.asarray(b, np.float32))
+
+
+def floor_log_probs(weights: np.ndarray, bias: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """A fitted probe's log-probabilities of new images: weights [D, C], bias [C] (one fold's,
+    from ``fit_floor(with_weights=True)``), images uint8 [M, H, W, 3] -> [M, C]."""
+    x = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    if x.shape[1] != weights.shape[0]:
+        raise ValueError(
+            f"the linear floor was fitted on {weights.shape[0]} values per image, this image "
+            f"has {x.shape[1]} ({images.shape[1:]})"
+        )
+    logits = x @ weights.astype(np.float64) + bias.astype(np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
 
 
 def training_masks(arrays: FoldArrays, n: int) -> tuple[np.ndarray, list[np.ndarray]]:

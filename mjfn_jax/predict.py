@@ -198,6 +198,35 @@ def fold_probabilities(workdir: str, folds: list[str], config, image: np.ndarray
     return np.mean(probs, axis=0), metas
 
 
+def floor_probabilities(workdir: str, folds: list[str], image: np.ndarray) -> np.ndarray:
+    """Mean float64 [C] probabilities of `folds`' linear floors (the probes the training run
+    kept in ``workdir/linear_floor.npz``) for one flow image."""
+    from mjfn_jax.linear_probe import floor_log_probs
+    from mjfn_jax.workdir import LINEAR_FLOOR_FILE
+
+    path = os.path.join(workdir, LINEAR_FLOOR_FILE)
+    try:
+        with np.load(path) as z:
+            kept = {k: z[k] for k in ("weight", "bias", "folds")}
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} not found: the run fitted no linear floor (report.linear_floor=False)"
+        ) from None
+    except KeyError:
+        raise ValueError(
+            f"{path} has the floor's predictions but not its probes (a run from before "
+            "2026-11-26): rerun the training command on this workdir to fit them (seconds)"
+        ) from None
+    names = kept["folds"].tolist()
+    probs = []
+    for fold in folds:
+        if fold not in names:
+            raise ValueError(f"{path} has no linear floor for fold {fold!r}")
+        i = names.index(fold)
+        probs.append(np.exp(floor_log_probs(kept["weight"][i], kept["bias"][i], image[None])[0]))
+    return np.mean(probs, axis=0)
+
+
 def predict(
     workdir: str,
     fold: str,
@@ -212,12 +241,15 @@ def predict(
     apex_frame: int | None = None,
     want_curve: bool = False,
     spot: str | None = None,
+    with_floor: bool = False,
 ) -> dict:
     """Probabilities of one clip. Returns fold, epoch, class_names, probs [C], pred, settings,
     onset, apex, the flow image (uint8 [S, S, 3]) that went into the model and, for a raw clip
     (video / frames), what predict_input.flow_image_from_clip chose.
 
-    fold: a fold name or subject id, or "all" (mean probabilities of every fold's model)."""
+    fold: a fold name or subject id, or "all" (mean probabilities of every fold's model).
+    with_floor: the report's "network + floor" model: the mean of the network's probabilities
+    and those of the same fold's linear floor (``network_probs`` and ``floor_probs`` too)."""
     pair = onset is not None or apex is not None
     if (onset is None) != (apex is None) or pair + (flow_image is not None) + (
         video is not None
@@ -257,8 +289,14 @@ def predict(
             apex_frame=apex_frame, want_curve=want_curve, spot=spot,
         )  # fmt: skip
     probs, metas = fold_probabilities(workdir, folds, config, image)
+    extra = {}
+    if with_floor:
+        floor = floor_probabilities(workdir, folds, image)
+        extra = {"network_probs": probs, "floor_probs": floor}
+        probs = (probs + floor) / 2
     names = tuple(record["class_names"])
     return {
+        **extra,
         **clip_info,
         "fold": "all" if fold == "all" else folds[0],
         "folds": folds,
@@ -292,7 +330,13 @@ def format_prediction(result: dict) -> str:
             f"onset frame {result['onset']} ({result['onset_name']}), apex frame "
             f"{result['apex']} ({result['apex_name']}, {how}) of {result['num_frames']} frames",
         )
-    lines += [f"{name:<14}{prob:.4f}" for name, prob in pairs]
+    if "floor_probs" in result:  # network + floor: the three columns
+        lines[-1] = f"{'class':<14}{'network':>9}{'floor':>9}{'mean':>9}"
+        rows = zip(result["class_names"], result["network_probs"], result["floor_probs"],
+                   result["probs"], strict=True)  # fmt: skip
+        lines += [f"{name:<14}{n:>9.4f}{f:>9.4f}{m:>9.4f}" for name, n, f, m in rows]
+    else:
+        lines += [f"{name:<14}{prob:.4f}" for name, prob in pairs]
     return "\n".join(lines + [f"prediction: {result['pred']}"])
 
 
@@ -323,6 +367,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", choices=CROP_MODES, help="override the face crop")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--save-flow-image", help="also write the model's input flow image here")
+    p.add_argument(
+        "--with-floor",
+        action="store_true",
+        help="the report's network + floor model: average the network's probabilities with "
+        "those of the fold's linear floor (kept by the training run)",
+    )
     return p
 
 
@@ -342,7 +392,9 @@ def json_result(result: dict) -> dict:
     apex, probabilities and prediction (onset/apex: frame numbers of a raw clip, the files of
     --onset/--apex, null for --flow-image)."""
     out = {k: v for k, v in result.items() if k != "flow_image"}
-    out["probs"] = dict(zip(result["class_names"], map(float, result["probs"]), strict=True))
+    for key in ("probs", "network_probs", "floor_probs"):
+        if key in result:
+            out[key] = dict(zip(result["class_names"], map(float, result[key]), strict=True))
     out["probabilities"], out["prediction"] = out["probs"], result["pred"]
     return out
 
@@ -365,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workdir, args.fold, onset=args.onset, apex=args.apex,
             flow_image=args.flow_image, crop=args.crop, video=args.video, frames=args.frames,
             onset_frame=args.onset_frame, apex_frame=args.apex_frame,
-            want_curve=args.plot is not None, spot=args.spot,
+            want_curve=args.plot is not None, spot=args.spot, with_floor=args.with_floor,
         )  # fmt: skip
         if args.save_flow_image:
             save_flow_image(args.save_flow_image, result["flow_image"])

@@ -517,32 +517,40 @@ def _gather_results(dataset, fold_names, ckpts) -> dict:
 
 def _linear_floor(config, workdir: str, dataset, arrays: FoldArrays, memo: dict) -> dict:
     """The linear probe's pooled predictions on the run's folds (mjfn_jax.linear_probe), kept
-    in ``workdir/linear_floor.npz``: the workdir's dataset and folds never change. The probe
-    depends only on the test subjects of each fold: ``memo`` (test split -> probabilities)
-    spares the seeds of one run that share them (LOSO) from fitting it again."""
-    from mjfn_jax.linear_probe import NAME, linear_floor
+    with each fold's probe (``weight`` [F, D, C], ``bias`` [F, C], ``folds`` [F]: what
+    ``predict --with-floor`` uses) in ``workdir/linear_floor.npz``: the workdir's dataset and
+    folds never change. The probe depends only on the test subjects of each fold: ``memo``
+    (test split -> the file's arrays) spares the seeds of one run that share them (LOSO) from
+    fitting it again."""
+    from mjfn_jax.linear_probe import NAME, fit_floor
 
-    path = os.path.join(workdir, "linear_floor.npz")
+    path = os.path.join(workdir, workdir_lib.LINEAR_FLOOR_FILE)
     split = tuple(
         tuple(arrays.test_idx[f][arrays.test_mask[f]].tolist()) for f in range(arrays.num_folds)
     )
-    if split in memo:  # another seed of this run fitted it
-        probs = memo[split]
-        workdir_lib.write_npz(path, y_pred=probs.argmax(-1), probs=probs)
-        return {"method": NAME, "y_pred": probs.argmax(-1), "probs": probs}
-    if os.path.exists(path):
+    shape = (len(dataset.labels), config.model.num_classes)
+    folds = [name.rsplit("/", 1)[-1] for name in arrays.names]  # without "seed<s>/"
+    saved, write = memo.get(split), True
+    if saved is None and os.path.exists(path):
         try:
             with np.load(path) as z:
-                if z["probs"].shape == (len(dataset.labels), config.model.num_classes):
-                    return {"method": NAME, "y_pred": z["probs"].argmax(-1), "probs": z["probs"]}
+                saved = {k: z[k] for k in ("probs", "weight", "bias", "folds")}
+            if saved["probs"].shape != shape or saved["folds"].tolist() != folds:
+                saved = None
+            write = saved is None
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # damaged: computed again
-    start = time.perf_counter()
-    probs = linear_floor(dataset.images, dataset.labels, arrays, config.model.num_classes)
-    log.info("linear floor: %.1f s", time.perf_counter() - start)
-    memo[split] = probs
-    workdir_lib.write_npz(path, y_pred=probs.argmax(-1), probs=probs)
-    return {"method": NAME, "y_pred": probs.argmax(-1), "probs": probs}
+            saved = None  # damaged, or from before the probes were kept: computed again
+    if saved is None:
+        start = time.perf_counter()
+        probs, _, weight, bias = fit_floor(
+            dataset.images, dataset.labels, arrays, config.model.num_classes, with_weights=True
+        )
+        log.info("linear floor: %.1f s", time.perf_counter() - start)
+        saved = {"probs": probs, "weight": weight, "bias": bias, "folds": np.asarray(folds)}
+    if write:
+        workdir_lib.write_npz(path, y_pred=saved["probs"].argmax(-1), **saved)
+    memo[split] = saved
+    return {"method": NAME, "y_pred": saved["probs"].argmax(-1), "probs": saved["probs"]}
 
 
 def train_and_evaluate(

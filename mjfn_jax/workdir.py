@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 DATASET_FILE = "dataset.json"
 EXECUTION_FILE = "execution.json"
+LINEAR_FLOOR_FILE = "linear_floor.npz"  # the linear floor's predictions and probes (train)
 FINAL_MODEL_FILE = "final.npz"  # a finished fold's model, in folds/<fold>/ (mjfn_jax.checkpoint)
 LEGACY_FINAL_DIR = "final"  # where runs before 2026-11-26 kept it (an Orbax checkpoint)
 # The execution fields that change the numbers a fold's training produces. A fold group's

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mjfn_jax.folds import make_folds, pad_folds
-from mjfn_jax.linear_probe import linear_floor
+from mjfn_jax.linear_probe import fit_floor, floor_log_probs, linear_floor
 from mjfn_jax.report import format_results_table, with_linear_floor
 from mjfn_jax.train import train_and_evaluate
 
@@ -42,6 +42,20 @@ def test_matches_scikit_learns_logistic_regression():
     np.testing.assert_array_equal(probs.argmax(-1), want.argmax(-1))
 
 
+def test_the_kept_probes_reproduce_the_floor():
+    """fit_floor's per-fold weights on raw pixels (standardisation folded in) give each fold's
+    test predictions; a wrong image size is one error."""
+    images, labels, arrays = _problem()
+    probs, _, weight, bias = fit_floor(images, labels, arrays, 3, with_weights=True)
+    assert weight.shape == (arrays.num_folds, 4 * 4 * 3, 3) and bias.shape == (arrays.num_folds, 3)
+    for f in range(arrays.num_folds):
+        test = arrays.test_idx[f][arrays.test_mask[f]]
+        got = np.exp(floor_log_probs(weight[f], bias[f], images[test]))
+        np.testing.assert_allclose(got, probs[test], atol=1e-4)
+    with pytest.raises(ValueError, match="fitted on 48 values per image, this image has 75"):
+        floor_log_probs(weight[0], bias[0], np.zeros((1, 5, 5, 3), np.uint8))
+
+
 def test_every_report_shows_the_floor(tmp_path, smoke_config, tiny_dataset, caplog):
     import logging
 
@@ -63,6 +77,16 @@ def test_every_report_shows_the_floor(tmp_path, smoke_config, tiny_dataset, capl
     again = train_and_evaluate(config, str(tmp_path), dataset=dataset)  # kept, not refitted
     assert again["linear_floor"] == floor and "linear floor:" not in caplog.text
     assert again["with_linear_floor"] == fused
+    with np.load(tmp_path / "linear_floor.npz") as z:  # the probes are kept, for predict
+        assert z["folds"].tolist() == ["synthetic__s01", "synthetic__s02", "synthetic__s03"]
+        assert z["weight"].shape[0] == 3 and z["bias"].shape == (3, 3)
+        old = {k: z[k] for k in ("y_pred", "probs")}
+    np.savez(tmp_path / "linear_floor.npz", **old)  # a file from before the probes were kept
+    caplog.clear()
+    refit = train_and_evaluate(config, str(tmp_path), dataset=dataset)
+    assert "linear floor:" in caplog.text and refit["linear_floor"] == floor
+    with np.load(tmp_path / "linear_floor.npz") as z:
+        assert "weight" in z.files
 
 
 def test_the_fusion_is_the_mean_probability():

@@ -23,7 +23,7 @@ def trained(tmp_path_factory):
     dataset = Dataset.from_synthetic_arrays(arrays)
     config = load_config(
         "experiments/configs/synthetic.py:smoke",
-        ["parallel.strategy=sequential", "train.num_epochs=1"],
+        ["parallel.strategy=sequential", "train.num_epochs=1", "report.linear_floor=True"],
     )
     workdir = str(tmp_path_factory.mktemp("run"))
     results = train.train_and_evaluate(config, workdir, dataset=dataset)
@@ -45,6 +45,31 @@ def test_flow_image_prediction_matches_the_engine(trained, tmp_path):
     assert out["class_names"] == tuple(dataset.class_names)
     np.testing.assert_allclose(out["probs"], results["probs"][i], atol=1e-5)
     assert out["pred"] == dataset.class_names[int(results["y_pred"][i])]
+
+
+def test_with_floor_is_the_reports_network_plus_floor(trained, tmp_path, capsys):
+    """--with-floor: the fold's linear floor (its probe, kept by the run) reproduces the run's
+    floor prediction of the clip, and the result is the mean with the network's."""
+    workdir, dataset, results = trained
+    i = int(np.flatnonzero(dataset.subjects == "synthetic/s02")[1])
+    path = _write_rgb(tmp_path / "flow.png", dataset.images[i])
+    out = predict_mod.predict(workdir, "synthetic/s02", flow_image=path, with_floor=True)
+    with np.load(os.path.join(workdir, "linear_floor.npz")) as z:
+        np.testing.assert_allclose(out["floor_probs"], z["probs"][i], atol=1e-4)
+    np.testing.assert_allclose(out["network_probs"], results["probs"][i], atol=1e-5)
+    np.testing.assert_allclose(out["probs"], (out["network_probs"] + out["floor_probs"]) / 2)
+    args = ["--workdir", workdir, "--fold", "synthetic__s02", "--flow-image", path]
+    assert predict_mod.main([*args, "--with-floor"]) == 0
+    assert "network    floor     mean" in capsys.readouterr().out
+    assert predict_mod.main([*args, "--with-floor", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["floor_probs"]) == set(dataset.class_names)
+    # a run without the floor's probes: one line naming the file
+    bare = tmp_path / "bare"
+    shutil.copytree(workdir, bare)
+    os.remove(bare / "linear_floor.npz")
+    assert predict_mod.main(["--workdir", str(bare), *args[2:], "--with-floor"]) == 2
+    err = capsys.readouterr().err
+    assert "linear_floor.npz not found" in err and len(err.strip().splitlines()) == 1
 
 
 def test_onset_apex_prediction_uses_the_builder_preprocessing(trained, tmp_path):
