@@ -49,14 +49,22 @@ def test_no_gpu_plane_is_a_note():
 
 
 def test_the_command_on_the_quick_preset(tmp_path):
-    """Warm runs of two loop shapes and the trace (on a CPU: a note, no gap analysis)."""
-    from experiments import loop_gaps
+    """Warm runs of two loop shapes and the trace (on a CPU: a note, no gap analysis); a
+    process of its own, as the command splits the CPU into devices before JAX starts."""
+    import json
+    import os
+    import subprocess
+    import sys
 
-    result = loop_gaps.main([
-        "--config", "experiments/configs/benchmark.py:quick", "--subjects", "3", "--samples",
-        "12", "--repeats", "1", "--variants", "steps:1,scan:1", "--machine", "m",
-        "--out", str(tmp_path),
-    ])  # fmt: skip
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "experiments.loop_gaps",
+           "--config", "experiments/configs/benchmark.py:quick", "--subjects", "3", "--samples",
+           "12", "--repeats", "1", "--variants", "steps:1,scan:1", "--machine", "m",
+           "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "m" / "loop_gaps.json") as f:
+        result = json.load(f)
     assert [r["variant"] for r in result["runs"]] == ["steps:1", "scan:1"]
     assert all(r["training_calls_per_fold_ms"] > 0 and r["steps_per_epoch"] == 1
                for r in result["runs"])  # fmt: skip
