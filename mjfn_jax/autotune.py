@@ -114,7 +114,7 @@ def choose(
     start(choice) -> (compile_s, epoch): compiles the candidate (training its first epoch);
     epoch() trains one more epoch and returns its seconds per fold.
     run_fold_epochs, budget: with both > 0 the first option (the platform rule's choice, which
-    the run compiles anyway) is started and timed for one epoch first, and the trial goes on
+    the run compiles anyway) is started and timed for two epochs first, and the trial goes on
     only if its estimated extra cost (the other candidates' compiles, priced at the first's,
     and the rounds' epochs) is at most ``budget`` times the run's estimated training time
     (``run_fold_epochs`` at the first option's rate); otherwise the first option is taken and
