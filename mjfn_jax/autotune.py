@@ -52,9 +52,13 @@ class Choice:
 
 
 def candidates(platform: str, num_devices: int, num_folds: int, group_size: int) -> list[Choice]:
-    """The candidates worth a trial here (see the module docstring), without duplicates."""
+    """The candidates worth a trial here (see the module docstring), without duplicates. The
+    first is what the run does without a trial (``parallel.resolve_strategy`` and
+    ``resolve_loop``'s rule): ``choose`` times it first, and keeps it when a trial is not
+    worth its cost."""
     loops = ("steps",) if platform == "cpu" else ("scan", "steps")
-    out: list[Choice] = []
+    out = [Choice("vmap", loops[0], num_devices) if num_devices > 1 else  # the rule
+           Choice("sequential", loops[0], 0)]  # fmt: skip
     for loop in loops:
         # One fold per device; on one device that is 'sequential' with a fold axis of 1 (an
         # H200, 2026-11-26: as fast with 'steps', 3.7x slower with 'scan'): not tried there.

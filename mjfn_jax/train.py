@@ -465,11 +465,6 @@ def _choose_strategy(config, units: Units, dataset, workdir: str):
     options = autotune.candidates(
         platform, num_devices, arrays.num_folds, config.parallel.fold_group_size
     )
-    vmap = parallel.resolve_strategy("auto", num_devices) == "vmap"
-    rule = autotune.Choice(
-        "vmap" if vmap else "sequential", parallel.resolve_loop("auto"), num_devices if vmap else 0
-    )  # what the run would do without a trial: timed first, kept if the trial is not worth it
-    options.sort(key=lambda option: option != rule)
     fields = config_to_dict(config)
     shape = {  # what the speed of a step depends on
         "model": fields["model"],

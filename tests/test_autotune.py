@@ -36,6 +36,19 @@ def test_candidates_per_platform():
     assert Choice("vmap", "scan", 68) in autotune.candidates("tpu", 4, 68, 0)  # ... unmeasured
 
 
+@pytest.mark.parametrize("platform", ["cpu", "gpu", "tpu"])
+@pytest.mark.parametrize("num_devices,group_size", [(1, 0), (1, 17), (2, 0), (8, 17)])
+def test_the_first_candidate_is_the_rule(platform, num_devices, group_size):
+    """What the run does without a trial comes first: the trial's budget times it first."""
+    from mjfn_jax.parallel import resolve_loop, resolve_strategy
+
+    strategy = resolve_strategy("auto", num_devices)
+    devices = num_devices if strategy == "vmap" else 0
+    rule = Choice(strategy, resolve_loop("auto", platform), devices)
+    options = autotune.candidates(platform, num_devices, 68, group_size)
+    assert options[0] == rule and len(options) == len(set(options))
+
+
 def test_rule_without_a_trial_one_fold_per_device_else_sequential():
     from mjfn_jax.parallel import resolve_strategy
 
