@@ -158,3 +158,13 @@ def test_the_console_says_why_there_was_no_trial():
     trial = {"trial": [], "trial_s": 29.7, "cached": False}
     assert "timed trial 29.7 s (cached" in timing_lines(timing | {"auto": trial}, "W")
     assert "trial" not in timing_lines(timing | {"auto": trial | {"cached": True}}, "W")
+
+
+@pytest.mark.parametrize("value", ["-1", "-0.5"])
+def test_a_bad_budget_is_refused(smoke_config, value):
+    from mjfn_jax.config import validate_config
+
+    config = smoke_config(f"parallel.auto_trial_budget={value}")
+    with pytest.raises(ValueError, match="parallel.auto_trial_budget=.*needs a number >= 0"):
+        validate_config(config)
+    validate_config(smoke_config("parallel.auto_trial_budget=0.25"))  # a fraction is fine
