@@ -240,8 +240,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check("report.linear_floor", ok, "needs True or False")
     check("parallel.strategy", p.strategy in STRATEGIES, f"must be one of {STRATEGIES}")
     check("parallel.loop", p.loop in LOOPS, f"must be one of {LOOPS}")
-    budget = p.auto_trial_budget
-    ok = isinstance(budget, int | float) and not isinstance(budget, bool) and budget >= 0
+    ok = isinstance(p.auto_trial_budget, int | float) and p.auto_trial_budget >= 0
     check("parallel.auto_trial_budget", ok, "needs a number >= 0 (0: always the trial)")
     ok = is_int(p.epochs_per_call) and p.epochs_per_call >= 1
     check("parallel.epochs_per_call", ok, "needs an int >= 1")
