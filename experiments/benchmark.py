@@ -7,7 +7,13 @@ Measures (all on synthetic flow images from ``mjfn_jax.synthetic.make_flow_array
 - forward+backward FLOPs per sample (XLA cost analysis of the grad fn), achieved FLOP/s;
 - peak memory (host RSS on CPU, device allocator peaks on GPU);
 - the full LOSO wall time at composite scale (442 samples, 68 subjects) for JAX vmap, JAX
-  sequential, PyTorch eager and compiled, and UF1/UAR parity of both trainers over seeds.
+  sequential, PyTorch eager and compiled, and UF1/UAR parity of both trainers over seeds; a
+  longer LOSO (10 epochs on the cpu preset) of JAX ``auto`` and PyTorch eager; each run's disk
+  use (its workdir after the run);
+- the engine's own figures from the first ``auto`` LOSO: its step program inside the LOSO vs
+  the same program called alone (the engine's overhead per step), the engine's time per fold
+  outside the training calls and compiles, and FLOP/s against the machine's measured
+  convolution rate (a lone 3x3 convolution forward + backward) with the ceiling it implies.
 
 Usage: python experiments/benchmark.py --preset cpu|gpu|quick [--machine NAME] [--out DIR]
 Writes <out>/<machine>/benchmark.md and benchmark.json (default out: experiments/results).
@@ -47,6 +53,9 @@ PRESETS = {
         seeds=(0,),
         loso_variants=("jax_auto", "torch_eager"),
         parity_variants=("jax_auto", "torch_eager"),
+        long_loso=dict(epochs=2, variants=("jax_auto", "torch_eager")),
+        alone_calls=4,
+        conv_peak=dict(repeats=3),
     ),
     "cpu": dict(  # ~15 min on the 2-core dev machine (XLA:CPU compiles and while loops)
         config="experiments/configs/benchmark.py:cpu",  # shared with both trainers' CLIs
@@ -61,6 +70,9 @@ PRESETS = {
         seeds=(0, 1, 2),
         loso_variants=("jax_auto", "jax_sequential", "torch_eager", "torch_compiled"),
         parity_variants=("jax_auto", "torch_eager"),
+        long_loso=dict(epochs=10, variants=("jax_auto", "torch_eager")),  # the first seed
+        alone_calls=200,  # the LOSO's step program alone, for the engine's overhead per step
+        conv_peak=dict(repeats=30),  # 3x3, 32 channels, 16x16: the cpu model's middle layers
     ),
     "gpu": dict(
         config="experiments/configs/benchmark.py:gpu",
@@ -74,6 +86,8 @@ PRESETS = {
         seeds=(0, 1, 2),
         loso_variants=lib.LOSO_VARIANTS,
         parity_variants=("jax_auto", "torch_eager"),
+        alone_calls=200,
+        conv_peak=dict(repeats=50, size=14, channels=256),  # the reference model's stage 3
         # No DataLoader workers: the data are in memory, and workers fork this process, which
         # holds JAX's threads (PyTorch warned of a deadlock on the H200, 2026-11-26, where the
         # in-process run with 4 workers did not finish in 120 s; the CLI with none took 111 s).
@@ -145,8 +159,27 @@ def bench_loso(config, dataset, preset: dict, compile_torch: bool, root: str) ->
                 f"UF1 {run.get('uf1')} {run.get('error', '')}",
                 flush=True,
             )
+            if name == "jax_auto" and i == 0 and "error" not in run and preset.get("alone_calls"):
+                run["step_alone"] = lib.engine_step_alone(
+                    config, dataset, workdir, run["execution"], preset["alone_calls"]
+                )
             runs.append(run)
             shutil.rmtree(workdir, ignore_errors=True)
+    return runs
+
+
+def bench_long_loso(config, dataset, preset: dict, root: str) -> list[dict]:
+    """The preset's longer LOSO (``long_loso``: more epochs, first seed, a few variants)."""
+    spec, runs = preset["long_loso"], []
+    for name in spec["variants"]:
+        workdir = tempfile.mkdtemp(prefix=f"{name}_long_", dir=root)
+        print(f"LOSO {name} {spec['epochs']} epochs ...", flush=True)
+        run = lib.run_loso(name, config, dataset, preset["seeds"][0], workdir,
+                           preset.get("torch_workers", 0), epochs=spec["epochs"])  # fmt: skip
+        run |= {"variant": name, "seed": preset["seeds"][0]}
+        print(f"  {name}: {run.get('wall_s', float('nan')):.1f}s {run.get('error', '')}")
+        runs.append(run)
+        shutil.rmtree(workdir, ignore_errors=True)
     return runs
 
 
@@ -162,7 +195,7 @@ def _merge_previous(result: dict, path: str) -> dict:
     if previous.get("preset") != result["preset"] or not same_config:
         return result
     merged = False
-    for key in ("throughput", "loso", "loso_data"):
+    for key in ("throughput", "loso", "loso_data", "loso_long", "conv_peak"):
         if key not in result and key in previous:
             result[key], merged = previous[key], True
     if "throughput" in previous and result["throughput"] is not previous["throughput"]:
@@ -260,6 +293,9 @@ def main(argv=None) -> dict:
         result["note"] = args.note
     result["config"] = lib.config_dict(config)
     result["flops"] = lib.flops_per_sample(config, min(preset["batch_sizes"]))
+    if preset.get("conv_peak"):
+        result["conv_peak"] = lib.conv_peak(**preset["conv_peak"])
+        print(f"conv peak: {result['conv_peak']['gflops']:.1f} GFLOP/s", flush=True)
     if not args.skip_throughput:
         result["throughput"] = bench_throughput(config, preset, compile_torch)
     if not args.skip_loso:
@@ -268,6 +304,8 @@ def main(argv=None) -> dict:
         root = tempfile.mkdtemp(prefix="mjfn_bench_")
         try:
             result["loso"] = bench_loso(config, dataset, preset, compile_torch, root)
+            if preset.get("long_loso"):
+                result["loso_long"] = bench_long_loso(config, dataset, preset, root)
         finally:
             shutil.rmtree(root, ignore_errors=True)
     result["total_s"] = time.perf_counter() - t0

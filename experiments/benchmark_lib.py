@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import datetime
 import gc
+import math
 import os
 import platform
 import resource
@@ -309,15 +310,134 @@ def make_runner(name: str, config, batch: int, scan_steps: int):
     raise ValueError(f"unknown variant {name!r}")
 
 
+# The engine's own figures --------------------------------------------------------------------
+
+# Compiled inside the training calls (the others run before or after a group's training).
+_OUTSIDE_TRAINING_CALLS = ("the init", "the prediction")
+
+
+def engine_figures(timing: dict, config) -> dict:
+    """What a JAX LOSO run's ``timing`` says about the engine: the training calls without the
+    compiles inside them, fold-steps and group-steps, and the engine's time per fold outside
+    the training calls and every compile."""
+    compiles = timing["compile_by_program"]
+    outside = sum(compiles.get(k, 0.0) for k in _OUTSIDE_TRAINING_CALLS)
+    inside = sum(v for k, v in compiles.items() if k not in _OUTSIDE_TRAINING_CALLS)
+    folds = timing["folds_trained_this_run"] or 1
+    batch, epochs = config.train.batch_size, config.train.num_epochs
+    fold_steps = round((timing["samples_per_s"] or 0.0) * timing["train_s"] / batch)
+    group = max(1, int(timing["fold_group_size"])) if timing["strategy"] == "vmap" else 1
+    group = math.ceil(group / timing["mesh"].get("fold", 1)) * timing["mesh"].get("fold", 1)
+    steps_per_epoch = fold_steps / (folds * epochs)
+    return {
+        "compile_s": timing.get("compile_s"),
+        "train_s": timing.get("train_s"),
+        "strategy": f"{timing['strategy']}:{timing['loop']} x{timing['fold_group_size']}",
+        "execution": {k: timing[k] for k in ("strategy", "loop", "fold_group_size")},
+        "auto": timing.get("auto"),
+        "training_calls_net_s": timing["train_s"] - inside,  # program loads/compiles out
+        "fold_steps": fold_steps,
+        "group_steps": round(math.ceil(folds / group) * epochs * steps_per_epoch),
+        "group_slots": group,  # folds per group step, padding included
+        # engine time outside the training calls and the compiles, per fold
+        "other_per_fold_ms": 1e3 * (timing["wall_s"] - timing["train_s"] - outside) / folds,
+    }
+
+
+def engine_step_alone(config, dataset, workdir: str, execution: dict, calls: int) -> dict:
+    """The LOSO run's own step program (its strategy, loop and fold group, already compiled by
+    the run) on its first fold group, called ``calls`` times back to back with nothing between
+    the calls: seconds per group step, the reference for the engine's overhead per step
+    inside the LOSO. The steps of a ``scan`` loop are timed as whole epochs."""
+    from mjfn_jax import autotune, parallel, train
+
+    cfg = autotune.Choice(**execution).apply(config)
+    units = train.make_units(cfg, dataset, workdir)
+    runner, group_size, data = train._setup(cfg, units.arrays, dataset)
+    slots = runner.mesh.size if runner.vmapped else 1
+    members = parallel.fold_groups(units.arrays.num_folds, group_size, slots)[0]
+    folds = parallel.put(train._fold_inputs(cfg, dataset, units, members), runner.group_sharding)
+    states = runner.init(folds.key)
+    steps = runner.program.steps
+    if runner.scan:
+        epochs = max(1, round(calls / steps))
+
+        def run(states, n):
+            for e in range(n):
+                states, metrics = runner.train(states, folds, data, e, 1)
+            return states, metrics
+
+        states, out = run(states, 1)  # warm-up
+        jax.block_until_ready(out)
+        start = time.perf_counter()
+        states, out = run(states, epochs)
+        calls = epochs * steps
+    else:
+        plan = runner._plan(folds, np.int32(0))
+
+        def run(states, n):
+            for i in range(n):
+                states, out = runner._step(states, folds, data, plan, np.int32(i % steps))
+            return states, out
+
+        states, out = run(states, steps)  # warm-up
+        jax.block_until_ready(out)
+        start = time.perf_counter()
+        states, out = run(states, calls)
+    jax.block_until_ready(out)
+    seconds = (time.perf_counter() - start) / calls
+    return {"group_step_s": seconds, "group_slots": len(members),
+            "real_folds": int(np.sum(members >= 0)), "calls": calls}  # fmt: skip
+
+
+def conv_peak(repeats: int, batch: int = 32, size: int = 16, channels: int = 32) -> dict:
+    """The machine's measured convolution rate: a lone 3x3 convolution (NHWC, ``channels`` in
+    and out, ``size`` x ``size`` maps), forward + backward (gradients of the input and the
+    kernel), jitted; XLA's FLOP count over the median time of ``repeats`` calls."""
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (batch, size, size, channels), jnp.float32)
+    w = 0.1 * jax.random.normal(key, (3, 3, channels, channels), jnp.float32)
+
+    def loss(w, x):
+        dims = ("NHWC", "HWIO", "NHWC")
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dims)
+        return jnp.sum(y * y)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile()
+    flops = float((grad.cost_analysis() or {}).get("flops") or 0.0)
+    jax.block_until_ready(grad(w, x))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(grad(w, x))
+        times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
+    return {"shape": f"3x3 conv, batch {batch}, {size}x{size}, {channels}->{channels} channels",
+            "flops": flops, "s_median": seconds, "gflops": flops / seconds / 1e9}  # fmt: skip
+
+
+def disk_mb(path: str) -> float:
+    """Bytes of the files under ``path``, in MB (10^6)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total / 1e6
+
+
 # LOSO ----------------------------------------------------------------------------------------
 
 LOSO_VARIANTS = ("jax_auto", "jax_vmap", "jax_sequential", "torch_eager", "torch_compiled")
 
 
-def run_loso(name: str, config, dataset, seed: int, workdir: str, torch_workers: int = 0) -> dict:
-    """One full LOSO run; errors are recorded (not raised) so the benchmark still reports."""
+def run_loso(
+    name: str, config, dataset, seed: int, workdir: str, torch_workers: int = 0, epochs: int = 0
+) -> dict:
+    """One full LOSO run (``epochs``: the config's unless > 0); errors are recorded (not
+    raised) so the benchmark still reports. The workdir's size is measured after the run."""
     cfg = copy.deepcopy(config)
     cfg.seed = seed
+    if epochs > 0:
+        cfg.train.num_epochs = epochs
     start = time.perf_counter()
     try:
         if name.startswith("jax_"):
@@ -326,16 +446,7 @@ def run_loso(name: str, config, dataset, seed: int, workdir: str, torch_workers:
             cfg.parallel.strategy = name.removeprefix("jax_")
             res = train_and_evaluate(cfg, workdir, dataset=dataset)
             t = res["timing"]
-            init_s = t["compile_by_program"].get("the init", 0.0)
-            folds = t["folds_trained_this_run"] or 1
-            extra = {
-                "compile_s": t.get("compile_s"),
-                "train_s": t.get("train_s"),
-                "strategy": f"{t['strategy']}:{t['loop']} x{t['fold_group_size']}",
-                "auto": t.get("auto"),
-                # engine time outside the training calls and the init compile, per fold
-                "other_per_fold_ms": 1e3 * (t["wall_s"] - t["train_s"] - init_s) / folds,
-            }
+            extra = engine_figures(t, cfg)
         else:
             if name == "torch_compiled":
                 torch._dynamo.reset()  # pay the whole compile inside this run
@@ -355,6 +466,8 @@ def run_loso(name: str, config, dataset, seed: int, workdir: str, torch_workers:
         "wall_s": time.perf_counter() - start,
         "engine_wall_s": t.get("wall_s"),
         **extra,
+        "epochs": cfg.train.num_epochs,
+        "disk_mb": disk_mb(workdir),
         "uf1": pooled["uf1"],
         "uar": pooled["uar"],
         "accuracy": pooled["accuracy"],

@@ -41,8 +41,51 @@ def _loso_table(runs: list[dict]) -> dict:
             for key in ("strategy", "other_per_fold_ms"):  # JAX: what ran, fixed cost per fold
                 if ok[0].get(key) is not None:
                     row[key] = ok[0][key]
+            if ok[0].get("disk_mb") is not None:
+                row["disk_mb"] = float(ok[0]["disk_mb"])
+                row["disk_mb_per_fold"] = row["disk_mb"] / (ok[0].get("num_folds") or 1)
         table[name] = row
     return table
+
+
+def engine_summary(result: dict) -> dict | None:
+    """The engine's figures from the first seed's ``jax_auto`` LOSO (benchmark_lib's
+    engine_figures and engine_step_alone), against the machine's convolution rate."""
+    run = next((r for r in result.get("loso", []) if r["variant"] == "jax_auto" and _ok(r)
+                and r.get("fold_steps")), None)  # fmt: skip
+    if run is None:
+        return None
+    batch = result["config"]["train"]["batch_size"]
+    step_flops = result["flops"]["train_flops_per_sample"] * batch  # one fold's step
+    net = run["training_calls_net_s"]
+    e = {
+        "strategy": run["strategy"],
+        "fold_steps": run["fold_steps"],
+        "group_steps": run["group_steps"],
+        "step_gflop": step_flops / 1e9,
+        "inside_group_step_ms": 1e3 * net / run["group_steps"],
+        "inside_fold_step_ms": 1e3 * net / run["fold_steps"],
+        "inside_gflops": run["fold_steps"] * step_flops / net / 1e9,
+        "per_fold_ms": run["other_per_fold_ms"],
+    }
+    alone = run.get("step_alone")
+    if alone:
+        e["alone_group_step_ms"] = 1e3 * alone["group_step_s"]
+        e["alone_gflops"] = alone["real_folds"] * step_flops / alone["group_step_s"] / 1e9
+        e["overhead_per_step_ms"] = e["inside_group_step_ms"] - e["alone_group_step_ms"]
+    for row in result.get("throughput", {"rows": []})["rows"]:
+        v = row["variants"].get("jax_step")
+        if row["batch_size"] == batch and v is not None and _ok(v):
+            e["one_fold_step_ms"] = 1e3 * v["step_s"]
+            e["one_fold_gflops"] = step_flops / v["step_s"] / 1e9
+    peak = result.get("conv_peak")
+    if peak and peak.get("gflops"):
+        e["conv_peak_gflops"] = peak["gflops"]
+        e["inside_over_peak"] = e["inside_gflops"] / peak["gflops"]
+        # the physical ceiling: the LOSO's training FLOPs at the convolution's rate
+        e["ceiling_training_s"] = run["fold_steps"] * step_flops / (peak["gflops"] * 1e9)
+        e["training_calls_net_s"] = net
+    return e
 
 
 def summarize(result: dict) -> dict:
@@ -58,6 +101,11 @@ def summarize(result: dict) -> dict:
             "jax_scan/torch_eager": _ratio(sps.get("jax_scan"), sps.get("torch_eager")),
             "best_jax/best_torch": _ratio(best_jax, best_torch),
         })  # fmt: skip
+    if "loso_long" in result:
+        s["loso_long"] = _loso_table(result["loso_long"])
+    engine = engine_summary(result)
+    if engine:
+        s["engine"] = engine
     if "loso" in result:
         table = _loso_table(result["loso"])
         s["loso"] = table
@@ -125,12 +173,12 @@ def _loso_md(result: dict) -> list[str]:
         "",
         "| variant | runs (seeds) | wall s, first seed (cold) | wall s, median | JAX compile s "
         "(first seed) | UF1 mean ± sd | UAR mean ± sd | UF1 range | JAX strategy "
-        "(`auto`'s choice) | engine ms per fold outside training |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "(`auto`'s choice) | engine ms per fold outside training | disk MB (per fold) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for name, r in table.items():
         if "error" in r:
-            lines.append(f"| {name} | {r['runs']} | failed: {r['error'][:120]} | | | | | | | |")
+            lines.append(f"| {name} | {r['runs']} | failed: {r['error'][:120]} | | | | | | | | |")
             continue
         uf1, uar = r["uf1"], r["uar"]
         lines.append(
@@ -139,7 +187,7 @@ def _loso_md(result: dict) -> list[str]:
             f"{fmt(r.get('compile_s_first'), '{:.1f}')} | "
             f"{uf1['mean']:.4f} ± {uf1['std']:.4f} | {uar['mean']:.4f} ± {uar['std']:.4f} | "
             f"{uf1['min']:.4f}-{uf1['max']:.4f} | {r.get('strategy', '')} | "
-            f"{fmt(r.get('other_per_fold_ms'), '{:.0f}')} |"
+            f"{fmt(r.get('other_per_fold_ms'), '{:.0f}')} | {_disk(r)} |"
         )
     h = result["summary"].get("headline")
     if h:
@@ -150,6 +198,72 @@ def _loso_md(result: dict) -> list[str]:
             f"{fmt(h['torch_eager_over_fastest_jax'], '{:.2f}x')}; fastest PyTorch "
             f"({h['fastest_torch']}) / fastest JAX = "
             f"{fmt(h['fastest_torch_over_fastest_jax'], '{:.2f}x')}** (> 1 means JAX is faster).",
+        ]
+    return lines
+
+
+def _disk(r: dict) -> str:
+    if r.get("disk_mb") is None:
+        return ""
+    return f"{r['disk_mb']:.1f} ({r['disk_mb_per_fold']:.2f})"
+
+
+def _long_loso_md(result: dict) -> list[str]:
+    table = result["summary"]["loso_long"]
+    epochs = {r.get("epochs") for r in result["loso_long"] if _ok(r)}
+    lines = [
+        f"## Full LOSO, {'/'.join(map(str, sorted(epochs))) or '?'} epochs (first seed, one "
+        "run each)",
+        "",
+        "| variant | wall s | UF1 | JAX strategy | disk MB (per fold) |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for name, r in table.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'][:120]} | | | |")
+            continue
+        lines.append(
+            f"| {name} | {r['wall_s_first']:.1f} | {r['uf1']['mean']:.4f} | "
+            f"{r.get('strategy', '')} | {_disk(r)} |"
+        )
+    wall = {k: r["wall_s_first"] for k, r in table.items() if "wall_s_first" in r}
+    if "jax_auto" in wall and "torch_eager" in wall:
+        ratio = wall["torch_eager"] / wall["jax_auto"]
+        lines += ["", f"PyTorch eager / JAX auto: **{ratio:.2f}x**"]
+    return lines
+
+
+def _engine_md(e: dict) -> list[str]:
+    f1 = lambda v, spec="{:.2f}": fmt(v, spec)  # noqa: E731
+    lines = [
+        "## The engine's figures (first seed's `jax_auto` LOSO)",
+        "",
+        f"Strategy {e['strategy']}; {e['fold_steps']} fold-steps in {e['group_steps']} group "
+        f"steps; one fold's step is {e['step_gflop']:.3f} GFLOP (the table above's count).",
+        "",
+        "| figure | value |",
+        "|---|---:|",
+        f"| one fold's step alone (`jax_step` above), ms | {f1(e.get('one_fold_step_ms'))} |",
+        f"| one fold's step alone, GFLOP/s | {f1(e.get('one_fold_gflops'), '{:.1f}')} |",
+        "| the LOSO's group step program alone (same group, back to back), ms | "
+        f"{f1(e.get('alone_group_step_ms'))} |",
+        f"| the same, GFLOP/s | {f1(e.get('alone_gflops'), '{:.1f}')} |",
+        "| inside the LOSO (training calls without their compiles) per group step, ms | "
+        f"{f1(e['inside_group_step_ms'])} |",
+        f"| inside the LOSO, per fold-step, ms | {f1(e['inside_fold_step_ms'])} |",
+        f"| **inside the LOSO, GFLOP/s** | **{f1(e['inside_gflops'], '{:.1f}')}** |",
+        "| **engine overhead per step** (inside minus alone), ms | "
+        f"**{f1(e.get('overhead_per_step_ms'))}** |",
+        "| **engine time per fold** outside the training calls and the compiles, ms | "
+        f"**{f1(e['per_fold_ms'], '{:.1f}')}** |",
+    ]
+    if "conv_peak_gflops" in e:
+        lines += [
+            "| the machine's convolution rate (see below), GFLOP/s | "
+            f"{e['conv_peak_gflops']:.1f} |",
+            f"| inside the LOSO / that rate | {e['inside_over_peak']:.2f} |",
+            "| ceiling: the LOSO's training FLOPs at that rate, s (actual training calls) | "
+            f"{e['ceiling_training_s']:.2f} ({e['training_calls_net_s']:.2f}) |",
         ]
     return lines
 
@@ -188,6 +302,18 @@ def to_markdown(result: dict) -> str:
         lines += _throughput_md(result)
     if "loso" in result:
         lines += [""] + _loso_md(result)
+    if "loso_long" in result:
+        lines += [""] + _long_loso_md(result)
+    if result["summary"].get("engine"):
+        lines += [""] + _engine_md(result["summary"]["engine"])
+    if result.get("conv_peak"):
+        p = result["conv_peak"]
+        lines += [
+            "",
+            f"Convolution rate: {p['shape']}, forward + backward (input and kernel gradients), "
+            f"jitted alone: {p['flops'] / 1e6:.1f} MFLOP (XLA's count) in "
+            f"{1e3 * p['s_median']:.3f} ms (median), **{p['gflops']:.1f} GFLOP/s**.",
+        ]
     lines += [
         "",
         "Notes: a step = uint8 batch resident on the device -> float, forward, 4-head loss, "

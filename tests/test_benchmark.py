@@ -41,6 +41,18 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert result["loso_data"] == {"n": 8, "subjects": 2}
     assert result["summary"]["headline"]["torch_eager_over_fastest_jax"] > 0
     assert "Headline" in md and md.strip() in proc.stdout  # the table is printed last
+    # each run's disk use; the longer LOSO; the engine's figures against the conv rate
+    assert loso["jax_auto"]["disk_mb"] > 0 and loso["torch_eager"]["disk_mb"] > 0
+    assert {r["variant"]: r["epochs"] for r in result["loso_long"]} == {
+        "jax_auto": 2, "torch_eager": 2}  # fmt: skip
+    engine = result["summary"]["engine"]
+    folds_per_step = 2 if engine["strategy"].startswith("vmap") else 1  # 2 folds, 1 group
+    assert engine["fold_steps"] == folds_per_step * engine["group_steps"]
+    assert engine["alone_group_step_ms"] > 0 and engine["inside_group_step_ms"] > 0
+    assert engine["overhead_per_step_ms"] == pytest.approx(
+        engine["inside_group_step_ms"] - engine["alone_group_step_ms"])  # fmt: skip
+    assert result["conv_peak"]["gflops"] > 0 and engine["ceiling_training_s"] > 0
+    assert "engine overhead per step" in md and "Convolution rate" in md
 
 
 def test_summary_ratios_and_failures():
