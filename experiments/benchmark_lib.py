@@ -164,7 +164,7 @@ def flops_per_sample(config, batch: int) -> dict:
     mode, 4-head loss), and of the forward alone, at batch ``batch``."""
     from flax import nnx
 
-    from mjfn_jax.models import MJFN, count_flops, mjfn_loss
+    from mjfn_jax.models import MJFN, count_flops, layers, mjfn_loss
 
     abstract = nnx.eval_shape(lambda: MJFN(config.model, rngs=nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
@@ -179,11 +179,21 @@ def flops_per_sample(config, batch: int) -> dict:
         return mjfn_loss(model(x), y, head_loss_weights=weights)[0]
 
     spec = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
-    grad = count_flops(jax.grad(loss_fn), spec(params), spec(rest), x, y)
-    fwd = count_flops(loss_fn, spec(params), spec(rest), x, y)
+    args = (spec(params), spec(rest), x, y)
+    grad = count_flops(jax.grad(loss_fn), *args)
+    fwd = count_flops(loss_fn, *args)
+    # The model's math: every convolution counted as one (XLA skips the taps on zero padding),
+    # where the program runs those on <= 2x2 maps as im2col matmuls, which multiply the
+    # padding's zeros too (layers.MATMUL_CONV_MAX_SIDE; same function, more FLOPs counted).
+    max_side, layers.MATMUL_CONV_MAX_SIDE = layers.MATMUL_CONV_MAX_SIDE, 0
+    try:
+        conv_form = count_flops(jax.grad(loss_fn), *args)
+    finally:
+        layers.MATMUL_CONV_MAX_SIDE = max_side
     return {
         "train_flops_per_sample": grad / batch,
         "forward_flops_per_sample": fwd / batch,
+        "train_flops_per_sample_conv_form": conv_form / batch,
         "batch": batch,
         "method": "XLA cost_analysis()['flops'] of jax.grad(loss) (fwd+bwd), train mode",
     }
