@@ -50,6 +50,14 @@ from mjfn_jax.workdir import (
 _BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mjfn-save")
 
 
+def to_host_later(tree) -> concurrent.futures.Future:
+    """``tree``'s arrays copied to the host on the background thread, after everything handed
+    to it before (FIFO): the training thread goes on (to the predictions, the next fold group)
+    while a GPU copies a finished group's models. One process only: with several, the copy is a
+    collective that every process joins (``parallel.to_host``)."""
+    return _BACKGROUND.submit(jax.device_get, tree)
+
+
 def _drop_closed_loop_reports() -> None:
     """After a failed restore, tensorstore still completes the reads in flight and calls back
     into the asyncio loop that Orbax has closed; Python reports each call as an unraisable
@@ -238,19 +246,26 @@ class FoldCheckpointer:
 
     # Finished folds -------------------------------------------------------------------------
 
-    def save_final(self, model_state) -> None:
-        """The finished fold's model {"params", "batch_stats"} (host arrays), its floating
-        arrays in ``final_dtype``. Returns at once; written on the background thread,
-        atomically (a temporary file, renamed when complete)."""
+    def save_final(self, model_state, index: int | None = None) -> None:
+        """The finished fold's model {"params", "batch_stats"}: arrays, or the Future of
+        ``to_host_later``; with ``index``, item ``index`` of a fold group's stacked arrays
+        [G, ...]. Its floating arrays are saved in ``final_dtype``. Returns at once: copied,
+        converted and written on the background thread, atomically (a temporary file, renamed
+        when complete)."""
+        self._pending.append(_BACKGROUND.submit(self._write_final, model_state, index))
+
+    def _write_final(self, model_state, index: int | None) -> None:
+        if isinstance(model_state, concurrent.futures.Future):
+            model_state = model_state.result()  # done: submitted before this task (FIFO)
         arrays, bf16 = {}, []
         for key, x in _flatten(model_state).items():
-            x = np.asarray(x)
+            x = np.asarray(x) if index is None else np.asarray(x)[index]
             if np.issubdtype(x.dtype, np.floating) and self.final_dtype == "bfloat16":
-                x = np.asarray(jnp.asarray(x, jnp.bfloat16)).view(np.uint16)  # .npy has no bf16
+                x = x.astype(jnp.bfloat16).view(np.uint16)  # rounded to nearest; .npy has no bf16
                 bf16.append(key)
             arrays[key] = x
         arrays[_BF16_KEYS] = np.asarray(bf16, dtype=str)
-        self._pending.append(_BACKGROUND.submit(write_npz, self.final_path, **arrays))
+        write_npz(self.final_path, **arrays)
 
     def has_final(self) -> bool:
         return has_final_model(self.fold_dir)

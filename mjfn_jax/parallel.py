@@ -194,12 +194,16 @@ def put(tree, sharding: NamedSharding):
     return jax.tree.map(one, tree)
 
 
+def addressable(tree) -> bool:
+    """Whether this process holds every shard of every leaf (always, with one process)."""
+    return all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(tree))
+
+
 def to_host(tree):
     """Every leaf as a host array of its GLOBAL value, in every process (small arrays only:
     metrics, predictions). Multi-process: an all-gather (np.asarray/jax.device_get of an
     array with shards in other processes raise)."""
-    leaves = jax.tree.leaves(tree)
-    if all(getattr(x, "is_fully_addressable", True) for x in leaves):
+    if addressable(tree):
         return jax.device_get(tree)
     from jax.experimental import multihost_utils
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from mjfn_jax import autotune, distributed, parallel
 from mjfn_jax import workdir as workdir_lib
-from mjfn_jax.checkpoint import CheckpointDamaged, FoldCheckpointer, SavePolicy
+from mjfn_jax.checkpoint import CheckpointDamaged, FoldCheckpointer, SavePolicy, to_host_later
 from mjfn_jax.config import validate_config
 from mjfn_jax.config_io import config_to_dict, save_or_check_config
 from mjfn_jax.engine import FoldInputs
@@ -351,10 +351,14 @@ def _run_group(config, runner, ckpts, units: Units, dataset, data, members, stat
             save = policy.what_to_save(epoch, finished=epoch == total or stopped)
             clock = time.perf_counter()
             if save == "final":  # the model only (no optimizer state): what a finished fold keeps
-                host_models = parallel.to_host(runner.program.export(states))  # one batch
+                models = runner.program.export(states)  # [G, ...], never donated again
+                if not parallel.addressable(models):  # several processes: a collective, here
+                    host = parallel.to_host(models)
+                elif writer:  # one copy for the group, on the writer thread: the loop goes on
+                    host = to_host_later(models)
                 for pos, m in enumerate(members):
                     if m >= 0 and writer:
-                        ckpts[m].save_final(_slice(host_models, pos))
+                        ckpts[m].save_final(host, pos)
             elif save == "progress":
                 host_states = parallel.to_host(states)  # one batch of copies for the group
                 for pos, m in enumerate(members):

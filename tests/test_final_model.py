@@ -4,6 +4,7 @@ and the Orbax folder of runs from before 2026-11-26."""
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -39,6 +40,34 @@ def test_bfloat16_final_model_halves_the_disk_and_restores_as_float32(tmp_path):
             assert not np.array_equal(expected, model["params"]["conv"])  # it did round
         np.testing.assert_array_equal(restored["params"]["conv"], expected)
     assert sizes["bfloat16"] < 0.55 * sizes["float32"], sizes
+
+
+def test_a_fold_groups_models_are_copied_once_and_saved_per_fold_off_the_loop(tmp_path):
+    """The loop hands a group's stacked device arrays [G, ...] to the writer thread
+    (to_host_later) and each fold's save takes its item: what each file holds is its fold's
+    model; a copy that fails surfaces at close(), naming nothing lost silently."""
+    import concurrent.futures
+
+    from mjfn_jax.checkpoint import to_host_later
+
+    models = [_model(), jax.tree.map(lambda x: x + 1, _model())]
+    group = jax.tree.map(lambda *xs: jnp.stack(xs), *models)  # device arrays [2, ...]
+    host = to_host_later(group)
+    ckpts = [FoldCheckpointer(str(tmp_path / f"f{i}"), "fold") for i in range(2)]
+    for i, ckpt in enumerate(ckpts):
+        ckpt.save_final(host, i)
+    for i, ckpt in enumerate(ckpts):
+        ckpt.close()
+        restored = ckpt.restore_final(models[i])
+        for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(models[i]), strict=True):
+            np.testing.assert_array_equal(got, want)
+    failed = concurrent.futures.Future()
+    failed.set_exception(RuntimeError("device lost"))
+    ckpt = FoldCheckpointer(str(tmp_path / "bad"), "fold")
+    ckpt.save_final(failed, 0)
+    with pytest.raises(RuntimeError, match="device lost"):
+        ckpt.close()
+    assert not os.path.exists(ckpt.final_path)
 
 
 def test_unknown_final_dtype_is_refused():
