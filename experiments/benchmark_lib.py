@@ -359,15 +359,11 @@ def engine_step_alone(config, dataset, workdir: str, execution: dict, calls: int
     the run) on its first fold group, called ``calls`` times back to back with nothing between
     the calls: seconds per group step, the reference for the engine's overhead per step
     inside the LOSO. The steps of a ``scan`` loop are timed as whole epochs."""
-    from mjfn_jax import autotune, parallel, train
+    from mjfn_jax import autotune, train
 
     cfg = autotune.Choice(**execution).apply(config)
     units = train.make_units(cfg, dataset, workdir)
-    runner, group_size, data = train._setup(cfg, units.arrays, dataset)
-    slots = runner.mesh.size if runner.vmapped else 1
-    members = parallel.fold_groups(units.arrays.num_folds, group_size, slots)[0]
-    folds = parallel.put(train._fold_inputs(cfg, dataset, units, members), runner.group_sharding)
-    states = runner.init(folds.key)
+    runner, data, members, folds, states = train.first_group(cfg, units, dataset)
     steps = runner.program.steps
     if runner.scan:
         epochs = max(1, round(calls / steps))

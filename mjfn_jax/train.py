@@ -420,15 +420,22 @@ def _setup(config, arrays: FoldArrays, dataset):
     return runner, group_size, data
 
 
+def first_group(config, units: Units, dataset):
+    """``config``'s strategy set up on its first fold group, initialised: (runner, data,
+    members [G] (-1: padding), folds, states). What a trial or a benchmark times."""
+    runner, group_size, data = _setup(config, units.arrays, dataset)
+    members = parallel.fold_groups(
+        units.arrays.num_folds, group_size, runner.mesh.size if runner.vmapped else 1
+    )[0]
+    folds = parallel.put(_fold_inputs(config, dataset, units, members), runner.group_sharding)
+    return runner, data, members, folds, runner.init(folds.key)
+
+
 def _trial(config, units: Units, dataset):
     """Start ``config``'s strategy on the first fold group: (the compile time of its training
     call, a function that trains the group one more epoch and returns seconds per fold)."""
-    runner, group_size, data = _setup(config, units.arrays, dataset)
-    group = parallel.fold_groups(
-        units.arrays.num_folds, group_size, runner.mesh.size if runner.vmapped else 1
-    )[0]
-    folds = parallel.put(_fold_inputs(config, dataset, units, group), runner.group_sharding)
-    state = {"states": runner.init(folds.key), "epoch": 0}
+    runner, data, group, folds, states = first_group(config, units, dataset)
+    state = {"states": states, "epoch": 0}
     before = runner.compile_s
 
     def epoch() -> float:
