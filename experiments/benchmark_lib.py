@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import datetime
 import gc
-import math
 import os
 import platform
 import resource
@@ -32,6 +31,8 @@ from experiments.pytorch_baseline.train import (
     train_loso_torch,
 )
 from mjfn_jax.config_io import load_config_or_exit
+from mjfn_jax.models import count_flops
+from mjfn_jax.parallel import fold_groups
 from mjfn_jax.report import json_safe, package_versions
 
 MIB = 1024.0 * 1024.0
@@ -336,8 +337,11 @@ def engine_figures(timing: dict, config) -> dict:
     folds = timing["folds_trained_this_run"] or 1
     batch, epochs = config.train.batch_size, config.train.num_epochs
     fold_steps = round((timing["samples_per_s"] or 0.0) * timing["train_s"] / batch)
-    group = max(1, int(timing["fold_group_size"])) if timing["strategy"] == "vmap" else 1
-    group = math.ceil(group / timing["mesh"].get("fold", 1)) * timing["mesh"].get("fold", 1)
+    if timing["strategy"] == "vmap":  # the groups the run trained (padded to the mesh)
+        groups = fold_groups(folds, int(timing["fold_group_size"]), timing["mesh"].get("fold", 1))
+        num_groups, group = len(groups), len(groups[0])
+    else:
+        num_groups, group = folds, 1
     steps_per_epoch = fold_steps / (folds * epochs)
     return {
         "compile_s": timing.get("compile_s"),
@@ -347,7 +351,7 @@ def engine_figures(timing: dict, config) -> dict:
         "auto": timing.get("auto"),
         "training_calls_net_s": timing["train_s"] - inside,  # program loads/compiles out
         "fold_steps": fold_steps,
-        "group_steps": round(math.ceil(folds / group) * epochs * steps_per_epoch),
+        "group_steps": round(num_groups * epochs * steps_per_epoch),
         "group_slots": group,  # folds per group step, padding included
         # engine time outside the training calls and the compiles, per fold
         "other_per_fold_ms": 1e3 * (timing["wall_s"] - timing["train_s"] - outside) / folds,
@@ -409,8 +413,8 @@ def conv_peak(repeats: int, batch: int = 32, size: int = 16, channels: int = 32)
         y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dims)
         return jnp.sum(y * y)
 
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile()
-    flops = float((grad.cost_analysis() or {}).get("flops") or 0.0)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    flops = count_flops(jax.grad(loss, argnums=(0, 1)), w, x)  # on XLA:CPU (see count_flops)
     jax.block_until_ready(grad(w, x))
     times = []
     for _ in range(repeats):

@@ -164,3 +164,27 @@ def test_gpu_session_script_on_the_quick_preset(tmp_path):
     bench = json.loads(machine.joinpath("benchmark.json").read_text())
     variants = bench["throughput"]["rows"][0]["variants"]  # merged over the script's commands
     assert {"jax_step", "jax_scan", "torch_eager"} <= set(variants)
+
+
+def test_engine_figures_from_a_runs_timing():
+    """Fold-steps from the samples trained, group steps from the groups the run formed
+    (padded to the mesh), the compiles inside and outside the training calls taken out."""
+    from experiments.benchmark_lib import engine_figures
+    from mjfn_jax.config_io import load_config
+
+    config = load_config("experiments/configs/benchmark.py:cpu")  # batch 32, 2 epochs
+    timing = {
+        "compile_by_program": {"the init": 0.5, "the prediction": 0.25, "the training step": 1.0},
+        "folds_trained_this_run": 68, "samples_per_s": 1904 * 32 / 10.0, "train_s": 10.0,
+        "strategy": "vmap", "loop": "steps", "fold_group_size": 2, "mesh": {"fold": 2},
+        "wall_s": 12.75,
+    }  # fmt: skip
+    f = engine_figures(timing, config)
+    assert (f["fold_steps"], f["group_steps"], f["group_slots"]) == (1904, 952, 2)
+    assert f["training_calls_net_s"] == pytest.approx(9.0)  # the step's compile taken out
+    assert f["other_per_fold_ms"] == pytest.approx(1e3 * (12.75 - 10.0 - 0.75) / 68)
+    # 17 folds a group on one device: 4 groups (68 = 4 x 17), 14 steps an epoch
+    f = engine_figures(timing | {"fold_group_size": 17, "mesh": {"fold": 1}}, config)
+    assert (f["group_steps"], f["group_slots"]) == (4 * 2 * 14, 17)
+    f = engine_figures(timing | {"strategy": "sequential", "fold_group_size": 0}, config)
+    assert (f["group_steps"], f["group_slots"]) == (1904, 1)
