@@ -355,6 +355,9 @@ def engine_figures(timing: dict, config) -> dict:
         "group_slots": group,  # folds per group step, padding included
         # engine time outside the training calls and the compiles, per fold
         "other_per_fold_ms": 1e3 * (timing["wall_s"] - timing["train_s"] - outside) / folds,
+        "phases_per_fold_ms": {  # where it goes (compiles inside the phase that ran them)
+            name: 1e3 * seconds / folds for name, seconds in timing["phases_s"].items()
+        },
     }
 
 

@@ -73,6 +73,8 @@ def engine_summary(result: dict) -> dict | None:
         "per_fold_ms": run["other_per_fold_ms"],
         "warm_inside_gflops": [gflops(r, step_flops) for r in runs[1:]],
         "warm_per_fold_ms": [r["other_per_fold_ms"] for r in runs[1:]],
+        "phases_per_fold_ms": run.get("phases_per_fold_ms", {}),
+        "warm_phases_per_fold_ms": [r.get("phases_per_fold_ms", {}) for r in runs[1:]],
     }
     if conv_form:
         e["step_gflop_conv_form"] = conv_form * batch / 1e9
@@ -277,6 +279,10 @@ def _engine_md(e: dict) -> list[str]:
         f"**{f1(e['per_fold_ms'], '{:.1f}')}** |",
         f"| the same, later seeds' runs (warm) | {_values(e['warm_per_fold_ms'], '{:.1f}')} |",
     ]
+    for name, cold in e.get("phases_per_fold_ms", {}).items():
+        warm = [p.get(name) for p in e.get("warm_phases_per_fold_ms", [])]
+        lines.append(f"| phase `{name}` per fold, ms: cold; warm | {cold:.1f}; "
+                     f"{_values([w for w in warm if w is not None], '{:.1f}')} |")  # fmt: skip
     if "conv_peak_gflops" in e:
         lines += [
             "| the machine's convolution rate (see below), GFLOP/s | "

@@ -177,12 +177,13 @@ def test_engine_figures_from_a_runs_timing():
         "compile_by_program": {"the init": 0.5, "the prediction": 0.25, "the training step": 1.0},
         "folds_trained_this_run": 68, "samples_per_s": 1904 * 32 / 10.0, "train_s": 10.0,
         "strategy": "vmap", "loop": "steps", "fold_group_size": 2, "mesh": {"fold": 2},
-        "wall_s": 12.75,
+        "wall_s": 12.75, "phases_s": {"init": 1.36, "training calls": 10.0},
     }  # fmt: skip
     f = engine_figures(timing, config)
     assert (f["fold_steps"], f["group_steps"], f["group_slots"]) == (1904, 952, 2)
     assert f["training_calls_net_s"] == pytest.approx(9.0)  # the step's compile taken out
     assert f["other_per_fold_ms"] == pytest.approx(1e3 * (12.75 - 10.0 - 0.75) / 68)
+    assert f["phases_per_fold_ms"]["init"] == pytest.approx(20.0)
     # 17 folds a group on one device: 4 groups (68 = 4 x 17), 14 steps an epoch
     f = engine_figures(timing | {"fold_group_size": 17, "mesh": {"fold": 1}}, config)
     assert (f["group_steps"], f["group_slots"]) == (4 * 2 * 14, 17)
