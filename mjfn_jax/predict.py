@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import sys
+import zipfile
 
 import numpy as np
 
@@ -216,6 +217,11 @@ def floor_probabilities(workdir: str, folds: list[str], image: np.ndarray) -> np
         raise ValueError(
             f"{path} has the floor's predictions but not its probes (a run from before "
             "2026-11-26): rerun the training command on this workdir to fit them (seconds)"
+        ) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"{path} is damaged ({type(e).__name__}: {e}): rerun the training command on this "
+            "workdir to fit the floor again (seconds)"
         ) from None
     names = kept["folds"].tolist()
     probs = []

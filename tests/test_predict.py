@@ -70,6 +70,11 @@ def test_with_floor_is_the_reports_network_plus_floor(trained, tmp_path, capsys)
     assert predict_mod.main(["--workdir", str(bare), *args[2:], "--with-floor"]) == 2
     err = capsys.readouterr().err
     assert "linear_floor.npz not found" in err and len(err.strip().splitlines()) == 1
+    # a damaged file: one line naming it, not a traceback
+    (bare / "linear_floor.npz").write_bytes(b"PK\x03\x04 cut short")
+    assert predict_mod.main(["--workdir", str(bare), *args[2:], "--with-floor"]) == 2
+    err = capsys.readouterr().err
+    assert "linear_floor.npz is damaged" in err and len(err.strip().splitlines()) == 1
 
 
 def test_onset_apex_prediction_uses_the_builder_preprocessing(trained, tmp_path):
