@@ -32,7 +32,7 @@ from experiments.pytorch_baseline.train import (
 )
 from mjfn_jax.config_io import load_config_or_exit
 from mjfn_jax.models import count_flops
-from mjfn_jax.parallel import fold_groups
+from mjfn_jax.parallel import OUTSIDE_TRAINING_CALLS, fold_groups
 from mjfn_jax.report import json_safe, package_versions
 
 MIB = 1024.0 * 1024.0
@@ -323,17 +323,14 @@ def make_runner(name: str, config, batch: int, scan_steps: int):
 
 # The engine's own figures --------------------------------------------------------------------
 
-# Compiled inside the training calls (the others run before or after a group's training).
-_OUTSIDE_TRAINING_CALLS = ("the init", "the prediction")
-
 
 def engine_figures(timing: dict, config) -> dict:
     """What a JAX LOSO run's ``timing`` says about the engine: the training calls without the
     compiles inside them, fold-steps and group-steps, and the engine's time per fold outside
     the training calls and every compile."""
     compiles = timing["compile_by_program"]
-    outside = sum(compiles.get(k, 0.0) for k in _OUTSIDE_TRAINING_CALLS)
-    inside = sum(v for k, v in compiles.items() if k not in _OUTSIDE_TRAINING_CALLS)
+    outside = sum(compiles.get(k, 0.0) for k in OUTSIDE_TRAINING_CALLS)
+    inside = sum(v for k, v in compiles.items() if k not in OUTSIDE_TRAINING_CALLS)
     folds = timing["folds_trained_this_run"] or 1
     batch, epochs = config.train.batch_size, config.train.num_epochs
     fold_steps = round((timing["samples_per_s"] or 0.0) * timing["train_s"] / batch)

@@ -37,6 +37,7 @@ if __package__ in (None, ""):
 
 from experiments.results_io import write_result  # noqa: E402
 from mjfn_jax.config_io import load_config  # noqa: E402
+from mjfn_jax.parallel import OUTSIDE_TRAINING_CALLS  # noqa: E402
 
 
 def _variant_config(config, variant: str):
@@ -58,8 +59,8 @@ def _run(config) -> dict:
     folds = config.data.generated_subjects
     samples = (timing["samples_per_s"] or 0) * timing["train_s"]
     steps = round(samples / (folds * config.train.num_epochs * config.train.batch_size))
-    compiles = timing["compile_by_program"]  # those of the init and prediction are not in
-    inside = sum(v for k, v in compiles.items() if k not in ("the init", "the prediction"))
+    compiles = timing["compile_by_program"]
+    inside = sum(v for k, v in compiles.items() if k not in OUTSIDE_TRAINING_CALLS)
     calls = timing["phases_s"]["training calls"] - inside  # the training calls (warm: none)
     return {
         "wall_s": wall,

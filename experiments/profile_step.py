@@ -36,6 +36,7 @@ from mjfn_jax.config_io import load_config  # noqa: E402
 from mjfn_jax.data import dataset_from_config  # noqa: E402
 from mjfn_jax.engine import FoldInputs, FoldProgram  # noqa: E402
 from mjfn_jax.models import mjfn_loss  # noqa: E402
+from mjfn_jax.parallel import OUTSIDE_TRAINING_CALLS  # noqa: E402
 
 
 def _time(compiled, args, steps: int, donate: bool = False) -> tuple[float, tuple]:
@@ -177,7 +178,7 @@ def profile_loso(config, subjects: int, samples: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="mjfn_profile_") as workdir:
         timing = train_and_evaluate(config, workdir)["timing"]
     compiles = timing["compile_by_program"]
-    outside = ("the init", "the prediction")  # compiled outside the training calls
+    outside = OUTSIDE_TRAINING_CALLS
     train_compile_s = sum(v for k, v in compiles.items() if k not in outside)
     steps_s = timing["train_s"] - train_compile_s
     # engine time outside the training calls and outside every compile: init and predict calls,

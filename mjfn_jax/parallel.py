@@ -285,6 +285,9 @@ _COMPILE_EVENTS = (
     "/jax/core/compile/backend_compile_duration",
 )
 _PREFIX = "mjfn_program__"
+# GroupRunner's programs that run before or after a fold group's training calls (the others
+# compile inside them): what timing's compile_by_program splits on.
+OUTSIDE_TRAINING_CALLS = ("the init", "the prediction")
 _compile_seconds: dict[str, float] = {}  # program name -> seconds, this process
 
 
