@@ -78,6 +78,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.early_stopping_patience = 0  # Epochs without val improvement; 0 disables.
     # Early stopping watches the validation loss (fused head NLL) and restores the best-on-
     # VALIDATION parameters; needs folds.val_subject_fraction > 0.
+    # Exponential moving average of the parameters (Polyak averaging), debiased as Adam's
+    # moments are: the fold's model (prediction, validation, early stopping, export) is the
+    # average, with the running BN statistics. The decay per step, e.g. 0.99 (~100 steps);
+    # 0 disables (the model is the last step's parameters).
+    c.train.ema_decay = 0.0
     c.train.eval_batch_size = 64  # Batch size of validation/test prediction (memory only).
     # Training seeds, trained in ONE run as members of the parallel fold axis, e.g. (0, 1, 2):
     # a report per seed (seeds/<s>/) and the mean +- sd over seeds. Empty: (seed,). Seed s's
@@ -201,6 +206,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for name in ("weight_decay", "grad_clip_norm"):
         ok = number(t[name]) and 0 <= t[name] < float("inf")
         check(f"train.{name}", ok, "needs a finite number >= 0")
+    check("train.ema_decay", number(t.ema_decay) and 0 <= t.ema_decay < 1, "needs 0 <= x < 1")
     check(
         "loss.class_weights",
         config.loss.class_weights in ("none", "balanced"),

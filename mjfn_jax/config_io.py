@@ -118,6 +118,7 @@ def upgrade_saved_config(saved: dict) -> dict:
         data["flow_method"] = str(data.pop("builder_config")).rsplit("_", 1)[0]
     saved.setdefault("select", {"candidates": [], "metric": "val_loss"})  # none before
     saved.setdefault("train", {}).setdefault("seeds", [])  # one seed per run before
+    saved["train"].setdefault("ema_decay", 0.0)  # before 2026-11-26: no moving average
     saved.setdefault("model", {}).setdefault("backbone_pool", "mean")  # before 2026-11-26
     saved["model"].setdefault("input_standardize", False)  # likewise
     saved.setdefault("augment", {}).setdefault("test_hflip", False)  # before 2026-11-26

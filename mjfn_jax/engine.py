@@ -8,7 +8,8 @@ functions of (fold key, epoch, step), so a resumed run draws exactly what an uni
 would, whatever the chunking of epochs into calls.
 
 Pytrees (one fold): ``TrainState`` (params and BN statistics as flat {module path: array}
-dicts, the optimizer state, and with early stopping the ``EarlyStopping`` record), ``FoldInputs``
+dicts, the optimizer state, with early stopping the ``EarlyStopping`` record, with
+``train.ema_decay`` the parameters' moving average), ``FoldInputs``
 (the fold's key and index arrays), and data = {"images": uint8 [N, H, W, 3], "labels": int32
 [N]} (the whole dataset, on device). A model alone (what a finished fold keeps) is
 {"params", "batch_stats"}.
@@ -97,6 +98,7 @@ class TrainState:
     batch_stats: dict  # {module path: float32 array} BN running statistics
     opt_state: Any  # optax state
     best: EarlyStopping | None = None  # with train.early_stopping_patience > 0
+    ema: optax.EmaState | None = None  # with train.ema_decay > 0: the params' moving average
 
 
 # Prediction chunks traced as straight-line code up to this count, else a lax.map (a while
@@ -148,6 +150,8 @@ class FoldProgram:
         )
         self._params, self._stats = _FlatState(params), _FlatState(stats)
         self.tx = make_optimizer(config.train, steps_per_epoch)
+        decay = config.train.ema_decay
+        self.ema = optax.ema(decay, debias=False) if decay > 0 else None  # debiased at use
 
     # Model assembly ---------------------------------------------------------------------
 
@@ -178,6 +182,7 @@ class FoldProgram:
         model = MJFN(self.config.model, rngs=nnx.Rngs(init_key))
         _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         params, batch_stats = self._params.to_flat(params), self._stats.to_flat(batch_stats)
+        ema = self.ema.init(params) if self.ema is not None else None
         best = None
         if self.early_stopping:
             best = EarlyStopping(
@@ -187,7 +192,7 @@ class FoldProgram:
                 since_best=jnp.array(0, jnp.int32),
                 stopped=jnp.array(False),
             )
-        return TrainState(params, batch_stats, self.tx.init(params), best)
+        return TrainState(params, batch_stats, self.tx.init(params), best, ema)
 
     # Training ---------------------------------------------------------------------------
 
@@ -223,6 +228,8 @@ class FoldProgram:
         params = optax.apply_updates(state.params, updates)
         correct = jnp.sum(jnp.argmax(fused, -1) == labels)
         new_state = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+        if self.ema is not None:
+            new_state = new_state.replace(ema=self.ema.update(params, state.ema)[1])
         return new_state, (loss, correct)
 
     def epoch_plan(self, fold: FoldInputs, epoch: jax.Array):
@@ -275,7 +282,8 @@ class FoldProgram:
 
     def _validate(self, state: TrainState, fold: FoldInputs, data: dict):
         """(loss, accuracy) of the current model on the fold's validation subjects."""
-        log_probs = self._predict(state.params, state.batch_stats, data, fold.val_idx)
+        model = self.current_model(state)
+        log_probs = self._predict(model["params"], model["batch_stats"], data, fold.val_idx)
         labels = data["labels"][fold.val_idx]
         mask = fold.val_mask.astype(jnp.float32)
         nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
@@ -287,13 +295,13 @@ class FoldProgram:
     def _early_stopping(self, state: TrainState, fold: FoldInputs, data: dict):
         """Validation loss after the epoch; keep the best-on-VALIDATION params."""
         val_loss, val_acc = self._validate(state, fold, data)
-        best = state.best
+        best, current = state.best, self.current_model(state)
         improved = (val_loss < best.best_val) & ~best.stopped
         pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(improved, a, b), new, old)
         since = jnp.where(improved, 0, best.since_best + jnp.where(best.stopped, 0, 1))
         best = EarlyStopping(
-            params=pick(state.params, best.params),
-            batch_stats=pick(state.batch_stats, best.batch_stats),
+            params=pick(current["params"], best.params),
+            batch_stats=pick(current["batch_stats"], best.batch_stats),
             best_val=jnp.where(improved, val_loss, best.best_val),
             since_best=since,
             stopped=best.stopped | (since >= self.config.train.early_stopping_patience),
@@ -333,12 +341,26 @@ class FoldProgram:
             log_probs = jax.lax.map(one, idx_chunks).reshape(padded, -1)
         return log_probs[:m]
 
+    def current_model(self, state: TrainState) -> dict:
+        """The model {"params", "batch_stats"} as of now: the last step's parameters, or with
+        ``train.ema_decay`` their moving average (debiased: the average over the steps so far,
+        each step's weight decaying by ``ema_decay``), with the running BN statistics."""
+        params = state.params
+        if self.ema is not None:
+            decay, count = self.config.train.ema_decay, state.ema.count
+            scale = 1.0 / (1.0 - jnp.power(jnp.float32(decay), count.astype(jnp.float32)))
+            params = {
+                k: jnp.where(count > 0, v * scale, params[k]) for k, v in state.ema.ema.items()
+            }
+        return {"params": params, "batch_stats": state.batch_stats}
+
     def export(self, state: TrainState) -> dict:
-        """The fold's model {"params", "batch_stats"}: the final one, or with early stopping the
-        best-on-validation one. What a finished fold keeps (no optimizer state)."""
+        """The fold's model {"params", "batch_stats"}: the final one (see ``current_model``), or
+        with early stopping the best-on-validation one. What a finished fold keeps (no optimizer
+        state)."""
         if self.early_stopping:
             return {"params": state.best.params, "batch_stats": state.best.batch_stats}
-        return {"params": state.params, "batch_stats": state.batch_stats}
+        return self.current_model(state)
 
     def predict(self, state: TrainState | dict, data: dict, idx: jax.Array) -> jax.Array:
         """Test predictions of a train state's exported model (see ``export``) or of an

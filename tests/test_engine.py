@@ -200,3 +200,78 @@ def test_test_time_flip_averages_the_image_and_its_mirror():
     expected = (probs(plain, images) + probs(plain, flipped)) / 2
     np.testing.assert_allclose(probs(mirrored, images), expected, rtol=1e-5, atol=1e-6)
     assert np.abs(probs(mirrored, images) - probs(plain, images)).max() > 1e-4
+
+
+def test_moving_average_of_the_parameters_is_the_model():
+    """train.ema_decay: the exported model's params are the debiased moving average of the
+    steps' params (sum_t d^(n-t) (1-d) p_t / (1 - d^n)), the BN statistics the running ones;
+    the steps themselves train exactly as without it."""
+    config = _program().config
+    config.train.warmup_epochs, config.train.learning_rate = 0, 1e-2
+    plain = FoldProgram(config, steps_per_epoch=2)
+    config = config.copy_and_resolve_references()
+    config.train.ema_decay = 0.9
+    averaged = FoldProgram(config, steps_per_epoch=2)
+    rng = np.random.default_rng(0)
+    data = {
+        "images": jnp.asarray(rng.integers(0, 255, (16, 16, 16, 3), np.uint8)),
+        "labels": jnp.asarray(rng.integers(0, 3, (16,)), jnp.int32),
+    }
+    fold = FoldInputs.whole_dataset(jax.random.key(1), 16, 3)
+    plan = jax.jit(plain.epoch_plan)(fold, jnp.int32(0))
+    state, ema_state = jax.jit(plain.init)(fold.key), jax.jit(averaged.init)(fold.key)
+    assert state.ema is None and ema_state.ema is not None
+    # before any step the model is the initial one
+    np.testing.assert_array_equal(
+        averaged.export(ema_state)["params"]["['stem']['conv']['kernel']"],
+        state.params["['stem']['conv']['kernel']"],
+    )
+    history = []
+    for step in (0, 1, 0):
+        state = jax.jit(plain.train_step_at)(state, fold, data, plan, step)[0]
+        ema_state = jax.jit(averaged.train_step_at)(ema_state, fold, data, plan, step)[0]
+        history.append(state.params)
+    for name in state.params:  # same training
+        np.testing.assert_array_equal(ema_state.params[name], state.params[name])
+    n, d = len(history), 0.9
+    exported = averaged.export(ema_state)
+    for name in state.params:
+        expected = sum(d ** (n - 1 - t) * (1 - d) * p[name] for t, p in enumerate(history))
+        np.testing.assert_allclose(
+            exported["params"][name], expected / (1 - d**n), rtol=1e-5, atol=1e-6
+        )
+    assert any(not np.allclose(exported["params"][k], state.params[k]) for k in state.params)
+    for name in state.batch_stats:
+        np.testing.assert_array_equal(exported["batch_stats"][name], state.batch_stats[name])
+    idx = jnp.arange(16, dtype=jnp.int32)
+    np.testing.assert_array_equal(
+        averaged.predict(ema_state, data, idx), plain.predict(exported, data, idx)
+    )
+
+
+def test_early_stopping_keeps_the_moving_average_it_validated():
+    """With train.ema_decay and early stopping, the validation scores the averaged model and an
+    improvement keeps that model (not the last step's parameters)."""
+    config = _program().config
+    config.train.warmup_epochs, config.train.learning_rate = 0, 1e-2
+    config.train.ema_decay, config.train.early_stopping_patience = 0.9, 2
+    config.folds.val_subject_fraction = 0.5
+    program = FoldProgram(config, steps_per_epoch=2)
+    rng = np.random.default_rng(0)
+    data = {
+        "images": jnp.asarray(rng.integers(0, 255, (16, 16, 16, 3), np.uint8)),
+        "labels": jnp.asarray(rng.integers(0, 3, (16,)), jnp.int32),
+    }
+    fold = FoldInputs.whole_dataset(jax.random.key(1), 16, 3).replace(
+        val_idx=jnp.arange(4, dtype=jnp.int32), val_mask=jnp.ones((4,), bool)
+    )
+    state = jax.jit(program.init)(fold.key)
+    plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
+    for step in (0, 1):
+        state, (loss, correct) = jax.jit(program.train_step_at)(state, fold, data, plan, step)
+    state, metrics = jax.jit(program.end_epoch)(state, fold, data, (loss, loss), (correct, correct))
+    current = program.current_model(state)
+    assert np.isfinite(metrics["val_loss"]) and int(state.best.since_best) == 0
+    for name in state.params:
+        np.testing.assert_array_equal(state.best.params[name], current["params"][name])
+    assert any(not np.allclose(current["params"][k], state.params[k]) for k in state.params)

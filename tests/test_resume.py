@@ -22,9 +22,14 @@ def kill_after(epochs: int):
     return callback
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, smoke_config, tiny_dataset):
+@pytest.mark.parametrize("extra", [(), ("train.ema_decay=0.5",)], ids=["plain", "ema"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(
+    tmp_path, smoke_config, tiny_dataset, extra
+):
+    """With train.ema_decay the moving average is part of the checkpoints: resumed, the run
+    predicts as an uninterrupted one does."""
     dataset = tiny_dataset(3, 3)
-    config = smoke_config("train.num_epochs=3", "checkpoint.every_epochs=1")
+    config = smoke_config("train.num_epochs=3", "checkpoint.every_epochs=1", *extra)
     reference = train_and_evaluate(config, str(tmp_path / "ref"), dataset=dataset)
 
     workdir = str(tmp_path / "resumed")

@@ -86,6 +86,8 @@ def test_balanced_class_weights():
         ("loss.class_weights=None", "loss.class_weights"),
         ("loss.label_smoothing=2.0", "loss.label_smoothing"),
         ("train.learning_rate=0.0", "train.learning_rate"),
+        ("train.ema_decay=1.0", "train.ema_decay"),
+        ("train.ema_decay=-0.5", "train.ema_decay"),
         ("parallel.strategy=pmap", "parallel.strategy"),
         ("model.fusion=bogus", "model.fusion"),
         ("folds.protocol=lofo", "folds.protocol"),
