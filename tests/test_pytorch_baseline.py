@@ -88,6 +88,12 @@ def test_torch_loso_writes_same_results_as_jax(tiny_torch_dataset, tmp_path):
     assert saved["pooled"]["n"] == jax_res["pooled"]["n"] == 12
 
 
+def test_rejects_a_moving_average_it_does_not_have(tiny_torch_dataset, tmp_path):
+    config = load_config(SMOKE, ["train.num_epochs=1", "train.ema_decay=0.9"])
+    with pytest.raises(ValueError, match="train.ema_decay > 0 has no PyTorch twin"):
+        train_loso_torch(config, tiny_torch_dataset, str(tmp_path), write=False)
+
+
 def test_rejects_unknown_class_weights(tiny_torch_dataset, tmp_path):
     config = load_config(SMOKE, ["train.num_epochs=1", "loss.class_weights=inverse"])
     with pytest.raises(ValueError, match="class_weights"):

@@ -215,6 +215,8 @@ def train_loso_torch(
 
     if int(config.train.early_stopping_patience) > 0:
         raise NotImplementedError("the PyTorch baseline trains a fixed epoch budget only")
+    if float(config.train.get("ema_decay", 0.0)) > 0:
+        raise ValueError("train.ema_decay > 0 has no PyTorch twin (JAX only)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     amp = amp or config.model.dtype == "bfloat16"
     opts = dict(
