@@ -76,6 +76,15 @@ def _program(**model):
     return FoldProgram(config, steps_per_epoch=2)
 
 
+def _random_data(n: int = 16) -> dict:
+    """n random 16x16 uint8 flow images and labels of 3 classes (the data pytree)."""
+    rng = np.random.default_rng(0)
+    return {
+        "images": jnp.asarray(rng.integers(0, 255, (n, 16, 16, 3), np.uint8)),
+        "labels": jnp.asarray(rng.integers(0, 3, (n,)), jnp.int32),
+    }
+
+
 def test_train_state_is_flat_and_exports_the_model_only():
     program = _program()
     state = jax.jit(program.init)(jax.random.key(0))
@@ -148,11 +157,7 @@ def test_one_training_step():
     config = program.config
     config.train.warmup_epochs, config.train.learning_rate = 0, 1e-2
     program = FoldProgram(config, steps_per_epoch=2)
-    rng = np.random.default_rng(0)
-    data = {
-        "images": jnp.asarray(rng.integers(0, 255, (16, 16, 16, 3), np.uint8)),
-        "labels": jnp.asarray(rng.integers(0, 3, (16,)), jnp.int32),
-    }
+    data = _random_data()
     fold = FoldInputs.whole_dataset(jax.random.key(1), 16, 3)
     state = jax.jit(program.init)(fold.key)
     plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
@@ -212,11 +217,7 @@ def test_moving_average_of_the_parameters_is_the_model():
     config = config.copy_and_resolve_references()
     config.train.ema_decay = 0.9
     averaged = FoldProgram(config, steps_per_epoch=2)
-    rng = np.random.default_rng(0)
-    data = {
-        "images": jnp.asarray(rng.integers(0, 255, (16, 16, 16, 3), np.uint8)),
-        "labels": jnp.asarray(rng.integers(0, 3, (16,)), jnp.int32),
-    }
+    data = _random_data()
     fold = FoldInputs.whole_dataset(jax.random.key(1), 16, 3)
     plan = jax.jit(plain.epoch_plan)(fold, jnp.int32(0))
     state, ema_state = jax.jit(plain.init)(fold.key), jax.jit(averaged.init)(fold.key)
@@ -257,11 +258,7 @@ def test_early_stopping_keeps_the_moving_average_it_validated():
     config.train.ema_decay, config.train.early_stopping_patience = 0.9, 2
     config.folds.val_subject_fraction = 0.5
     program = FoldProgram(config, steps_per_epoch=2)
-    rng = np.random.default_rng(0)
-    data = {
-        "images": jnp.asarray(rng.integers(0, 255, (16, 16, 16, 3), np.uint8)),
-        "labels": jnp.asarray(rng.integers(0, 3, (16,)), jnp.int32),
-    }
+    data = _random_data()
     fold = FoldInputs.whole_dataset(jax.random.key(1), 16, 3).replace(
         val_idx=jnp.arange(4, dtype=jnp.int32), val_mask=jnp.ones((4,), bool)
     )
