@@ -346,12 +346,15 @@ class FoldProgram:
         ``train.ema_decay`` their moving average (debiased: the average over the steps so far,
         each step's weight decaying by ``ema_decay``), with the running BN statistics."""
         params = state.params
-        if self.ema is not None:
-            decay, count = self.config.train.ema_decay, state.ema.count
-            scale = 1.0 / (1.0 - jnp.power(jnp.float32(decay), count.astype(jnp.float32)))
-            params = {
-                k: jnp.where(count > 0, v * scale, params[k]) for k, v in state.ema.ema.items()
-            }
+        if self.ema is not None:  # count: [] for one fold, [G] for a group's stacked states
+            count = state.ema.count.astype(jnp.float32)
+            scale = 1.0 / (1.0 - jnp.power(jnp.float32(self.config.train.ema_decay), count))
+
+            def debiased(average, last):
+                shape = count.shape + (1,) * (last.ndim - count.ndim)
+                return jnp.where(count.reshape(shape) > 0, average * scale.reshape(shape), last)
+
+            params = jax.tree.map(debiased, state.ema.ema, params)
         return {"params": params, "batch_stats": state.batch_stats}
 
     def export(self, state: TrainState) -> dict:

@@ -45,6 +45,8 @@ try:  # vmap group interrupted after its first epoch, then resumed
 except Killed:
     pass
 run("vmap_resumed", "vmap")
+run("vmap_ema", "vmap", "train.ema_decay=0.5")  # a group's moving averages, exported at once
+run("sequential_ema", "sequential", "train.ema_decay=0.5")
 # seeds x folds: 2 seeds x 3 folds = 6 members of the fold axis, in 2 groups of 4 devices
 config = smoke_config(*common, "parallel.strategy=vmap", "train.seeds=(0, 1)")
 r = train_and_evaluate(config, f"{sys.argv[1]}/vmap_seeds", dataset=dataset)
@@ -126,6 +128,14 @@ def test_vmap_group_resumes_exactly(runs):
     np.testing.assert_allclose(
         np.array(runs["vmap_resumed"]["probs"]), np.array(runs["vmap"]["probs"]), atol=1e-6
     )
+
+
+def test_moving_average_under_vmap_and_sequential(runs):
+    """train.ema_decay: a vmap group's models (exported together) predict what sequential
+    training's do, and not what the last step's parameters predict."""
+    ema, seq = np.array(runs["vmap_ema"]["probs"]), np.array(runs["sequential_ema"]["probs"])
+    np.testing.assert_allclose(ema, seq, atol=1e-4)
+    assert np.abs(ema - np.array(runs["vmap"]["probs"])).max() > 1e-3
 
 
 def test_seeds_share_the_fold_axis(runs):
