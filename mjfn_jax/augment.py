@@ -49,3 +49,16 @@ def augment_batch(
         )
         images = translate(images, shifts, max_translate)
     return images
+
+
+def mixup(
+    key: jax.Array, images: jax.Array, alpha: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Mixup (Zhang et al., 2018) over the batch: lam ~ Beta(alpha, alpha), one per batch, and a
+    random pairing ``perm`` of the batch; returns (lam * images + (1 - lam) * images[perm], perm,
+    lam). The training loss is then lam * loss(labels) + (1 - lam) * loss(labels[perm]), which
+    equals the cross-entropy against the mixed one-hot labels."""
+    lam_key, perm_key = jax.random.split(key)
+    lam = jax.random.beta(lam_key, alpha, alpha)
+    perm = jax.random.permutation(perm_key, images.shape[0])
+    return lam * images + (1.0 - lam) * images[perm], perm, lam

@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict()
     c.augment.hflip = True  # Horizontal flip that negates the u channel.
     c.augment.max_translate = 4  # Random translation in pixels (zero-padded); 0 disables.
+    # Mixup of each training batch with a random pairing of itself, weight ~ Beta(a, a) per
+    # batch, the loss mixed alike (mjfn_jax.augment.mixup); 0 disables.
+    c.augment.mixup_alpha = 0.0
     # At prediction (test, validation, predict CLI): average the fused class probabilities of
     # the image and of its flow-aware mirror image (hflip above). Off by default.
     c.augment.test_hflip = False
@@ -207,6 +210,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ok = number(t[name]) and 0 <= t[name] < float("inf")
         check(f"train.{name}", ok, "needs a finite number >= 0")
     check("train.ema_decay", number(t.ema_decay) and 0 <= t.ema_decay < 1, "needs 0 <= x < 1")
+    alpha = config.augment.mixup_alpha
+    check("augment.mixup_alpha", number(alpha) and 0 <= alpha < float("inf"), "needs a number >= 0")
     check(
         "loss.class_weights",
         config.loss.class_weights in ("none", "balanced"),

@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from mjfn_jax.augment import augment_batch, hflip_batch
+from mjfn_jax.augment import augment_batch, hflip_batch, mixup
 from mjfn_jax.folds import epoch_batches
 from mjfn_jax.models import MJFN, mjfn_loss
 
@@ -208,17 +208,24 @@ class FoldProgram:
         )
         labels = data["labels"][batch_idx]  # [B] int32
         class_weights = fold.class_weights if cfg.loss.class_weights != "none" else None
+        loss_of = lambda outputs, labels: mjfn_loss(
+            outputs,
+            labels,
+            head_loss_weights=tuple(cfg.model.head_loss_weights),
+            label_smoothing=cfg.loss.label_smoothing,
+            class_weights=class_weights,
+        )[0]
+        if cfg.augment.mixup_alpha > 0:  # its own stream: the others draw what they did without
+            images, pair, lam = mixup(
+                jax.random.fold_in(step_key, 2), images, cfg.augment.mixup_alpha
+            )
 
         def loss_fn(params):
             model = self._model(params, state.batch_stats, dropout_key, train=True)
             outputs = model(images)
-            loss, _ = mjfn_loss(
-                outputs,
-                labels,
-                head_loss_weights=tuple(cfg.model.head_loss_weights),
-                label_smoothing=cfg.loss.label_smoothing,
-                class_weights=class_weights,
-            )
+            loss = loss_of(outputs, labels)
+            if cfg.augment.mixup_alpha > 0:
+                loss = lam * loss + (1.0 - lam) * loss_of(outputs, labels[pair])
             return loss, (self._stats.to_flat(nnx.state(model, nnx.BatchStat)), outputs["fused"])
 
         (loss, (batch_stats, fused)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -1,10 +1,11 @@
-"""On-device augmentation: flow-aware flip and zero-padded translation."""
+"""On-device augmentation: flow-aware flip, zero-padded translation, mixup."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mjfn_jax.augment import augment_batch, hflip_batch, translate
+from mjfn_jax.augment import augment_batch, hflip_batch, mixup, translate
+from mjfn_jax.models.losses import cross_entropy
 
 
 def _minmax(x):
@@ -51,3 +52,23 @@ def test_augment_batch_mixes_flips_and_keeps_range():
     assert out.shape == images.shape and out.min() >= 0.0 and out.max() <= 1.0
     none = augment_batch(jax.random.key(0), images, hflip=False, max_translate=0)
     np.testing.assert_array_equal(np.asarray(none), np.asarray(images))
+
+
+def test_mixup_blends_the_batch_with_a_pairing_of_itself_and_its_loss_is_the_soft_label_one():
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.uniform(size=(8, 4, 4, 3)).astype(np.float32))
+    mixed, perm, lam = mixup(jax.random.key(3), images, 0.4)
+    perm, lam = np.asarray(perm), float(lam)
+    assert sorted(perm.tolist()) == list(range(8)) and 0.0 <= lam <= 1.0
+    np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[perm], rtol=1e-6)
+    again = mixup(jax.random.key(3), images, 0.4)  # a function of the key
+    np.testing.assert_array_equal(again[0], mixed)
+    lams = [float(mixup(jax.random.key(k), images, 0.4)[2]) for k in range(200)]
+    assert 0.45 < np.mean(lams) < 0.55 and np.std(lams) > 0.3  # Beta(0.4, 0.4): mostly near 0, 1
+    # the engine's loss, lam * CE(y) + (1 - lam) * CE(y[perm]), is the CE against mixed labels
+    logits = jnp.asarray(rng.normal(size=(8, 3)).astype(np.float32))
+    labels = jnp.asarray(rng.integers(0, 3, 8), jnp.int32)
+    loss = lam * cross_entropy(logits, labels) + (1 - lam) * cross_entropy(logits, labels[perm])
+    soft = lam * np.eye(3)[labels] + (1 - lam) * np.eye(3)[np.asarray(labels)[perm]]
+    expected = -np.mean(np.sum(soft * np.asarray(jax.nn.log_softmax(logits)), -1))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)

@@ -272,3 +272,22 @@ def test_early_stopping_keeps_the_moving_average_it_validated():
     for name in state.params:
         np.testing.assert_array_equal(state.best.params[name], current["params"][name])
     assert any(not np.allclose(current["params"][k], state.params[k]) for k in state.params)
+
+
+def test_mixup_changes_the_step_and_nothing_else_it_draws():
+    """augment.mixup_alpha: the step trains on a mixed batch (other parameters than without),
+    from its own random stream: the batch order is the same, the loss finite."""
+    config = _program().config
+    config.train.warmup_epochs, config.train.learning_rate = 0, 1e-2  # step 0 moves the params
+    plain = FoldProgram(config, steps_per_epoch=2)
+    config = config.copy_and_resolve_references()
+    config.augment.mixup_alpha = 0.4
+    mixed = FoldProgram(config, steps_per_epoch=2)
+    data, fold = _random_data(), FoldInputs.whole_dataset(jax.random.key(1), 16, 3)
+    state = jax.jit(plain.init)(fold.key)
+    plan = jax.jit(plain.epoch_plan)(fold, jnp.int32(0))
+    np.testing.assert_array_equal(plan[0], jax.jit(mixed.epoch_plan)(fold, jnp.int32(0))[0])
+    a, (loss_a, _) = jax.jit(plain.train_step_at)(state, fold, data, plan, 0)
+    b, (loss_b, _) = jax.jit(mixed.train_step_at)(state, fold, data, plan, 0)
+    assert np.isfinite(loss_b) and float(loss_a) != float(loss_b)
+    assert any(not np.allclose(a.params[k], b.params[k]) for k in a.params)

@@ -88,9 +88,10 @@ def test_torch_loso_writes_same_results_as_jax(tiny_torch_dataset, tmp_path):
     assert saved["pooled"]["n"] == jax_res["pooled"]["n"] == 12
 
 
-def test_rejects_a_moving_average_it_does_not_have(tiny_torch_dataset, tmp_path):
-    config = load_config(SMOKE, ["train.num_epochs=1", "train.ema_decay=0.9"])
-    with pytest.raises(ValueError, match="train.ema_decay > 0 has no PyTorch twin"):
+@pytest.mark.parametrize("field", ["train.ema_decay", "augment.mixup_alpha"])
+def test_rejects_what_it_does_not_have(tiny_torch_dataset, tmp_path, field):
+    config = load_config(SMOKE, ["train.num_epochs=1", f"{field}=0.4"])
+    with pytest.raises(ValueError, match=f"{field} > 0 has no PyTorch twin"):
         train_loso_torch(config, tiny_torch_dataset, str(tmp_path), write=False)
 
 

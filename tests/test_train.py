@@ -88,6 +88,7 @@ def test_balanced_class_weights():
         ("train.learning_rate=0.0", "train.learning_rate"),
         ("train.ema_decay=1.0", "train.ema_decay"),
         ("train.ema_decay=-0.5", "train.ema_decay"),
+        ("augment.mixup_alpha=-1.0", "augment.mixup_alpha"),
         ("parallel.strategy=pmap", "parallel.strategy"),
         ("model.fusion=bogus", "model.fusion"),
         ("folds.protocol=lofo", "folds.protocol"),

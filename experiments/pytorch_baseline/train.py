@@ -217,6 +217,8 @@ def train_loso_torch(
         raise NotImplementedError("the PyTorch baseline trains a fixed epoch budget only")
     if float(config.train.get("ema_decay", 0.0)) > 0:
         raise ValueError("train.ema_decay > 0 has no PyTorch twin (JAX only)")
+    if float(config.augment.get("mixup_alpha", 0.0)) > 0:
+        raise ValueError("augment.mixup_alpha > 0 has no PyTorch twin (JAX only)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     amp = amp or config.model.dtype == "bfloat16"
     opts = dict(
