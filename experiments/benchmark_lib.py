@@ -413,8 +413,9 @@ def conv_peak(repeats: int, batch: int = 32, size: int = 16, channels: int = 32)
         y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dims)
         return jnp.sum(y * y)
 
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    flops = count_flops(jax.grad(loss, argnums=(0, 1)), w, x)  # on XLA:CPU (see count_flops)
+    grad_fn = jax.grad(loss, argnums=(0, 1))
+    grad = jax.jit(grad_fn)
+    flops = count_flops(grad_fn, w, x)  # on XLA:CPU (see count_flops)
     jax.block_until_ready(grad(w, x))
     times = []
     for _ in range(repeats):

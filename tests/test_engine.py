@@ -274,9 +274,9 @@ def test_early_stopping_keeps_the_moving_average_it_validated():
     assert any(not np.allclose(current["params"][k], state.params[k]) for k in state.params)
 
 
-def test_mixup_changes_the_step_and_nothing_else_it_draws():
-    """augment.mixup_alpha: the step trains on a mixed batch (other parameters than without),
-    from its own random stream: the batch order is the same, the loss finite."""
+def test_mixup_changes_the_step_but_not_the_batch_plan():
+    """augment.mixup_alpha: the step trains on a mixed batch (other parameters and loss than
+    without), the loss finite; the epoch's batch order is the same as without."""
     config = _program().config
     config.train.warmup_epochs, config.train.learning_rate = 0, 1e-2  # step 0 moves the params
     plain = FoldProgram(config, steps_per_epoch=2)
