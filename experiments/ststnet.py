@@ -171,7 +171,8 @@ def train_and_predict(
 def head_to_head(dataset, seeds, *, epochs, learning_rate, batch_size) -> dict:
     """Every seed's pooled UF1/UAR, their mean and sd, the seeds' ensemble (mean probability),
     the linear floor on the same folds, and each seed fused with the floor (mean probability,
-    as MJFN-JAX's reports fuse the network with it)."""
+    as MJFN-JAX's reports fuse the network with it); "probs" keeps each seed's pooled class
+    probabilities [N, C] (clips in "clips" order) for fusing with other runs."""
     from tqdm import tqdm
 
     from mjfn_jax.folds import make_folds, pad_folds
@@ -206,6 +207,9 @@ def head_to_head(dataset, seeds, *, epochs, learning_rate, batch_size) -> dict:
     )
     ensemble = score(sum(r["probs"] for r in runs.values()))
     return {
+        # per clip, in the dataset's (subject, clip) order: for fusing with other models' runs
+        "clips": [f"{s}/{c}" for s, c in zip(dataset.subjects, dataset.clips, strict=True)],
+        "probs": {s: np.round(r["probs"], 5) for s, r in runs.items()},
         "per_seed": per_seed,
         "mean_sd": {k: spread(k) for k in ("uf1", "uar", "with_floor_uf1", "with_floor_uar")},
         "ensemble": {k: ensemble[k] for k in ("uf1", "uar")},

@@ -85,3 +85,4 @@ def test_head_to_head_reports_each_seed_their_spread_and_the_floor():
     text = ststnet.markdown(result, args, "tiny")
     assert f"| 1 | {uf1[1]:.4f} |" in text and "| mean ± sd |" in text
     assert f"linear floor, same folds: UF1 {result['floor']['uf1']:.4f}" in text
+    assert len(result["clips"]) == len(dataset) and result["probs"][0].shape == (len(dataset), 3)
