@@ -66,16 +66,21 @@ def mjfn_probs(workdir: str, clips, class_names) -> dict[int, np.ndarray]:
     return out
 
 
-def fuse(models: dict[str, np.ndarray], labels, class_names) -> list[dict]:
-    """UF1/UAR of every non-empty combination of the models' probabilities (mean, argmax)."""
-    from mjfn_jax.metrics import pooled_metrics
+def fuse(models: dict[str, np.ndarray], labels, class_names, sources=None) -> list[dict]:
+    """UF1/UAR of every non-empty combination of the models' probabilities (mean, argmax),
+    and with ``sources`` [N] each source dataset's UF1 ("uf1/<source>")."""
+    from mjfn_jax.metrics import per_group_metrics, pooled_metrics
 
     rows = []
     for k in range(1, len(models) + 1):
         for names in itertools.combinations(models, k):
-            probs = np.mean([models[n] for n in names], axis=0)
-            m = pooled_metrics(labels, probs.argmax(-1), class_names)
-            rows.append({"models": " + ".join(names), "uf1": m["uf1"], "uar": m["uar"]})
+            pred = np.mean([models[n] for n in names], axis=0).argmax(-1)
+            m = pooled_metrics(labels, pred, class_names)
+            row = {"models": " + ".join(names), "uf1": m["uf1"], "uar": m["uar"]}
+            if sources is not None:
+                for source, g in per_group_metrics(labels, pred, sources, class_names).items():
+                    row[f"uf1/{source}"] = g["uf1"]
+            rows.append(row)
     return rows
 
 
@@ -118,6 +123,7 @@ def main(argv=None) -> int:
             {"MJFN-JAX": mjfn[s], "STSTNet": np.asarray(st["probs"][str(s)]), "floor": floor},
             dataset.labels,
             dataset.class_names,
+            dataset.sources,
         )  # fmt: skip
         for s in seeds
     }
@@ -146,6 +152,21 @@ def main(argv=None) -> int:
         cells = " | ".join(f"{r['uf1']:.4f} / {r['uar']:.4f}" for r in rows)
         ms = " | ".join(f"{stats[k][0]:.4f} ± {stats[k][1]:.4f}" for k in ("uf1", "uar"))
         lines.append(f"| {combo} | {cells} | {ms} |")
+    sources = sorted(set(dataset.sources.tolist()))
+    lines += [
+        "",
+        "UF1 per source dataset, mean ± sd over the seeds:",
+        "",
+        "| models | " + " | ".join(sources) + " |",
+        "|---|" + "---:|" * len(sources),
+    ]
+    for i, combo in enumerate(combos):
+        cells = []
+        for source in sources:
+            values = [per_seed[s][i][f"uf1/{source}"] for s in seeds]
+            sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{np.mean(values):.4f} ± {sd:.4f}")
+        lines.append(f"| {combo} | " + " | ".join(cells) + " |")
     record = {"seeds": seeds, "per_seed": per_seed, "mean_sd": summary, "args": vars(args)}
     write_result(os.path.join(args.out, args.machine), args.stem, record, "\n".join(lines) + "\n")
     return 0

@@ -62,3 +62,15 @@ def test_missing_inputs_are_one_line(tmp_path, capsys):
     args = ["--workdir", str(tmp_path), "--ststnet", str(tmp_path / "s.json")]
     assert fuse_runs.main([*args, "--data_dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: dataset flow_images/imported_28 is not built")
+
+
+def test_per_source_scores_are_those_of_the_source_alone():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 60)
+    sources = np.array(["casme2", "samm", "smic"] * 20)
+    models = {n: rng.dirichlet(np.ones(3), 60) for n in ("A", "B")}
+    rows = {r["models"]: r for r in fuse_runs.fuse(models, labels, NAMES, sources)}
+    pick = sources == "samm"
+    pred = (models["A"] + models["B"]).argmax(-1)
+    want = pooled_metrics(labels[pick], pred[pick], NAMES)["uf1"]
+    assert rows["A + B"]["uf1/samm"] == pytest.approx(want)
