@@ -34,17 +34,23 @@ def read_predictions(path: str, class_names) -> dict[str, np.ndarray]:
     missing = [f"prob_{c}" for c in class_names if rows and f"prob_{c}" not in rows[0]]
     if missing:
         raise ValueError(f"{path}: no column {missing[0]}")
-    return {
-        f"{r['subject']}/{r['clip']}": np.array([float(r[f"prob_{c}"]) for c in class_names])
-        for r in rows
-    }
+    out = {}
+    for line, r in enumerate(rows, start=2):
+        try:
+            probs = np.array([float(r[f"prob_{c}"]) for c in class_names])
+        except (TypeError, ValueError):
+            probs = np.array([np.nan])
+        if not np.all(np.isfinite(probs)):
+            raise ValueError(f"{path}, line {line}: a prob_ value is not a finite number")
+        out[f"{r['subject']}/{r['clip']}"] = probs
+    return out
 
 
 def mjfn_probs(workdir: str, clips, class_names) -> dict[int, np.ndarray]:
     """{seed: [N, C]} of a finished MJFN-JAX run, clips in the given order."""
     seeds_dir = os.path.join(workdir, "seeds")
     if os.path.isdir(seeds_dir):
-        seeds = os.listdir(seeds_dir)
+        seeds = [s for s in os.listdir(seeds_dir) if s.isdigit()]  # seeds/<s>/, s an int
         paths = {int(s): os.path.join(seeds_dir, s, "predictions.csv") for s in seeds}
     else:
         with open(os.path.join(workdir, "config.json")) as f:
@@ -98,6 +104,7 @@ def main(argv=None) -> int:
     from mjfn_jax.data import load_dataset
     from mjfn_jax.folds import make_folds, pad_folds
     from mjfn_jax.linear_probe import linear_floor
+    from mjfn_jax.report import mean_sd
 
     name, _, config = args.dataset.partition("/")
     try:
@@ -143,11 +150,7 @@ def main(argv=None) -> int:
     summary = {}
     for i, combo in enumerate(combos):
         rows = [per_seed[s][i] for s in seeds]
-        stats = {
-            k: (float(np.mean([r[k] for r in rows])),
-                float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0)
-            for k in ("uf1", "uar")
-        }  # fmt: skip
+        stats = {k: tuple(mean_sd([r[k] for r in rows]).values()) for k in ("uf1", "uar")}
         summary[combo] = stats
         cells = " | ".join(f"{r['uf1']:.4f} / {r['uar']:.4f}" for r in rows)
         ms = " | ".join(f"{stats[k][0]:.4f} ± {stats[k][1]:.4f}" for k in ("uf1", "uar"))
@@ -163,9 +166,8 @@ def main(argv=None) -> int:
     for i, combo in enumerate(combos):
         cells = []
         for source in sources:
-            values = [per_seed[s][i][f"uf1/{source}"] for s in seeds]
-            sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
-            cells.append(f"{np.mean(values):.4f} ± {sd:.4f}")
+            m = mean_sd([per_seed[s][i][f"uf1/{source}"] for s in seeds])
+            cells.append(f"{m['mean']:.4f} ± {m['sd']:.4f}")
         lines.append(f"| {combo} | " + " | ".join(cells) + " |")
     record = {"seeds": seeds, "per_seed": per_seed, "mean_sd": summary, "args": vars(args)}
     write_result(os.path.join(args.out, args.machine), args.stem, record, "\n".join(lines) + "\n")

@@ -178,10 +178,11 @@ def head_to_head(dataset, seeds, *, epochs, learning_rate, batch_size) -> dict:
     from mjfn_jax.folds import make_folds, pad_folds
     from mjfn_jax.linear_probe import linear_floor
     from mjfn_jax.metrics import pooled_metrics
+    from mjfn_jax.report import mean_sd, seed_ensemble, with_linear_floor
 
-    score = lambda probs: pooled_metrics(dataset.labels, probs.argmax(-1), dataset.class_names)
+    labels, names = dataset.labels, dataset.class_names
     folds = make_folds(dataset.subjects, protocol="loso")
-    floor = linear_floor(dataset.images, dataset.labels, pad_folds(folds), dataset.num_classes)
+    floor = linear_floor(dataset.images, labels, pad_folds(folds), dataset.num_classes)
     runs, t0 = {}, time.perf_counter()
     with tqdm(total=len(seeds) * len(folds), desc="STSTNet folds", unit="fold") as bar:
         for seed in seeds:
@@ -191,21 +192,18 @@ def head_to_head(dataset, seeds, *, epochs, learning_rate, batch_size) -> dict:
                 batch_size=batch_size, progress=bar,
             )  # fmt: skip
             runs[seed]["seconds"] = time.perf_counter() - start
-    per_seed = {
-        s: {
-            **{k: score(r["probs"])[k] for k in ("uf1", "uar")},
-            "with_floor_uf1": score(r["probs"] + floor)["uf1"],
-            "with_floor_uar": score(r["probs"] + floor)["uar"],
-            "train_accuracy": r["train_accuracy"],
-            "seconds": r["seconds"],
-        }
-        for s, r in runs.items()
-    }
-    spread = lambda key: (
-        float(np.mean([m[key] for m in per_seed.values()])),
-        float(np.std([m[key] for m in per_seed.values()], ddof=1)) if len(seeds) > 1 else 0.0,
-    )
-    ensemble = score(sum(r["probs"] for r in runs.values()))
+    per_seed = {}
+    for s, r in runs.items():
+        alone = pooled_metrics(labels, r["probs"].argmax(-1), names)
+        fused = with_linear_floor(labels, r["probs"], floor, names)
+        per_seed[s] = {
+            "uf1": alone["uf1"], "uar": alone["uar"],
+            "with_floor_uf1": fused["uf1"], "with_floor_uar": fused["uar"],
+            "train_accuracy": r["train_accuracy"], "seconds": r["seconds"],
+        }  # fmt: skip
+    spread = lambda key: tuple(mean_sd([m[key] for m in per_seed.values()]).values())
+    ensemble = seed_ensemble({s: r | {"y_true": labels} for s, r in runs.items()}, names)
+    floor_metrics = pooled_metrics(labels, floor.argmax(-1), names)
     return {
         # per clip, in the dataset's (subject, clip) order: for fusing with other models' runs
         "clips": [f"{s}/{c}" for s, c in zip(dataset.subjects, dataset.clips, strict=True)],
@@ -213,7 +211,7 @@ def head_to_head(dataset, seeds, *, epochs, learning_rate, batch_size) -> dict:
         "per_seed": per_seed,
         "mean_sd": {k: spread(k) for k in ("uf1", "uar", "with_floor_uf1", "with_floor_uar")},
         "ensemble": {k: ensemble[k] for k in ("uf1", "uar")},
-        "floor": {k: score(floor)[k] for k in ("uf1", "uar")},
+        "floor": {k: floor_metrics[k] for k in ("uf1", "uar")},
         "seconds": time.perf_counter() - t0,
     }
 
@@ -267,6 +265,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="experiments/results")
     p.add_argument("--stem", default="ststnet", help="file name of the results, no extension")
     args = p.parse_args(argv)
+    if min(args.seeds) < 0:
+        p.error("--seeds need ints >= 0")
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name} needs an int >= 1")

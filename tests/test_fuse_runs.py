@@ -74,3 +74,11 @@ def test_per_source_scores_are_those_of_the_source_alone():
     pred = (models["A"] + models["B"]).argmax(-1)
     want = pooled_metrics(labels[pick], pred[pick], NAMES)["uf1"]
     assert rows["A + B"]["uf1/samm"] == pytest.approx(want)
+
+
+@pytest.mark.parametrize("value", ["nan", "x", ""])
+def test_a_bad_probability_names_its_line(tmp_path, value):
+    path = tmp_path / "predictions.csv"
+    _write_predictions(path, ["a/1/x", "a/2/y"], [[0.2, 0.3, 0.5], [value, 0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"predictions.csv, line 3: a prob_ value is not a finite"):
+        fuse_runs.read_predictions(str(path), NAMES)

@@ -86,3 +86,9 @@ def test_head_to_head_reports_each_seed_their_spread_and_the_floor():
     assert f"| 1 | {uf1[1]:.4f} |" in text and "| mean ± sd |" in text
     assert f"linear floor, same folds: UF1 {result['floor']['uf1']:.4f}" in text
     assert len(result["clips"]) == len(dataset) and result["probs"][0].shape == (len(dataset), 3)
+
+
+def test_negative_seed_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ststnet.main(["--data_dir", str(tmp_path), "--seeds", "-1"])
+    assert "--seeds need ints >= 0" in capsys.readouterr().err
