@@ -36,16 +36,11 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-FILTERS = 3 + 5 + 8  # the three branches' filters
+from mjfn_jax.models.layers import STSTNET_FILTERS as FILTERS  # noqa: E402
+from mjfn_jax.models.layers import ststnet_map_sizes as map_sizes  # noqa: E402
+from mjfn_jax.models.layers import ststnet_pools  # noqa: E402
+
 PAPER = {"uf1": 0.7353, "uar": 0.7605}  # as published (theirs: composite, LOSO)
-
-
-def map_sizes(size: int) -> tuple[int, int]:
-    """(max-pooled side, average-pooled side) of a size x size input: the padded convolution
-    gives size + 2, the 3/3 max pool (padding 1) floor((size + 1) / 3) + 1, the 2/2 average
-    pool half that (28 -> 30 -> 10 -> 5)."""
-    pooled = (size + 1) // 3 + 1
-    return pooled, pooled // 2
 
 
 def patches(images: np.ndarray) -> np.ndarray:
@@ -92,15 +87,10 @@ def forward(params, stats, x, *, train: bool, key=None, weights=None):
     else:
         mean, var = stats
     h = (h - mean) * jax.lax.rsqrt(var + 1e-5) * params["bn_scale"] + params["bn_bias"]
-    pooled, half = map_sizes(h.shape[1] - 2)
-    # max pool 3/3 with padding 1: windows start at -1; rows past the last window are unseen
-    end = 3 * pooled - 1 - h.shape[1]
-    h = jnp.pad(h, ((0, 0), (1, max(end, 0)), (1, max(end, 0)), (0, 0)), constant_values=-jnp.inf)
-    h = h[:, : 3 * pooled, : 3 * pooled]
-    h = h.reshape(h.shape[0], pooled, 3, pooled, 3, FILTERS).max(axis=(2, 4))
+    dropout = None
     if train:
-        h = jnp.where(jax.random.bernoulli(key, 0.5, h.shape), h * 2.0, 0.0)
-    h = h[:, : 2 * half, : 2 * half].reshape(h.shape[0], half, 2, half, 2, FILTERS).mean((2, 4))
+        dropout = lambda h: jnp.where(jax.random.bernoulli(key, 0.5, h.shape), h * 2.0, 0.0)
+    h = ststnet_pools(h, dropout=dropout)
     return h.reshape(h.shape[0], -1) @ params["fc"] + params["fc_bias"], stats
 
 

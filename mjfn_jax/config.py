@@ -32,6 +32,11 @@ def base_model_config() -> ml_collections.ConfigDict:
     # linear floor standardises its pixels; the statistics are part of the fold's saved model.
     # Off: the network sees the image / 255 as it is.
     m.input_standardize = False
+    # STSTNet (Liong et al. 2019, the published shallow network for 28 px flow images: 16 3x3
+    # filters, pooling, one linear layer on the 5x5 map) trained beside MJFN as a fifth head on
+    # the same batches (its own cross-entropy, weight 1); the prediction averages the two
+    # networks' probabilities. JAX only (no PyTorch twin). Off: the paper's network alone.
+    m.ststnet_branch = False
     # Cross-entropy weights of the heads, in the order (backbone, jfm1, jfm2, jfm3).
     m.head_loss_weights = (1.0, 1.0, 1.0, 1.0)
     m.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).

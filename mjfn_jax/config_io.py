@@ -121,6 +121,7 @@ def upgrade_saved_config(saved: dict) -> dict:
     saved["train"].setdefault("ema_decay", 0.0)  # before 2026-11-26: no moving average
     saved.setdefault("model", {}).setdefault("backbone_pool", "mean")  # before 2026-11-26
     saved["model"].setdefault("input_standardize", False)  # likewise
+    saved["model"].setdefault("ststnet_branch", False)  # likewise
     saved.setdefault("augment", {}).setdefault("test_hflip", False)  # before 2026-11-26
     saved["augment"].setdefault("mixup_alpha", 0.0)  # likewise
     saved.setdefault("checkpoint", {}).setdefault("final_dtype", "float32")  # likewise

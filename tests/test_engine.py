@@ -149,17 +149,19 @@ def test_save_policy():
     assert never.epochs_until_save(5) is None and never.what_to_save(5, finished=False) is None
 
 
-def test_one_training_step():
-    """One step moves every parameter that gets a gradient, updates the BN statistics and the
-    optimizer count, is a pure function of its inputs, and repeated on one batch lowers the
-    loss (the gradient points downhill)."""
-    program = _program()
+@pytest.mark.parametrize("model", [{}, {"ststnet_branch": True}], ids=["mjfn", "with_ststnet"])
+def test_one_training_step(model):
+    """One step moves every parameter that gets a gradient (with model.ststnet_branch, the
+    branch's too), updates the BN statistics and the optimizer count, is a pure function of its
+    inputs, and repeated on one batch lowers the loss (the gradient points downhill)."""
+    program = _program(**model)
     config = program.config
     config.train.warmup_epochs, config.train.learning_rate = 0, 1e-2
     program = FoldProgram(config, steps_per_epoch=2)
     data = _random_data()
     fold = FoldInputs.whole_dataset(jax.random.key(1), 16, 3)
     state = jax.jit(program.init)(fold.key)
+    assert any("branch" in name for name in state.params) == bool(model)
     plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
     step = jax.jit(program.train_step_at)
     new, (loss, correct) = step(state, fold, data, plan, 0)

@@ -283,3 +283,46 @@ def test_a_config_saved_before_backbone_pool_resumes(tmp_path):
     flat.model.backbone_pool = "flatten"
     with pytest.raises(WorkdirError, match="backbone_pool"):
         save_or_check_config(flat, str(tmp_path))
+
+
+def test_ststnet_branch_is_the_published_network_and_half_the_prediction():
+    """model.ststnet_branch: the fifth head computes STSTNet as its authors define it (checked
+    against the network written with lax.conv and reduce_window, as PyTorch's layers are), and
+    'fused' is log(1/2 p_MJFN + 1/2 p_STSTNet), p_MJFN the four heads' mean probability."""
+    from mjfn_jax.models.mjfn import BRANCH
+    from tests.test_ststnet import _reference_logits
+
+    model = MJFN(tiny_config(input_size=28, ststnet_branch=True), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    branch = model.branch
+    branch.bn.scale[...] = jnp.asarray(rng.normal(size=16), jnp.float32)  # signs matter
+    branch.bn.mean[...] = jnp.asarray(rng.normal(0.2, 0.1, 16), jnp.float32)
+    branch.bn.var[...] = jnp.asarray(rng.uniform(0.01, 0.1, 16), jnp.float32)
+    model.eval()
+    x = batch(3, 28)
+    out = forward(model, x)
+    assert set(out) == {*HEADS, BRANCH, "fused"} and out[BRANCH].shape == (3, 3)
+    params = {
+        "conv": branch.conv.kernel[...].reshape(27, 16),
+        "conv_bias": branch.conv.bias[...],
+        "bn_scale": branch.bn.scale[...],
+        "bn_bias": branch.bn.bias[...],
+        "fc": branch.head.kernel[...],
+        "fc_bias": branch.head.bias[...],
+    }
+    stats = (branch.bn.mean[...], branch.bn.var[...])
+    np.testing.assert_allclose(
+        out[BRANCH], _reference_logits(params, stats, x), rtol=1e-4, atol=1e-4
+    )
+    mjfn = np.stack([np.asarray(jax.nn.softmax(out[h], -1)) for h in HEADS]).mean(0)
+    expected = np.log(0.5 * mjfn + 0.5 * np.asarray(jax.nn.softmax(out[BRANCH], -1)))
+    np.testing.assert_allclose(out["fused"], expected, atol=1e-5)
+    # its cross-entropy is one more term of the loss, weight 1
+    labels = jnp.array([0, 2, 1])
+    loss, aux = mjfn_loss(out, labels, head_loss_weights=(1.0,) * 4)
+    np.testing.assert_allclose(aux[f"loss/{BRANCH}"], cross_entropy(out[BRANCH], labels), rtol=1e-6)
+    np.testing.assert_allclose(loss, sum(aux.values()), rtol=1e-6)
+    without = count_params(MJFN(tiny_config(input_size=28), rngs=nnx.Rngs(0)))
+    counts = count_params(model)  # STSTNet's 1,683 parameters at 3 classes, as published
+    assert counts["ststnet"] == 27 * 16 + 16 + 2 * 16 + 5 * 5 * 16 * 3 + 3 == 1683
+    assert "ststnet" not in without and counts["total"] == without["total"] + 1683

@@ -95,6 +95,15 @@ def test_rejects_what_it_does_not_have(tiny_torch_dataset, tmp_path, field):
         train_loso_torch(config, tiny_torch_dataset, str(tmp_path), write=False)
 
 
+@pytest.mark.parametrize("field", ["input_standardize", "ststnet_branch"])
+def test_the_twin_refuses_model_fields_it_does_not_have(field):
+    from experiments.pytorch_baseline.model import MJFNTorch
+
+    config = load_config(SMOKE, [f"model.{field}=True"])
+    with pytest.raises(ValueError, match=f"model.{field}=True has no PyTorch twin"):
+        MJFNTorch(config.model)
+
+
 def test_rejects_unknown_class_weights(tiny_torch_dataset, tmp_path):
     config = load_config(SMOKE, ["train.num_epochs=1", "loss.class_weights=inverse"])
     with pytest.raises(ValueError, match="class_weights"):

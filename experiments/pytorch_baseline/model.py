@@ -80,6 +80,8 @@ class MJFNTorch(nn.Module):
             raise ValueError(f"unknown fusion {self.fusion!r}")
         if model_config.get("input_standardize", False):
             raise ValueError("model.input_standardize=True has no PyTorch twin (JAX only)")
+        if model_config.get("ststnet_branch", False):
+            raise ValueError("model.ststnet_branch=True has no PyTorch twin (JAX only)")
         self.stem = ConvBN(3, widths[0], 3, int(model_config.stem_stride))
         stages, in_ch = [], widths[0]
         for width, blocks, stride in zip(

@@ -187,3 +187,63 @@ class JFM(nnx.Module):
         features = self.mix(self.fuse(joined))  # [B, h, w, c]
         pooled = jnp.mean(features, axis=(1, 2))  # [B, c]
         return self.head(self.dropout(pooled))  # [B, num_classes] compute dtype
+
+
+# STSTNet (Liong et al., 2019): the published shallow network for the 28x28 composite flow
+# images, as MJFN's optional fifth head (``model.ststnet_branch``) and in experiments/ststnet.py.
+STSTNET_FILTERS = 3 + 5 + 8  # its three branches' filters (one 16-filter conv: BN is per channel)
+
+
+def ststnet_map_sizes(size: int) -> tuple[int, int]:
+    """(max-pooled side, average-pooled side) of STSTNet on a size x size input: the padded
+    (2) 3x3 convolution gives size + 2, the 3/3 max pool (padding 1) floor((size + 1) / 3) + 1,
+    the 2/2 average pool half that (28 -> 30 -> 10 -> 5)."""
+    pooled = (size + 1) // 3 + 1
+    return pooled, pooled // 2
+
+
+def ststnet_pools(h: jax.Array, *, dropout=None) -> jax.Array:
+    """STSTNet's pooling of its convolution's map h [B, S+2, S+2, F]: a 3x3 max pool of stride 3
+    with padding 1 (PyTorch's MaxPool2d(3, 3, 1)), then ``dropout`` (a callable or None), then a
+    2x2 average pool -> [B, A, A, F] (A: ststnet_map_sizes(S)[1]). The max pool is a reshape and
+    a max: reduce_window's gradient ran 4x slower on XLA:CPU (docs/performance.md)."""
+    pooled, half = ststnet_map_sizes(h.shape[1] - 2)
+    # windows start at -1; rows past the last window are unseen
+    end = max(3 * pooled - 1 - h.shape[1], 0)
+    h = jnp.pad(h, ((0, 0), (1, end), (1, end), (0, 0)), constant_values=-jnp.inf)
+    h = h[:, : 3 * pooled, : 3 * pooled]
+    h = h.reshape(h.shape[0], pooled, 3, pooled, 3, h.shape[-1]).max(axis=(2, 4))
+    if dropout is not None:
+        h = dropout(h)
+    h = h[:, : 2 * half, : 2 * half]
+    return h.reshape(h.shape[0], half, 2, half, 2, h.shape[-1]).mean(axis=(2, 4))
+
+
+class STSTNetBranch(nnx.Module):
+    """STSTNet as a head of MJFN: a 3x3 convolution of the input with 16 filters (padding 2,
+    with bias), ReLU, BatchNorm, STSTNet's pools with dropout 0.5 between them, one linear layer
+    on the flattened A x A x 16 map (5x5 at 28 px: it keeps where on the face the motion is).
+    x [B, S, S, 3] -> logits [B, num_classes]. flax's default initialisation."""
+
+    def __init__(self, input_size: int, num_classes: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(
+            3,
+            STSTNET_FILTERS,
+            (3, 3),
+            padding=((2, 2), (2, 2)),
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            rngs=rngs,
+        )
+        self.bn = BatchNorm(STSTNET_FILTERS, dtype=dtype)
+        self.dropout = nnx.Dropout(0.5, rngs=rngs)
+        features = ststnet_map_sizes(input_size)[1] ** 2 * STSTNET_FILTERS
+        self.head = nnx.Linear(
+            features, num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # im2col: the weight gradient of a 3-channel convolution is slow on XLA:CPU
+        h = conv_as_matmul(x, self.conv.kernel[...], 1, 2) + self.conv.bias[...].astype(x.dtype)
+        h = ststnet_pools(self.bn(jax.nn.relu(h)), dropout=self.dropout)
+        return self.head(h.reshape(h.shape[0], -1))  # [B, num_classes] compute dtype

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from mjfn_jax.models.mjfn import HEADS
+from mjfn_jax.models.mjfn import BRANCH, HEADS
 
 
 def cross_entropy(
@@ -49,7 +49,8 @@ def mjfn_loss(
     label_smoothing: float = 0.0,
     class_weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted sum over HEADS of each head's cross-entropy.
+    """Weighted sum over HEADS of each head's cross-entropy, plus (weight 1) the STSTNet
+    branch's where the outputs hold one (``model.ststnet_branch``).
 
     outputs: the MJFN output dict (logits [B, C] per head); labels int32 [B];
     head_loss_weights: one weight per head in HEADS order; class_weights float32 [C] or None.
@@ -70,4 +71,9 @@ def mjfn_loss(
         )
         aux[f"loss/{name}"] = head_loss
         total = total + weight * head_loss
+    if BRANCH in outputs:  # its own parameters: only this term reaches them
+        aux[f"loss/{BRANCH}"] = cross_entropy(
+            outputs[BRANCH], labels, label_smoothing=label_smoothing, class_weights=class_weights
+        )
+        total = total + aux[f"loss/{BRANCH}"]
     return total, aux

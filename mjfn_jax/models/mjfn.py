@@ -2,7 +2,8 @@
 
 A ResNet-18-style backbone (3x3 conv stem, 4 stages of BasicBlocks), three joint feature
 modules JFM_k joining stage k with stage k + 1, a head on each (backbone + 3 JFMs) and a
-fusion of the four heads' predictions.
+fusion of the four heads' predictions. Optionally (``model.ststnet_branch``) the published
+shallow STSTNet beside it as a fifth head, the two networks' predictions averaged.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mjfn_jax.models.layers import JFM, BasicBlock, ConvBN
+from mjfn_jax.models.layers import JFM, BasicBlock, ConvBN, STSTNetBranch
 
 HEADS = ("backbone", "jfm1", "jfm2", "jfm3")
+BRANCH = "ststnet"  # the optional fifth head's output (model.ststnet_branch)
 FUSIONS = ("mean_prob", "mean_logit", "learned")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -75,6 +77,11 @@ class MJFN(nnx.Module):
     dropout. Parameters are float32; ``model_config.dtype='bfloat16'`` computes in bf16.
     Fusion 'learned' holds ``fusion_logits`` (an nnx.Param [4], zeros = equal weights) whose
     softmax weights the heads' probabilities.
+
+    With ``model_config.ststnet_branch`` the output also holds ``"ststnet"``: the logits of
+    STSTNet (layers.STSTNetBranch) on the same input, and ``fused`` is then
+    log(1/2 p_MJFN + 1/2 p_STSTNet), p_MJFN the four heads' fusion above: two networks, equal
+    weights, the rule experiments/fuse_runs.py applies to separately trained runs.
     """
 
     def __init__(self, model_config, *, rngs: nnx.Rngs):
@@ -119,6 +126,11 @@ class MJFN(nnx.Module):
         )
         if self.fusion == "learned":
             self.fusion_logits = nnx.Param(jnp.zeros((len(HEADS),), jnp.float32))
+        self.branch = (  # model.ststnet_branch: STSTNet beside MJFN
+            STSTNetBranch(self.input_size, self.num_classes, dtype=dt, rngs=rngs)
+            if model_config.ststnet_branch
+            else None
+        )
         self.standardize = bool(model_config.input_standardize)
         if self.standardize:  # per-pixel statistics, set per fold by training (not learned)
             shape = (self.input_size, self.input_size, 3)
@@ -158,6 +170,10 @@ class MJFN(nnx.Module):
             logits[f"jfm{k + 1}"] = jfm(stage_outputs[k], stage_outputs[k + 1])
         out = {name: logits[name].astype(jnp.float32) for name in HEADS}  # [B, C] float32
         out["fused"] = self._fuse(out)
+        if self.branch is not None:
+            out[BRANCH] = self.branch(x.astype(self.dtype)).astype(jnp.float32)
+            both = jnp.stack([out["fused"], jax.nn.log_softmax(out[BRANCH], axis=-1)])
+            out["fused"] = jax.nn.logsumexp(both, axis=0) - jnp.log(2.0)  # [B, C]
         return out
 
     def _fuse(self, logits: Mapping[str, jax.Array]) -> jax.Array:

@@ -12,11 +12,15 @@ from flax import nnx
 from mjfn_jax.models.mjfn import MJFN
 
 PARTS = ("backbone", "jfm1", "jfm2", "jfm3", "heads")
+BRANCH_PART = "ststnet"  # model.ststnet_branch's network, whole (counted only where present)
 
 
 def _part_of(path: tuple) -> str:
-    """Maps a state path to its part: stem + stages = backbone; JFM convs; all linear heads."""
+    """Maps a state path to its part: stem + stages = backbone; JFM convs; all linear heads;
+    the STSTNet branch as one part."""
     names = [str(p) for p in path]
+    if names[0] == "branch":
+        return BRANCH_PART
     if "head" in names or names[0] in ("backbone_head", "fusion_logits"):
         return "heads"
     if names[0] == "jfms":
@@ -27,11 +31,13 @@ def _part_of(path: tuple) -> str:
 
 
 def count_params(model: nnx.Module) -> dict[str, int]:
-    """Number of trainable parameters (nnx.Param) per part, plus 'total' (BN stats excluded)."""
+    """Number of trainable parameters (nnx.Param) per part, plus 'total' (BN stats excluded);
+    a model with the STSTNet branch has the part 'ststnet' too."""
     counts = dict.fromkeys(PARTS, 0)
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        counts[_part_of(path)] += int(np.prod(var.shape))
-    counts["total"] = sum(counts[p] for p in PARTS)
+        part = _part_of(path)
+        counts[part] = counts.get(part, 0) + int(np.prod(var.shape))
+    counts["total"] = sum(counts.values())
     return counts
 
 
@@ -92,7 +98,7 @@ def format_summary(summary: dict, title: str = "") -> str:
     total = summary["params"]["total"]
     lines = [title] if title else []
     lines.append(f"{'part':<10} {'params':>12} {'share':>7}")
-    for part in (*PARTS, "total"):
+    for part in [p for p in summary["params"] if p != "total"] + ["total"]:
         n = summary["params"][part]
         lines.append(f"{part:<10} {n:>12,} {100.0 * n / total:>6.1f}%")
     lines.append(f"BatchNorm running statistics (not trained): {summary['batch_stats']:,}")
