@@ -1,7 +1,10 @@
 """A finished run's test subjects predicted again from its saved fold models, with test-time
 flips (``augment.test_hflip``) off and on: what the flip gives on that run, without training.
+With ``--networks`` (a run with ``model.ststnet_branch``): each of its two networks alone (MJFN's
+four heads fused; the STSTNet branch) beside their average, what the run predicted.
 
     python -m experiments.repredict --workdir W [--workdir W2 ...] [--data_dir DIR] [--out FILE.md]
+        [--networks]
 
 Training does not depend on ``augment.test_hflip`` unless early stopping reads the validation
 loss it changes, so a run without early stopping (and without nested selection, whose choice
@@ -66,21 +69,86 @@ def repredict(workdir: str, data_dir: str | None = None, dataset=None) -> dict:
     return out
 
 
+def networks(workdir: str, data_dir: str | None = None, dataset=None) -> dict:
+    """{"both": pooled metrics as the run predicted, "mjfn": MJFN's four heads alone (their
+    fusion), "ststnet": the STSTNet branch alone} of a finished run with model.ststnet_branch."""
+    import jax
+    import jax.numpy as jnp
+
+    from mjfn_jax.checkpoint import FoldCheckpointer
+    from mjfn_jax.data import dataset_from_config
+    from mjfn_jax.engine import FoldProgram
+    from mjfn_jax.metrics import pooled_metrics
+    from mjfn_jax.models.mjfn import BRANCH, HEADS
+    from mjfn_jax.predict import load_run_config, restore_fold
+
+    config = load_run_config(workdir)
+    if not config.model.ststnet_branch:
+        raise SystemExit(f"{workdir}: the run has no STSTNet branch (model.ststnet_branch)")
+    if config.augment.test_hflip:
+        raise SystemExit(f"{workdir}: test-time flips are not split by network here")
+    if config.model.fusion != "mean_prob":
+        raise SystemExit(f"{workdir}: only model.fusion='mean_prob' is split by network here")
+    if data_dir:
+        config.data.data_dir = data_dir
+    if dataset is None:
+        dataset = dataset_from_config(config.data, config.model.input_size, config.seed)
+    images = jnp.asarray(dataset.images)
+    program = FoldProgram(config, steps_per_epoch=1)
+
+    @jax.jit
+    def outputs(model, idx):
+        net = program._model(model["params"], model["batch_stats"], jax.random.key(0), train=False)
+        out = net(images[idx].astype(jnp.float32) / 255.0)
+        heads = jnp.stack([jax.nn.log_softmax(out[h], -1) for h in HEADS])
+        mjfn = jax.nn.logsumexp(heads, axis=0) - jnp.log(len(HEADS))  # the heads' fusion
+        return {"both": out["fused"], "mjfn": mjfn, "ststnet": out[BRANCH]}
+
+    y_true, y_pred = [], {"both": [], "mjfn": [], "ststnet": []}
+    for fold in sorted(os.listdir(os.path.join(workdir, "folds"))):
+        ckpt = FoldCheckpointer(workdir, fold)
+        test_idx, _, _ = ckpt.read_result()
+        ckpt.close()
+        _, model, _ = restore_fold(workdir, fold, config, program)
+        for name, value in outputs(model, jnp.asarray(test_idx, jnp.int32)).items():
+            y_pred[name].append(np.asarray(value).argmax(-1))
+        y_true.append(np.asarray(dataset.labels)[test_idx])
+    y_true = np.concatenate(y_true)
+    return {
+        name: pooled_metrics(y_true, np.concatenate(pred), dataset.class_names)
+        for name, pred in y_pred.items()
+    }
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", action="append", required=True)
     parser.add_argument("--data_dir", default=None, help="where the run's dataset is now")
     parser.add_argument("--out", default=None, help="markdown file for the table")
+    parser.add_argument(
+        "--networks", action="store_true", help="a run with model.ststnet_branch: each network"
+    )
     args = parser.parse_args(argv)
-    lines = [
-        "| workdir | UF1 | UAR | UF1, test-time flips | UAR, test-time flips |",
-        "|---|---:|---:|---:|---:|",
-    ]
+    if args.networks:
+        lines = [
+            "| workdir | both (as run) UF1 / UAR | MJFN's heads alone | STSTNet branch alone |",
+            "|---|---:|---:|---:|",
+        ]
+    else:
+        lines = [
+            "| workdir | UF1 | UAR | UF1, test-time flips | UAR, test-time flips |",
+            "|---|---:|---:|---:|---:|",
+        ]
     for workdir in args.workdir:
         try:
-            r = repredict(workdir, args.data_dir)
+            r = (networks if args.networks else repredict)(workdir, args.data_dir)
         except (OSError, ValueError) as e:  # no workdir, no config.json, a damaged result
             raise SystemExit(f"{workdir}: {e}") from None
+        if args.networks:
+            cells = [f"{r[k]['uf1']:.4f} / {r[k]['uar']:.4f}" for k in ("both", "mjfn", "ststnet")]
+            lines.append(f"| `{workdir}` | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+            continue
         lines.append(
             f"| `{workdir}` | {r[False]['uf1']:.4f} | {r[False]['uar']:.4f} | "
             f"{r[True]['uf1']:.4f} | {r[True]['uar']:.4f} |"

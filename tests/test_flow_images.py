@@ -92,3 +92,38 @@ def test_cli_error_is_one_line(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no image in")
+
+
+def test_the_28px_recipe_trains_on_imported_images(built, tmp_path):
+    """experiments/configs/flow_images.py (MJFN with the STSTNet branch) runs LOSO on the
+    imported images end to end: every clip predicted once, the branch in each fold's model.
+    (Narrow widths and one epoch: what is checked is the wiring, not the accuracy.)"""
+    import json
+
+    _, data_dir, _ = built
+    workdir = tmp_path / "w"
+    cmd = [sys.executable, "-m", "mjfn_jax.main", "--config", "experiments/configs/flow_images.py",
+           "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+           "--config.model.widths=(4,8,8,16)", "--config.model.blocks_per_stage=(1,1,1,1)",
+           "--config.train.num_epochs=1", "--config.train.batch_size=4",
+           "--config.report.linear_floor=False",
+           "--config.parallel.strategy=sequential"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"]["ststnet_branch"] is True and config["model"]["input_size"] == 28
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["pooled"]["n"] == len(ROWS)
+    predictions = (workdir / "predictions.csv").read_text().splitlines()
+    assert len(predictions) == len(ROWS) + 1  # header + one row per clip
+    finals = sorted((workdir / "folds").glob("*/final.npz"))
+    assert len(finals) == 6  # one per subject
+    with np.load(finals[0]) as model:
+        assert sum("['branch']" in key for key in model.files) == 8  # conv, BN, head; BN stats
+    # each network of the run alone, re-predicted from the saved fold models
+    from experiments.repredict import networks
+
+    parts = networks(str(workdir), str(data_dir))
+    for key in ("uf1", "uar"):  # the two networks averaged: what the run predicted
+        np.testing.assert_allclose(parts["both"][key], results["pooled"][key], rtol=1e-6)
+    assert {"mjfn", "ststnet"} <= set(parts)
