@@ -243,7 +243,8 @@ class STSTNetBranch(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # im2col: the weight gradient of a 3-channel convolution is slow on XLA:CPU
+        # im2col: the weight gradient of a 3-channel convolution is slow on XLA:CPU (+12% on the
+        # 28 px step against +30-37% as nnx.Conv; experiments/results/cpu-2core/adhoc_2026-11-26.md)
         h = conv_as_matmul(x, self.conv.kernel[...], 1, 2) + self.conv.bias[...].astype(x.dtype)
         h = ststnet_pools(self.bn(jax.nn.relu(h)), dropout=self.dropout)
         return self.head(h.reshape(h.shape[0], -1))  # [B, num_classes] compute dtype
