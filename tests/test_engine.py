@@ -230,9 +230,10 @@ def test_moving_average_of_the_parameters_is_the_model():
         state.params["['stem']['conv']['kernel']"],
     )
     history = []
+    plain_step, averaged_step = jax.jit(plain.train_step_at), jax.jit(averaged.train_step_at)
     for step in (0, 1, 0):
-        state = jax.jit(plain.train_step_at)(state, fold, data, plan, step)[0]
-        ema_state = jax.jit(averaged.train_step_at)(ema_state, fold, data, plan, step)[0]
+        state = plain_step(state, fold, data, plan, step)[0]
+        ema_state = averaged_step(ema_state, fold, data, plan, step)[0]
         history.append(state.params)
     for name in state.params:  # same training
         np.testing.assert_array_equal(ema_state.params[name], state.params[name])
