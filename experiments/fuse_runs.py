@@ -46,6 +46,16 @@ def read_predictions(path: str, class_names) -> dict[str, np.ndarray]:
     return out
 
 
+def run_name(workdir: str) -> str:
+    """The run's name in the tables: a run with model.ststnet_branch already holds an STSTNet."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            branch = json.load(f).get("model", {}).get("ststnet_branch", False)
+    except FileNotFoundError:
+        branch = False
+    return "MJFN-JAX with its STSTNet branch" if branch else "MJFN-JAX"
+
+
 def mjfn_probs(workdir: str, clips, class_names) -> dict[int, np.ndarray]:
     """{seed: [N, C]} of a finished MJFN-JAX run, clips in the given order."""
     seeds_dir = os.path.join(workdir, "seeds")
@@ -115,6 +125,7 @@ def main(argv=None) -> int:
         if st["clips"] != clips:
             raise ValueError(f"{args.ststnet}: its clips are not those of {args.dataset}")
         mjfn = mjfn_probs(args.workdir, clips, dataset.class_names)
+        name = run_name(args.workdir)
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -127,7 +138,7 @@ def main(argv=None) -> int:
     floor = linear_floor(dataset.images, dataset.labels, folds, dataset.num_classes)
     per_seed = {
         s: fuse(
-            {"MJFN-JAX": mjfn[s], "STSTNet": np.asarray(st["probs"][str(s)]), "floor": floor},
+            {name: mjfn[s], "STSTNet": np.asarray(st["probs"][str(s)]), "floor": floor},
             dataset.labels,
             dataset.class_names,
             dataset.sources,
@@ -136,7 +147,7 @@ def main(argv=None) -> int:
     }
     combos = [r["models"] for r in per_seed[seeds[0]]]
     lines = [
-        f"# Late fusion: MJFN-JAX, STSTNet and the linear floor ({args.dataset})",
+        f"# Late fusion: {name}, STSTNet and the linear floor ({args.dataset})",
         "",
         f"`python -m experiments.fuse_runs --workdir {args.workdir} --ststnet {args.ststnet} "
         f"--data_dir {args.data_dir}`, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} "

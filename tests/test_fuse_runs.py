@@ -82,3 +82,11 @@ def test_a_bad_probability_names_its_line(tmp_path, value):
     _write_predictions(path, ["a/1/x", "a/2/y"], [[0.2, 0.3, 0.5], [value, 0.5, 0.5]])
     with pytest.raises(ValueError, match=r"predictions.csv, line 3: a prob_ value is not a finite"):
         fuse_runs.read_predictions(str(path), NAMES)
+
+
+def test_a_run_with_the_ststnet_branch_is_named_so(tmp_path):
+    assert fuse_runs.run_name(str(tmp_path)) == "MJFN-JAX"  # no config.json: the plain name
+    (tmp_path / "config.json").write_text(json.dumps({"seed": 0, "model": {}}))
+    assert fuse_runs.run_name(str(tmp_path)) == "MJFN-JAX"  # saved before the field existed
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"ststnet_branch": True}}))
+    assert fuse_runs.run_name(str(tmp_path)) == "MJFN-JAX with its STSTNet branch"
