@@ -25,47 +25,64 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _run(workdir: str, data_dir: str | None, dataset):
+    """(config, dataset) of a finished run; dataset: the run's (default: the one its config
+    names, read from ``data_dir`` if given)."""
+    from mjfn_jax.data import dataset_from_config
+    from mjfn_jax.predict import load_run_config
+
+    config = load_run_config(workdir)
+    if data_dir:
+        config.data.data_dir = data_dir
+    if dataset is None:
+        dataset = dataset_from_config(config.data, config.model.input_size, config.seed)
+    return config, dataset
+
+
+def _pooled(workdir: str, config, dataset, program, predict) -> dict:
+    """Each fold's saved model predicts the test clips it held out: ``predict(model, idx)`` ->
+    {name: log-probs or logits [M, C]}; returns {name: pooled metrics over the folds}."""
+    from mjfn_jax.checkpoint import FoldCheckpointer
+    from mjfn_jax.metrics import pooled_metrics
+    from mjfn_jax.predict import restore_fold
+
+    y_true, y_pred = [], {}
+    for fold in sorted(os.listdir(os.path.join(workdir, "folds"))):
+        ckpt = FoldCheckpointer(workdir, fold)
+        test_idx, _, _ = ckpt.read_result()
+        ckpt.close()
+        _, model, _ = restore_fold(workdir, fold, config, program)
+        for name, value in predict(model, np.asarray(test_idx, np.int32)).items():
+            y_pred.setdefault(name, []).append(np.asarray(value).argmax(-1))
+        y_true.append(np.asarray(dataset.labels)[test_idx])
+    y_true = np.concatenate(y_true)
+    return {
+        name: pooled_metrics(y_true, np.concatenate(pred), dataset.class_names)
+        for name, pred in y_pred.items()
+    }
+
+
 def repredict(workdir: str, data_dir: str | None = None, dataset=None) -> dict:
-    """{False: pooled metrics as the run reported them, True: with test-time flips}; dataset:
-    the run's (default: the one its config names, read from ``data_dir`` if given)."""
+    """{False: pooled metrics as the run reported them, True: with test-time flips}."""
     import jax
     import jax.numpy as jnp
 
-    from mjfn_jax.checkpoint import FoldCheckpointer
-    from mjfn_jax.data import dataset_from_config
     from mjfn_jax.engine import FoldProgram
-    from mjfn_jax.metrics import pooled_metrics
-    from mjfn_jax.predict import load_run_config, restore_fold
 
-    config = load_run_config(workdir)
+    config, dataset = _run(workdir, data_dir, dataset)
     if config.train.early_stopping_patience > 0 or config.select.candidates:
         raise SystemExit(
             f"{workdir}: early stopping or nested selection reads the validation loss, which "
             "test-time flips change: retrain with the setting instead"
         )
-    if data_dir:
-        config.data.data_dir = data_dir
-    if dataset is None:
-        dataset = dataset_from_config(config.data, config.model.input_size, config.seed)
     data = {"images": jnp.asarray(dataset.images), "labels": jnp.asarray(dataset.labels)}
-    folds = sorted(os.listdir(os.path.join(workdir, "folds")))
     out = {}
     for flip in (False, True):
         config.augment.test_hflip = flip
-        program, predict_fn = FoldProgram(config, steps_per_epoch=1), None
-        y_true, y_pred = [], []
-        for fold in folds:
-            ckpt = FoldCheckpointer(workdir, fold)
-            test_idx, _, _ = ckpt.read_result()
-            ckpt.close()
-            _, model, _ = restore_fold(workdir, fold, config, program)
-            predict_fn = predict_fn or jax.jit(program.predict)
-            log_probs = predict_fn(model, data, jnp.asarray(test_idx, jnp.int32))
-            y_true.append(np.asarray(dataset.labels)[test_idx])
-            y_pred.append(np.asarray(log_probs).argmax(-1))
-        out[flip] = pooled_metrics(
-            np.concatenate(y_true), np.concatenate(y_pred), dataset.class_names
-        )
+        program = FoldProgram(config, steps_per_epoch=1)
+        predict = jax.jit(program.predict)  # used within this iteration only
+        one = lambda model, idx, predict=predict: {"": predict(model, data, idx)}
+        out[flip] = _pooled(workdir, config, dataset, program, one)[""]
     return out
 
 
@@ -75,49 +92,24 @@ def networks(workdir: str, data_dir: str | None = None, dataset=None) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from mjfn_jax.checkpoint import FoldCheckpointer
-    from mjfn_jax.data import dataset_from_config
     from mjfn_jax.engine import FoldProgram
-    from mjfn_jax.metrics import pooled_metrics
-    from mjfn_jax.models.mjfn import BRANCH, HEADS
-    from mjfn_jax.predict import load_run_config, restore_fold
+    from mjfn_jax.models.mjfn import BRANCH
 
-    config = load_run_config(workdir)
+    config, dataset = _run(workdir, data_dir, dataset)
     if not config.model.ststnet_branch:
         raise SystemExit(f"{workdir}: the run has no STSTNet branch (model.ststnet_branch)")
     if config.augment.test_hflip:
         raise SystemExit(f"{workdir}: test-time flips are not split by network here")
-    if config.model.fusion != "mean_prob":
-        raise SystemExit(f"{workdir}: only model.fusion='mean_prob' is split by network here")
-    if data_dir:
-        config.data.data_dir = data_dir
-    if dataset is None:
-        dataset = dataset_from_config(config.data, config.model.input_size, config.seed)
     images = jnp.asarray(dataset.images)
     program = FoldProgram(config, steps_per_epoch=1)
 
     @jax.jit
-    def outputs(model, idx):
+    def outputs(model, images, idx):
         net = program._model(model["params"], model["batch_stats"], jax.random.key(0), train=False)
         out = net(images[idx].astype(jnp.float32) / 255.0)
-        heads = jnp.stack([jax.nn.log_softmax(out[h], -1) for h in HEADS])
-        mjfn = jax.nn.logsumexp(heads, axis=0) - jnp.log(len(HEADS))  # the heads' fusion
-        return {"both": out["fused"], "mjfn": mjfn, "ststnet": out[BRANCH]}
+        return {"both": out["fused"], "mjfn": out["mjfn"], "ststnet": out[BRANCH]}
 
-    y_true, y_pred = [], {"both": [], "mjfn": [], "ststnet": []}
-    for fold in sorted(os.listdir(os.path.join(workdir, "folds"))):
-        ckpt = FoldCheckpointer(workdir, fold)
-        test_idx, _, _ = ckpt.read_result()
-        ckpt.close()
-        _, model, _ = restore_fold(workdir, fold, config, program)
-        for name, value in outputs(model, jnp.asarray(test_idx, jnp.int32)).items():
-            y_pred[name].append(np.asarray(value).argmax(-1))
-        y_true.append(np.asarray(dataset.labels)[test_idx])
-    y_true = np.concatenate(y_true)
-    return {
-        name: pooled_metrics(y_true, np.concatenate(pred), dataset.class_names)
-        for name, pred in y_pred.items()
-    }
+    return _pooled(workdir, config, dataset, program, lambda m, idx: outputs(m, images, idx))
 
 
 def main(argv=None) -> None:

@@ -301,7 +301,7 @@ def test_ststnet_branch_is_the_published_network_and_half_the_prediction():
     model.eval()
     x = batch(3, 28)
     out = forward(model, x)
-    assert set(out) == {*HEADS, BRANCH, "fused"} and out[BRANCH].shape == (3, 3)
+    assert set(out) == {*HEADS, BRANCH, "mjfn", "fused"} and out[BRANCH].shape == (3, 3)
     params = {
         "conv": branch.conv.kernel[...].reshape(27, 16),
         "conv_bias": branch.conv.bias[...],
@@ -315,6 +315,7 @@ def test_ststnet_branch_is_the_published_network_and_half_the_prediction():
         out[BRANCH], _reference_logits(params, stats, x), rtol=1e-4, atol=1e-4
     )
     mjfn = np.stack([np.asarray(jax.nn.softmax(out[h], -1)) for h in HEADS]).mean(0)
+    np.testing.assert_allclose(out["mjfn"], np.log(mjfn), atol=1e-5)  # the heads' fusion
     expected = np.log(0.5 * mjfn + 0.5 * np.asarray(jax.nn.softmax(out[BRANCH], -1)))
     np.testing.assert_allclose(out["fused"], expected, atol=1e-5)
     # its cross-entropy is one more term of the loss, weight 1

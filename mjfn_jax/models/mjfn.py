@@ -79,8 +79,8 @@ class MJFN(nnx.Module):
     softmax weights the heads' probabilities.
 
     With ``model_config.ststnet_branch`` the output also holds ``"ststnet"``: the logits of
-    STSTNet (layers.STSTNetBranch) on the same input, and ``fused`` is then
-    log(1/2 p_MJFN + 1/2 p_STSTNet), p_MJFN the four heads' fusion above: two networks, equal
+    STSTNet (layers.STSTNetBranch) on the same input, and ``"mjfn"``: the four heads' fusion
+    above (log-probs); ``fused`` is then log(1/2 p_MJFN + 1/2 p_STSTNet): two networks, equal
     weights, the rule experiments/fuse_runs.py applies to separately trained runs.
     """
 
@@ -171,8 +171,9 @@ class MJFN(nnx.Module):
         out = {name: logits[name].astype(jnp.float32) for name in HEADS}  # [B, C] float32
         out["fused"] = self._fuse(out)
         if self.branch is not None:
+            out["mjfn"] = out["fused"]
             out[BRANCH] = self.branch(x.astype(self.dtype)).astype(jnp.float32)
-            both = jnp.stack([out["fused"], jax.nn.log_softmax(out[BRANCH], axis=-1)])
+            both = jnp.stack([out["mjfn"], jax.nn.log_softmax(out[BRANCH], axis=-1)])
             out["fused"] = jax.nn.logsumexp(both, axis=0) - jnp.log(2.0)  # [B, C]
         return out
 
