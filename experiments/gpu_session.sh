@@ -13,6 +13,12 @@
 # (the pinned flax/optax/orbax/ml_collections, see requirements.txt) are installed to
 # /tmp/mjfn_site first when present; if our modules fail to import with them, the machine's own
 # flax/optax/orbax are used. Results of 2026-11-26: experiments/results/nvidia-h200/README.md.
+#
+# On a lent machine: what comes back is $OUT, at most 8 files; the script leaves 5 there (log,
+# the results tarball, 3 reports): copy nothing else into $OUT, or the tarball may be left out.
+# A later call re-copies the working tree and so overwrites tracked results files on the
+# machine: fetch the tarball from each call, or set RESULTS=$OUT/r (a fourth lease lost a
+# call's files both ways, 2026-11-26).
 set -u
 OUT=${1:-gpu_out}
 BUDGET=${2:-540}
