@@ -37,6 +37,10 @@ def base_model_config() -> ml_collections.ConfigDict:
     # the same batches (its own cross-entropy, weight 1); the prediction averages the two
     # networks' probabilities. JAX only (no PyTorch twin). Off: the paper's network alone.
     m.ststnet_branch = False
+    # How many STSTNets that branch is, each with its own parameters and cross-entropy (their
+    # mean is the branch's loss term), its prediction their mean probability: a within-run
+    # ensemble of the small network, computed as one wider one. 1: the published network once.
+    m.ststnet_copies = 1
     # Cross-entropy weights of the heads, in the order (backbone, jfm1, jfm2, jfm3).
     m.head_loss_weights = (1.0, 1.0, 1.0, 1.0)
     m.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).

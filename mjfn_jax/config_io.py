@@ -122,6 +122,7 @@ def upgrade_saved_config(saved: dict) -> dict:
     saved.setdefault("model", {}).setdefault("backbone_pool", "mean")  # before 2026-11-26
     saved["model"].setdefault("input_standardize", False)  # likewise
     saved["model"].setdefault("ststnet_branch", False)  # likewise
+    saved["model"].setdefault("ststnet_copies", 1)  # likewise
     saved.setdefault("augment", {}).setdefault("test_hflip", False)  # before 2026-11-26
     saved["augment"].setdefault("mixup_alpha", 0.0)  # likewise
     saved.setdefault("checkpoint", {}).setdefault("final_dtype", "float32")  # likewise

@@ -149,11 +149,14 @@ def test_save_policy():
     assert never.epochs_until_save(5) is None and never.what_to_save(5, finished=False) is None
 
 
-@pytest.mark.parametrize("model", [{}, {"ststnet_branch": True}], ids=["mjfn", "with_ststnet"])
+@pytest.mark.parametrize(
+    "model", [{}, {"ststnet_branch": True, "ststnet_copies": 2}], ids=["mjfn", "with_ststnets"]
+)
 def test_one_training_step(model):
     """One step moves every parameter that gets a gradient (with model.ststnet_branch, the
-    branch's too), updates the BN statistics and the optimizer count, is a pure function of its
-    inputs, and repeated on one batch lowers the loss (the gradient points downhill)."""
+    branch's too, here two copies of it: one copy trains in the 28 px recipe's test), updates
+    the BN statistics and the optimizer count, is a pure function of its inputs, and repeated on
+    one batch lowers the loss (the gradient points downhill)."""
     program = _program(**model)
     config = program.config
     config.train.warmup_epochs, config.train.learning_rate = 0, 1e-2

@@ -285,45 +285,70 @@ def test_a_config_saved_before_backbone_pool_resumes(tmp_path):
         save_or_check_config(flat, str(tmp_path))
 
 
-def test_ststnet_branch_is_the_published_network_and_half_the_prediction():
+@pytest.mark.parametrize("copies", [1, 3])
+def test_ststnet_branch_is_the_published_network_and_half_the_prediction(copies):
     """model.ststnet_branch: the fifth head computes STSTNet as its authors define it (checked
     against the network written with lax.conv and reduce_window, as PyTorch's layers are), and
-    'fused' is log(1/2 p_MJFN + 1/2 p_STSTNet), p_MJFN the four heads' mean probability."""
-    from mjfn_jax.models.mjfn import BRANCH
+    'fused' is log(1/2 p_MJFN + 1/2 p_STSTNet), p_MJFN the four heads' mean probability. With
+    model.ststnet_copies=3 each copy is that network on its own slice of the parameters,
+    p_STSTNet their mean probability and the loss term their mean cross-entropy."""
+    from mjfn_jax.models.mjfn import BRANCH, COPIES
     from tests.test_ststnet import _reference_logits
 
-    model = MJFN(tiny_config(input_size=28, ststnet_branch=True), rngs=nnx.Rngs(0))
+    config = tiny_config(input_size=28, ststnet_branch=True, ststnet_copies=copies)
+    model = MJFN(config, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
-    branch = model.branch
-    branch.bn.scale[...] = jnp.asarray(rng.normal(size=16), jnp.float32)  # signs matter
-    branch.bn.mean[...] = jnp.asarray(rng.normal(0.2, 0.1, 16), jnp.float32)
-    branch.bn.var[...] = jnp.asarray(rng.uniform(0.01, 0.1, 16), jnp.float32)
+    branch, channels = model.branch, 16 * copies
+    branch.bn.scale[...] = jnp.asarray(rng.normal(size=channels), jnp.float32)  # signs matter
+    branch.bn.mean[...] = jnp.asarray(rng.normal(0.2, 0.1, channels), jnp.float32)
+    branch.bn.var[...] = jnp.asarray(rng.uniform(0.01, 0.1, channels), jnp.float32)
     model.eval()
     x = batch(3, 28)
     out = forward(model, x)
-    assert set(out) == {*HEADS, BRANCH, "mjfn", "fused"} and out[BRANCH].shape == (3, 3)
-    params = {
-        "conv": branch.conv.kernel[...].reshape(27, 16),
-        "conv_bias": branch.conv.bias[...],
-        "bn_scale": branch.bn.scale[...],
-        "bn_bias": branch.bn.bias[...],
-        "fc": branch.head.kernel[...],
-        "fc_bias": branch.head.bias[...],
-    }
-    stats = (branch.bn.mean[...], branch.bn.var[...])
-    np.testing.assert_allclose(
-        out[BRANCH], _reference_logits(params, stats, x), rtol=1e-4, atol=1e-4
-    )
+    assert set(out) == {*HEADS, BRANCH, COPIES, "mjfn", "fused"}
+    assert out[BRANCH].shape == (3, 3) and out[COPIES].shape == (3, copies, 3)
+    kernel = branch.conv.kernel[...].reshape(27, channels)
+    if copies == 1:
+        fc, fc_bias = branch.head.kernel[...][None], branch.head.bias[...][None]
+    else:
+        fc, fc_bias = branch.head_kernel[...], branch.head_bias[...]
+    for k in range(copies):  # copy k: channels 16k..16k+15 and its own linear layer
+        own = slice(16 * k, 16 * (k + 1))
+        params = {
+            "conv": kernel[:, own],
+            "conv_bias": branch.conv.bias[...][own],
+            "bn_scale": branch.bn.scale[...][own],
+            "bn_bias": branch.bn.bias[...][own],
+            "fc": fc[k],
+            "fc_bias": fc_bias[k],
+        }
+        stats = (branch.bn.mean[...][own], branch.bn.var[...][own])
+        np.testing.assert_allclose(
+            out[COPIES][:, k], _reference_logits(params, stats, x), rtol=1e-4, atol=1e-4
+        )
+    if copies > 1:  # each copy drew its own parameters
+        assert not np.allclose(kernel[:, :16], kernel[:, 16:32])
+        assert not np.allclose(fc[0], fc[1])
+    ststnet = np.asarray(jax.nn.softmax(out[COPIES], -1)).mean(1)
+    np.testing.assert_allclose(out[BRANCH], np.log(ststnet), atol=1e-5)
     mjfn = np.stack([np.asarray(jax.nn.softmax(out[h], -1)) for h in HEADS]).mean(0)
     np.testing.assert_allclose(out["mjfn"], np.log(mjfn), atol=1e-5)  # the heads' fusion
-    expected = np.log(0.5 * mjfn + 0.5 * np.asarray(jax.nn.softmax(out[BRANCH], -1)))
-    np.testing.assert_allclose(out["fused"], expected, atol=1e-5)
-    # its cross-entropy is one more term of the loss, weight 1
+    np.testing.assert_allclose(out["fused"], np.log(0.5 * mjfn + 0.5 * ststnet), atol=1e-5)
+    # its cross-entropy (the copies' mean) is one more term of the loss, weight 1
     labels = jnp.array([0, 2, 1])
     loss, aux = mjfn_loss(out, labels, head_loss_weights=(1.0,) * 4)
-    np.testing.assert_allclose(aux[f"loss/{BRANCH}"], cross_entropy(out[BRANCH], labels), rtol=1e-6)
+    each = [cross_entropy(out[COPIES][:, k], labels) for k in range(copies)]
+    np.testing.assert_allclose(aux[f"loss/{BRANCH}"], np.mean(each), rtol=1e-6)
     np.testing.assert_allclose(loss, sum(aux.values()), rtol=1e-6)
     without = count_params(MJFN(tiny_config(input_size=28), rngs=nnx.Rngs(0)))
     counts = count_params(model)  # STSTNet's 1,683 parameters at 3 classes, as published
-    assert counts["ststnet"] == 27 * 16 + 16 + 2 * 16 + 5 * 5 * 16 * 3 + 3 == 1683
-    assert "ststnet" not in without and counts["total"] == without["total"] + 1683
+    assert 27 * 16 + 16 + 2 * 16 + 5 * 5 * 16 * 3 + 3 == 1683
+    assert counts["ststnet"] == 1683 * copies
+    assert "ststnet" not in without and counts["total"] == without["total"] + 1683 * copies
+
+
+def test_ststnet_copies_without_the_branch_is_refused():
+    with pytest.raises(ValueError, match="model.ststnet_copies=2 needs model.ststnet_branch"):
+        MJFN(tiny_config(input_size=28, ststnet_copies=2), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="model.ststnet_copies must be an integer >= 1"):
+        MJFN(tiny_config(input_size=28, ststnet_branch=True, ststnet_copies=0), rngs=nnx.Rngs(0))

@@ -95,12 +95,14 @@ def test_rejects_what_it_does_not_have(tiny_torch_dataset, tmp_path, field):
         train_loso_torch(config, tiny_torch_dataset, str(tmp_path), write=False)
 
 
-@pytest.mark.parametrize("field", ["input_standardize", "ststnet_branch"])
-def test_the_twin_refuses_model_fields_it_does_not_have(field):
+@pytest.mark.parametrize(
+    "setting", ["input_standardize=True", "ststnet_branch=True", "ststnet_copies=3"]
+)
+def test_the_twin_refuses_model_fields_it_does_not_have(setting):
     from experiments.pytorch_baseline.model import MJFNTorch
 
-    config = load_config(SMOKE, [f"model.{field}=True"])
-    with pytest.raises(ValueError, match=f"model.{field}=True has no PyTorch twin"):
+    config = load_config(SMOKE, [f"model.{setting}"])
+    with pytest.raises(ValueError, match=f"model.{setting} has no PyTorch twin"):
         MJFNTorch(config.model)
 
 

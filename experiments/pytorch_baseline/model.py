@@ -82,6 +82,8 @@ class MJFNTorch(nn.Module):
             raise ValueError("model.input_standardize=True has no PyTorch twin (JAX only)")
         if model_config.get("ststnet_branch", False):
             raise ValueError("model.ststnet_branch=True has no PyTorch twin (JAX only)")
+        if (copies := model_config.get("ststnet_copies", 1)) != 1:
+            raise ValueError(f"model.ststnet_copies={copies} has no PyTorch twin (JAX only)")
         self.stem = ConvBN(3, widths[0], 3, int(model_config.stem_stride))
         stages, in_ch = [], widths[0]
         for width, blocks, stride in zip(

@@ -223,28 +223,59 @@ class STSTNetBranch(nnx.Module):
     """STSTNet as a head of MJFN: a 3x3 convolution of the input with 16 filters (padding 2,
     with bias), ReLU, BatchNorm, STSTNet's pools with dropout 0.5 between them, one linear layer
     on the flattened A x A x 16 map (5x5 at 28 px: it keeps where on the face the motion is).
-    x [B, S, S, 3] -> logits [B, num_classes]. flax's default initialisation."""
+    x [B, S, S, 3] -> logits [B, copies, num_classes]. flax's default initialisation.
 
-    def __init__(self, input_size: int, num_classes: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    ``copies`` > 1: that many STSTNets, each with its own parameters (drawn one after another
+    from ``rngs``), computed as one: their convolutions are one of 16 x copies filters (BatchNorm
+    and the pools are per channel, so each copy's channels see only themselves), and their
+    linear layers one block-diagonal product. One copy keeps the parameter shapes of a single
+    STSTNet (``head``: nnx.Linear); more hold ``head_kernel`` [copies, F, C] and ``head_bias``."""
+
+    def __init__(
+        self,
+        input_size: int,
+        num_classes: int,
+        *,
+        dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+        copies: int = 1,
+    ):
+        self.copies = int(copies)
         self.conv = nnx.Conv(
             3,
-            STSTNET_FILTERS,
+            STSTNET_FILTERS * self.copies,
             (3, 3),
             padding=((2, 2), (2, 2)),
             dtype=dtype,
             param_dtype=jnp.float32,
             rngs=rngs,
         )
-        self.bn = BatchNorm(STSTNET_FILTERS, dtype=dtype)
+        self.bn = BatchNorm(STSTNET_FILTERS * self.copies, dtype=dtype)
         self.dropout = nnx.Dropout(0.5, rngs=rngs)
         features = ststnet_map_sizes(input_size)[1] ** 2 * STSTNET_FILTERS
-        self.head = nnx.Linear(
-            features, num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-        )
+        if self.copies == 1:
+            self.head = nnx.Linear(
+                features, num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+            )
+        else:  # nnx.Linear's initialisation, per copy
+            init = nnx.initializers.lecun_normal()
+            self.head_kernel = nnx.Param(
+                jnp.stack(
+                    [init(rngs.params(), (features, num_classes)) for _ in range(self.copies)]
+                )
+            )
+            self.head_bias = nnx.Param(jnp.zeros((self.copies, num_classes), jnp.float32))
+        self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
         # im2col: the weight gradient of a 3-channel convolution is slow on XLA:CPU (+12% on the
         # 28 px step against +30-37% as nnx.Conv; experiments/results/cpu-2core/adhoc_2026-11-26.md)
         h = conv_as_matmul(x, self.conv.kernel[...], 1, 2) + self.conv.bias[...].astype(x.dtype)
-        h = ststnet_pools(self.bn(jax.nn.relu(h)), dropout=self.dropout)
-        return self.head(h.reshape(h.shape[0], -1))  # [B, num_classes] compute dtype
+        h = ststnet_pools(self.bn(jax.nn.relu(h)), dropout=self.dropout)  # [B, A, A, 16 copies]
+        if self.copies == 1:
+            return self.head(h.reshape(h.shape[0], -1))[:, None]  # [B, 1, C] compute dtype
+        b, a = h.shape[0], h.shape[1]
+        h = h.reshape(b, a, a, self.copies, STSTNET_FILTERS).transpose(0, 3, 1, 2, 4)
+        h = h.reshape(b, self.copies, -1)  # each copy's map flattened as one STSTNet's
+        kernel = self.head_kernel[...].astype(self.dtype)
+        return jnp.einsum("bkf,kfc->bkc", h, kernel) + self.head_bias[...].astype(self.dtype)

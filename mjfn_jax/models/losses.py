@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from mjfn_jax.models.mjfn import BRANCH, HEADS
+from mjfn_jax.models.mjfn import BRANCH, COPIES, HEADS
 
 
 def cross_entropy(
@@ -71,9 +71,20 @@ def mjfn_loss(
         )
         aux[f"loss/{name}"] = head_loss
         total = total + weight * head_loss
-    if BRANCH in outputs:  # its own parameters: only this term reaches them
-        aux[f"loss/{BRANCH}"] = cross_entropy(
-            outputs[BRANCH], labels, label_smoothing=label_smoothing, class_weights=class_weights
+    if COPIES in outputs:  # its own parameters: only this term reaches them
+        copies = outputs[COPIES]  # [B, K, C]: each copy's cross-entropy, their mean (weight 1)
+        aux[f"loss/{BRANCH}"] = jnp.mean(
+            jnp.stack(
+                [
+                    cross_entropy(
+                        copies[:, k],
+                        labels,
+                        label_smoothing=label_smoothing,
+                        class_weights=class_weights,
+                    )
+                    for k in range(copies.shape[1])
+                ]
+            )
         )
         total = total + aux[f"loss/{BRANCH}"]
     return total, aux

@@ -18,6 +18,7 @@ from mjfn_jax.models.layers import JFM, BasicBlock, ConvBN, STSTNetBranch
 
 HEADS = ("backbone", "jfm1", "jfm2", "jfm3")
 BRANCH = "ststnet"  # the optional fifth head's output (model.ststnet_branch)
+COPIES = "ststnet_copies"  # its copies' logits (model.ststnet_copies), what the loss sees
 FUSIONS = ("mean_prob", "mean_logit", "learned")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -67,6 +68,13 @@ def _validate_config(cfg) -> None:
         raise ValueError(
             f"model.backbone_pool must be one of {BACKBONE_POOLS}, got {cfg.backbone_pool!r}"
         )
+    copies = cfg.ststnet_copies
+    if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1:
+        raise ValueError(f"model.ststnet_copies must be an integer >= 1, got {copies!r}")
+    if copies > 1 and not cfg.ststnet_branch:
+        raise ValueError(
+            f"model.ststnet_copies={copies} needs model.ststnet_branch=True (copies of what?)"
+        )
 
 
 class MJFN(nnx.Module):
@@ -78,10 +86,13 @@ class MJFN(nnx.Module):
     Fusion 'learned' holds ``fusion_logits`` (an nnx.Param [4], zeros = equal weights) whose
     softmax weights the heads' probabilities.
 
-    With ``model_config.ststnet_branch`` the output also holds ``"ststnet"``: the logits of
+    With ``model_config.ststnet_branch`` the output also holds ``"ststnet"``: the log-probs of
     STSTNet (layers.STSTNetBranch) on the same input, and ``"mjfn"``: the four heads' fusion
     above (log-probs); ``fused`` is then log(1/2 p_MJFN + 1/2 p_STSTNet): two networks, equal
-    weights, the rule experiments/fuse_runs.py applies to separately trained runs.
+    weights, the rule experiments/fuse_runs.py applies to separately trained runs. With
+    ``model_config.ststnet_copies`` = K > 1 that STSTNet is K of them, each its own
+    parameters, p_STSTNet their mean probability; ``"ststnet_copies"`` holds their logits
+    [B, K, C] (each has its own cross-entropy, losses.mjfn_loss).
     """
 
     def __init__(self, model_config, *, rngs: nnx.Rngs):
@@ -127,7 +138,13 @@ class MJFN(nnx.Module):
         if self.fusion == "learned":
             self.fusion_logits = nnx.Param(jnp.zeros((len(HEADS),), jnp.float32))
         self.branch = (  # model.ststnet_branch: STSTNet beside MJFN
-            STSTNetBranch(self.input_size, self.num_classes, dtype=dt, rngs=rngs)
+            STSTNetBranch(
+                self.input_size,
+                self.num_classes,
+                dtype=dt,
+                rngs=rngs,
+                copies=model_config.ststnet_copies,
+            )
             if model_config.ststnet_branch
             else None
         )
@@ -172,8 +189,11 @@ class MJFN(nnx.Module):
         out["fused"] = self._fuse(out)
         if self.branch is not None:
             out["mjfn"] = out["fused"]
-            out[BRANCH] = self.branch(x.astype(self.dtype)).astype(jnp.float32)
-            both = jnp.stack([out["mjfn"], jax.nn.log_softmax(out[BRANCH], axis=-1)])
+            copies = self.branch(x.astype(self.dtype)).astype(jnp.float32)  # [B, K, C]
+            out[COPIES] = copies
+            log_probs = jax.nn.log_softmax(copies, axis=-1)
+            out[BRANCH] = jax.nn.logsumexp(log_probs, axis=1) - jnp.log(copies.shape[1])
+            both = jnp.stack([out["mjfn"], out[BRANCH]])
             out["fused"] = jax.nn.logsumexp(both, axis=0) - jnp.log(2.0)  # [B, C]
         return out
 
