@@ -50,10 +50,13 @@ def run_name(workdir: str) -> str:
     """The run's name in the tables: a run with model.ststnet_branch already holds an STSTNet."""
     try:
         with open(os.path.join(workdir, "config.json")) as f:
-            branch = json.load(f).get("model", {}).get("ststnet_branch", False)
+            model = json.load(f).get("model", {})
     except FileNotFoundError:
-        branch = False
-    return "MJFN-JAX with its STSTNet branch" if branch else "MJFN-JAX"
+        model = {}
+    if not model.get("ststnet_branch", False):
+        return "MJFN-JAX"
+    copies = int(model.get("ststnet_copies", 1))
+    return "MJFN-JAX with its STSTNet branch" + (f" ({copies} copies)" if copies > 1 else "")
 
 
 def mjfn_probs(workdir: str, clips, class_names) -> dict[int, np.ndarray]:

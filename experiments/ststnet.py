@@ -191,7 +191,11 @@ def head_to_head(dataset, seeds, *, epochs, learning_rate, batch_size) -> dict:
             "with_floor_uf1": fused["uf1"], "with_floor_uar": fused["uar"],
             "train_accuracy": r["train_accuracy"], "seconds": r["seconds"],
         }  # fmt: skip
-    spread = lambda key: tuple(mean_sd([m[key] for m in per_seed.values()]).values())
+
+    def spread(key: str) -> tuple[float, float]:
+        stats = mean_sd([m[key] for m in per_seed.values()])
+        return stats["mean"], stats["sd"]
+
     ensemble = seed_ensemble({s: r | {"y_true": labels} for s, r in runs.items()}, names)
     floor_metrics = pooled_metrics(labels, floor.argmax(-1), names)
     return {

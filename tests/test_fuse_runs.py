@@ -90,3 +90,6 @@ def test_a_run_with_the_ststnet_branch_is_named_so(tmp_path):
     assert fuse_runs.run_name(str(tmp_path)) == "MJFN-JAX"  # saved before the field existed
     (tmp_path / "config.json").write_text(json.dumps({"model": {"ststnet_branch": True}}))
     assert fuse_runs.run_name(str(tmp_path)) == "MJFN-JAX with its STSTNet branch"
+    branches = {"model": {"ststnet_branch": True, "ststnet_copies": 5}}
+    (tmp_path / "config.json").write_text(json.dumps(branches))
+    assert fuse_runs.run_name(str(tmp_path)) == "MJFN-JAX with its STSTNet branch (5 copies)"
