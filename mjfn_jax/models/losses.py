@@ -72,19 +72,13 @@ def mjfn_loss(
         aux[f"loss/{name}"] = head_loss
         total = total + weight * head_loss
     if COPIES in outputs:  # its own parameters: only this term reaches them
-        copies = outputs[COPIES]  # [B, K, C]: each copy's cross-entropy, their mean (weight 1)
-        aux[f"loss/{BRANCH}"] = jnp.mean(
-            jnp.stack(
-                [
-                    cross_entropy(
-                        copies[:, k],
-                        labels,
-                        label_smoothing=label_smoothing,
-                        class_weights=class_weights,
-                    )
-                    for k in range(copies.shape[1])
-                ]
-            )
+        copies = outputs[COPIES]  # [B, K, C]; every copy sees the same labels, so the mean of
+        k = copies.shape[1]  # the K cross-entropies is one over the B * K rows
+        aux[f"loss/{BRANCH}"] = cross_entropy(
+            copies.reshape(-1, copies.shape[-1]),
+            jnp.repeat(labels, k),
+            label_smoothing=label_smoothing,
+            class_weights=class_weights,
         )
         total = total + aux[f"loss/{BRANCH}"]
     return total, aux
