@@ -23,6 +23,8 @@ import sys
 
 import numpy as np
 
+from mjfn_jax.workdir import CONFIG_FILE
+
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,13 +48,18 @@ def read_predictions(path: str, class_names) -> dict[str, np.ndarray]:
     return out
 
 
+def saved_config(workdir: str) -> dict:
+    """The run's config.json as a dict; {} where the workdir has none."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def run_name(workdir: str) -> str:
     """The run's name in the tables: a run with model.ststnet_branch already holds an STSTNet."""
-    try:
-        with open(os.path.join(workdir, "config.json")) as f:
-            model = json.load(f).get("model", {})
-    except FileNotFoundError:
-        model = {}
+    model = saved_config(workdir).get("model", {})
     if not model.get("ststnet_branch", False):
         return "MJFN-JAX"
     copies = int(model.get("ststnet_copies", 1))
@@ -66,8 +73,10 @@ def mjfn_probs(workdir: str, clips, class_names) -> dict[int, np.ndarray]:
         seeds = [s for s in os.listdir(seeds_dir) if s.isdigit()]  # seeds/<s>/, s an int
         paths = {int(s): os.path.join(seeds_dir, s, "predictions.csv") for s in seeds}
     else:
-        with open(os.path.join(workdir, "config.json")) as f:
-            seed = int(json.load(f)["seed"])
+        config = saved_config(workdir)
+        if "seed" not in config:
+            raise FileNotFoundError(f"{workdir}: no {CONFIG_FILE} with a seed (not a run?)")
+        seed = int(config["seed"])
         paths = {seed: os.path.join(workdir, "predictions.csv")}
     out = {}
     for seed, path in sorted(paths.items()):

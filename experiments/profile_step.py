@@ -98,11 +98,11 @@ def profile_step(config, steps: int) -> dict:
     weights = tuple(config.model.head_loss_weights)
 
     def loss(params, stats):
-        model = program._model(params, stats, key, train=True)
+        model = program.bind(params, stats, key, train=True)
         return mjfn_loss(model(images), labels, head_loss_weights=weights)[0]
 
     def forward(params, stats):
-        return program._model(params, stats, key, train=True)(images)["fused"]
+        return program.bind(params, stats, key, train=True)(images)["fused"]
 
     def optimizer(params, opt_state):
         updates, opt_state = program.tx.update(params, opt_state, params)

@@ -105,7 +105,7 @@ def networks(workdir: str, data_dir: str | None = None, dataset=None) -> dict:
 
     @jax.jit
     def outputs(model, images, idx):
-        net = program._model(model["params"], model["batch_stats"], jax.random.key(0), train=False)
+        net = program.bind(model["params"], model["batch_stats"], jax.random.key(0), train=False)
         out = net(images[idx].astype(jnp.float32) / 255.0)
         return {"both": out["fused"], "mjfn": out["mjfn"], "ststnet": out[BRANCH]}
 

@@ -15,9 +15,8 @@ from collections.abc import Iterable
 
 import ml_collections
 
-from mjfn_jax.workdir import WorkdirError, read_json, write_json
+from mjfn_jax.workdir import CONFIG_FILE, WorkdirError, read_json, write_json
 
-CONFIG_FILE = "config.json"
 # Settings that change HOW a run executes, not WHAT it computes: a resumed run may change them
 # (e.g. continue on a machine with a different device count).
 # (train.stop_after_epochs: a removed test knob that configs saved before 2026-11-25 hold.)

@@ -155,7 +155,10 @@ class FoldProgram:
 
     # Model assembly ---------------------------------------------------------------------
 
-    def _model(self, params, batch_stats, key: jax.Array, *, train: bool) -> MJFN:
+    def bind(self, params, batch_stats, key: jax.Array, *, train: bool) -> MJFN:
+        """The network with these parameters and BN statistics, in train or eval mode.
+
+        Also the way tools outside the loop (repredict, profile_step) call a fold's model."""
         # Each dropout stream i gets fold_in(key, i): the same function of the step key
         # in every run, so nothing random has to be checkpointed.
         leaves, treedef = jax.tree.flatten(self.rng_template)
@@ -221,7 +224,7 @@ class FoldProgram:
             )
 
         def loss_fn(params):
-            model = self._model(params, state.batch_stats, dropout_key, train=True)
+            model = self.bind(params, state.batch_stats, dropout_key, train=True)
             outputs = model(images)
             loss = loss_of(outputs, labels)
             if cfg.augment.mixup_alpha > 0:
@@ -334,7 +337,7 @@ class FoldProgram:
         mirror = self.config.augment.test_hflip
 
         def one(chunk_idx):  # [chunk] -> [chunk, C]
-            model = self._model(params, batch_stats, model_key, train=False)
+            model = self.bind(params, batch_stats, model_key, train=False)
             images = data["images"][chunk_idx].astype(jnp.float32) / 255.0
             log_probs = model(images)["fused"]
             if mirror:  # log of the mean of the two probabilities

@@ -43,9 +43,7 @@ from mjfn_jax.predict_input import (
 
 # The inputs (a pair of frames, a saved flow image, a raw clip) -> the model's flow image.
 from mjfn_jax.preprocess.face import CROP_MODES
-from mjfn_jax.workdir import DATASET_FILE, has_final_model, read_json
-
-CONFIG_FILE = "config.json"  # written by mjfn_jax.config_io.save_or_check_config
+from mjfn_jax.workdir import CONFIG_FILE, DATASET_FILE, has_final_model, read_json
 
 
 def load_run_config(workdir: str):

@@ -34,6 +34,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+CONFIG_FILE = "config.json"  # the run's config (mjfn_jax.config_io.save_or_check_config)
 DATASET_FILE = "dataset.json"
 EXECUTION_FILE = "execution.json"
 LINEAR_FLOOR_FILE = "linear_floor.npz"  # the linear floor's predictions and probes (train)
