@@ -95,7 +95,7 @@ def test_cli_error_is_one_line(tmp_path):
 
 
 def test_the_28px_recipe_trains_on_imported_images(built, tmp_path):
-    """experiments/configs/flow_images.py (MJFN with the STSTNet branch) runs LOSO on the
+    """experiments/configs/flow_images.py (MJFN with the branch of five STSTNets) runs LOSO on the
     imported images end to end: every clip predicted once, the branch in each fold's model.
     (Narrow widths and one epoch: what is checked is the wiring, not the accuracy.)"""
     import json
@@ -112,6 +112,7 @@ def test_the_28px_recipe_trains_on_imported_images(built, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((workdir / "config.json").read_text())
     assert config["model"]["ststnet_branch"] is True and config["model"]["input_size"] == 28
+    assert config["model"]["ststnet_copies"] == 5
     results = json.loads((workdir / "results.json").read_text())
     assert results["pooled"]["n"] == len(ROWS)
     predictions = (workdir / "predictions.csv").read_text().splitlines()
