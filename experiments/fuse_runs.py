@@ -23,10 +23,10 @@ import sys
 
 import numpy as np
 
-from mjfn_jax.workdir import CONFIG_FILE
-
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mjfn_jax.workdir import CONFIG_FILE  # noqa: E402
 
 
 def read_predictions(path: str, class_names) -> dict[str, np.ndarray]:
