@@ -17,7 +17,6 @@ import argparse
 import csv
 import datetime
 import itertools
-import json
 import os
 import sys
 
@@ -26,7 +25,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mjfn_jax.workdir import CONFIG_FILE  # noqa: E402
+from mjfn_jax.workdir import CONFIG_FILE, read_json  # noqa: E402
 
 
 def read_predictions(path: str, class_names) -> dict[str, np.ndarray]:
@@ -51,10 +50,7 @@ def read_predictions(path: str, class_names) -> dict[str, np.ndarray]:
 def saved_config(workdir: str) -> dict:
     """The run's config.json as a dict; {} where the workdir has none."""
     path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path) if os.path.isfile(path) else {}
 
 
 def run_name(workdir: str) -> str:
@@ -131,8 +127,7 @@ def main(argv=None) -> int:
     name, _, config = args.dataset.partition("/")
     try:
         dataset = load_dataset(name, config, args.data_dir)
-        with open(args.ststnet) as f:
-            st = json.load(f)
+        st = read_json(args.ststnet)
         clips = [f"{s}/{c}" for s, c in zip(dataset.subjects, dataset.clips, strict=True)]
         if st["clips"] != clips:
             raise ValueError(f"{args.ststnet}: its clips are not those of {args.dataset}")

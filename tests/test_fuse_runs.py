@@ -93,3 +93,9 @@ def test_a_run_with_the_ststnet_branch_is_named_so(tmp_path):
     branches = {"model": {"ststnet_branch": True, "ststnet_copies": 5}}
     (tmp_path / "config.json").write_text(json.dumps(branches))
     assert fuse_runs.run_name(str(tmp_path)) == "MJFN-JAX with its STSTNet branch (5 copies)"
+
+
+def test_a_damaged_config_names_its_file(tmp_path):
+    (tmp_path / "config.json").write_text('{"seed": ')
+    with pytest.raises(ValueError, match=r"config\.json is damaged"):
+        fuse_runs.run_name(str(tmp_path))
