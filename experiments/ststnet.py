@@ -5,8 +5,16 @@ subjects (the last epoch predicts, as theirs does).
 
     python -m experiments.ststnet --data_dir DIR [--seeds 0 1 2] [--epochs 800]
         [--learning_rate 5e-5] [--batch_size 256] [--machine cpu-2core] [--stem ststnet]
+        [--leaky_epoch_selection]
 
 writes experiments/results/<machine>/<stem>.{json,md}.
+
+``--leaky_epoch_selection`` also predicts every test subject after every epoch and reports, in a
+separate section marked as leakage, what choosing epochs on the test subjects would have scored:
+each fold's best epoch by its test accuracy (the protocol of HTNet's published script, and of
+several composite papers), and the one epoch with the best pooled test UF1; plus a plot of the
+pooled test UF1 per epoch (``<stem>_epochs.png``). It measures how much such selection adds to a
+published number; the headline stays the last epoch's.
 
 The network: three 3x3 convolutions of the (u, v, strain) image with 3, 5 and 8 filters (padding
 2), each followed by ReLU, BatchNorm, a 3x3 max pool of stride 3 (padding 1) and dropout 0.5,
@@ -95,11 +103,14 @@ def forward(params, stats, x, *, train: bool, key=None, weights=None):
 
 
 def train_and_predict(
-    dataset, *, seed: int, epochs: int, learning_rate: float, batch_size: int, progress=None
-) -> dict:
+    dataset, *, seed: int, epochs: int, learning_rate: float, batch_size: int, progress=None,
+    every_epoch: bool = False,
+) -> dict:  # fmt: skip
     """LOSO over the dataset's subjects: each fold's STSTNet trained on the other subjects'
     clips and its last epoch predicting its subject once. Returns {"probs": [N, C] pooled,
-    "train_accuracy": mean over folds of the final model's accuracy on its training clips}."""
+    "train_accuracy": mean over folds of the final model's accuracy on its training clips};
+    with ``every_epoch`` also "epoch_probs" [epochs, N, C]: each fold's model after every epoch
+    predicting its test subject (for the leaky comparison only; training is unchanged)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -133,6 +144,7 @@ def train_and_predict(
         return jax.nn.softmax(forward(params, stats, x_all[idx], train=False)[0])
 
     probs = np.zeros((len(dataset), num_classes), np.float32)
+    epoch_probs = np.zeros((epochs, *probs.shape), np.float32) if every_epoch else None
     folds = make_folds(dataset.subjects, protocol="loso")
     rng, key, accuracy = np.random.default_rng(seed), jax.random.PRNGKey(seed), []
     for fold in folds:
@@ -150,19 +162,56 @@ def train_and_predict(
                 params, stats, opt_state, order.reshape(steps, -1),
                 weights.reshape(steps, -1), jax.random.fold_in(drop_key, e),
             )  # fmt: skip
+            if every_epoch:
+                epoch_probs[e, fold.test_idx] = np.asarray(predict(params, stats, fold.test_idx))
         probs[fold.test_idx] = np.asarray(predict(params, stats, fold.test_idx))
         train_pred = np.asarray(predict(params, stats, train)).argmax(-1)
         accuracy.append(float(np.mean(train_pred == dataset.labels[train])))
         if progress is not None:
             progress.update(1)
-    return {"probs": probs, "train_accuracy": float(np.mean(accuracy))}
+    result = {"probs": probs, "train_accuracy": float(np.mean(accuracy))}
+    return result | ({"epoch_probs": epoch_probs} if every_epoch else {})
 
 
-def head_to_head(dataset, seeds, *, epochs, learning_rate, batch_size) -> dict:
+def epochs_selected_on_test(labels, epoch_probs, folds, class_names) -> dict:
+    """What choosing epochs ON THE TEST SUBJECTS would score (leakage; for comparison with
+    published numbers only). ``epoch_probs`` [E, N, C]: every clip's prediction by its fold's
+    model after each epoch. Returns the pooled UF1 and UAR per epoch, the last epoch's (honest),
+    those of each fold's best epoch by its test accuracy (ties to the later epoch, as HTNet's
+    ``best <= acc``) with the chosen epochs, and those of the one epoch with the best pooled
+    test UF1."""
+    from mjfn_jax.metrics import pooled_metrics
+
+    preds = epoch_probs.argmax(-1)  # [E, N]
+    per_epoch = [pooled_metrics(labels, p, class_names) for p in preds]
+    uf1 = np.array([m["uf1"] for m in per_epoch])
+    best = np.empty(len(labels), preds.dtype)
+    chosen = {}
+    for fold in folds:
+        correct = (preds[:, fold.test_idx] == labels[fold.test_idx]).mean(-1)  # [E]
+        e = len(correct) - 1 - int(np.argmax(correct[::-1]))  # the last of the best
+        best[fold.test_idx] = preds[e, fold.test_idx]
+        chosen[fold.name] = e + 1
+    per_fold = pooled_metrics(labels, best, class_names)
+    top = int(np.argmax(uf1))
+    return {
+        "uf1_per_epoch": uf1.tolist(),
+        "uar_per_epoch": [m["uar"] for m in per_epoch],
+        "last_epoch": {k: per_epoch[-1][k] for k in ("uf1", "uar")},
+        "best_epoch_per_fold": {k: per_fold[k] for k in ("uf1", "uar")} | {"epochs": chosen},
+        "best_single_epoch": {"epoch": top + 1} | {k: per_epoch[top][k] for k in ("uf1", "uar")},
+    }
+
+
+def head_to_head(
+    dataset, seeds, *, epochs, learning_rate, batch_size, leaky_epoch_selection=False
+) -> dict:
     """Every seed's pooled UF1/UAR, their mean and sd, the seeds' ensemble (mean probability),
     the linear floor on the same folds, and each seed fused with the floor (mean probability,
     as MJFN-JAX's reports fuse the network with it); "probs" keeps each seed's pooled class
-    probabilities [N, C] (clips in "clips" order) for fusing with other runs."""
+    probabilities [N, C] (clips in "clips" order) for fusing with other runs. With
+    ``leaky_epoch_selection``, "selected_on_test" holds each seed's
+    ``epochs_selected_on_test`` and their mean and sd (leakage; kept apart)."""
     from tqdm import tqdm
 
     from mjfn_jax.folds import make_folds, pad_folds
@@ -179,7 +228,7 @@ def head_to_head(dataset, seeds, *, epochs, learning_rate, batch_size) -> dict:
             start = time.perf_counter()
             runs[seed] = train_and_predict(
                 dataset, seed=seed, epochs=epochs, learning_rate=learning_rate,
-                batch_size=batch_size, progress=bar,
+                batch_size=batch_size, progress=bar, every_epoch=leaky_epoch_selection,
             )  # fmt: skip
             runs[seed]["seconds"] = time.perf_counter() - start
     per_seed = {}
@@ -198,6 +247,15 @@ def head_to_head(dataset, seeds, *, epochs, learning_rate, batch_size) -> dict:
 
     ensemble = seed_ensemble({s: r | {"y_true": labels} for s, r in runs.items()}, names)
     floor_metrics = pooled_metrics(labels, floor.argmax(-1), names)
+    leaky = {}
+    if leaky_epoch_selection:
+        per_seed_leaky = {s: epochs_selected_on_test(labels, r["epoch_probs"], folds, names)
+                          for s, r in runs.items()}  # fmt: skip
+        rows = ("last_epoch", "best_epoch_per_fold", "best_single_epoch")
+        leaky = {"per_seed": per_seed_leaky, "mean_sd": {
+            f"{row}/{k}": tuple(mean_sd([x[row][k] for x in per_seed_leaky.values()]).values())
+            for row in rows for k in ("uf1", "uar")
+        }}  # fmt: skip
     return {
         # per clip, in the dataset's (subject, clip) order: for fusing with other models' runs
         "clips": [f"{s}/{c}" for s, c in zip(dataset.subjects, dataset.clips, strict=True)],
@@ -207,7 +265,7 @@ def head_to_head(dataset, seeds, *, epochs, learning_rate, batch_size) -> dict:
         "ensemble": {k: ensemble[k] for k in ("uf1", "uar")},
         "floor": {k: floor_metrics[k] for k in ("uf1", "uar")},
         "seconds": time.perf_counter() - t0,
-    }
+    } | ({"selected_on_test": leaky} if leaky else {})
 
 
 def markdown(result: dict, args, dataset_name: str) -> str:
@@ -244,7 +302,70 @@ def markdown(result: dict, args, dataset_name: str) -> str:
         f"- STSTNet as published (theirs): UF1 {PAPER['uf1']}, UAR {PAPER['uar']}",
         "",
     ]
+    if "selected_on_test" in result:
+        lines += leaky_markdown(result["selected_on_test"])
     return "\n".join(lines)
+
+
+def leaky_markdown(leaky: dict) -> list[str]:
+    """The section of ``--leaky_epoch_selection``: per seed and mean ± sd, marked as leakage."""
+    ms = leaky["mean_sd"]
+    rows = {
+        "last_epoch": "last epoch (the headline above; nothing selected)",
+        "best_epoch_per_fold": "each fold's best epoch by its test accuracy (HTNet's script)",
+        "best_single_epoch": "the one epoch with the best pooled test UF1",
+    }
+    seeds = list(leaky["per_seed"])
+    lines = [
+        "## Epochs selected on the test subjects (LEAKAGE: for comparison only)",
+        "",
+        "Each fold's model predicted its test subject after every epoch; the rows below choose "
+        "epochs by those test predictions, which a leakage-free protocol cannot do. They measure "
+        "how much such selection adds to a published number; they are not results.",
+        "",
+        "| epochs chosen by | "
+        + " | ".join(f"seed {s} UF1 / UAR" for s in seeds)
+        + " | mean ± sd UF1 | mean ± sd UAR |",
+        "|---|" + "---:|" * (len(seeds) + 2),
+    ]
+    for row, label in rows.items():
+        cells = [f"{leaky['per_seed'][s][row]['uf1']:.4f} / {leaky['per_seed'][s][row]['uar']:.4f}"
+                 for s in seeds]  # fmt: skip
+        uf1, uar = ms[f"{row}/uf1"], ms[f"{row}/uar"]
+        lines.append(f"| {label} | {' | '.join(cells)} | {uf1[0]:.4f} ± {uf1[1]:.4f} | "
+                     f"{uar[0]:.4f} ± {uar[1]:.4f} |")  # fmt: skip
+    best = ", ".join(
+        f"seed {s}: {leaky['per_seed'][s]['best_single_epoch']['epoch']}" for s in seeds
+    )
+    lines += ["", f"- the best single epoch: {best}", ""]
+    return lines
+
+
+def plot_epochs(leaky: dict, path: str) -> None:
+    """Pooled test UF1 after every epoch, one line per seed, with the last epoch's and the
+    per-fold best epochs' UF1 marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (seed, r) in enumerate(leaky["per_seed"].items()):
+        color = f"C{i}"
+        epochs = np.arange(1, len(r["uf1_per_epoch"]) + 1)
+        ax.plot(
+            epochs, r["uf1_per_epoch"], color=color, lw=1, label=f"seed {seed}: pooled, per epoch"
+        )
+        ax.axhline(r["best_epoch_per_fold"]["uf1"], color=color, ls="--", lw=1,
+                   label=f"seed {seed}: each fold's best epoch (leaky)")  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("pooled test UF1")
+    ax.set_title("STSTNet, LOSO: the last epoch vs epochs chosen on the test subjects")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -258,6 +379,11 @@ def main(argv=None) -> int:
     p.add_argument("--machine", default=f"cpu-{os.cpu_count()}core")
     p.add_argument("--out", default="experiments/results")
     p.add_argument("--stem", default="ststnet", help="file name of the results, no extension")
+    p.add_argument(
+        "--leaky_epoch_selection",
+        action="store_true",
+        help="also report epochs chosen on the test subjects, marked as leakage",
+    )
     args = p.parse_args(argv)
     if min(args.seeds) < 0:
         p.error("--seeds need ints >= 0")
@@ -277,10 +403,12 @@ def main(argv=None) -> int:
         return 2
     result = head_to_head(
         dataset, args.seeds, epochs=args.epochs, learning_rate=args.learning_rate,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, leaky_epoch_selection=args.leaky_epoch_selection,
     )  # fmt: skip
-    write_result(os.path.join(args.out, args.machine), args.stem, result,
-                 markdown(result, args, args.dataset))  # fmt: skip
+    out_dir = os.path.join(args.out, args.machine)
+    write_result(out_dir, args.stem, result, markdown(result, args, args.dataset))
+    if "selected_on_test" in result:
+        plot_epochs(result["selected_on_test"], os.path.join(out_dir, f"{args.stem}_epochs.png"))
     return 0
 
 
