@@ -92,3 +92,49 @@ def test_negative_seed_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ststnet.main(["--data_dir", str(tmp_path), "--seeds", "-1"])
     assert "--seeds need ints >= 0" in capsys.readouterr().err
+
+
+def test_epochs_selected_on_test_choose_per_fold_and_per_run():
+    """Two folds, three epochs: fold a is right only at epoch 2, fold b at epochs 1 and 3 (the
+    tie goes to the later epoch); the best single epoch can only be right on one fold."""
+    from mjfn_jax.folds import make_folds
+
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    subjects = np.array(["a", "a", "a", "b", "b", "b"])
+    wrong = (labels + 1) % 3
+    preds = np.stack([  # [E, N]
+        np.concatenate([wrong[:3], labels[3:]]),
+        np.concatenate([labels[:3], wrong[3:]]),
+        np.concatenate([wrong[:3], labels[3:]]),
+    ])  # fmt: skip
+    epoch_probs = np.eye(3, dtype=np.float32)[preds]  # [E, N, C]
+    folds = make_folds(subjects, protocol="loso")
+    out = ststnet.epochs_selected_on_test(labels, epoch_probs, folds, ["x", "y", "z"])
+    assert out["best_epoch_per_fold"]["uf1"] == pytest.approx(1.0)
+    assert out["best_epoch_per_fold"]["epochs"] == {folds[0].name: 2, folds[1].name: 3}
+    assert out["last_epoch"]["uf1"] == pytest.approx(out["uf1_per_epoch"][-1])
+    assert out["last_epoch"]["uf1"] == pytest.approx(0.5)  # half the clips, every class F1 0.5
+    assert out["best_single_epoch"]["epoch"] == 1  # UF1 0.5 at every epoch: the first
+    assert out["best_single_epoch"]["uf1"] == pytest.approx(max(out["uf1_per_epoch"]))
+
+
+def test_leaky_selection_keeps_the_headline_and_is_marked(tmp_path):
+    import argparse
+
+    dataset = make_tiny_dataset(num_subjects=4, clips=6)
+    kwargs = dict(epochs=3, learning_rate=3e-3, batch_size=8)
+    plain = ststnet.head_to_head(dataset, [0], **kwargs)
+    leaky = ststnet.head_to_head(dataset, [0], leaky_epoch_selection=True, **kwargs)
+    assert "selected_on_test" not in plain
+    # predicting after every epoch changes nothing in training: same headline, same probs
+    np.testing.assert_array_equal(leaky["probs"][0], plain["probs"][0])
+    sel = leaky["selected_on_test"]["per_seed"][0]
+    assert sel["last_epoch"]["uf1"] == pytest.approx(plain["per_seed"][0]["uf1"])
+    assert len(sel["uf1_per_epoch"]) == 3
+    args = argparse.Namespace(data_dir="D", seeds=[0], epochs=3, learning_rate=3e-3,
+                              batch_size=8)  # fmt: skip
+    text = ststnet.markdown(leaky, args, "tiny")
+    assert "LEAKAGE" in text and "HTNet's script" in text
+    assert "LEAKAGE" not in ststnet.markdown(plain, args, "tiny")
+    ststnet.plot_epochs(leaky["selected_on_test"], str(tmp_path / "e.png"))
+    assert (tmp_path / "e.png").stat().st_size > 1000
