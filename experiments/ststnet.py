@@ -342,8 +342,8 @@ def leaky_markdown(leaky: dict) -> list[str]:
 
 
 def plot_epochs(leaky: dict, path: str) -> None:
-    """Pooled test UF1 after every epoch, one line per seed, with the last epoch's and the
-    per-fold best epochs' UF1 marked."""
+    """Pooled test UF1 after every epoch, one line per seed, with the per-fold best epochs'
+    UF1 (leaky) and the published figure marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -358,6 +358,7 @@ def plot_epochs(leaky: dict, path: str) -> None:
         )
         ax.axhline(r["best_epoch_per_fold"]["uf1"], color=color, ls="--", lw=1,
                    label=f"seed {seed}: each fold's best epoch (leaky)")  # fmt: skip
+    ax.axhline(PAPER["uf1"], color="grey", ls=":", lw=1.5, label="STSTNet as published (theirs)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("pooled test UF1")
     ax.set_title("STSTNet, LOSO: the last epoch vs epochs chosen on the test subjects")
