@@ -164,7 +164,11 @@ def train_and_predict(
             )  # fmt: skip
             if every_epoch:
                 epoch_probs[e, fold.test_idx] = np.asarray(predict(params, stats, fold.test_idx))
-        probs[fold.test_idx] = np.asarray(predict(params, stats, fold.test_idx))
+        # the last epoch's test predictions: already made with every_epoch
+        last = (
+            epoch_probs[-1, fold.test_idx] if every_epoch else predict(params, stats, fold.test_idx)
+        )
+        probs[fold.test_idx] = np.asarray(last)
         train_pred = np.asarray(predict(params, stats, train)).argmax(-1)
         accuracy.append(float(np.mean(train_pred == dataset.labels[train])))
         if progress is not None:
@@ -241,8 +245,8 @@ def head_to_head(
             "train_accuracy": r["train_accuracy"], "seconds": r["seconds"],
         }  # fmt: skip
 
-    def spread(key: str) -> tuple[float, float]:
-        stats = mean_sd([m[key] for m in per_seed.values()])
+    def spread(values) -> tuple[float, float]:
+        stats = mean_sd(values)
         return stats["mean"], stats["sd"]
 
     ensemble = seed_ensemble({s: r | {"y_true": labels} for s, r in runs.items()}, names)
@@ -253,7 +257,7 @@ def head_to_head(
                           for s, r in runs.items()}  # fmt: skip
         rows = ("last_epoch", "best_epoch_per_fold", "best_single_epoch")
         leaky = {"per_seed": per_seed_leaky, "mean_sd": {
-            f"{row}/{k}": tuple(mean_sd([x[row][k] for x in per_seed_leaky.values()]).values())
+            f"{row}/{k}": spread([x[row][k] for x in per_seed_leaky.values()])
             for row in rows for k in ("uf1", "uar")
         }}  # fmt: skip
     return {
@@ -261,7 +265,10 @@ def head_to_head(
         "clips": [f"{s}/{c}" for s, c in zip(dataset.subjects, dataset.clips, strict=True)],
         "probs": {s: np.round(r["probs"], 5) for s, r in runs.items()},
         "per_seed": per_seed,
-        "mean_sd": {k: spread(k) for k in ("uf1", "uar", "with_floor_uf1", "with_floor_uar")},
+        "mean_sd": {
+            k: spread([m[k] for m in per_seed.values()])
+            for k in ("uf1", "uar", "with_floor_uf1", "with_floor_uar")
+        },
         "ensemble": {k: ensemble[k] for k in ("uf1", "uar")},
         "floor": {k: floor_metrics[k] for k in ("uf1", "uar")},
         "seconds": time.perf_counter() - t0,
