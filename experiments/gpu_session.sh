@@ -120,6 +120,10 @@ run_step() {
     # Where the GPU step's time goes (trace per XLA op) and a 16-fold LOSO's phases per fold.
     profile) step profile 120 $PY -m experiments.profile_step --config "$C" --steps 20 \
         --machine "$MACHINE" --out "$RESULTS" ;;
+    # BatchNorm's statistics in one pass (shipped) vs two, one fold's step, in one process.
+    bn_passes) step bn_passes 90 $PY -m experiments.bn_passes --config "$C" ;;
+    # A finished fold's model to the host: per leaf, flat, pinned; and beside training steps.
+    handover_copy) step handover_copy 60 $PY -m experiments.handover_copy --config "$C" ;;
     throughput_torch_compiled) step throughput_torch_compiled 90 $B --skip_loso \
         --batch_sizes 32 --step_variants torch_compiled ;;
     # Training-step throughput at the reference batch: both frameworks, JAX step and scan.

@@ -1,0 +1,133 @@
+"""How fast a finished fold's model reaches the host, and what the copy costs training that runs
+beside it: the engine hands each finished fold group's model {"params", "batch_stats"} to the
+writer thread, which copies it with ``jax.device_get`` (one transfer per leaf).
+
+    python -m experiments.handover_copy [--config experiments/configs/benchmark.py:gpu]
+        [--repeats 10] [--steps 30]
+
+Copies of one fold's model (fresh device arrays each time: a jax.Array caches its host copy):
+  per_leaf  jax.device_get of the tree (the engine's way)
+  flat      the leaves raveled into one buffer on the device (jitted), one transfer, split on
+            the host (views)
+  pinned    each leaf moved to the device's pinned host memory (``memory_kind='pinned_host'``),
+            then read; skipped where the device has no such memory
+Then ``--steps`` training steps of one fold alone, and the same with a per_leaf or flat copy
+running on a thread beside them (the writer thread's situation): the extra milliseconds are
+what the copy costs the loop. Prints medians over ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mjfn_jax.config_io import load_config  # noqa: E402
+from mjfn_jax.data import dataset_from_config  # noqa: E402
+from mjfn_jax.engine import FoldInputs, FoldProgram  # noqa: E402
+
+_fresh = jax.jit(lambda tree: jax.tree.map(lambda x: x + 0, tree))
+
+
+def _copies(model) -> dict:
+    """name -> function(device tree) -> host arrays."""
+    ravel = jax.jit(lambda tree: ravel_pytree(tree)[0])
+    _, unravel = ravel_pytree(jax.device_get(model))
+
+    def flat(tree):
+        return unravel(np.asarray(ravel(tree)))
+
+    copies = {"per_leaf": jax.device_get, "flat": flat}
+    device = jax.tree.leaves(model)[0].device
+    kinds = {m.kind for m in device.addressable_memories()}
+    if "pinned_host" in kinds:
+        pinned = jax.sharding.SingleDeviceSharding(device, memory_kind="pinned_host")
+        copies["pinned"] = lambda tree: jax.device_get(jax.device_put(tree, pinned))
+    else:
+        print(f"pinned: skipped (memories of {device}: {sorted(kinds)})")
+    return copies
+
+
+def _median_ms(fn, repeats: int, prepare) -> float:
+    times = []
+    for _ in range(repeats):
+        arg = prepare()
+        jax.block_until_ready(arg)
+        start = time.perf_counter()
+        fn(arg)
+        times.append(1e3 * (time.perf_counter() - start))
+    return float(np.median(times))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="experiments/configs/benchmark.py:gpu")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    dataset = dataset_from_config(config.data, config.model.input_size, config.seed)
+    n = len(dataset.labels)
+    data = {"images": jnp.asarray(dataset.images), "labels": jnp.asarray(dataset.labels)}
+    fold = FoldInputs.whole_dataset(jax.random.key(0), n, config.model.num_classes)
+    program = FoldProgram(config, steps_per_epoch=max(1, n // config.train.batch_size))
+    state = jax.jit(program.init)(fold.key)
+    model = jax.jit(program.export)(state)
+    leaves = jax.tree.leaves(model)
+    size = sum(x.nbytes for x in leaves)
+    print(
+        f"{jax.devices()[0].device_kind}, {args.config}: one fold's model {len(leaves)} "
+        f"leaves, {size / 1e6:.1f} MB"
+    )
+
+    copies = _copies(model)
+    for name, copy in copies.items():
+        for _ in range(2):  # compile and warm up
+            copy(_fresh(model))
+        ms = _median_ms(copy, args.repeats, lambda: _fresh(model))
+        print(f"copy {name:8s} {ms:8.2f} ms  {size / ms / 1e6:6.2f} GB/s")
+
+    plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
+    step_args = (state, fold, data, plan, jnp.int32(0))
+    step = jax.jit(program.train_step_at).lower(*step_args).compile()
+
+    def steps(copy=None):
+        jax.block_until_ready(step(*step_args))
+        tree = _fresh(model)
+        jax.block_until_ready(tree)
+        thread = threading.Thread(target=copy, args=(tree,)) if copy else None
+        start = time.perf_counter()
+        if thread:
+            thread.start()
+        out = None
+        for _ in range(args.steps):
+            out = step(*step_args)
+        jax.block_until_ready(out)
+        elapsed = 1e3 * (time.perf_counter() - start)
+        if thread:
+            thread.join()
+        return elapsed
+
+    variants = {"alone": None, "per_leaf beside": copies["per_leaf"], "flat beside": copies["flat"]}
+    times = {name: [] for name in variants}
+    for _ in range(args.repeats):  # alternating rounds
+        for name, copy in variants.items():
+            times[name].append(steps(copy))
+    alone = float(np.median(times["alone"]))
+    for name, values in times.items():
+        ms = float(np.median(values))
+        print(f"{args.steps} steps, {name:16s} {ms:8.2f} ms  (+{ms - alone:6.2f} ms)")
+
+
+if __name__ == "__main__":
+    main()
