@@ -1,17 +1,18 @@
 """How fast a finished fold's model reaches the host, and what the copy costs training that runs
 beside it: the engine hands each finished fold group's model {"params", "batch_stats"} to the
-writer thread, which copies it with ``jax.device_get`` (one transfer per leaf).
+writer thread, which copies it to the host.
 
     python -m experiments.handover_copy [--config experiments/configs/benchmark.py:gpu]
         [--repeats 10] [--steps 30]
 
 Copies of one fold's model (fresh device arrays each time: a jax.Array caches its host copy):
-  per_leaf  jax.device_get of the tree (the engine's way)
+  per_leaf  jax.device_get of the tree (the engine's way until 2026-11-27)
   flat      the leaves raveled into one buffer on the device (jitted), one transfer, split on
             the host (views)
-  pinned    each leaf moved to the device's pinned host memory (``memory_kind='pinned_host'``),
-            then read; skipped where the device has no such memory
-Then ``--steps`` training steps of one fold alone, and the same with a per_leaf or flat copy
+  pinned    each leaf moved to the device's pinned host memory, then read (the engine's way
+            since 2026-11-27: ``mjfn_jax.checkpoint.copy_to_host``); skipped where the device
+            has no such memory
+Then ``--steps`` training steps of one fold alone, and the same with each copy
 running on a thread beside them (the writer thread's situation): the extra milliseconds are
 what the copy costs the loop. Prints medians over ``--repeats``.
 """
@@ -32,6 +33,7 @@ from jax.flatten_util import ravel_pytree
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mjfn_jax.checkpoint import copy_to_host  # noqa: E402
 from mjfn_jax.config_io import load_config  # noqa: E402
 from mjfn_jax.data import dataset_from_config  # noqa: E402
 from mjfn_jax.engine import FoldInputs, FoldProgram  # noqa: E402
@@ -51,8 +53,7 @@ def _copies(model) -> dict:
     device = jax.tree.leaves(model)[0].device
     kinds = {m.kind for m in device.addressable_memories()}
     if "pinned_host" in kinds:
-        pinned = jax.sharding.SingleDeviceSharding(device, memory_kind="pinned_host")
-        copies["pinned"] = lambda tree: jax.device_get(jax.device_put(tree, pinned))
+        copies["pinned"] = lambda tree: copy_to_host(tree, pinned=True)
     else:
         print(f"pinned: skipped (memories of {device}: {sorted(kinds)})")
     return copies
@@ -118,7 +119,7 @@ def main(argv=None) -> None:
             thread.join()
         return elapsed
 
-    variants = {"alone": None, "per_leaf beside": copies["per_leaf"], "flat beside": copies["flat"]}
+    variants = {"alone": None, **{f"{name} beside": copy for name, copy in copies.items()}}
     times = {name: [] for name in variants}
     for _ in range(args.repeats):  # alternating rounds
         for name, copy in variants.items():

@@ -50,12 +50,36 @@ from mjfn_jax.workdir import (
 _BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mjfn-save")
 
 
+def copy_to_host(tree, pinned: bool | None = None):
+    """``tree``'s arrays as numpy arrays. ``pinned`` (default: on any platform but the CPU,
+    where the device has such memory): each leaf is first moved to its device's pinned host
+    memory, then read there. A finished fold's model on an H200 (67.5 MB, 168 leaves) took
+    11 ms that way against 43 ms for ``jax.device_get``'s transfers into pageable memory
+    (experiments/handover_copy.py, 2026-11-27)."""
+    if pinned is None:
+        pinned = all(_has_pinned_host(x) for x in jax.tree.leaves(tree))
+    if pinned:
+        tree = jax.tree.map(
+            lambda x: jax.device_put(x, x.sharding.with_memory_kind("pinned_host")), tree
+        )
+    return jax.device_get(tree)
+
+
+def _has_pinned_host(x) -> bool:
+    """Whether ``x`` is an accelerator's array whose devices all have pinned host memory."""
+    devices = getattr(getattr(x, "sharding", None), "device_set", ())
+    return bool(devices) and all(
+        d.platform != "cpu" and "pinned_host" in {m.kind for m in d.addressable_memories()}
+        for d in devices
+    )
+
+
 def to_host_later(tree) -> concurrent.futures.Future:
-    """``tree``'s arrays copied to the host on the background thread, after everything handed
-    to it before (FIFO): the training thread goes on (to the predictions, the next fold group)
-    while a GPU copies a finished group's models. One process only: with several, the copy is a
-    collective that every process joins (``parallel.to_host``)."""
-    return _BACKGROUND.submit(jax.device_get, tree)
+    """``tree``'s arrays copied to the host (``copy_to_host``) on the background thread, after
+    everything handed to it before (FIFO): the training thread goes on (to the predictions,
+    the next fold group) while a GPU copies a finished group's models. One process only: with
+    several, the copy is a collective that every process joins (``parallel.to_host``)."""
+    return _BACKGROUND.submit(copy_to_host, tree)
 
 
 def _drop_closed_loop_reports() -> None:

@@ -70,6 +70,22 @@ def test_a_fold_groups_models_are_copied_once_and_saved_per_fold_off_the_loop(tm
     assert not os.path.exists(ckpt.final_path)
 
 
+def test_copy_to_host_through_pinned_memory_gives_the_same_arrays():
+    """The writer thread's copy: through the device's pinned host memory on an accelerator
+    (forced here: the CPU device has such memory too), plain device_get on the CPU."""
+    from mjfn_jax.checkpoint import _has_pinned_host, copy_to_host
+
+    group = jax.tree.map(lambda x: jnp.stack([x, x + 1]), _model())
+    assert not _has_pinned_host(jax.tree.leaves(group)[0])  # the CPU: pinned only when asked
+    want = jax.device_get(group)
+    for pinned in (None, True):
+        got = copy_to_host(group, pinned=pinned)
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert isinstance(g, np.ndarray) and g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
+
+
 def test_unknown_final_dtype_is_refused():
     config = base_config()
     config.checkpoint.final_dtype = "float16"
