@@ -1,4 +1,4 @@
-"""Disk use of a finished fold's saved model, float32 and bfloat16 (``checkpoint.final_dtype``),
+"""Disk use of a finished fold's saved model in each ``checkpoint.final_dtype``,
 and what a 68-fold LOSO would leave: one fold's model of the config, initialised, saved through
 the engine's FoldCheckpointer (an uncompressed .npz: its size depends only on the shapes).
 

@@ -1,10 +1,12 @@
 """A finished run's test subjects predicted again from its saved fold models, with test-time
 flips (``augment.test_hflip``) off and on: what the flip gives on that run, without training.
 With ``--networks`` (a run with ``model.ststnet_branch``): each of its two networks alone (MJFN's
-four heads fused; the STSTNet branch) beside their average, what the run predicted.
+four heads fused; the STSTNet branch) beside their average, what the run predicted. With
+``--final_dtypes`` (a run saved in float32): each fold's model as a final.npz of each
+``checkpoint.final_dtype`` would give it back, and how many test predictions that changes.
 
     python -m experiments.repredict --workdir W [--workdir W2 ...] [--data_dir DIR] [--out FILE.md]
-        [--networks]
+        [--networks | --final_dtypes]
 
 Training does not depend on ``augment.test_hflip`` unless early stopping reads the validation
 loss it changes, so a run without early stopping (and without nested selection, whose choice
@@ -112,16 +114,57 @@ def networks(workdir: str, data_dir: str | None = None, dataset=None) -> dict:
     return _pooled(workdir, config, dataset, program, lambda m, idx: outputs(m, images, idx))
 
 
+def final_dtypes(workdir: str, data_dir: str | None = None, dataset=None) -> dict:
+    """{final_dtype: pooled metrics, and "changed": the number of test clips whose predicted
+    class differs from float32's} of a finished run saved in float32, each fold's model
+    rounded through each ``checkpoint.final_dtype`` (``checkpoint.round_trip_final``)."""
+    import jax
+    import jax.numpy as jnp
+
+    from mjfn_jax.checkpoint import FINAL_DTYPES, round_trip_final
+    from mjfn_jax.engine import FoldProgram
+
+    config, dataset = _run(workdir, data_dir, dataset)
+    if config.checkpoint.final_dtype != "float32":
+        raise SystemExit(f"{workdir}: its models were saved in {config.checkpoint.final_dtype}")
+    data = {"images": jnp.asarray(dataset.images), "labels": jnp.asarray(dataset.labels)}
+    program = FoldProgram(config, steps_per_epoch=1)
+    predict = jax.jit(program.predict)
+    changed = dict.fromkeys(FINAL_DTYPES, 0)
+
+    def each_dtype(model, idx):
+        out = {d: np.asarray(predict(round_trip_final(model, d), data, idx)) for d in FINAL_DTYPES}
+        for d in FINAL_DTYPES:
+            changed[d] += int(np.sum(out[d].argmax(-1) != out["float32"].argmax(-1)))
+        return out
+
+    pooled = _pooled(workdir, config, dataset, program, each_dtype)
+    return {d: {**pooled[d], "changed": changed[d]} for d in FINAL_DTYPES}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", action="append", required=True)
     parser.add_argument("--data_dir", default=None, help="where the run's dataset is now")
     parser.add_argument("--out", default=None, help="markdown file for the table")
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--networks", action="store_true", help="a run with model.ststnet_branch: each network"
     )
+    mode.add_argument(
+        "--final_dtypes", action="store_true", help="each checkpoint.final_dtype's saved model"
+    )
     args = parser.parse_args(argv)
-    if args.networks:
+    if args.final_dtypes:
+        from mjfn_jax.checkpoint import FINAL_DTYPES
+
+        lines = [
+            "| workdir | "
+            + " | ".join(f"{d}: UF1 / UAR (predictions changed)" for d in FINAL_DTYPES)
+            + " |",
+            "|---|" + "---:|" * len(FINAL_DTYPES),
+        ]
+    elif args.networks:
         lines = [
             "| workdir | both (as run) UF1 / UAR | MJFN's heads alone | STSTNet branch alone |",
             "|---|---:|---:|---:|",
@@ -133,9 +176,17 @@ def main(argv=None) -> None:
         ]
     for workdir in args.workdir:
         try:
-            r = (networks if args.networks else repredict)(workdir, args.data_dir)
+            run = final_dtypes if args.final_dtypes else networks if args.networks else repredict
+            r = run(workdir, args.data_dir)
         except (OSError, ValueError) as e:  # no workdir, no config.json, a damaged result
             raise SystemExit(f"{workdir}: {e}") from None
+        if args.final_dtypes:
+            cells = [
+                f"{m['uf1']:.4f} / {m['uar']:.4f} ({m['changed']} of {m['n']})" for m in r.values()
+            ]
+            lines.append(f"| `{workdir}` | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+            continue
         if args.networks:
             cells = [f"{r[k]['uf1']:.4f} / {r[k]['uar']:.4f}" for k in ("both", "mjfn", "ststnet")]
             lines.append(f"| `{workdir}` | " + " | ".join(cells) + " |")

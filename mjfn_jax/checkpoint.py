@@ -145,8 +145,60 @@ def _flatten(tree) -> dict[str, jax.Array]:
     return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
 
 
-FINAL_DTYPES = ("float32", "bfloat16")  # checkpoint.final_dtype
+FINAL_DTYPES = ("float32", "bfloat16", "int8")  # checkpoint.final_dtype
 _BF16_KEYS = "__bfloat16_keys__"  # the entries of final.npz stored as bfloat16 bit patterns
+_INT8_SCALE = "__int8_scale__"  # + key: the per-output-channel scales of an int8 entry
+
+
+def encode_final(flat: dict, final_dtype: str) -> dict[str, np.ndarray]:
+    """The entries of final.npz for a model as a flat {key path: host array}. Floating arrays
+    are stored in ``final_dtype``: float32; bfloat16 (as uint16 bit patterns, rounded to
+    nearest); or int8, where kernels (2 or more axes, output channels last: HWIO convolutions,
+    [in, out] dense layers) become symmetric per-output-channel int8 (x ~ q * max|x| / 127, the
+    scales kept in float32) and 1-axis arrays (biases, BatchNorm) stay float32."""
+    arrays, bf16 = {}, []
+    for key, x in flat.items():
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.floating) and final_dtype == "bfloat16":
+            x = x.astype(jnp.bfloat16).view(np.uint16)  # .npy has no bfloat16
+            bf16.append(key)
+        elif np.issubdtype(x.dtype, np.floating) and final_dtype == "int8" and x.ndim >= 2:
+            x32 = x.astype(np.float32)
+            scale = np.abs(x32).reshape(-1, x.shape[-1]).max(axis=0) / 127.0  # [out]
+            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+            x = np.clip(np.rint(x32 / scale), -127, 127).astype(np.int8)
+            arrays[_INT8_SCALE + key] = scale
+        arrays[key] = x
+    arrays[_BF16_KEYS] = np.asarray(bf16, dtype=str)
+    return arrays
+
+
+class WrongShape(ValueError):
+    """A saved entry's shape is not the one the config's model has."""
+
+
+def decode_final(arrays, wanted: dict) -> dict[str, np.ndarray]:
+    """``encode_final``'s entries (a dict, or an open .npz) back to {key path: array} in the
+    shapes and dtypes of ``wanted`` ({key: ShapeDtypeStruct}). A missing entry raises
+    KeyError, a wrong shape WrongShape naming the key."""
+    bf16 = set(arrays[_BF16_KEYS].tolist())
+    flat = {}
+    for key, spec in wanted.items():
+        x = arrays[key]
+        if key in bf16:
+            x = x.view(jnp.bfloat16)
+        elif x.dtype == np.int8 and _INT8_SCALE + key in arrays:
+            x = x.astype(np.float32) * arrays[_INT8_SCALE + key]
+        if x.shape != spec.shape:
+            raise WrongShape(f"{key} has shape {x.shape}, this config's model {spec.shape}")
+        flat[key] = x.astype(spec.dtype)
+    return flat
+
+
+def round_trip_final(model, final_dtype: str):
+    """``model`` as a saved final.npz of ``final_dtype`` would give it back (host arrays)."""
+    flat = decode_final(encode_final(_flatten(model), final_dtype), _abstract(model))
+    return _unflatten_like(model, flat)
 
 
 def _abstract(like) -> dict[str, jax.ShapeDtypeStruct]:
@@ -281,15 +333,10 @@ class FoldCheckpointer:
     def _write_final(self, model_state, index: int | None) -> None:
         if isinstance(model_state, concurrent.futures.Future):
             model_state = model_state.result()  # done: submitted before this task (FIFO)
-        arrays, bf16 = {}, []
-        for key, x in _flatten(model_state).items():
-            x = np.asarray(x) if index is None else np.asarray(x)[index]
-            if np.issubdtype(x.dtype, np.floating) and self.final_dtype == "bfloat16":
-                x = x.astype(jnp.bfloat16).view(np.uint16)  # rounded to nearest; .npy has no bf16
-                bf16.append(key)
-            arrays[key] = x
-        arrays[_BF16_KEYS] = np.asarray(bf16, dtype=str)
-        write_npz(self.final_path, **arrays)
+        flat = _flatten(model_state)
+        if index is not None:
+            flat = {key: np.asarray(x)[index] for key, x in flat.items()}
+        write_npz(self.final_path, **encode_final(flat, self.final_dtype))
 
     def has_final(self) -> bool:
         return has_final_model(self.fold_dir)
@@ -302,26 +349,16 @@ class FoldCheckpointer:
             with ocp.StandardCheckpointer(**_solo(self.fold_dir)) as checkpointer:
                 restored = checkpointer.restore(self.legacy_final_dir, _abstract(like))
             return _unflatten_like(like, restored)
-        wanted = _abstract(like)
         try:
             with np.load(self.final_path) as z:
-                bf16 = set(z[_BF16_KEYS].tolist())
-                flat = {k: z[k] for k in wanted}
+                flat = decode_final(z, _abstract(like))
+        except WrongShape as e:
+            raise WorkdirError(f"{self.final_path}: {e}") from None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise WorkdirError(
                 f"{self.final_path} is damaged or is not this config's model "
                 f"({type(e).__name__}: {e})"
             ) from None
-        for key, spec in wanted.items():
-            x = flat[key]
-            if key in bf16:
-                x = x.view(jnp.bfloat16)
-            if x.shape != spec.shape:
-                raise WorkdirError(
-                    f"{self.final_path}: {key} has shape {x.shape}, this config's model "
-                    f"{spec.shape}"
-                )
-            flat[key] = x.astype(spec.dtype)
         return _unflatten_like(like, flat)
 
     @property

@@ -149,9 +149,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 5  # Periodic Orbax save per fold; the latest is always kept.
     c.checkpoint.max_to_keep = 2
-    # The dtype of a finished fold's saved model (params + BN statistics): 'float32', or
-    # 'bfloat16' (half the disk: a 68-fold run of the 112x112 reference model wrote 4.27 GB in
-    # float32 on an H200; restored as float32 for prediction and export).
+    # The dtype of a finished fold's saved model (params + BN statistics): 'float32'; 'bfloat16'
+    # (half the disk); or 'int8' (kernels as per-output-channel int8, the rest float32: a
+    # quarter). A 68-fold run of the 112x112 reference model: 4.59 / 2.30 / 1.16 GB. Restored
+    # as float32 for prediction and export; the rounding changes some predictions of a saved
+    # model (measured: README "Checkpoints"), never the run's own results, which are predicted
+    # before the save.
     c.checkpoint.final_dtype = "float32"
     return c
 

@@ -367,3 +367,20 @@ def test_repredict_reproduces_the_run_and_adds_test_time_flips(trained):
     assert out[False]["uf1"] == results["pooled"]["uf1"]
     assert out[False]["confusion"] == results["pooled"]["confusion"]
     assert out[True]["n"] == results["pooled"]["n"]
+
+
+def test_repredict_final_dtypes_counts_what_each_saved_dtype_changes(trained):
+    """experiments/repredict.py --final_dtypes: float32 reproduces the run exactly (nothing
+    changed); each other dtype's count of changed predictions is what its metrics imply."""
+    from experiments.repredict import final_dtypes
+
+    workdir, dataset, results = trained
+    out = final_dtypes(workdir, dataset=dataset)
+    assert set(out) == {"float32", "bfloat16", "int8"}
+    assert out["float32"]["confusion"] == results["pooled"]["confusion"]
+    assert out["float32"]["changed"] == 0
+    for name in ("bfloat16", "int8"):
+        m = out[name]
+        assert m["n"] == results["pooled"]["n"] and 0 <= m["changed"] <= m["n"]
+        if m["changed"] == 0:  # the same predicted class for every clip: the same confusion
+            assert m["confusion"] == results["pooled"]["confusion"]
