@@ -24,9 +24,9 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments.profile_step import one_fold, step_args  # noqa: E402
 from mjfn_jax.config_io import load_config  # noqa: E402
-from mjfn_jax.data import dataset_from_config  # noqa: E402
-from mjfn_jax.engine import FoldInputs, FoldProgram  # noqa: E402
+from mjfn_jax.engine import FoldProgram  # noqa: E402
 from mjfn_jax.models import layers  # noqa: E402
 
 SHIPPED = layers.BatchNorm.__call__
@@ -50,14 +50,12 @@ def two_pass(self, x):
     return (x * mul.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
 
 
-def build(config, data, fold, n, call):
+def build(config, data, fold, steps_per_epoch, call):
     """One fold's training step compiled with ``call`` as BatchNorm's forward."""
     layers.BatchNorm.__call__ = call
     try:
-        program = FoldProgram(config, steps_per_epoch=max(1, n // config.train.batch_size))
-        state = jax.jit(program.init)(fold.key)
-        plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
-        args = (state, fold, data, plan, jnp.int32(0))
+        program = FoldProgram(config, steps_per_epoch=steps_per_epoch)
+        args = step_args(program, data, fold)
         return jax.jit(program.train_step_at).lower(*args).compile(), args
     finally:
         layers.BatchNorm.__call__ = SHIPPED
@@ -80,13 +78,10 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    dataset = dataset_from_config(config.data, config.model.input_size, config.seed)
-    n = len(dataset.labels)
-    data = {"images": jnp.asarray(dataset.images), "labels": jnp.asarray(dataset.labels)}
-    fold = FoldInputs.whole_dataset(jax.random.key(0), n, config.model.num_classes)
+    data, fold, steps_per_epoch = one_fold(config)
     t = time.perf_counter()
-    two = build(config, data, fold, n, two_pass)
-    one = build(config, data, fold, n, SHIPPED)
+    two = build(config, data, fold, steps_per_epoch, two_pass)
+    one = build(config, data, fold, steps_per_epoch, SHIPPED)
     print(
         f"{jax.devices()[0].device_kind}, {args.config}: both compiled in "
         f"{time.perf_counter() - t:.1f} s"

@@ -26,17 +26,16 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments.profile_step import one_fold, step_args  # noqa: E402
 from mjfn_jax.checkpoint import copy_to_host  # noqa: E402
 from mjfn_jax.config_io import load_config  # noqa: E402
-from mjfn_jax.data import dataset_from_config  # noqa: E402
-from mjfn_jax.engine import FoldInputs, FoldProgram  # noqa: E402
+from mjfn_jax.engine import FoldProgram  # noqa: E402
 
 _fresh = jax.jit(lambda tree: jax.tree.map(lambda x: x + 0, tree))
 
@@ -77,13 +76,10 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    dataset = dataset_from_config(config.data, config.model.input_size, config.seed)
-    n = len(dataset.labels)
-    data = {"images": jnp.asarray(dataset.images), "labels": jnp.asarray(dataset.labels)}
-    fold = FoldInputs.whole_dataset(jax.random.key(0), n, config.model.num_classes)
-    program = FoldProgram(config, steps_per_epoch=max(1, n // config.train.batch_size))
-    state = jax.jit(program.init)(fold.key)
-    model = jax.jit(program.export)(state)
+    data, fold, steps_per_epoch = one_fold(config)
+    program = FoldProgram(config, steps_per_epoch=steps_per_epoch)
+    train_args = step_args(program, data, fold)
+    model = jax.jit(program.export)(train_args[0])
     leaves = jax.tree.leaves(model)
     size = sum(x.nbytes for x in leaves)
     print(
@@ -98,12 +94,10 @@ def main(argv=None) -> None:
         ms = _median_ms(copy, args.repeats, lambda: _fresh(model))
         print(f"copy {name:8s} {ms:8.2f} ms  {size / ms / 1e6:6.2f} GB/s")
 
-    plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
-    step_args = (state, fold, data, plan, jnp.int32(0))
-    step = jax.jit(program.train_step_at).lower(*step_args).compile()
+    step = jax.jit(program.train_step_at).lower(*train_args).compile()
 
     def steps(copy=None):
-        jax.block_until_ready(step(*step_args))
+        jax.block_until_ready(step(*train_args))
         tree = _fresh(model)
         jax.block_until_ready(tree)
         thread = threading.Thread(target=copy, args=(tree,)) if copy else None
@@ -112,7 +106,7 @@ def main(argv=None) -> None:
             thread.start()
         out = None
         for _ in range(args.steps):
-            out = step(*step_args)
+            out = step(*train_args)
         jax.block_until_ready(out)
         elapsed = 1e3 * (time.perf_counter() - start)
         if thread:

@@ -73,15 +73,27 @@ def _category(name: str) -> str:
     return "other fusions (elementwise, BN, gather, augmentation)"
 
 
-def profile_step(config, steps: int) -> dict:
+def one_fold(config) -> tuple[dict, FoldInputs, int]:
+    """The setting of the step measurements here (and in bn_passes, handover_copy): the config's
+    dataset on the device, one fold that trains on all of it, and its steps per epoch."""
     dataset = dataset_from_config(config.data, config.model.input_size, config.seed)
     n = len(dataset.labels)
-    program = FoldProgram(config, steps_per_epoch=max(1, n // config.train.batch_size))
     data = {"images": jnp.asarray(dataset.images), "labels": jnp.asarray(dataset.labels)}
     fold = FoldInputs.whole_dataset(jax.random.key(0), n, config.model.num_classes)
+    return data, fold, max(1, n // config.train.batch_size)
+
+
+def step_args(program: FoldProgram, data: dict, fold: FoldInputs) -> tuple:
+    """Arguments of ``program.train_step_at`` for the first step of a fresh train state."""
     state = jax.jit(program.init)(fold.key)
     plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
-    args = (state, fold, data, plan, jnp.int32(0))
+    return state, fold, data, plan, jnp.int32(0)
+
+
+def profile_step(config, steps: int) -> dict:
+    data, fold, steps_per_epoch = one_fold(config)
+    program = FoldProgram(config, steps_per_epoch=steps_per_epoch)
+    args = step_args(program, data, fold)
     start = time.perf_counter()
     step = jax.jit(program.train_step_at, donate_argnums=0).lower(*args).compile()
     compile_s = time.perf_counter() - start
@@ -119,7 +131,7 @@ def profile_step(config, steps: int) -> dict:
     }
 
     try:
-        result.update(_trace(step, (state, fold, data, plan, jnp.int32(0)), steps))
+        result.update(_trace(step, args, steps))
     except Exception as e:  # noqa: BLE001 - e.g. no CUPTI on a GPU machine: the rest still runs
         result["trace_error"] = f"{type(e).__name__}: {e}"
     return result
