@@ -153,7 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
     # (half the disk); or 'int8' (kernels as per-output-channel int8, the rest float32: a
     # quarter). A 68-fold run of the 112x112 reference model: 4.59 / 2.30 / 1.16 GB. Restored
     # as float32 for prediction and export; the rounding changes some predictions of a saved
-    # model (measured: README "Checkpoints"), never the run's own results, which are predicted
+    # model (measured: README "Resume"), never the run's own results, which are predicted
     # before the save.
     c.checkpoint.final_dtype = "float32"
     return c
