@@ -8,7 +8,8 @@ writer thread, which copies it to the host.
 Copies of one fold's model (fresh device arrays each time: a jax.Array caches its host copy):
   per_leaf  jax.device_get of the tree (the engine's way until 2026-11-27)
   flat      the leaves raveled into one buffer on the device (jitted), one transfer, split on
-            the host (views)
+            the host with numpy (until 2026-11-27 05:40 UTC the split built device arrays, so
+            the fifth H200 lease's 'flat' figures include a copy back to the GPU)
   pinned    each leaf moved to the device's pinned host memory, then read (the engine's way
             since 2026-11-27: ``mjfn_jax.checkpoint.copy_to_host``); skipped where the device
             has no such memory
@@ -43,10 +44,13 @@ _fresh = jax.jit(lambda tree: jax.tree.map(lambda x: x + 0, tree))
 def _copies(model) -> dict:
     """name -> function(device tree) -> host arrays."""
     ravel = jax.jit(lambda tree: ravel_pytree(tree)[0])
-    _, unravel = ravel_pytree(jax.device_get(model))
+    leaves, treedef = jax.tree.flatten(model)
+    bounds = np.cumsum([x.size for x in leaves])[:-1]
 
-    def flat(tree):
-        return unravel(np.asarray(ravel(tree)))
+    def flat(tree):  # split with numpy: ravel_pytree's unravel would build device arrays
+        parts = np.split(np.asarray(ravel(tree)), bounds)
+        pairs = zip(parts, leaves, strict=True)
+        return jax.tree.unflatten(treedef, [p.reshape(x.shape).astype(x.dtype) for p, x in pairs])
 
     copies = {"per_leaf": jax.device_get, "flat": flat}
     device = jax.tree.leaves(model)[0].device
