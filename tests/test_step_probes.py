@@ -32,3 +32,21 @@ def test_handover_copy_times_each_copy_and_each_beside_training(capsys):
     assert all(float(ms) > 0 for _, ms in copies)
     beside = re.findall(r"^2 steps, (.+?)\s+\d+\.\d+ ms", out, re.M)
     assert beside == ["alone", "per_leaf beside", "flat beside", "pinned beside"]
+
+
+def test_handover_copies_return_host_arrays_equal_to_the_model():
+    """Each timed copy ends on the host (a copy that rebuilt device arrays would time a round
+    trip), with the model's values and structure."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from experiments.handover_copy import _copies
+
+    model = {"params": {"k": jnp.arange(24.0).reshape(2, 3, 4)}, "stats": {"m": jnp.ones(5)}}
+    for name, copy in _copies(model).items():
+        out = copy(model)
+        assert jax.tree.structure(out) == jax.tree.structure(model), name
+        for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(model), strict=True):
+            assert isinstance(got, np.ndarray), (name, type(got))
+            np.testing.assert_array_equal(got, np.asarray(want))
