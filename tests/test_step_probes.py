@@ -1,15 +1,15 @@
 """The step probes of a GPU lease (experiments/bn_passes.py, experiments/handover_copy.py) run
-end to end on the quick preset and print what they measure. Slow: each compiles the step."""
+end to end on the quick preset and print what they measure (slow: each compiles the step), and
+the copies it times end on the host."""
 
 import re
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 QUICK = "experiments/configs/benchmark.py:quick"
 
 
+@pytest.mark.slow
 def test_bn_passes_compares_the_two_batchnorm_forms(capsys):
     from experiments.bn_passes import main
 
@@ -22,6 +22,7 @@ def test_bn_passes_compares_the_two_batchnorm_forms(capsys):
     assert re.search(r"one/two per round: median \d+\.\d+", out)
 
 
+@pytest.mark.slow
 def test_handover_copy_times_each_copy_and_each_beside_training(capsys):
     from experiments.handover_copy import main
 
