@@ -271,10 +271,13 @@ def _lift(fn, vmapped: bool, in_axes: tuple, mesh):
     return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(*mesh.axis_names))
 
 
-# Programs that run once per group or epoch, with little compute (init, the epoch's batch plan,
-# the epoch-end metrics): compiled without XLA's backend optimisations. The init took 5.2 s to
-# compile at the default level vs 1.6 s at level 0 (2-core CPU, cpu benchmark model).
+# Programs that run once per epoch with little compute (the epoch's batch plan, the epoch-end
+# metrics): compiled without XLA's backend optimisations. The init, once per fold group, at level
+# 1: level 0 compiled it in 3.1-3.4 s and ran it in 20 ms a fold (the cpu benchmark model; 2.1 s
+# for the reference model), level 1 in 3.5-4.4 s and 3 ms (0.25 s); the default level in 19 s
+# (2-core CPU, 2026-11-27; docs/performance.md "Fast compiles for small programs").
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
+_INIT_COMPILE = {"xla_backend_optimization_level": 1}
 
 # Compile time per program, from JAX's own monitoring events (tracing, lowering, XLA compile or
 # a persistent-cache load), keyed by the function name that GroupRunner gives each program. The
@@ -326,9 +329,9 @@ class GroupRunner:
         group = self.group_sharding
         self.compile_by_program: dict[str, float] = {}  # this runner's compiles, all shapes
 
-        def jit(name, fn, in_axes, *, fast=False, **kwargs):
+        def jit(name, fn, in_axes, *, options=None, **kwargs):
             lifted = _named(_lift(fn, vmapped, in_axes, mesh), name)
-            jitted = jax.jit(lifted, compiler_options=_FAST_COMPILE if fast else None, **kwargs)
+            jitted = jax.jit(lifted, compiler_options=options, **kwargs)
             key = name.replace(" ", "_")
 
             def call(*args):  # a first call per shapes compiles inside, on this thread
@@ -340,14 +343,18 @@ class GroupRunner:
 
             return call
 
-        self._init = jit("the init", program.init, (0,), fast=True, out_shardings=group)
+        self._init = jit("the init", program.init, (0,), options=_INIT_COMPILE, out_shardings=group)
         self._predict = jit("the prediction", program.predict, (0, None, 0))
         self._train = jit(
             "the training call", program.train_epochs, (0, 0, None, None),
             donate_argnums=0, out_shardings=(group, group),
         )  # fmt: skip
         self._plan = jit(
-            "the epoch plan", program.epoch_plan, (0, None), fast=True, out_shardings=group
+            "the epoch plan",
+            program.epoch_plan,
+            (0, None),
+            options=_FAST_COMPILE,
+            out_shardings=group,
         )
         self._step = jit(
             "the training step", program.train_step_at, (0, 0, None, 0, None),
@@ -355,7 +362,8 @@ class GroupRunner:
         )  # fmt: skip
         self._end = jit(
             "the epoch end", program.end_epoch, (0, 0, None, 0, 0),
-            fast=not program.early_stopping, donate_argnums=0, out_shardings=(group, group),
+            options=None if program.early_stopping else _FAST_COMPILE, donate_argnums=0,
+            out_shardings=(group, group),
         )  # fmt: skip
 
     @property
