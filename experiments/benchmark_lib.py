@@ -216,7 +216,7 @@ class JaxRunner:
     'jax_scan': the engine's epoch call, ``scan_steps`` steps in one ``lax.scan``."""
 
     def __init__(self, config, batch: int, scan: bool, scan_steps: int):
-        from mjfn_jax.engine import FoldInputs, FoldProgram
+        from mjfn_jax.engine import FoldInputs, FoldProgram, jit_init
 
         self.batch, self.scan = batch, scan
         self.steps_per_call = scan_steps if scan else 1
@@ -225,7 +225,7 @@ class JaxRunner:
         images, labels = _random_batch(config, n)
         self.data = {"images": jnp.asarray(images), "labels": jnp.asarray(labels)}
         self.fold = FoldInputs.whole_dataset(jax.random.key(0), n, config.model.num_classes)
-        self.state = jax.jit(self.program.init)(self.fold.key)
+        self.state = jit_init(self.program)(self.fold.key)
         if scan:
             self.fn = jax.jit(self.program.train_epochs, donate_argnums=0)
         else:

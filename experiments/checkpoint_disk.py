@@ -21,12 +21,12 @@ if __package__ in (None, ""):
 
 from mjfn_jax.checkpoint import FINAL_DTYPES, FoldCheckpointer  # noqa: E402
 from mjfn_jax.config_io import load_config  # noqa: E402
-from mjfn_jax.engine import FoldProgram  # noqa: E402
+from mjfn_jax.engine import FoldProgram, jit_init  # noqa: E402
 
 
 def measure(config, folds: int) -> list[dict]:
     program = FoldProgram(config, steps_per_epoch=1)
-    model = jax.device_get(program.export(jax.jit(program.init)(jax.random.key(0))))
+    model = jax.device_get(program.export(jit_init(program)(jax.random.key(0))))
     parameters = sum(x.size for x in jax.tree.leaves(model))
     rows = []
     with tempfile.TemporaryDirectory() as root:

@@ -34,7 +34,7 @@ if __package__ in (None, ""):
 from experiments.results_io import write_result  # noqa: E402
 from mjfn_jax.config_io import load_config  # noqa: E402
 from mjfn_jax.data import dataset_from_config  # noqa: E402
-from mjfn_jax.engine import FoldInputs, FoldProgram  # noqa: E402
+from mjfn_jax.engine import FoldInputs, FoldProgram, jit_init  # noqa: E402
 from mjfn_jax.models import mjfn_loss  # noqa: E402
 from mjfn_jax.parallel import OUTSIDE_TRAINING_CALLS  # noqa: E402
 
@@ -85,7 +85,7 @@ def one_fold(config) -> tuple[dict, FoldInputs, int]:
 
 def step_args(program: FoldProgram, data: dict, fold: FoldInputs) -> tuple:
     """Arguments of ``program.train_step_at`` for the first step of a fresh train state."""
-    state = jax.jit(program.init)(fold.key)
+    state = jit_init(program)(fold.key)
     plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
     return state, fold, data, plan, jnp.int32(0)
 

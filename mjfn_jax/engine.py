@@ -101,6 +101,19 @@ class TrainState:
     ema: optax.EmaState | None = None  # with train.ema_decay > 0: the params' moving average
 
 
+# The init runs once per fold and computes little, and XLA's default level took 13-19 s to
+# compile it (2-core CPU, 2026-11-27; level 2: 4 s). At level 0 it compiled in 3.1-3.4 s but ran
+# 20 ms a fold at the cpu benchmark model (2.1 s at the reference size), at level 1 in 3.5-4.4 s
+# and 3 ms (0.25 s). Level 1 gives every group size the same values (they differ from level 0's
+# in the last bit of some values). docs/performance.md "Fast compiles for small programs".
+INIT_COMPILE = {"xla_backend_optimization_level": 1}
+
+
+def jit_init(program: FoldProgram):
+    """``program.init`` for one fold, jitted as the engine's runner compiles it."""
+    return jax.jit(program.init, compiler_options=INIT_COMPILE)
+
+
 # Prediction chunks traced as straight-line code up to this count, else a lax.map (a while
 # loop): XLA:CPU runs convolutions inside loops far slower, and a LOSO test subject or a
 # validation split is one or two chunks.

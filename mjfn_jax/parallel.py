@@ -38,7 +38,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mjfn_jax.config_io import config_to_dict
-from mjfn_jax.engine import FoldProgram
+from mjfn_jax.engine import INIT_COMPILE, FoldProgram
 
 log = logging.getLogger(__name__)
 
@@ -272,12 +272,8 @@ def _lift(fn, vmapped: bool, in_axes: tuple, mesh):
 
 
 # Programs that run once per epoch with little compute (the epoch's batch plan, the epoch-end
-# metrics): compiled without XLA's backend optimisations. The init, once per fold group, at level
-# 1: level 0 compiled it in 3.1-3.4 s and ran it in 20 ms a fold (the cpu benchmark model; 2.1 s
-# for the reference model), level 1 in 3.5-4.4 s and 3 ms (0.25 s); the default level in 19 s
-# (2-core CPU, 2026-11-27; docs/performance.md "Fast compiles for small programs").
+# metrics): compiled without XLA's backend optimisations (the init: engine.INIT_COMPILE).
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
-_INIT_COMPILE = {"xla_backend_optimization_level": 1}
 
 # Compile time per program, from JAX's own monitoring events (tracing, lowering, XLA compile or
 # a persistent-cache load), keyed by the function name that GroupRunner gives each program. The
@@ -343,7 +339,7 @@ class GroupRunner:
 
             return call
 
-        self._init = jit("the init", program.init, (0,), options=_INIT_COMPILE, out_shardings=group)
+        self._init = jit("the init", program.init, (0,), options=INIT_COMPILE, out_shardings=group)
         self._predict = jit("the prediction", program.predict, (0, None, 0))
         self._train = jit(
             "the training call", program.train_epochs, (0, 0, None, None),

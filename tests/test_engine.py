@@ -11,7 +11,7 @@ import pytest
 
 from mjfn_jax.config import base_config
 from mjfn_jax.data import dataset_from_config
-from mjfn_jax.engine import FoldInputs, FoldProgram, make_optimizer
+from mjfn_jax.engine import FoldInputs, FoldProgram, jit_init, make_optimizer
 from mjfn_jax.models.layers import conv_as_matmul
 
 
@@ -87,7 +87,7 @@ def _random_data(n: int = 16) -> dict:
 
 def test_train_state_is_flat_and_exports_the_model_only():
     program = _program()
-    state = jax.jit(program.init)(jax.random.key(0))
+    state = jit_init(program)(jax.random.key(0))
     assert isinstance(state.params, dict) and all(
         isinstance(k, str) and isinstance(v, jax.Array) for k, v in state.params.items()
     )
@@ -163,7 +163,7 @@ def test_one_training_step(model):
     program = FoldProgram(config, steps_per_epoch=2)
     data = _random_data()
     fold = FoldInputs.whole_dataset(jax.random.key(1), 16, 3)
-    state = jax.jit(program.init)(fold.key)
+    state = jit_init(program)(fold.key)
     assert any("branch" in name for name in state.params) == bool(model)
     plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
     step = jax.jit(program.train_step_at)
@@ -193,7 +193,7 @@ def test_test_time_flip_averages_the_image_and_its_mirror():
     config = plain.config.copy_and_resolve_references()  # the plain program reads its own
     config.augment.test_hflip = True
     mirrored = FoldProgram(config, steps_per_epoch=2)
-    state = jax.jit(plain.init)(jax.random.key(0))
+    state = jit_init(plain)(jax.random.key(0))
     rng = np.random.default_rng(0)  # random weights: the zero-initialised heads predict uniformly
     noise = {k: 0.05 * rng.standard_normal(v.shape, np.float32) for k, v in state.params.items()}
     params = {k: v + noise[k] for k, v in state.params.items()}
@@ -225,7 +225,7 @@ def test_moving_average_of_the_parameters_is_the_model():
     data = _random_data()
     fold = FoldInputs.whole_dataset(jax.random.key(1), 16, 3)
     plan = jax.jit(plain.epoch_plan)(fold, jnp.int32(0))
-    state, ema_state = jax.jit(plain.init)(fold.key), jax.jit(averaged.init)(fold.key)
+    state, ema_state = jit_init(plain)(fold.key), jit_init(averaged)(fold.key)
     assert state.ema is None and ema_state.ema is not None
     # before any step the model is the initial one
     np.testing.assert_array_equal(
@@ -268,7 +268,7 @@ def test_early_stopping_keeps_the_moving_average_it_validated():
     fold = FoldInputs.whole_dataset(jax.random.key(1), 16, 3).replace(
         val_idx=jnp.arange(4, dtype=jnp.int32), val_mask=jnp.ones((4,), bool)
     )
-    state = jax.jit(program.init)(fold.key)
+    state = jit_init(program)(fold.key)
     plan = jax.jit(program.epoch_plan)(fold, jnp.int32(0))
     for step in (0, 1):
         state, (loss, correct) = jax.jit(program.train_step_at)(state, fold, data, plan, step)
@@ -290,7 +290,7 @@ def test_mixup_changes_the_step_but_not_the_batch_plan():
     config.augment.mixup_alpha = 0.4
     mixed = FoldProgram(config, steps_per_epoch=2)
     data, fold = _random_data(), FoldInputs.whole_dataset(jax.random.key(1), 16, 3)
-    state = jax.jit(plain.init)(fold.key)
+    state = jit_init(plain)(fold.key)
     plan = jax.jit(plain.epoch_plan)(fold, jnp.int32(0))
     np.testing.assert_array_equal(plan[0], jax.jit(mixed.epoch_plan)(fold, jnp.int32(0))[0])
     a, (loss_a, _) = jax.jit(plain.train_step_at)(state, fold, data, plan, 0)
