@@ -67,17 +67,21 @@ def _predictions(workdir) -> tuple[list, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-    """{strategy: workdir} of one process with 4 CPU devices (the reference)."""
-    root = tmp_path_factory.mktemp("one_process")
-    out = {}
-    for strategy in ("vmap", "sequential"):
-        proc = subprocess.run(
-            _command(root / strategy, strategy),
-            cwd=REPO, env=_env(4, root / "cache"), capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out[strategy] = root / strategy
-    return out
+    """one_process(strategy) -> the workdir of one process with 4 CPU devices (the reference),
+    run on first use."""
+    root, done = tmp_path_factory.mktemp("one_process"), {}
+
+    def workdir(strategy: str):
+        if strategy not in done:
+            proc = subprocess.run(
+                _command(root / strategy, strategy),
+                cwd=REPO, env=_env(4, root / "cache"), capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done[strategy] = root / strategy
+        return done[strategy]
+
+    return workdir
 
 
 def _start_two(workdir, strategy: str, cache) -> list[subprocess.Popen]:
@@ -110,7 +114,7 @@ def _finish_all(procs) -> list[tuple[str, str]]:
     return outs
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "sequential"])
+@pytest.mark.parametrize("strategy", ["vmap", pytest.param("sequential", marks=pytest.mark.slow)])
 def test_two_processes_give_the_predictions_of_one(tmp_path, one_process, strategy):
     workdir = tmp_path / "two"
     outs = _finish_all(_start_two(workdir, strategy, tmp_path / "cache"))
@@ -125,7 +129,7 @@ def test_two_processes_give_the_predictions_of_one(tmp_path, one_process, strate
     assert "report in" in outs[0][0] and not printed
     assert (workdir / "logs" / "process_1.log").exists()
     assert "epoch/s" not in outs[1][1]  # no progress bars from process 1
-    ids_one, probs_one = _predictions(one_process[strategy])
+    ids_one, probs_one = _predictions(one_process(strategy))
     ids_two, probs_two = _predictions(workdir)
     assert ids_two == ids_one
     np.testing.assert_allclose(probs_two, probs_one, atol=1e-5)
@@ -148,7 +152,7 @@ def test_a_killed_process_then_both_again_resumes(tmp_path, one_process):
     assert not (workdir / "results.json").exists()  # killed mid-run
     outs = _finish_all(_start_two(workdir, "vmap", tmp_path / "cache"))
     assert "resumed folds" in outs[0][1], outs[0][1][-3000:]
-    ids_one, probs_one = _predictions(one_process["vmap"])
+    ids_one, probs_one = _predictions(one_process("vmap"))
     ids_two, probs_two = _predictions(workdir)
     assert ids_two == ids_one
     np.testing.assert_allclose(probs_two, probs_one, atol=1e-5)

@@ -150,7 +150,9 @@ def test_save_policy():
 
 
 @pytest.mark.parametrize(
-    "model", [{}, {"ststnet_branch": True, "ststnet_copies": 2}], ids=["mjfn", "with_ststnets"]
+    "model",
+    [{}, pytest.param({"ststnet_branch": True, "ststnet_copies": 2}, marks=pytest.mark.slow)],
+    ids=["mjfn", "with_ststnets"],  # the branch also trains in test_flow_images' 28 px recipe
 )
 def test_one_training_step(model):
     """One step moves every parameter that gets a gradient (with model.ststnet_branch, the

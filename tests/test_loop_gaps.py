@@ -3,6 +3,8 @@ only on accelerators)."""
 
 from types import SimpleNamespace as NS
 
+import pytest
+
 from experiments.loop_gaps import summarise_gaps
 
 
@@ -48,6 +50,7 @@ def test_no_gpu_plane_is_a_note():
     assert "note" in summarise_gaps([NS(name="/host:CPU", lines=[])])
 
 
+@pytest.mark.slow  # ~45 s of compiles on 2 cores; the summary's logic is tested above
 def test_the_command_on_the_quick_preset(tmp_path):
     """Warm runs of two loop shapes and the trace (on a CPU: a note, no gap analysis); a
     process of its own, as the command splits the CPU into devices before JAX starts."""
