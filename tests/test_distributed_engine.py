@@ -1,7 +1,8 @@
 """The engine under jax.distributed (docs/design.md#multi-host): a lock per process; two
 processes x 2 CPU devices on 127.0.0.1 give the predictions of one process with 4 devices
 (vmap and sequential); a process killed mid-run, then both processes run again, finishes with
-the same predictions. ~80 s: five training runs of the smoke config."""
+the same predictions. The fast suite runs the first and the vmap pair (~90 s: three training
+runs of the smoke config); the others are marked slow."""
 
 import csv
 import glob
@@ -24,6 +25,13 @@ def test_each_process_of_a_run_locks_its_own_file(tmp_path):
         assert (tmp_path / ".lock").exists() and (tmp_path / ".lock.process_1").exists()
         with pytest.raises(workdir_lib.WorkdirError, match="is in use by another run"):
             workdir_lib.Lock(str(tmp_path), 1).__enter__()  # a second run's process 1
+
+
+# The same folds, initial weights (checked bit for bit) and batches, but the two runs' programs
+# are compiled for other device layouts (one process, or two joined by gloo) and round apart: the
+# probabilities after 3 epochs differed by up to 6.8e-5 (2026-11-27; below 1e-5 with the init of
+# before, compiled at level 0). Every predicted class and clip must still be the same (the ids).
+ONE_VS_TWO_ATOL = 1e-4
 
 
 def _free_port() -> int:
@@ -132,9 +140,10 @@ def test_two_processes_give_the_predictions_of_one(tmp_path, one_process, strate
     ids_one, probs_one = _predictions(one_process(strategy))
     ids_two, probs_two = _predictions(workdir)
     assert ids_two == ids_one
-    np.testing.assert_allclose(probs_two, probs_one, atol=1e-5)
+    np.testing.assert_allclose(probs_two, probs_one, atol=ONE_VS_TWO_ATOL)
 
 
+@pytest.mark.slow  # ~60 s; one process's kills and reruns: test_fault_injection
 def test_a_killed_process_then_both_again_resumes(tmp_path, one_process):
     """kill -9 of process 1 after the first checkpoint; process 0, left waiting in a collective,
     is killed too (as a cluster scheduler would); the same two commands again resume."""
@@ -155,4 +164,4 @@ def test_a_killed_process_then_both_again_resumes(tmp_path, one_process):
     ids_one, probs_one = _predictions(one_process("vmap"))
     ids_two, probs_two = _predictions(workdir)
     assert ids_two == ids_one
-    np.testing.assert_allclose(probs_two, probs_one, atol=1e-5)
+    np.testing.assert_allclose(probs_two, probs_one, atol=ONE_VS_TWO_ATOL)

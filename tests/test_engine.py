@@ -282,6 +282,7 @@ def test_early_stopping_keeps_the_moving_average_it_validated():
     assert any(not np.allclose(current["params"][k], state.params[k]) for k in state.params)
 
 
+@pytest.mark.slow  # ~30 s: two more step compiles
 def test_mixup_changes_the_step_but_not_the_batch_plan():
     """augment.mixup_alpha: the step trains on a mixed batch (other parameters and loss than
     without), the loss finite; the epoch's batch order is the same as without."""

@@ -22,7 +22,11 @@ def kill_after(epochs: int):
     return callback
 
 
-@pytest.mark.parametrize("extra", [(), ("train.ema_decay=0.5",)], ids=["plain", "ema"])
+@pytest.mark.parametrize(  # with a moving average: ~30 s, with the slow tests
+    "extra",
+    [(), pytest.param(("train.ema_decay=0.5",), marks=pytest.mark.slow)],
+    ids=["plain", "ema"],
+)
 def test_interrupted_and_resumed_run_equals_uninterrupted(
     tmp_path, smoke_config, tiny_dataset, extra
 ):

@@ -134,6 +134,7 @@ def test_predict_asks_for_one_seeds_workdir(runs, tmp_path):
         predict_mod.predict(str(runs["root"] / "multi"), "all", flow_image=str(image))
 
 
+@pytest.mark.slow  # ~30 s: four more training runs (test_select covers one seed's selection)
 def test_nested_selection_per_seed_equals_its_one_seed_selection(runs, smoke_config):
     """select.candidates with two seeds: every candidate trains both seeds in one run, each
     (seed, fold) chooses on its own validation subjects; seed 1's report is the one a one-seed

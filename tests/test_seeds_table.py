@@ -8,6 +8,7 @@ from experiments import seeds_table
 from mjfn_jax.train import train_and_evaluate
 
 
+@pytest.mark.slow  # ~25 s of training runs for an experiments/ script
 def test_mean_and_sd_over_seeds(tmp_path, smoke_config, tiny_dataset):
     dataset = tiny_dataset(3, 3)
     uf1s, workdirs = [], []
