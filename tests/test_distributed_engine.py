@@ -27,11 +27,13 @@ def test_each_process_of_a_run_locks_its_own_file(tmp_path):
             workdir_lib.Lock(str(tmp_path), 1).__enter__()  # a second run's process 1
 
 
-# The same folds, initial weights (checked bit for bit) and batches, but the two runs' programs
-# are compiled for other device layouts (one process, or two joined by gloo) and round apart: the
-# probabilities after 3 epochs differed by up to 6.8e-5 (2026-11-27; below 1e-5 with the init of
-# before, compiled at level 0). Every predicted class and clip must still be the same (the ids).
-ONE_VS_TWO_ATOL = 1e-4
+# One process x 4 devices vs two x 2: the same folds, batches and initial weights (checked bit
+# for bit, 2026-11-27), but the training programs compiled for the two layouts round apart: after
+# one epoch some BatchNorm statistics differ by one ulp, after 3 the probabilities by up to
+# 6.8e-5 (vmap) and 1.1e-4 (sequential; the batch split over processes). With the init compiled
+# at level 0 (before 2026-11-27) they were 0 and 1e-6, for reasons not traced. Every clip's
+# predicted class must still be the same (the ids compared before the probabilities).
+ONE_VS_TWO_ATOL = 5e-4
 
 
 def _free_port() -> int:
