@@ -104,6 +104,24 @@ def test_train_state_is_flat_and_exports_the_model_only():
     )
 
 
+def test_one_folds_init_is_the_runners_bit_for_bit():
+    """engine.jit_init (what tools and tests call) gives a fold the bits that the engine's
+    runner gives it inside a vmapped group (both compiled at engine.INIT_COMPILE)."""
+    from jax.sharding import Mesh
+
+    from mjfn_jax.parallel import GroupRunner
+
+    program = _program()
+    keys = jax.random.split(jax.random.key(3), 2)
+    mesh = Mesh(np.array(jax.devices()[:1]), ("fold",))
+    group = GroupRunner(program, mesh, vmapped=True, scan=False).init(keys)
+    for i in range(2):
+        alone = jit_init(program)(keys[i])
+        for name in alone.params:
+            np.testing.assert_array_equal(group.params[name][i], alone.params[name], name)
+    assert not np.array_equal(group.params[name][0], group.params[name][1])
+
+
 def test_generated_dataset_from_config():
     config = base_config()
     config.data.name, config.data.generated_subjects, config.data.generated_samples = (
