@@ -57,6 +57,7 @@ PRESETS = {
         long_loso=dict(epochs=1, variants=("jax_auto", "torch_eager")),
         alone_calls=4,
         conv_peak=dict(repeats=3),
+        arithmetic=dict(calls=2, rounds=1),
     ),
     "cpu": dict(  # ~15 min on the 2-core dev machine (XLA:CPU compiles and while loops)
         config="experiments/configs/benchmark.py:cpu",  # shared with both trainers' CLIs
@@ -74,6 +75,7 @@ PRESETS = {
         long_loso=dict(epochs=10, variants=("jax_auto", "torch_eager")),  # the first seed
         alone_calls=200,  # the LOSO's step program alone, for the engine's overhead per step
         conv_peak=dict(repeats=30),  # 3x3, 32 channels, 16x16: the cpu model's middle layers
+        arithmetic=dict(calls=30, rounds=5),  # the step's own convolutions and matmuls alone
     ),
     "gpu": dict(
         config="experiments/configs/benchmark.py:gpu",
@@ -196,7 +198,7 @@ def _merge_previous(result: dict, path: str) -> dict:
     if previous.get("preset") != result["preset"] or not same_config:
         return result
     merged = False
-    for key in ("throughput", "loso", "loso_data", "loso_long", "conv_peak"):
+    for key in ("throughput", "loso", "loso_data", "loso_long", "conv_peak", "arithmetic"):
         if key not in result and key in previous:
             result[key], merged = previous[key], True
     if "throughput" in previous and result["throughput"] is not previous["throughput"]:
@@ -297,6 +299,14 @@ def main(argv=None) -> dict:
     if preset.get("conv_peak"):
         result["conv_peak"] = lib.conv_peak(**preset["conv_peak"])
         print(f"conv peak: {result['conv_peak']['gflops']:.1f} GFLOP/s", flush=True)
+    if preset.get("arithmetic"):
+        a = lib.arithmetic_alone(config, config.train.batch_size, **preset["arithmetic"])
+        result["arithmetic"] = a
+        print(
+            f"the step's convolutions and matmuls alone: {1e3 * a['seconds']:.2f} ms "
+            f"({a['ops']} ops, {a['lanes']} at once), {a['gflops']:.1f} GFLOP/s",
+            flush=True,
+        )
     if not args.skip_throughput:
         result["throughput"] = bench_throughput(config, preset, compile_torch)
     if not args.skip_loso:

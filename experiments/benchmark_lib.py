@@ -160,12 +160,12 @@ class PeakMemory:
 # FLOPs ---------------------------------------------------------------------------------------
 
 
-def flops_per_sample(config, batch: int) -> dict:
-    """Forward+backward FLOPs per training sample: XLA cost analysis of the grad fn (train
-    mode, 4-head loss), and of the forward alone, at batch ``batch``."""
+def _training_loss(config, batch: int):
+    """The model's training loss (train mode, 4-head loss) as a function of (params, the rest
+    of its state, images, labels), and abstract arguments for it at ``batch``."""
     from flax import nnx
 
-    from mjfn_jax.models import MJFN, count_flops, layers, mjfn_loss
+    from mjfn_jax.models import MJFN, mjfn_loss
 
     abstract = nnx.eval_shape(lambda: MJFN(config.model, rngs=nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
@@ -180,7 +180,15 @@ def flops_per_sample(config, batch: int) -> dict:
         return mjfn_loss(model(x), y, head_loss_weights=weights)[0]
 
     spec = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
-    args = (spec(params), spec(rest), x, y)
+    return loss_fn, (spec(params), spec(rest), x, y)
+
+
+def flops_per_sample(config, batch: int) -> dict:
+    """Forward+backward FLOPs per training sample: XLA cost analysis of the grad fn (train
+    mode, 4-head loss), and of the forward alone, at batch ``batch``."""
+    from mjfn_jax.models import layers
+
+    loss_fn, args = _training_loss(config, batch)
     grad = count_flops(jax.grad(loss_fn), *args)
     fwd = count_flops(loss_fn, *args)
     # The model's math: every convolution counted as one (XLA skips the taps on zero padding),
@@ -198,6 +206,97 @@ def flops_per_sample(config, batch: int) -> dict:
         "batch": batch,
         "method": "XLA cost_analysis()['flops'] of jax.grad(loss) (fwd+bwd), train mode",
     }
+
+
+_ARITHMETIC = ("conv_general_dilated", "dot_general")
+
+
+def _arithmetic_ops(jaxpr, found: dict, multiplier: int = 1) -> None:
+    """Count the convolutions and matmuls of ``jaxpr`` (and of the jaxprs inside its
+    equations: jit, custom_vjp, a scan's body times its length) into ``found``:
+    {key: [primitive, input avals, params, count]}."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in _ARITHMETIC:
+            avals = tuple((v.aval.shape, v.aval.dtype) for v in eqn.invars)
+            key = repr((eqn.primitive.name, avals, sorted(eqn.params.items())))
+            found.setdefault(key, [eqn.primitive, avals, eqn.params, 0])[3] += multiplier
+            continue
+        if eqn.primitive.name == "while":
+            raise ValueError("a while loop in the training loss: its trip count is unknown")
+        times = multiplier * eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's jaxpr, or a Jaxpr
+                if hasattr(inner, "eqns"):
+                    _arithmetic_ops(inner, found, times if eqn.primitive.name == "scan"
+                                    else multiplier)  # fmt: skip
+
+
+def arithmetic_alone(config, batch: int, calls: int = 30, rounds: int = 3) -> dict:
+    """The training step's convolutions and matmuls (forward and backward, as ``jax.grad``
+    emits them for the training loss at ``batch``), each jitted alone and timed as the LOSO's
+    folds run: one copy per local device at once (a shard_map over all of them; one device: a
+    plain jit). Their summed time is what one step per device would take if everything else in
+    it (BatchNorm, activations, augmentation, the optimizer, copies) were free: the step's
+    FLOPs over that time is the most XLA's kernels allow this model on this machine.
+
+    Each op's time is the median over ``rounds`` of ``calls`` calls dispatched back to back
+    (then waited for), so it includes whatever of a call's dispatch is not hidden behind the
+    previous call; ``call_s`` is that time for a trivial op (the sum minus it per op bounds
+    the ceiling from above)."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    loss_fn, args = _training_loss(config, batch)
+    found: dict = {}
+    _arithmetic_ops(jax.make_jaxpr(jax.grad(loss_fn))(*args).jaxpr, found)
+    devices = jax.local_devices()
+    lanes = len(devices)
+    mesh = Mesh(np.array(devices), ("lane",))
+    rng = np.random.default_rng(0)
+
+    def timed(op, avals) -> float:
+        if lanes > 1:
+            body = lambda *xs: op(*(x[0] for x in xs))[None]  # noqa: E731
+            fn = jax.shard_map(body, mesh=mesh, in_specs=P("lane"), out_specs=P("lane"))
+            where = NamedSharding(mesh, P("lane"))
+        else:
+            fn, where = op, devices[0]
+        inputs = [
+            jax.device_put(rng.standard_normal((lanes, *shape) if lanes > 1 else shape)
+                           .astype(np.float32).astype(dtype), where)
+            for shape, dtype in avals
+        ]  # fmt: skip
+        compiled = jax.jit(fn).lower(*inputs).compile()
+        jax.block_until_ready(compiled(*inputs))
+        per_call = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            outs = [compiled(*inputs) for _ in range(calls)]
+            jax.block_until_ready(outs)
+            per_call.append((time.perf_counter() - start) / calls)
+        return float(np.median(per_call))
+
+    rows = []
+    for primitive, avals, params, count in found.values():
+        op = lambda *xs, p=primitive, kw=params: p.bind(*xs, **kw)  # noqa: E731
+        flops = count_flops(op, *(jax.ShapeDtypeStruct(s, d) for s, d in avals))
+        shapes = " x ".join(str(tuple(s)) for s, _ in avals)
+        rows.append({"op": primitive.name, "inputs": shapes, "count": count, "flops": flops,
+                     "s": timed(op, avals)})  # fmt: skip
+    call_s = timed(lambda x: x + 1.0, [((1,), jnp.float32)])
+    seconds = sum(r["s"] * r["count"] for r in rows)
+    flops = sum(r["flops"] * r["count"] for r in rows)
+    ops = sum(r["count"] for r in rows)
+    rows.sort(key=lambda r: -r["s"] * r["count"])
+    return {
+        "lanes": lanes, "batch": batch, "ops": ops, "distinct": len(rows), "flops": flops,
+        "seconds": seconds, "call_s": call_s,
+        "seconds_less_calls": max(seconds - ops * call_s, 1e-9),
+        "gflops": lanes * flops / seconds / 1e9, "rows": rows,
+        "method": "jax.make_jaxpr(jax.grad(training loss)): its conv_general_dilated and "
+                  "dot_general equations, each jitted alone, one copy per device at once",
+    }  # fmt: skip
 
 
 # Step runners --------------------------------------------------------------------------------

@@ -96,6 +96,18 @@ def engine_summary(result: dict) -> dict | None:
         # the physical ceiling: the LOSO's training FLOPs at the convolution's rate
         e["ceiling_training_s"] = run["fold_steps"] * step_flops / (peak["gflops"] * 1e9)
         e["training_calls_net_s"] = run["training_calls_net_s"]
+    arithmetic = result.get("arithmetic")
+    if arithmetic and arithmetic.get("seconds"):
+        # the step's convolutions and matmuls alone, one per device at once: the step's FLOPs
+        # over their time is the most XLA's kernels allow it here, with everything else free
+        lanes = arithmetic["lanes"]
+        e["arithmetic_ms"] = 1e3 * arithmetic["seconds"]
+        e["arithmetic_less_calls_ms"] = 1e3 * arithmetic["seconds_less_calls"]
+        e["arithmetic_ops"] = arithmetic["ops"]
+        e["arithmetic_lanes"] = lanes
+        e["ceiling_gflops"] = [lanes * step_flops / arithmetic[k] / 1e9
+                               for k in ("seconds", "seconds_less_calls")]  # fmt: skip
+        e["inside_over_ceiling"] = [e["inside_gflops"] / c for c in e["ceiling_gflops"]]
     return e
 
 
@@ -291,6 +303,41 @@ def _engine_md(e: dict) -> list[str]:
             "| ceiling: the LOSO's training FLOPs at that rate, s (actual training calls) | "
             f"{e['ceiling_training_s']:.2f} ({e['training_calls_net_s']:.2f}) |",
         ]
+    if "ceiling_gflops" in e:
+        low, high = e["ceiling_gflops"]
+        lines += [
+            f"| the step's {e['arithmetic_ops']} convolutions and matmuls, each alone, "
+            f"{e['arithmetic_lanes']} at once (one per device), summed, ms (less a trivial "
+            f"call's time per op) | {e['arithmetic_ms']:.2f} "
+            f"({e['arithmetic_less_calls_ms']:.2f}) |",
+            "| **the step's ceiling here: its FLOPs over that time, one step per device, "
+            f"GFLOP/s** | **{low:.1f}-{high:.1f}** |",
+            "| inside the LOSO / that ceiling | "
+            f"{min(e['inside_over_ceiling']):.2f}-{max(e['inside_over_ceiling']):.2f} |",
+        ]
+    return lines
+
+
+def _arithmetic_md(a: dict, top: int = 8) -> list[str]:
+    lines = [
+        "## The step's arithmetic alone",
+        "",
+        f"The {a['ops']} convolutions and matmuls ({a['distinct']} distinct) of one fold's "
+        f"training step at batch {a['batch']}, forward and backward as `jax.grad` emits them, "
+        f"each jitted alone and run {a['lanes']} at once (one per device, as the LOSO's folds "
+        f"run): {a['flops'] / 1e9:.3f} GFLOP per device in {1e3 * a['seconds']:.2f} ms "
+        f"({a['gflops']:.1f} GFLOP/s; a trivial call takes {1e6 * a['call_s']:.0f} us). "
+        f"The {top} that take longest:",
+        "",
+        "| op | inputs | count | ms each | share of the sum | GFLOP/s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in a["rows"][:top]:
+        lines.append(
+            f"| {r['op']} | {r['inputs']} | {r['count']} | {1e3 * r['s']:.3f} | "
+            f"{r['s'] * r['count'] / a['seconds']:.0%} | "
+            f"{a['lanes'] * r['flops'] / r['s'] / 1e9:.1f} |"
+        )
     return lines
 
 
@@ -340,6 +387,8 @@ def to_markdown(result: dict) -> str:
             f"jitted alone: {p['flops'] / 1e6:.1f} MFLOP (XLA's count) in "
             f"{1e3 * p['s_median']:.3f} ms (median), **{p['gflops']:.1f} GFLOP/s**.",
         ]
+    if result.get("arithmetic"):
+        lines += [""] + _arithmetic_md(result["arithmetic"])
     lines += [
         "",
         "Notes: a step = uint8 batch resident on the device -> float, forward, 4-head loss, "

@@ -53,6 +53,39 @@ def test_quick_benchmark_end_to_end(tmp_path):
         engine["inside_group_step_ms"] - engine["alone_group_step_ms"])  # fmt: skip
     assert result["conv_peak"]["gflops"] > 0 and engine["ceiling_training_s"] > 0
     assert "engine overhead per step" in md and "Convolution rate" in md
+    # the step's convolutions and matmuls alone: most of its FLOPs, none beyond them
+    arithmetic = result["arithmetic"]
+    step_flops = result["flops"]["train_flops_per_sample"] * result["config"]["train"]["batch_size"]
+    assert 0.5 * step_flops < arithmetic["flops"] <= step_flops
+    assert arithmetic["ops"] >= arithmetic["distinct"] > 0 and arithmetic["seconds"] > 0
+    low, high = engine["ceiling_gflops"]
+    assert 0 < low <= high and "The step's arithmetic alone" in md
+
+
+def test_arithmetic_ops_counts_nested_and_scanned_calls():
+    """The training loss's convolutions and matmuls, found in nested jaxprs (a jit inside, a
+    scan's body counted once per iteration); a while loop's unknown trip count is an error."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.benchmark_lib import _arithmetic_ops
+
+    def f(x, w, m):
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME")  # [1, 2, 4, 4]
+        z = jax.jit(lambda a: a @ m)(y.reshape(8, 4))
+        z, _ = jax.lax.scan(lambda c, _: (c @ m, None), z, length=3)
+        return jnp.sum(z)
+
+    args = (jnp.ones((1, 3, 4, 4)), jnp.ones((2, 3, 3, 3)), jnp.ones((4, 4)))
+    found = {}
+    _arithmetic_ops(jax.make_jaxpr(f)(*args).jaxpr, found)
+    counts = sorted((prim.name, count) for prim, _, _, count in found.values())
+    # one jitted matmul and three scanned ones (same shapes: one entry)
+    assert sum(c for n, c in counts if n == "dot_general") == 4
+    assert [c for n, c in counts if n == "conv_general_dilated"] == [1]
+    loop = jax.make_jaxpr(lambda m: jax.lax.while_loop(lambda c: c[0, 0] < 9, lambda c: c @ m, m))
+    with pytest.raises(ValueError, match="while loop"):
+        _arithmetic_ops(loop(jnp.ones((4, 4))).jaxpr, {})
 
 
 def test_summary_ratios_and_failures():
