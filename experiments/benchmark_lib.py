@@ -237,13 +237,14 @@ def arithmetic_alone(config, batch: int, calls: int = 30, rounds: int = 3) -> di
     emits them for the training loss at ``batch``), each jitted alone and timed as the LOSO's
     folds run: one copy per local device at once (a shard_map over all of them; one device: a
     plain jit). Their summed time is what one step per device would take if everything else in
-    it (BatchNorm, activations, augmentation, the optimizer, copies) were free: the step's
-    FLOPs over that time is the most XLA's kernels allow this model on this machine.
+    it (BatchNorm, activations, augmentation, the optimizer, copies) were free and its
+    arithmetic ran as fast as alone: a step inside the LOSO as fast or faster spends no
+    measurable time outside its convolutions and matmuls (XLA overlaps independent ops).
 
     Each op's time is the median over ``rounds`` of ``calls`` calls dispatched back to back
     (then waited for), so it includes whatever of a call's dispatch is not hidden behind the
-    previous call; ``call_s`` is that time for a trivial op (the sum minus it per op bounds
-    the ceiling from above)."""
+    previous call; ``call_s`` is that time for a trivial op (``seconds_less_calls``: the sum
+    less it per op, a lower bound of the ops' own time)."""
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 

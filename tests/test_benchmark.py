@@ -58,7 +58,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
     step_flops = result["flops"]["train_flops_per_sample"] * result["config"]["train"]["batch_size"]
     assert 0.5 * step_flops < arithmetic["flops"] <= step_flops
     assert arithmetic["ops"] >= arithmetic["distinct"] > 0 and arithmetic["seconds"] > 0
-    low, high = engine["ceiling_gflops"]
+    low, high = engine["arithmetic_gflops"]
     assert 0 < low <= high and "The step's arithmetic alone" in md
 
 
