@@ -223,13 +223,14 @@ def _arithmetic_ops(jaxpr, found: dict, multiplier: int = 1) -> None:
             continue
         if eqn.primitive.name == "while":
             raise ValueError("a while loop in the training loss: its trip count is unknown")
-        times = multiplier * eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
+        inner_multiplier = multiplier * (
+            eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
+        )
         for value in eqn.params.values():
             for sub in value if isinstance(value, tuple | list) else (value,):
                 inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's jaxpr, or a Jaxpr
                 if hasattr(inner, "eqns"):
-                    _arithmetic_ops(inner, found, times if eqn.primitive.name == "scan"
-                                    else multiplier)  # fmt: skip
+                    _arithmetic_ops(inner, found, inner_multiplier)
 
 
 def arithmetic_alone(config, batch: int, calls: int = 30, rounds: int = 3) -> dict:
