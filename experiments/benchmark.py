@@ -42,7 +42,7 @@ from mjfn_jax.config_io import parse_args_with_overrides  # noqa: E402
 # Model / data / budget per preset. 'cpu' must finish in < 15 min on the 2-core dev machine.
 PRESETS = {
     "quick": dict(  # the end-to-end test: seconds of work, most of it XLA compiles
-        config="experiments/configs/benchmark.py:quick",
+        config="mjfn_jax/configs/benchmark.py:quick",
         overrides=[],
         batch_sizes=(8,),
         steps=2,
@@ -60,7 +60,7 @@ PRESETS = {
         arithmetic=dict(calls=2, rounds=1),
     ),
     "cpu": dict(  # ~15 min on the 2-core dev machine (XLA:CPU compiles and while loops)
-        config="experiments/configs/benchmark.py:cpu",  # shared with both trainers' CLIs
+        config="mjfn_jax/configs/benchmark.py:cpu",  # shared with both trainers' CLIs
         overrides=[],
         batch_sizes=(16, 32, 64),
         # Compiling these costs 30-90 s per shape on 2 cores: measured at batch 32 only.
@@ -78,7 +78,7 @@ PRESETS = {
         arithmetic=dict(calls=30, rounds=5),  # the step's own convolutions and matmuls alone
     ),
     "gpu": dict(
-        config="experiments/configs/benchmark.py:gpu",
+        config="mjfn_jax/configs/benchmark.py:gpu",
         # 17 folds per vmapped group: 68 x ResNet-18-size states + activations fit one GPU.
         overrides=["parallel.fold_group_size=17"],
         batch_sizes=(32, 64, 128, 256),

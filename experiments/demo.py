@@ -2,7 +2,7 @@
 
     python -m experiments.demo --data_dir data/tfds --workdir workdirs/demo
 
-Uses experiments/configs/synthetic.py (CPU-sized). Rerunning resumes / reuses finished folds.
+Uses mjfn_jax/configs/synthetic.py (CPU-sized). Rerunning resumes / reuses finished folds.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from mjfn_jax import cli
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "data/tfds", "Where the synthetic TFDS dataset lives / goes.")
 flags.DEFINE_string("workdir", "workdirs/demo", "Output directory of the training run.")
-flags.DEFINE_string("config", "experiments/configs/synthetic.py", "Config file (path.py[:arg]).")
+flags.DEFINE_string("config", "mjfn_jax/configs/synthetic.py", "Config file (path.py[:arg]).")
 
 
 def main(argv: list[str]) -> None:

@@ -83,9 +83,7 @@ fi
 #    each trainer's own command line as one fresh process, the way a user meets it; the JAX
 #    one first cold ('auto's timed trial included, cached for the later runs), then again warm
 #    (the persistent XLA cache and the trial's choice from the first), and the PyTorch twice.
-C="experiments/configs/benchmark.py:$PRESET"
-GAPS_ARGS=""  # loop_gaps: 16 folds of the 442 clips; the quick check of this script: 4 of 32
-[ "$PRESET" = quick ] && GAPS_ARGS="--subjects 4 --samples 32 --repeats 1"
+C="mjfn_jax/configs/benchmark.py:$PRESET"
 n_cli=0
 cli() { # cli NAME LIMIT TRAINER [overrides...]: one whole-process LOSO; results.json kept
     local name=$1 limit=$2 trainer=$3 rc
@@ -114,16 +112,6 @@ run_step() {
     loso_cli_jax_trial) cli loso_cli_jax_trial 150 jax --config.parallel.auto_trial_budget=0 ;;
     # A fold's 5 epochs in one training call instead of one call per epoch (warm).
     loso_cli_jax_epc5) cli loso_cli_jax_epc5 100 jax --config.parallel.epochs_per_call=5 ;;
-    # Where a warm loop idles between the device's programs, per loop shape (16 folds).
-    loop_gaps) step loop_gaps 220 $PY -m experiments.loop_gaps --config "$C" \
-        --machine "$MACHINE" --out "$RESULTS" $GAPS_ARGS ;;
-    # Where the GPU step's time goes (trace per XLA op) and a 16-fold LOSO's phases per fold.
-    profile) step profile 120 $PY -m experiments.profile_step --config "$C" --steps 20 \
-        --machine "$MACHINE" --out "$RESULTS" ;;
-    # BatchNorm's statistics in one pass (shipped) vs two, one fold's step, in one process.
-    bn_passes) step bn_passes 90 $PY -m experiments.bn_passes --config "$C" ;;
-    # A finished fold's model to the host: per leaf, flat, pinned; and beside training steps.
-    handover_copy) step handover_copy 60 $PY -m experiments.handover_copy --config "$C" ;;
     throughput_torch_compiled) step throughput_torch_compiled 90 $B --skip_loso \
         --batch_sizes 32 --step_variants torch_compiled ;;
     # Training-step throughput at the reference batch: both frameworks, JAX step and scan.
@@ -135,7 +123,7 @@ run_step() {
     *) say "== $1: unknown step" ;;
     esac
 }
-ALL="loso_cli_jax loso_cli_torch profile loop_gaps loso_cli_jax_warm throughput_torch_compiled
+ALL="loso_cli_jax loso_cli_torch loso_cli_jax_warm throughput_torch_compiled
 loso_cli_jax_bf16 loso_cli_torch_again throughput_fp32 throughput_bf16"
 for s in ${STEPS:-$ALL}; do
     run_step "$s"
@@ -145,8 +133,7 @@ say "done at $(date -u +%FT%TZ), $(($(date +%s) - T0))s"
 cp "${MJFN_JAX_CACHE_DIR:-$HOME/.cache/mjfn_jax}/auto_strategy.json" "$RESULTS/$MACHINE/" \
     2>>"$LOG"
 tar czf "$OUT/results.tgz" -C "$RESULTS" $(cd "$RESULTS" && ls -d "$MACHINE"*) 2>>"$LOG"
-for f in "$RESULTS/$MACHINE/benchmark.md" "$RESULTS/$MACHINE/profile_step.md" \
-    "$RESULTS/$MACHINE/loop_gaps.md"; do
+for f in "$RESULTS/$MACHINE/benchmark.md"; do
     [ -f "$f" ] && cp "$f" "$OUT/"
 done
 rm -rf "$WORK"

@@ -1,7 +1,7 @@
 """Whole-process wall time of a full LOSO: the JAX CLI vs the PyTorch baseline's CLI, on the
 shared benchmark config (generated composite-scale data, no build), alternating, in one session.
 
-    python -m experiments.loso_wallclock --config experiments/configs/benchmark.py:cpu \
+    python -m experiments.loso_wallclock --config mjfn_jax/configs/benchmark.py:cpu \
         --epochs 2,10 --repeats 2 [--machine cpu-2core]
 
 Each run is a fresh process (imports, data generation, compiles and every fold included), the
@@ -67,7 +67,7 @@ def run_cli(name: str, config: str, epochs: int, root: str, env: dict, extra=())
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="experiments/configs/benchmark.py:cpu")
+    parser.add_argument("--config", default="mjfn_jax/configs/benchmark.py:cpu")
     parser.add_argument("--epochs", default="2,10")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--machine", default=f"cpu-{os.cpu_count()}core")

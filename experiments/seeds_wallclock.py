@@ -1,7 +1,7 @@
 """Seeds in one run vs one run per seed: whole-process wall time of the JAX CLI on the shared
 benchmark config (generated composite-scale data, no build).
 
-    python -m experiments.seeds_wallclock --config experiments/configs/benchmark.py:cpu \
+    python -m experiments.seeds_wallclock --config mjfn_jax/configs/benchmark.py:cpu \
         --seeds 0,1,2 --epochs 2 --repeats 2 [--machine cpu-2core]
 
 "one run": ``--config.train.seeds=(0, 1, 2)``, every (seed, fold) pair a member of the parallel
@@ -25,7 +25,7 @@ from experiments.results_io import write_result
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="experiments/configs/benchmark.py:cpu")
+    parser.add_argument("--config", default="mjfn_jax/configs/benchmark.py:cpu")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)

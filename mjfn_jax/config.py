@@ -1,6 +1,6 @@
 """The one place where every configuration field and its default is documented.
 
-Experiment configs in ``experiments/configs/`` start from :func:`base_config` and override what
+Experiment configs in ``mjfn_jax/configs/`` start from :func:`base_config` and override what
 differs. Field groups: ``model`` (the network), ``loss``, ``data`` (which built dataset),
 ``folds`` (evaluation protocol), ``train`` (optimizer, schedule, budget), ``augment`` (on-device
 augmentation), ``parallel`` (strategy and mesh), ``checkpoint``.

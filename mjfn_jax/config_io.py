@@ -1,7 +1,8 @@
 """Loading config files, command-line style overrides, and the workdir's saved config.
 
-``load_config("experiments/configs/synthetic.py:smoke")`` imports the file and calls
-``get_config("smoke")``, like ``config_flags.DEFINE_config_file`` does for the CLI.
+``load_config("synthetic:smoke")`` imports the shipped config ``mjfn_jax/configs/synthetic.py``
+and calls ``get_config("smoke")``, like ``config_flags.DEFINE_config_file`` does for the CLI; a
+path to a config file (``"my_config.py:smoke"``) works the same way.
 """
 
 from __future__ import annotations
@@ -23,11 +24,33 @@ from mjfn_jax.workdir import CONFIG_FILE, WorkdirError, read_json, write_json
 RESUMABLE_KEYS = ("parallel", "checkpoint", "report", "train.stop_after_epochs", "data.data_dir")
 
 
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def config_names() -> list[str]:
+    """The shipped configs' names (``mjfn_jax/configs/<name>.py``)."""
+    return sorted(
+        f.removesuffix(".py") for f in os.listdir(CONFIGS_DIR) if f.endswith(".py") and f[0] != "_"
+    )
+
+
+def config_path(name_or_path: str) -> str:
+    """A shipped config's file for its name ("casme2"), else the path as given."""
+    if os.sep not in name_or_path and not name_or_path.endswith(".py"):
+        return os.path.join(CONFIGS_DIR, name_or_path + ".py")
+    return name_or_path
+
+
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """Config from "path/to/file.py[:arg]", then overrides such as "train.num_epochs=3"."""
-    path, _, arg = spec.partition(":")
+    """Config from "name[:arg]" (a shipped config) or "path/to/file.py[:arg]", then overrides
+    such as "train.num_epochs=3"."""
+    name, _, arg = spec.partition(":")
+    path = config_path(name)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path!r} (from {spec!r})")
+        shipped = ", ".join(config_names())
+        raise FileNotFoundError(
+            f"config file not found: {name!r} (from {spec!r}); shipped configs: {shipped}"
+        )
     module_spec = importlib.util.spec_from_file_location("_mjfn_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

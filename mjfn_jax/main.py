@@ -1,6 +1,6 @@
 """CLI: train and evaluate every fold of a config, then print the results table.
 
-    python -m mjfn_jax.main --config experiments/configs/synthetic.py --workdir workdirs/syn \
+    python -m mjfn_jax.main --config mjfn_jax/configs/synthetic.py --workdir workdirs/syn \
         [--config.train.num_epochs=3 --config.parallel.strategy=vmap ...]
 
 Rerunning the same command resumes: finished folds are skipped, the others continue from

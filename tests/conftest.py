@@ -20,11 +20,11 @@ def make_tiny_dataset(num_subjects: int = 4, clips: int = 3):
 
 
 def make_smoke_config(*overrides: str):
-    """experiments/configs/synthetic.py:smoke, sequential, 2 epochs, then ``overrides``."""
+    """mjfn_jax/configs/synthetic.py:smoke, sequential, 2 epochs, then ``overrides``."""
     from mjfn_jax.config_io import load_config
 
     return load_config(
-        os.path.join(REPO, "experiments/configs/synthetic.py") + ":smoke",
+        os.path.join(REPO, "mjfn_jax/configs/synthetic.py") + ":smoke",
         ["parallel.strategy=sequential", "train.num_epochs=2", *overrides],
     )
 

@@ -158,7 +158,7 @@ def test_seeds_wallclock_quick(tmp_path):
     from experiments import seeds_wallclock
 
     seeds_wallclock.main(
-        ["--config", "experiments/configs/benchmark.py:quick", "--epochs", "1",
+        ["--config", "mjfn_jax/configs/benchmark.py:quick", "--epochs", "1",
          "--out", str(tmp_path), "--machine", "m"]
     )  # fmt: skip
     with open(tmp_path / "m" / "seeds_wallclock.json") as f:
@@ -205,7 +205,7 @@ def test_engine_figures_from_a_runs_timing():
     from experiments.benchmark_lib import engine_figures
     from mjfn_jax.config_io import load_config
 
-    config = load_config("experiments/configs/benchmark.py:cpu")  # batch 32, 2 epochs
+    config = load_config("mjfn_jax/configs/benchmark.py:cpu")  # batch 32, 2 epochs
     timing = {
         "compile_by_program": {"the init": 0.5, "the prediction": 0.25, "the training step": 1.0},
         "folds_trained_this_run": 68, "samples_per_s": 1904 * 32 / 10.0, "train_s": 10.0,

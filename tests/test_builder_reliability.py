@@ -282,7 +282,7 @@ def test_demo_on_a_damaged_dataset_ends_with_one_error_line(tmp_path):
     )
     (shard,) = (data_dir / "synthetic" / "tvl1_32" / "1.0.0").glob("*.array_record-*")
     shard.write_bytes(shard.read_bytes()[:1000])
-    config = f"{ROOT}/experiments/configs/synthetic.py:smoke"
+    config = f"{ROOT}/mjfn_jax/configs/synthetic.py:smoke"
     argv = ["--data_dir", str(data_dir), "--workdir", str(tmp_path / "w"), "--config", config]
     result = subprocess.run([sys.executable, "-m", "experiments.demo", *argv], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)  # fmt: skip

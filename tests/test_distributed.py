@@ -79,7 +79,7 @@ def _free_port() -> int:
 def _main(workdir, port: int, num_processes: int, process_id: int, timeout_s: int = 2):
     cmd = [
         sys.executable, "-m", "mjfn_jax.main",
-        "--config", "experiments/configs/synthetic.py:smoke",
+        "--config", "mjfn_jax/configs/synthetic.py:smoke",
         "--config.data.name=generated",
         "--config.train.num_epochs=1",
         "--workdir", str(workdir),
@@ -178,7 +178,7 @@ def test_distributed_outside_a_cluster_is_one_line(tmp_path):
     }
     cmd = [
         sys.executable, "-m", "mjfn_jax.main",
-        "--config", "experiments/configs/synthetic.py:smoke",
+        "--config", "mjfn_jax/configs/synthetic.py:smoke",
         "--workdir", str(tmp_path / "w"),
         "--distributed", "--distributed_timeout", "5",
     ]  # fmt: skip

@@ -45,7 +45,7 @@ def _free_port() -> int:
 def _command(workdir, strategy: str, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "mjfn_jax.main",
-        "--config", "experiments/configs/synthetic.py:smoke",
+        "--config", "mjfn_jax/configs/synthetic.py:smoke",
         "--config.data.name=generated",
         "--config.data.generated_subjects=4",
         "--config.data.generated_samples=16",

@@ -92,7 +92,7 @@ def test_int8_final_model_quarters_the_kernels_and_restores_within_half_a_step(t
     np.testing.assert_array_equal(restored["batch_stats"]["mean"], model["batch_stats"]["mean"])
     np.testing.assert_array_equal(restored["count"], model["count"])
     assert sizes["int8"] < 0.3 * sizes["float32"], sizes
-    # The in-memory round trip (experiments.repredict --final_dtypes) is what the file gives.
+    # The in-memory round trip (tools.repredict --final_dtypes) is what the file gives.
     from mjfn_jax.checkpoint import round_trip_final
 
     again = round_trip_final(model, "int8")
@@ -121,16 +121,6 @@ def test_unknown_final_dtype_is_refused():
     config.checkpoint.final_dtype = "float16"
     with pytest.raises(ValueError, match="checkpoint.final_dtype"):
         validate_config(config)
-
-
-def test_checkpoint_disk_command_writes_both_dtypes(tmp_path):
-    from experiments.checkpoint_disk import main
-
-    out = tmp_path / "disk.md"
-    main(["--config", "experiments/configs/benchmark.py:cpu", "--folds", "10", "--out", str(out)])
-    rows = [r for r in out.read_text().splitlines() if r.startswith(("| float32", "| bfloat16"))]
-    mb = [float(r.split("|")[2]) for r in rows]
-    assert len(rows) == 2 and 0 < mb[1] < mb[0]
 
 
 def test_a_damaged_or_foreign_final_model_is_one_error_naming_the_file(tmp_path):

@@ -95,14 +95,14 @@ def test_cli_error_is_one_line(tmp_path):
 
 
 def test_the_28px_recipe_trains_on_imported_images(built, tmp_path):
-    """experiments/configs/flow_images.py (MJFN with the branch of five STSTNets) runs LOSO on the
+    """mjfn_jax/configs/flow_images.py (MJFN with the branch of five STSTNets) runs LOSO on the
     imported images end to end: every clip predicted once, the branch in each fold's model.
     (Narrow widths and one epoch: what is checked is the wiring, not the accuracy.)"""
     import json
 
     _, data_dir, _ = built
     workdir = tmp_path / "w"
-    cmd = [sys.executable, "-m", "mjfn_jax.main", "--config", "experiments/configs/flow_images.py",
+    cmd = [sys.executable, "-m", "mjfn_jax.main", "--config", "mjfn_jax/configs/flow_images.py",
            "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
            "--config.model.widths=(4,8,8,16)", "--config.model.blocks_per_stage=(1,1,1,1)",
            "--config.train.num_epochs=1", "--config.train.batch_size=4",
@@ -122,7 +122,7 @@ def test_the_28px_recipe_trains_on_imported_images(built, tmp_path):
     with np.load(finals[0]) as model:
         assert sum("['branch']" in key for key in model.files) == 8  # conv, BN, head; BN stats
     # each network of the run alone, re-predicted from the saved fold models
-    from experiments.repredict import networks
+    from tools.repredict import networks
 
     parts = networks(str(workdir), str(data_dir))
     for key in ("uf1", "uar"):  # the two networks averaged: what the run predicted

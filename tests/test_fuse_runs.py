@@ -1,4 +1,4 @@
-"""experiments/fuse_runs.py: finished runs' per-clip probabilities, aligned by clip, fused."""
+"""tools/fuse_runs.py: finished runs' per-clip probabilities, aligned by clip, fused."""
 
 import csv
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import fuse_runs
+from tools import fuse_runs
 from mjfn_jax.metrics import pooled_metrics
 
 NAMES = ("negative", "positive", "surprise")

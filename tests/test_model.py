@@ -253,7 +253,7 @@ def test_summary_cli_prints_table():
         "-m",
         "mjfn_jax.models",
         "--config",
-        "experiments/configs/synthetic.py:smoke",
+        "mjfn_jax/configs/synthetic.py:smoke",
         "--config.model.dropout=0.5",
         "--json",
     ]

@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     arrays = make_flow_arrays(2, 3, 32, 0)
     dataset = Dataset.from_synthetic_arrays(arrays)
     config = load_config(
-        "experiments/configs/synthetic.py:smoke",
+        "mjfn_jax/configs/synthetic.py:smoke",
         ["parallel.strategy=sequential", "train.num_epochs=1", "report.linear_floor=True"],
     )
     workdir = str(tmp_path_factory.mktemp("run"))
@@ -220,7 +220,7 @@ def raw_clip(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("raw")
     # Seed 7: an expression of 0.9 px over 0.9 grey levels of noise. The error statistics over
-    # every amplitude (down to 0.1 px, under the noise floor) are experiments/apex_spotting.py's.
+    # every amplitude (down to 0.1 px, under the noise floor) are tools/apex_spotting.py's.
     generate_raw(root, num_subjects=1, clips_per_subject=1, seed=7, workers=1)
     with open(root / "annotations.csv") as f:
         row = f.read().splitlines()[1].split(",")  # subject, clip, onset, apex, offset, emotion
@@ -358,9 +358,9 @@ def test_resolve_fold_of_a_leave_one_dataset_out_run(tmp_path):
 
 
 def test_repredict_reproduces_the_run_and_adds_test_time_flips(trained):
-    """experiments/repredict.py: the saved fold models re-predict the run's pooled metrics
+    """tools/repredict.py: the saved fold models re-predict the run's pooled metrics
     exactly without flips; with flips they are the engine's augment.test_hflip predictions."""
-    from experiments.repredict import repredict
+    from tools.repredict import repredict
 
     workdir, dataset, results = trained
     out = repredict(workdir, dataset=dataset)
@@ -370,9 +370,9 @@ def test_repredict_reproduces_the_run_and_adds_test_time_flips(trained):
 
 
 def test_repredict_final_dtypes_counts_what_each_saved_dtype_changes(trained):
-    """experiments/repredict.py --final_dtypes: float32 reproduces the run exactly (nothing
+    """tools/repredict.py --final_dtypes: float32 reproduces the run exactly (nothing
     changed); each other dtype's count of changed predictions is what its metrics imply."""
-    from experiments.repredict import final_dtypes
+    from tools.repredict import final_dtypes
 
     workdir, dataset, results = trained
     out = final_dtypes(workdir, dataset=dataset)

@@ -45,7 +45,7 @@ def _epe(flow, truth, mask):
 
 @pytest.mark.parametrize("method,bound", [("tvl1", 0.08), ("farneback", 0.12), ("dis", 0.14)])
 def test_flow_epe_on_synthetic_pairs(synthetic_pairs, method, bound):
-    # Bounds: measured mean EPE (experiments/flow_accuracy.py) x ~1.7; the zero-flow EPE is ~0.27.
+    # Bounds: measured mean EPE (tools/flow_accuracy.py) x ~1.7; the zero-flow EPE is ~0.27.
     epes, zero = [], []
     for onset, apex, truth, mask in synthetic_pairs:
         flow = pp.process_pair(onset, apex, crop="center", flow_method=method, size=128).flow

@@ -20,7 +20,7 @@ from mjfn_jax.augment import hflip_batch, translate
 from mjfn_jax.config_io import load_config
 from mjfn_jax.synthetic import make_flow_arrays
 
-SMOKE = "experiments/configs/synthetic.py:smoke"
+SMOKE = "mjfn_jax/configs/synthetic.py:smoke"
 
 
 @pytest.mark.parametrize("flip,shift", [(True, (0, 0)), (False, (1, -2)), (True, (-2, 2))])
@@ -117,7 +117,7 @@ def test_a_config_the_baseline_cannot_run_is_one_error_line(tmp_path):
     import sys
 
     cmd = [sys.executable, "experiments/pytorch_baseline/train.py", "--config",
-           "experiments/configs/benchmark.py:quick", "--workdir", str(tmp_path / "w"),
+           "mjfn_jax/configs/benchmark.py:quick", "--workdir", str(tmp_path / "w"),
            "--config.model.input_standardize=True"]  # fmt: skip
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     run = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)

@@ -1,10 +1,10 @@
-"""experiments/seeds_table.py: mean +- sd over seeds, and refusing runs that differ otherwise."""
+"""tools/seeds_table.py: mean +- sd over seeds, and refusing runs that differ otherwise."""
 
 import statistics
 
 import pytest
 
-from experiments import seeds_table
+from tools import seeds_table
 from mjfn_jax.train import train_and_evaluate
 
 

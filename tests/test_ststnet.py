@@ -1,4 +1,4 @@
-"""experiments/ststnet.py: the published STSTNet, computed as im2col + reshape pools, is the
+"""tools/ststnet.py: the published STSTNet, computed as im2col + reshape pools, is the
 network its authors define (convolutions and pools as lax ops), and its LOSO runs."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import ststnet
+from tools import ststnet
 from tests.conftest import make_tiny_dataset
 
 

@@ -110,7 +110,7 @@ def test_invalid_config_is_refused_before_the_workdir_is_written(
         (["--config.train.batch_size=0"], "error: train.batch_size=0: needs an int >= 1"),
         (["--config.train.num_epochs=abc"], "error: flag --config.train.num_epochs=abc:"),
         (["--config=missing.py"], "error: --config=missing.py: [Errno 2] No such file"),
-        (["--config=experiments/configs/synthetic.py:bogus"], "unknown argument 'bogus'"),
+        (["--config=mjfn_jax/configs/synthetic.py:bogus"], "unknown argument 'bogus'"),
     ],
 )
 def test_cli_reports_a_bad_config_in_one_line(tmp_path, args, error):
@@ -118,7 +118,7 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path, args, error):
     import sys
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config = "experiments/configs/benchmark.py:quick"
+    config = "mjfn_jax/configs/benchmark.py:quick"
     cmd = [
         sys.executable,
         "-m",
@@ -139,7 +139,7 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path, args, error):
 def test_generated_data_sizes_are_validated():
     from mjfn_jax.config import validate_config
 
-    config = load_config("experiments/configs/benchmark.py:quick", ["data.generated_subjects=1"])
+    config = load_config("mjfn_jax/configs/benchmark.py:quick", ["data.generated_subjects=1"])
     with pytest.raises(ValueError, match=r"data\.generated_subjects=1: needs an int >= 2"):
         validate_config(config)
-    validate_config(load_config("experiments/configs/benchmark.py:quick"))  # the real one passes
+    validate_config(load_config("mjfn_jax/configs/benchmark.py:quick"))  # the real one passes

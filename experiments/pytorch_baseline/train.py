@@ -9,7 +9,7 @@ its epoch with extra draws from its own training set), the same flow-aware augme
 same report code (``mjfn_jax.report.write_report(..., framework="pytorch")``).
 
 Usage:
-  python experiments/pytorch_baseline/train.py --config experiments/configs/synthetic.py \
+  python experiments/pytorch_baseline/train.py --config mjfn_jax/configs/synthetic.py \
       --workdir workdirs/torch_synth [--synthetic_arrays] [--compile] [--amp] [--device cuda]
 """
 
@@ -300,7 +300,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--config",
         required=True,
-        help="experiments/configs/FILE.py[:ARG]; override fields with --config.<group>.<f>=value",
+        help="mjfn_jax/configs/FILE.py[:ARG]; override fields with --config.<group>.<f>=value",
     )
     parser.add_argument("--workdir", required=True)
     parser.add_argument(

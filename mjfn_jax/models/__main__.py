@@ -1,6 +1,6 @@
 """Print parameter counts per part and forward FLOPs of the model in a config file.
 
-    python -m mjfn_jax.models --config experiments/configs/megc2019.py[:arg] \
+    python -m mjfn_jax.models --config mjfn_jax/configs/megc2019.py[:arg] \
         [--config.model.dtype=bfloat16 ...] [--json]
 """
 

@@ -194,7 +194,7 @@ class JFM(nnx.Module):
 
 
 # STSTNet (Liong et al., 2019): the published shallow network for the 28x28 composite flow
-# images, as MJFN's optional fifth head (``model.ststnet_branch``) and in experiments/ststnet.py.
+# images, as MJFN's optional fifth head (``model.ststnet_branch``) and in tools/ststnet.py.
 STSTNET_FILTERS = 3 + 5 + 8  # its three branches' filters (one 16-filter conv: BN is per channel)
 
 

@@ -89,7 +89,7 @@ class MJFN(nnx.Module):
     With ``model_config.ststnet_branch`` the output also holds ``"ststnet"``: the log-probs of
     STSTNet (layers.STSTNetBranch) on the same input, and ``"mjfn"``: the four heads' fusion
     above (log-probs); ``fused`` is then log(1/2 p_MJFN + 1/2 p_STSTNet): two networks, equal
-    weights, the rule experiments/fuse_runs.py applies to separately trained runs. With
+    weights, the rule tools/fuse_runs.py applies to separately trained runs. With
     ``model_config.ststnet_copies`` = K > 1 that STSTNet is K of them, each its own
     parameters, p_STSTNet their mean probability; ``"ststnet_copies"`` holds their logits
     [B, K, C] (each has its own cross-entropy, losses.mjfn_loss).

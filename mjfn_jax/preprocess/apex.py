@@ -10,7 +10,7 @@ Why the score is optical strain and not flow magnitude: strain (the symmetric fl
 ignores translation and rotation, and a smooth head drift has small gradients, while an action
 unit is a local bump with large ones. The mean of the upper half of the strain values in the box
 is used: an expression moves a part of the face, not all of it. On the synthetic set strain beat
-magnitude, and both fail without detrending (experiments/apex_spotting.py).
+magnitude, and both fail without detrending (tools/apex_spotting.py).
 
 Why detrending (on by default): the onset->frame flow at time t is about s(t) * expression +
 (t / (T - 1)) * drift, where the drift (head motion, lighting change seen as motion) grows with
@@ -43,7 +43,7 @@ SPOT_SCORES = ("strain", "magnitude")
 @dataclasses.dataclass(frozen=True)
 class SpotSettings:
     """How the motion curve is measured. Defaults: the settings measured best on the synthetic
-    set (experiments/apex_spotting.py) at ~1 ms per frame."""
+    set (tools/apex_spotting.py) at ~1 ms per frame."""
 
     flow_method: str = "farneback"  # one of SPOT_FLOWS (or "tvl1", ~100x slower)
     work_size: int = 64  # side (px) at which the box is resampled for the flow

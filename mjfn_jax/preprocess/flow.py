@@ -17,7 +17,7 @@ FLOW_METHODS = ("tvl1", "farneback", "dis")
 # at most a few pixels at face-crop resolution, so a deep pyramid buys nothing, and this is
 # faster (~0.17 s vs ~0.4 s on a 256x256 pair; docs/performance.md#optical-flow-cost). The other
 # parameters are OpenCV's defaults (tau 0.25, lambda 0.15, theta 0.3, epsilon 0.01, median
-# filtering 5). EPE on the synthetic generator: experiments/flow_accuracy.py.
+# filtering 5). EPE on the synthetic generator: tools/flow_accuracy.py.
 TVL1_PARAMS = dict(nscales=3, warps=3)
 # Farneback: OpenCV's documented example values (pyr_scale, levels, winsize, iterations,
 # poly_n, poly_sigma, flags).

@@ -1,8 +1,8 @@
 """The benchmark's shared config: composite-scale generated data (442 clips, 68 subjects, so 68
 LOSO folds), no dataset build. Both trainers run it from their own command line:
 
-    python -m mjfn_jax.main --config experiments/configs/benchmark.py:cpu --workdir W
-    python experiments/pytorch_baseline/train.py --config experiments/configs/benchmark.py:cpu \
+    python -m mjfn_jax.main --config mjfn_jax/configs/benchmark.py:cpu --workdir W
+    python experiments/pytorch_baseline/train.py --config mjfn_jax/configs/benchmark.py:cpu \
         --workdir W
 
 Arguments: 'cpu' (a small model sized for the 2-core CPU), 'gpu' (the 112x112 reference model),

@@ -1,7 +1,7 @@
 """The embedded synthetic micro-expression set: small and CPU-friendly (the `make demo` job).
 
-Usage: --config experiments/configs/synthetic.py        (demo)
-       --config experiments/configs/synthetic.py:smoke  (tiny, for tests)
+Usage: --config mjfn_jax/configs/synthetic.py        (demo)
+       --config mjfn_jax/configs/synthetic.py:smoke  (tiny, for tests)
 """
 
 from mjfn_jax.config import base_config, small_input_recipe, smoke

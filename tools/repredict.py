@@ -5,7 +5,7 @@ four heads fused; the STSTNet branch) beside their average, what the run predict
 ``--final_dtypes`` (a run saved in float32): each fold's model as a final.npz of each
 ``checkpoint.final_dtype`` would give it back, and how many test predictions that changes.
 
-    python -m experiments.repredict --workdir W [--workdir W2 ...] [--data_dir DIR] [--out FILE.md]
+    python -m tools.repredict --workdir W [--workdir W2 ...] [--data_dir DIR] [--out FILE.md]
         [--networks | --final_dtypes]
 
 Training does not depend on ``augment.test_hflip`` unless early stopping reads the validation
@@ -198,7 +198,7 @@ def main(argv=None) -> None:
         )
         print(lines[-1], flush=True)
     stamp = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"
-    command = " ".join(["python -m experiments.repredict", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m tools.repredict", *(argv or sys.argv[1:])])
     text = "\n".join([f"`{command}`, {stamp}", "", *lines])
     if args.out:
         with open(args.out, "w") as f:

@@ -1,7 +1,7 @@
 """MEGC2019 composite (3DB): the reference configuration at 112x112.
 
-Usage: --config experiments/configs/megc2019.py        (reference)
-       --config experiments/configs/megc2019.py:smoke  (tiny, for tests)
+Usage: --config mjfn_jax/configs/megc2019.py        (reference)
+       --config mjfn_jax/configs/megc2019.py:smoke  (tiny, for tests)
 """
 
 from mjfn_jax.config import base_config, smoke

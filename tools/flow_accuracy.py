@@ -8,7 +8,7 @@ encoded (u, v, strain) images (chance 1/3). "zero flow" predicts no motion (its 
 true motion); "true flow" encodes the known displacement (what make_flow_arrays gives).
 
 Usage (from the repository root):
-  .venv/bin/python -m experiments.flow_accuracy [--clips 108] [--subjects 12] [--size 112]
+  .venv/bin/python -m tools.flow_accuracy [--clips 108] [--subjects 12] [--size 112]
 """
 
 from __future__ import annotations

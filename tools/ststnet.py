@@ -3,7 +3,7 @@ images, trained as its authors' ``main.py`` trains it, on our LOSO folds with ou
 head-to-head with MJFN-JAX and the linear floor on the same folds, nothing selected on test
 subjects (the last epoch predicts, as theirs does).
 
-    python -m experiments.ststnet --data_dir DIR [--seeds 0 1 2] [--epochs 800]
+    python -m tools.ststnet --data_dir DIR [--seeds 0 1 2] [--epochs 800]
         [--learning_rate 5e-5] [--batch_size 256] [--machine cpu-2core] [--stem ststnet]
         [--leaky_epoch_selection]
 
@@ -282,7 +282,7 @@ def markdown(result: dict, args, dataset_name: str) -> str:
     lines = [
         f"# STSTNet on our LOSO folds ({dataset_name})",
         "",
-        f"`python -m experiments.ststnet --data_dir {args.data_dir} --seeds "
+        f"`python -m tools.ststnet --data_dir {args.data_dir} --seeds "
         f"{' '.join(map(str, args.seeds))} --epochs {args.epochs} --learning_rate "
         f"{args.learning_rate} --batch_size {args.batch_size}`, "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "

@@ -1,6 +1,6 @@
 """Mean +- sd over runs that differ only in their seed, beside the linear floor.
 
-    python -m experiments.seeds_table --out experiments/results/cpu-2core/flow_images_28.md \
+    python -m tools.seeds_table --out experiments/results/cpu-2core/flow_images_28.md \
         --title "..." --command "..." WORKDIR...
 
 Reads each workdir's results.json (mjfn_jax.report); every run must have the same config but

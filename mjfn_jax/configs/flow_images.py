@@ -1,7 +1,7 @@
 """Published 28x28 composite flow images (data_builders/flow_images), e.g. STSTNet/HTNet's.
 
-Usage: --config experiments/configs/flow_images.py        (the 28 px recipe)
-       --config experiments/configs/flow_images.py:smoke  (tiny, for tests: imported_32)
+Usage: --config mjfn_jax/configs/flow_images.py        (the 28 px recipe)
+       --config mjfn_jax/configs/flow_images.py:smoke  (tiny, for tests: imported_32)
 
 Build the dataset first (README, "Published flow-image folders"):
     python -m data_builders build flow_images/imported_28 --manual_dir DIR --data_dir data/tfds

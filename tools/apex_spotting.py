@@ -9,7 +9,7 @@ clip at the real datasets' frame sizes (a clip upscaled and written as JPEG): de
 and the TV-L1 flow image of the chosen pair for comparison.
 
 Usage (from the repository root):
-  python -m experiments.apex_spotting [--subjects 12 --clips 9] [--out FILE.md]
+  python -m tools.apex_spotting [--subjects 12 --clips 9] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def machine() -> str:
 
 def report(rows, by_amplitude, costs, args, clip_count: int, seconds: float) -> str:
     now = datetime.datetime.now(datetime.UTC)
-    command = "python -m experiments.apex_spotting " + " ".join(sys.argv[1:])
+    command = "python -m tools.apex_spotting " + " ".join(sys.argv[1:])
     lines = [
         "# Apex spotting on synthetic clips (cpu-2core)",
         "",

@@ -1,11 +1,11 @@
-"""Late fusion of finished runs on the same clips: MJFN-JAX, STSTNet (experiments/ststnet.py) and
+"""Late fusion of finished runs on the same clips: MJFN-JAX, STSTNet (tools/ststnet.py) and
 the linear floor, every combination, seed by seed.
 
-    python -m experiments.fuse_runs --workdir W --ststnet RESULTS.json --data_dir DIR
+    python -m tools.fuse_runs --workdir W --ststnet RESULTS.json --data_dir DIR
         [--machine cpu-2core] [--stem fusion_ststnet]
 
 W is a finished MJFN-JAX run (one seed, or several: seeds/<s>/predictions.csv); RESULTS.json
-is what experiments/ststnet.py wrote, on the same dataset with the same seeds. The rule is
+is what tools/ststnet.py wrote, on the same dataset with the same seeds. The rule is
 fixed, as the reports' network + floor row: each clip's class probabilities averaged over the
 models with equal weights, then argmax; nothing is tuned and no subject is looked at. Seed s of
 MJFN-JAX is fused with seed s of STSTNet. Writes experiments/results/<machine>/<stem>.{json,md}.
@@ -111,7 +111,7 @@ def fuse(models: dict[str, np.ndarray], labels, class_names, sources=None) -> li
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="a finished MJFN-JAX run")
-    p.add_argument("--ststnet", required=True, help="experiments/ststnet.py's results .json")
+    p.add_argument("--ststnet", required=True, help="tools/ststnet.py's results .json")
     p.add_argument("--data_dir", required=True, help="where the dataset was built")
     p.add_argument("--dataset", default="flow_images/imported_28", help="NAME/CONFIG, built")
     p.add_argument("--machine", default=f"cpu-{os.cpu_count()}core")
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     lines = [
         f"# Late fusion: {name}, STSTNet and the linear floor ({args.dataset})",
         "",
-        f"`python -m experiments.fuse_runs --workdir {args.workdir} --ststnet {args.ststnet} "
+        f"`python -m tools.fuse_runs --workdir {args.workdir} --ststnet {args.ststnet} "
         f"--data_dir {args.data_dir}`, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} "
         "UTC. Each clip's class probabilities averaged over the models with equal weights "
         "(fixed, untuned), seed s with seed s; LOSO, the last epoch of each network.",

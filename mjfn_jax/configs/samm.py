@@ -1,0 +1,26 @@
+"""SAMM alone (5 classes: anger, contempt, happiness, surprise, other), under LOSO:
+the reference configuration at 112x112.
+
+Build the dataset first (the licensed videos stay where you keep them):
+    mjfn-build build samm/tvl1_112 --manual_dir /path/to/samm --data_dir data/tfds
+
+Usage: --config samm        (reference)
+       --config samm:smoke  (tiny, for tests)
+"""
+
+from mjfn_jax.config import base_config, smoke
+
+
+def get_config(arg=None):
+    config = base_config()
+    config.data.name = "samm"
+    config.data.flow_method = "tvl1"  # the dataset samm/tvl1_112
+    config.model.num_classes = 5
+    # One dataset's classes are unbalanced (docs/datasets.md): each fold's training set weighs
+    # its classes by inverse frequency.
+    config.loss.class_weights = "balanced"
+    if arg == "smoke":
+        smoke(config, num_epochs=1)
+    elif arg not in (None, ""):
+        raise ValueError(f"samm config: unknown argument {arg!r} (expected none or 'smoke')")
+    return config
