@@ -1,1 +1,2 @@
-"""Research tools built on the public API of mjfn_jax: combine runs, re-predict, the STSTNet reference, preprocessing accuracy."""
+"""Research tools built on the public API of mjfn_jax: combine runs, re-predict, the
+STSTNet reference, preprocessing accuracy."""
