@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from tools import fuse_runs
 from mjfn_jax.metrics import pooled_metrics
+from tools import fuse_runs
 
 NAMES = ("negative", "positive", "surprise")
 

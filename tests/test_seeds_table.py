@@ -4,8 +4,8 @@ import statistics
 
 import pytest
 
-from tools import seeds_table
 from mjfn_jax.train import train_and_evaluate
+from tools import seeds_table
 
 
 @pytest.mark.slow  # ~25 s of training runs for an experiments/ script

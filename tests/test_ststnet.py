@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tools import ststnet
 from tests.conftest import make_tiny_dataset
+from tools import ststnet
 
 
 def _reference_logits(params, stats, images):
