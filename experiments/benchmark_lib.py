@@ -32,8 +32,9 @@ from experiments.pytorch_baseline.train import (
 )
 from mjfn_jax.config_io import load_config_or_exit
 from mjfn_jax.models import count_flops
-from mjfn_jax.parallel import OUTSIDE_TRAINING_CALLS, fold_groups
+from mjfn_jax.parallel import fold_groups
 from mjfn_jax.report import json_safe, package_versions
+from mjfn_jax.runner import OUTSIDE_TRAINING_CALLS
 
 MIB = 1024.0 * 1024.0
 
@@ -331,7 +332,7 @@ class JaxRunner:
             self.fn = jax.jit(self.program.train_epochs, donate_argnums=0)
         else:
             idx = jnp.arange(batch, dtype=jnp.int32)
-            step = lambda state, fold, data, key: self.program._train_step(
+            step = lambda state, fold, data, key: self.program.train_step(
                 state, (idx, key), fold, data
             )
             self.fn = jax.jit(step, donate_argnums=0)
@@ -460,43 +461,47 @@ def engine_figures(timing: dict, config) -> dict:
 
 
 def engine_step_alone(config, dataset, workdir: str, execution: dict, calls: int) -> dict:
-    """The LOSO run's own step program (its strategy, loop and fold group, already compiled by
-    the run) on its first fold group, called ``calls`` times back to back with nothing between
-    the calls: seconds per group step, the reference for the engine's overhead per step
-    inside the LOSO. The steps of a ``scan`` loop are timed as whole epochs."""
-    from mjfn_jax import autotune, train
+    """The LOSO run's own step program (its strategy, loop and fold group; loaded from the
+    persistent compilation cache that the run filled) on its first fold group, called
+    ``calls`` times back to back with nothing between the calls: seconds per group step, the
+    reference for the engine's overhead per step inside the LOSO. The steps of a ``scan`` loop
+    are timed as whole epochs."""
+    from mjfn_jax import autotune
+    from mjfn_jax.runner import Runners
+    from mjfn_jax.units import make_units
 
     cfg = autotune.Choice(**execution).apply(config)
-    units = train.make_units(cfg, dataset, workdir)
-    runner, data, members, folds, states = train.first_group(cfg, units, dataset)
-    steps = runner.program.steps
-    if runner.scan:
-        epochs = max(1, round(calls / steps))
+    units = make_units(cfg, dataset, workdir)
+    with Runners() as runners:
+        runner, data, members, folds, states = runners.first_group(cfg, units, dataset)
+        steps = runner.program.steps
+        if runner.scan:
+            epochs = max(1, round(calls / steps))
 
-        def run(states, n):
-            for e in range(n):
-                states, metrics = runner.train(states, folds, data, e, 1)
-            return states, metrics
+            def run(states, n):
+                for e in range(n):
+                    states, metrics = runner.train(states, folds, data, e, 1)
+                return states, metrics
 
-        states, out = run(states, 1)  # warm-up
+            states, out = run(states, 1)  # warm-up
+            jax.block_until_ready(out)
+            start = time.perf_counter()
+            states, out = run(states, epochs)
+            calls = epochs * steps
+        else:
+            plan = runner.epoch_plan(folds, 0)
+
+            def run(states, n):
+                for i in range(n):
+                    states, out = runner.step(states, folds, data, plan, i % steps)
+                return states, out
+
+            states, out = run(states, steps)  # warm-up
+            jax.block_until_ready(out)
+            start = time.perf_counter()
+            states, out = run(states, calls)
         jax.block_until_ready(out)
-        start = time.perf_counter()
-        states, out = run(states, epochs)
-        calls = epochs * steps
-    else:
-        plan = runner._plan(folds, np.int32(0))
-
-        def run(states, n):
-            for i in range(n):
-                states, out = runner._step(states, folds, data, plan, np.int32(i % steps))
-            return states, out
-
-        states, out = run(states, steps)  # warm-up
-        jax.block_until_ready(out)
-        start = time.perf_counter()
-        states, out = run(states, calls)
-    jax.block_until_ready(out)
-    seconds = (time.perf_counter() - start) / calls
+        seconds = (time.perf_counter() - start) / calls
     return {"group_step_s": seconds, "group_slots": len(members),
             "real_folds": int(np.sum(members >= 0)), "calls": calls}  # fmt: skip
 

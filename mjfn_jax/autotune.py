@@ -11,12 +11,12 @@ a while loop and took 30-90 s to compile it, so the CPU trial skips it). Each ca
 the first fold group for one epoch (the call that compiles it, timed apart); then the
 candidates train one more epoch each, in turn, for ``ROUNDS`` rounds, and each keeps its best
 round (seconds per fold-epoch). Alternating rounds after every compile keep the order out of it:
-on an H200 (2026-11-26) the first candidate's only measured epoch once came out 2.9x slower
-than the same program's steady rate (0.247 s against 0.083 s). The winner is cached in
+on an H200 the first candidate's only measured epoch once came out 2.9x slower than the same
+program's steady rate. The winner is cached in
 ``$MJFN_JAX_CACHE_DIR`` (default ``~/.cache/mjfn_jax``) ``/auto_strategy.json`` and reused
 without a trial; its compiled programs are reused by the run itself. A trial that would cost
 more than ``parallel.auto_trial_budget`` of the run's estimated training time (a short run on
-a fresh machine: 17 s of trial for a 2-epoch run of 15 s on the 2-core CPU) is skipped after
+a fresh machine) is skipped after
 timing the first candidate (see ``choose``). With ``parallel.auto_trial=False`` 'auto' is the
 measured rule of ``parallel.resolve_strategy``.
 """
@@ -30,6 +30,13 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from mjfn_jax import parallel
+from mjfn_jax import workdir as workdir_lib
+from mjfn_jax.config_io import config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +186,70 @@ def choose(
     _write_cache(path, cache)
     log.info("parallel.strategy=auto -> %s (trial of %d candidates)", options[best], len(options))
     return options[best], record | {"cached": False}
+
+
+def choose_strategy(config, units, dataset, workdir: str, runners):
+    """(config, record): ``parallel.strategy='auto'`` resolved by a timed trial (mjfn_jax.autotune)
+    unless ``parallel.auto_trial`` is off; other strategies pass through (record None). A
+    workdir that was trained on this platform before keeps the strategy it was trained with
+    (a resumed fold must continue the way it started). runners: the run's
+    mjfn_jax.runner.Runners, which keep the programs the trial compiled for the run."""
+    if config.parallel.strategy != "auto" or not config.parallel.auto_trial:
+        return config, None
+    if jax.process_count() > 1:  # each process's trial could choose differently: a deadlock
+        log.info("parallel.strategy=auto with %d processes: the platform rule, no trial",
+                 jax.process_count())  # fmt: skip
+        return config, {"reason": "several processes: the platform rule (no timed trial)"}
+    arrays = units.arrays
+    recorded = workdir_lib.recorded_execution(workdir)
+    if recorded and recorded.get("platform") == jax.default_backend():
+        choice = Choice(
+            recorded["strategy"], recorded["loop"], int(recorded.get("fold_group_size", 0))
+        )
+        log.info("parallel.strategy=auto -> %s (recorded in the workdir)", choice)
+        return choice.apply(config), {
+            "choice": dataclasses.asdict(choice),
+            "reason": f"recorded in {workdir_lib.EXECUTION_FILE}",
+        }
+    num_devices = len(parallel.devices(config.parallel.num_devices))
+    platform = jax.default_backend()
+    options = candidates(
+        platform, num_devices, arrays.num_folds, config.parallel.fold_group_size
+    )
+    fields = config_to_dict(config)
+    shape = {  # what the speed of a step depends on
+        "model": fields["model"],
+        "train": [config.train.batch_size, config.train.optimizer, config.train.grad_clip_norm > 0],
+        "early_stopping": config.train.early_stopping_patience > 0,
+        "augment": fields["augment"],
+        "data": [len(dataset.labels), arrays.num_folds, int(arrays.train_idx.shape[1])],
+    }
+    device = jax.devices()[0].device_kind  # on CPU just "cpu": the host's model and flags too
+    machine = parallel.machine_id() if platform == "cpu" else device
+    key = json.dumps([platform, device, machine, num_devices, shape], sort_keys=True)
+    choice, record = choose(
+        key,
+        options,
+        lambda option: _trial(option.apply(config), units, dataset, runners),
+        run_fold_epochs=arrays.num_folds * config.train.num_epochs,
+        budget=config.parallel.auto_trial_budget,
+    )
+    return choice.apply(config), record
+
+
+def _trial(config, units, dataset, runners):
+    """Start ``config``'s strategy on the first fold group: (the compile time of its training
+    call, a function that trains the group one more epoch and returns seconds per fold)."""
+    runner, data, group, folds, states = runners.first_group(config, units, dataset)
+    state = {"states": states, "epoch": 0}
+    before = runner.compile_s
+
+    def epoch() -> float:
+        start = time.perf_counter()
+        state["states"], metrics = runner.train(state["states"], folds, data, state["epoch"], 1)
+        jax.block_until_ready(metrics["loss"])  # waits for the device
+        state["epoch"] += 1
+        return (time.perf_counter() - start) / int(np.sum(group >= 0))
+
+    epoch()  # compiles
+    return runner.compile_s - before, epoch

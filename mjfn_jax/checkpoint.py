@@ -1,42 +1,52 @@
-"""Per-fold Orbax checkpoints, finished folds' models and predictions.
+"""Per-fold Orbax checkpoints, finished folds' models and predictions, written off the training
+thread by one writer thread that a run owns.
 
 Layout under the workdir::
 
     folds/<fold>/checkpoints/<epoch>/   Orbax: {"state": flat train state, "meta": JSON}; only
                                         while the fold is in progress (deleted when it is done)
-    folds/<fold>/final.npz              the finished fold's model, params + BN statistics, as
-                                        {key path: array} (``checkpoint.final_dtype``; runs
-                                        before 2026-11-26 wrote an Orbax folder final/, read too)
+    folds/<fold>/final.npz              the finished fold's model (mjfn_jax.model_file)
     folds/<fold>/predictions.npz        test indices + log-probs (written when the fold ends)
     folds/<fold>/done.json              history; written last, so its presence means "finished"
 
 The step number of a checkpoint is the number of COMPLETED epochs. The train state is saved as
 a flat {key path: array} dict, which round-trips any pytree (nnx.State, optax states) exactly.
-Random streams are functions of (seed, fold, epoch, step), so no key needs saving.
-A finished fold keeps only what prediction and weight export need: at the reference size the
-optimizer state (two Adam moments) is two thirds of a full checkpoint, and 68 folds of full
-checkpoints would be ~14 GB (disk use is reported by experiments/benchmark.py). The model is
-one .npz, not an Orbax checkpoint: an Orbax save cost ~30 ms of CPU per fold even for a 1 MB
-model, and on 2 cores it took a quarter of a LOSO run's loop (19.5 s vs 14.8 s, cpu preset,
-2026-11-26); it is also readable without JAX (``numpy.load``).
+Random streams are functions of (seed, fold, epoch, step), so no key needs saving. A finished
+fold keeps only what prediction and weight export need (its model, not the optimizer state,
+which is two thirds of a full checkpoint at the reference size).
+
+``UnitCheckpoints`` is what the training loop talks to: every unit's checkpointer, the run's
+writer thread, and the multi-process rules (process 0 writes; the others join the collectives
+that bring it their folds).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import logging
 import os
 import shutil
 import sys
 import zipfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mjfn_jax import distributed, parallel
+from mjfn_jax.model_file import (
+    FINAL_DTYPES,
+    WrongShape,
+    abstract,
+    copy_to_host,
+    decode_final,
+    encode_final,
+    flatten,
+    unflatten_like,
+)
 from mjfn_jax.workdir import (
     FINAL_MODEL_FILE,
-    LEGACY_FINAL_DIR,
     WorkdirError,
     has_final_model,
     read_json,
@@ -44,52 +54,51 @@ from mjfn_jax.workdir import (
     write_npz,
 )
 
-# Orbax's save() spends ~40 ms of Python per call (handlers, futures, metadata) before its own
-# asynchronous write starts; one worker thread takes that off the training loop, which waits on
-# XLA (GIL released) most of the time. One worker keeps every fold's saves in order.
-_BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mjfn-save")
+log = logging.getLogger(__name__)
 
 
-def copy_to_host(tree, pinned: bool | None = None):
-    """``tree``'s arrays as numpy arrays. ``pinned`` (default: on any platform but the CPU,
-    where the device has such memory): each leaf is first moved to its device's pinned host
-    memory, then read there. A finished fold's model on an H200 (67.5 MB, 168 leaves) took
-    11 ms that way against 43 ms for ``jax.device_get``'s transfers into pageable memory
-    (experiments/handover_copy.py, 2026-11-27)."""
-    if pinned is None:
-        pinned = all(_has_pinned_host(x) for x in jax.tree.leaves(tree))
-    if pinned:
-        tree = jax.tree.map(
-            lambda x: jax.device_put(x, x.sharding.with_memory_kind("pinned_host")), tree
-        )
-    return jax.device_get(tree)
+class Writer:
+    """One background thread that runs a run's saves in the order they were handed over
+    (FIFO). Orbax's save() spends tens of ms of Python per call before its own asynchronous
+    write starts; the thread takes that off the training loop, which waits on XLA (GIL
+    released) most of the time. Started on first use; ``close()`` waits for what was handed
+    over and ends the thread."""
+
+    def __init__(self):
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def submit(self, fn, *args, **kwargs) -> concurrent.futures.Future:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mjfn-save")
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def copy_to_host(self, tree) -> concurrent.futures.Future:
+        """``tree``'s arrays copied to the host (``model_file.copy_to_host``) on this thread,
+        after everything handed to it before: the training thread goes on (to the predictions,
+        the next fold group) while a GPU copies a finished group's models. One process only:
+        with several, the copy is a collective that every process joins (``parallel.to_host``)."""
+        return self.submit(copy_to_host, tree)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def _has_pinned_host(x) -> bool:
-    """Whether ``x`` is an accelerator's array whose devices all have pinned host memory."""
-    devices = getattr(getattr(x, "sharding", None), "device_set", ())
-    return bool(devices) and all(
-        d.platform != "cpu" and "pinned_host" in {m.kind for m in d.addressable_memories()}
-        for d in devices
-    )
-
-
-def to_host_later(tree) -> concurrent.futures.Future:
-    """``tree``'s arrays copied to the host (``copy_to_host``) on the background thread, after
-    everything handed to it before (FIFO): the training thread goes on (to the predictions,
-    the next fold group) while a GPU copies a finished group's models. One process only: with
-    several, the copy is a collective that every process joins (``parallel.to_host``)."""
-    return _BACKGROUND.submit(copy_to_host, tree)
-
-
-def _drop_closed_loop_reports() -> None:
-    """After a failed restore, tensorstore still completes the reads in flight and calls back
-    into the asyncio loop that Orbax has closed; Python reports each call as an unraisable
-    "RuntimeError: Event loop is closed" (hundreds of traceback lines on stderr, for reads
-    whose results nobody wants). Drop exactly those reports, from now on."""
+@contextlib.contextmanager
+def closed_loop_reports_dropped():
+    """While open, drop Python's "Event loop is closed" unraisable reports. After a failed
+    restore, tensorstore still completes the reads in flight and calls back into the asyncio
+    loop that Orbax has closed; Python reports each call (hundreds of traceback lines on
+    stderr, for reads whose results nobody wants). Other reports pass through; the previous
+    hook is put back on exit."""
     previous = sys.unraisablehook
-    if getattr(previous, "drops_closed_loop_reports", False):
-        return
 
     def hook(report) -> None:
         closed_loop = report.exc_type is RuntimeError and "Event loop is closed" in str(
@@ -98,8 +107,11 @@ def _drop_closed_loop_reports() -> None:
         if not closed_loop:
             previous(report)
 
-    hook.drops_closed_loop_reports = True
     sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def _solo(key: str) -> dict:
@@ -140,85 +152,21 @@ class SavePolicy:
         return None
 
 
-def _flatten(tree) -> dict[str, jax.Array]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
-
-
-FINAL_DTYPES = ("float32", "bfloat16", "int8")  # checkpoint.final_dtype
-_BF16_KEYS = "__bfloat16_keys__"  # the entries of final.npz stored as bfloat16 bit patterns
-_INT8_SCALE = "__int8_scale__"  # + key: the per-output-channel scales of an int8 entry
-
-
-def encode_final(flat: dict, final_dtype: str) -> dict[str, np.ndarray]:
-    """The entries of final.npz for a model as a flat {key path: host array}. Floating arrays
-    are stored in ``final_dtype``: float32; bfloat16 (as uint16 bit patterns, rounded to
-    nearest); or int8, where kernels (2 or more axes, output channels last: HWIO convolutions,
-    [in, out] dense layers) become symmetric per-output-channel int8 (x ~ q * max|x| / 127, the
-    scales kept in float32) and 1-axis arrays (biases, BatchNorm) stay float32."""
-    arrays, bf16 = {}, []
-    for key, x in flat.items():
-        x = np.asarray(x)
-        if np.issubdtype(x.dtype, np.floating) and final_dtype == "bfloat16":
-            x = x.astype(jnp.bfloat16).view(np.uint16)  # .npy has no bfloat16
-            bf16.append(key)
-        elif np.issubdtype(x.dtype, np.floating) and final_dtype == "int8" and x.ndim >= 2:
-            x32 = x.astype(np.float32)
-            scale = np.abs(x32).reshape(-1, x.shape[-1]).max(axis=0) / 127.0  # [out]
-            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-            x = np.clip(np.rint(x32 / scale), -127, 127).astype(np.int8)
-            arrays[_INT8_SCALE + key] = scale
-        arrays[key] = x
-    arrays[_BF16_KEYS] = np.asarray(bf16, dtype=str)
-    return arrays
-
-
-class WrongShape(ValueError):
-    """A saved entry's shape is not the one the config's model has."""
-
-
-def decode_final(arrays, wanted: dict) -> dict[str, np.ndarray]:
-    """``encode_final``'s entries (a dict, or an open .npz) back to {key path: array} in the
-    shapes and dtypes of ``wanted`` ({key: ShapeDtypeStruct}). A missing entry raises
-    KeyError, a wrong shape WrongShape naming the key."""
-    bf16 = set(arrays[_BF16_KEYS].tolist())
-    flat = {}
-    for key, spec in wanted.items():
-        x = arrays[key]
-        if key in bf16:
-            x = x.view(jnp.bfloat16)
-        elif x.dtype == np.int8 and _INT8_SCALE + key in arrays:
-            x = x.astype(np.float32) * arrays[_INT8_SCALE + key]
-        if x.shape != spec.shape:
-            raise WrongShape(f"{key} has shape {x.shape}, this config's model {spec.shape}")
-        flat[key] = x.astype(spec.dtype)
-    return flat
-
-
-def round_trip_final(model, final_dtype: str):
-    """``model`` as a saved final.npz of ``final_dtype`` would give it back (host arrays)."""
-    flat = decode_final(encode_final(_flatten(model), final_dtype), _abstract(model))
-    return _unflatten_like(model, flat)
-
-
-def _abstract(like) -> dict[str, jax.ShapeDtypeStruct]:
-    """The flat {key path: ShapeDtypeStruct} that Orbax restores into."""
-    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _flatten(like).items()}
-
-
-def _unflatten_like(like, flat: dict):
-    """A restored flat dict back into the structure of ``like`` (host arrays)."""
-    leaves = [np.asarray(flat[k]) for k in _flatten(like)]
-    return jax.tree.unflatten(jax.tree.structure(like), leaves)
-
-
 class FoldCheckpointer:
     """Checkpoints and results of one fold, in ``workdir/folds/<fold_name>``."""
 
     def __init__(
-        self, workdir: str, fold_name: str, *, max_to_keep: int = 2, final_dtype: str = "float32"
+        self,
+        workdir: str,
+        fold_name: str,
+        *,
+        max_to_keep: int = 2,
+        final_dtype: str = "float32",
+        writer: Writer | None = None,
     ):
-        """final_dtype: the floating dtype of the finished fold's saved model (FINAL_DTYPES)."""
+        """final_dtype: the floating dtype of the finished fold's saved model (FINAL_DTYPES).
+        writer: the run's writer thread (shared by its folds, so that their saves keep their
+        order); without one the checkpointer makes its own and closes it in ``close()``."""
         if final_dtype not in FINAL_DTYPES:
             raise ValueError(f"checkpoint.final_dtype must be one of {FINAL_DTYPES}")
         self.final_dtype = final_dtype
@@ -232,7 +180,9 @@ class FoldCheckpointer:
         # on one thread) before it marks the fold done.
         self._max_to_keep = max(1, max_to_keep)
         self._manager = None  # created on first use: a fold saved once needs none
-        self._pending: list[concurrent.futures.Future] = []  # saves handed to _BACKGROUND
+        self._own_writer = writer is None
+        self.writer = Writer() if writer is None else writer
+        self._pending: list[concurrent.futures.Future] = []  # saves handed to the writer
 
     @property
     def checkpoints_dir(self) -> str:
@@ -241,11 +191,6 @@ class FoldCheckpointer:
     @property
     def final_path(self) -> str:
         return os.path.join(self.fold_dir, FINAL_MODEL_FILE)
-
-    @property
-    def legacy_final_dir(self) -> str:
-        """Where runs before 2026-11-26 kept the model (an Orbax checkpoint)."""
-        return os.path.join(self.fold_dir, LEGACY_FINAL_DIR)
 
     @property
     def manager(self) -> ocp.CheckpointManager:
@@ -277,27 +222,26 @@ class FoldCheckpointer:
 
     def save(self, epochs_done: int, state, meta: dict) -> None:
         """state: this fold's train-state pytree of HOST arrays (no fold axis); meta: JSON-able.
-        Returns at once; the save runs on the background thread (see _BACKGROUND)."""
-        host_state = jax.tree.map(np.asarray, _flatten(state))
+        Returns at once; the save runs on the writer thread."""
+        host_state = jax.tree.map(np.asarray, flatten(state))
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
         )
-        self._pending.append(_BACKGROUND.submit(self.manager.save, epochs_done, args=args))
+        self._pending.append(self.writer.submit(self.manager.save, epochs_done, args=args))
 
     def restore(self, epochs_done: int, like):
         """Restore into the structure of ``like`` (a pytree of arrays or ShapeDtypeStructs).
 
         Raises CheckpointDamaged (naming the step's folder) when the step cannot be read:
         files deleted, truncated or emptied, metadata unreadable, arrays of other shapes."""
-        _drop_closed_loop_reports()  # before: the reports can come while the error propagates
         try:
             restored = self.manager.restore(
                 epochs_done,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()
+                    state=ocp.args.StandardRestore(abstract(like)), meta=ocp.args.JsonRestore()
                 ),
             )
-            state, meta = _unflatten_like(like, restored["state"]), dict(restored["meta"])
+            state, meta = unflatten_like(like, restored["state"]), dict(restored["meta"])
             if not isinstance(meta.get("history"), list):
                 raise KeyError("meta has no 'history' list")
         except Exception as e:  # Orbax/tensorstore raise many types; all mean "unreadable"
@@ -324,16 +268,16 @@ class FoldCheckpointer:
 
     def save_final(self, model_state, index: int | None = None) -> None:
         """The finished fold's model {"params", "batch_stats"}: arrays, or the Future of
-        ``to_host_later``; with ``index``, item ``index`` of a fold group's stacked arrays
+        ``Writer.copy_to_host``; with ``index``, item ``index`` of a fold group's stacked arrays
         [G, ...]. Its floating arrays are saved in ``final_dtype``. Returns at once: copied,
-        converted and written on the background thread, atomically (a temporary file, renamed
+        converted and written on the writer thread, atomically (a temporary file, renamed
         when complete)."""
-        self._pending.append(_BACKGROUND.submit(self._write_final, model_state, index))
+        self._pending.append(self.writer.submit(self._write_final, model_state, index))
 
     def _write_final(self, model_state, index: int | None) -> None:
         if isinstance(model_state, concurrent.futures.Future):
             model_state = model_state.result()  # done: submitted before this task (FIFO)
-        flat = _flatten(model_state)
+        flat = flatten(model_state)
         if index is not None:
             flat = {key: np.asarray(x)[index] for key, x in flat.items()}
         write_npz(self.final_path, **encode_final(flat, self.final_dtype))
@@ -345,13 +289,9 @@ class FoldCheckpointer:
         """The finished fold's model into the structure and dtypes of ``like`` (a model saved
         in bfloat16 comes back as float32 where ``like`` says so). A damaged or mismatched
         file raises WorkdirError naming it."""
-        if not os.path.exists(self.final_path):  # a run from before 2026-11-26
-            with ocp.StandardCheckpointer(**_solo(self.fold_dir)) as checkpointer:
-                restored = checkpointer.restore(self.legacy_final_dir, _abstract(like))
-            return _unflatten_like(like, restored)
         try:
             with np.load(self.final_path) as z:
-                flat = decode_final(z, _abstract(like))
+                flat = decode_final(z, abstract(like))
         except WrongShape as e:
             raise WorkdirError(f"{self.final_path}: {e}") from None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
@@ -359,7 +299,7 @@ class FoldCheckpointer:
                 f"{self.final_path} is damaged or is not this config's model "
                 f"({type(e).__name__}: {e})"
             ) from None
-        return _unflatten_like(like, flat)
+        return unflatten_like(like, flat)
 
     @property
     def done_path(self) -> str:
@@ -370,10 +310,10 @@ class FoldCheckpointer:
 
     def write_result(self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict) -> None:
         """test_idx [M] int (dataset indices), log_probs [M, C] float32; summary JSON-able.
-        Returns at once: written on the background thread after this fold's saves (FIFO)."""
+        Returns at once: written on the writer thread after this fold's saves (FIFO)."""
         test_idx = np.asarray(test_idx, np.int64)
         log_probs = np.asarray(log_probs, np.float32)
-        self._pending.append(_BACKGROUND.submit(self._write_result, test_idx, log_probs, summary))
+        self._pending.append(self.writer.submit(self._write_result, test_idx, log_probs, summary))
 
     def _write_result(self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict) -> None:
         self._wait_orbax()  # "done" promises complete saves (final.npz: earlier on this thread)
@@ -427,5 +367,128 @@ class FoldCheckpointer:
             self._manager = None
 
     def close(self) -> None:
-        self._wait()
-        self._close_orbax()
+        """Waits for every save and result of this fold (re-raises a failure)."""
+        try:
+            self._wait()
+            self._close_orbax()
+        finally:
+            if self._own_writer:
+                self.writer.close()
+
+
+def _slice(tree, i: int):
+    return jax.tree.map(lambda x: np.asarray(x[i]), tree)
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+class UnitCheckpoints:
+    """The checkpointers of a run's units (``units[u]``: ``roots[u]/folds/<fold_names[u]>``),
+    their shared writer thread, and the multi-process rules: process 0 writes every fold (Orbax
+    writes host numpy arrays from process 0 only: a save by another process leaves a
+    checkpoint without data); the others only take part in the all-gathers that bring it the
+    folds of their devices. Closing waits for every save and result (completed folds are kept
+    even if a later one failed) and ends the writer thread."""
+
+    def __init__(self, roots, fold_names, *, max_to_keep: int, final_dtype: str):
+        self.writer = Writer()
+        self.folds = [
+            FoldCheckpointer(
+                root, name, max_to_keep=max_to_keep, final_dtype=final_dtype, writer=self.writer
+            )
+            for root, name in zip(roots, fold_names, strict=True)
+        ]
+        self.writes = distributed.is_main()
+
+    def __getitem__(self, unit: int) -> FoldCheckpointer:
+        return self.folds[unit]
+
+    def pending(self) -> np.ndarray:
+        """The units still to train, int64 [P]. A finished unit's result is read now (a damaged
+        one is found before hours of training, not after) and its spent checkpoints tidied."""
+        for fold in self.folds:
+            if fold.is_done():
+                fold.read_result()
+                fold.tidy()
+        return np.array([u for u, f in enumerate(self.folds) if not f.is_done()], np.int64)
+
+    def restore(self, states, members: np.ndarray, names, sharding):
+        """Restore a group from the newest epoch count checkpointed by ALL its real units
+        (members >= 0; the units of a group train in lockstep, so they normally share it; a run
+        killed between two units' saves falls back to the previous common one). A damaged
+        checkpoint is skipped, with a warning, for the next older one; the steps after the one
+        restored are deleted (training writes them again). ``states``: the group's fresh
+        states [G, ...], what is returned when nothing is restored.
+        Returns (states, epochs_done, {unit: history records})."""
+        real = [int(m) for m in members if m >= 0]
+        common = set.intersection(*(set(self.folds[m].epochs()) for m in real))
+        histories = {m: [] for m in real}
+        # Multi-process: rows of other processes' devices cannot be read (np.asarray raises),
+        # so every process restores every real unit from its shapes; dummy members copy one.
+        local = parallel.addressable(states)
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), states)
+        for done in sorted(common, reverse=True):
+            slices, metas = [], {}
+            try:
+                for pos, m in enumerate(members):
+                    like = _slice(states, pos) if local else shapes
+                    if m >= 0:
+                        like, metas[m] = self.folds[m].restore(done, like)
+                    slices.append(like)
+            except CheckpointDamaged as e:
+                log.warning("%s; trying an older checkpoint", e)
+                continue
+            for m in real:
+                self.folds[m].discard_after(done)
+                histories[m] = metas[m]["history"][:done]
+            first = next(s for s, m in zip(slices, members, strict=True) if m >= 0)
+            slices = [s if local or m >= 0 else first for s, m in zip(slices, members, strict=True)]
+            log.info("resumed folds %s from epoch %d", ", ".join(names[m] for m in real), done)
+            return parallel.put(_stack(slices), sharding), done, histories
+        if common:
+            log.warning(
+                "no readable checkpoint of folds %s: training them from the start",
+                ", ".join(names[m] for m in real),
+            )
+        for m in real:
+            self.folds[m].discard_after(0)
+        return states, 0, histories
+
+    def save_models(self, models, members: np.ndarray) -> None:
+        """The finished group's models [G, ...] (never donated again), each real member's
+        to its unit's final model, written in the background."""
+        if not parallel.addressable(models):  # several processes: a collective, here
+            host = parallel.to_host(models)
+        elif self.writes:  # one copy for the group, on the writer thread: the loop goes on
+            host = self.writer.copy_to_host(models)
+        for pos, m in enumerate(members):
+            if m >= 0 and self.writes:
+                self.folds[m].save_final(host, pos)
+
+    def save_progress(self, states, members: np.ndarray, epochs_done: int, histories) -> None:
+        """The group's full train states [G, ...] as in-progress checkpoints."""
+        host_states = parallel.to_host(states)  # one batch of copies for the group
+        for pos, m in enumerate(members):
+            if m >= 0 and self.writes:
+                meta = {"epochs_done": epochs_done, "history": histories[m]}
+                self.folds[m].save(epochs_done, _slice(host_states, pos), meta)
+
+    def write_result(self, unit: int, test_idx, log_probs, summary: dict) -> None:
+        """A finished unit's test predictions and summary (marks it done, after its saves)."""
+        if self.writes:
+            self.folds[unit].write_result(test_idx, log_probs, summary)
+
+    def close(self) -> None:
+        try:
+            for fold in self.folds:
+                fold.close()
+        finally:
+            self.writer.close()
+
+    def __enter__(self) -> UnitCheckpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

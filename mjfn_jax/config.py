@@ -190,8 +190,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     Run before anything is written to a workdir, so a corrected rerun is not refused. Fields a
     typo would silently turn into another behaviour (``loss.class_weights='balance'`` meant
     'balanced') are checked against their allowed values, and numbers against their ranges."""
-    from mjfn_jax.checkpoint import FINAL_DTYPES
     from mjfn_jax.data import GENERATED
+    from mjfn_jax.model_file import FINAL_DTYPES
     from mjfn_jax.models.mjfn import _validate_config as validate_model
     from mjfn_jax.parallel import LOOPS, STRATEGIES
     from mjfn_jax.preprocess.flow import FLOW_METHODS

@@ -20,8 +20,7 @@ from mjfn_jax.workdir import CONFIG_FILE, WorkdirError, read_json, write_json
 
 # Settings that change HOW a run executes, not WHAT it computes: a resumed run may change them
 # (e.g. continue on a machine with a different device count).
-# (train.stop_after_epochs: a removed test knob that configs saved before 2026-11-25 hold.)
-RESUMABLE_KEYS = ("parallel", "checkpoint", "report", "train.stop_after_epochs", "data.data_dir")
+RESUMABLE_KEYS = ("parallel", "checkpoint", "report", "data.data_dir")
 
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -130,28 +129,8 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json())
 
 
-def upgrade_saved_config(saved: dict) -> dict:
-    """A config.json of an earlier version, in today's fields: data.builder_config
-    ('tvl1_48', before 2026-11-25) is now data.flow_method + model.input_size; a run from
-    before nested selection selected nothing, one from before train.seeds trained one seed."""
-    saved = json.loads(json.dumps(saved))
-    data = saved.get("data", {})
-    if "builder_config" in data and "flow_method" not in data:
-        data["flow_method"] = str(data.pop("builder_config")).rsplit("_", 1)[0]
-    saved.setdefault("select", {"candidates": [], "metric": "val_loss"})  # none before
-    saved.setdefault("train", {}).setdefault("seeds", [])  # one seed per run before
-    saved["train"].setdefault("ema_decay", 0.0)  # before 2026-11-26: no moving average
-    saved.setdefault("model", {}).setdefault("backbone_pool", "mean")  # before 2026-11-26
-    saved["model"].setdefault("input_standardize", False)  # likewise
-    saved["model"].setdefault("ststnet_branch", False)  # likewise
-    saved["model"].setdefault("ststnet_copies", 1)  # likewise
-    saved.setdefault("augment", {}).setdefault("test_hflip", False)  # before 2026-11-26
-    saved["augment"].setdefault("mixup_alpha", 0.0)  # likewise
-    saved.setdefault("checkpoint", {}).setdefault("final_dtype", "float32")  # likewise
-    return saved
-
-
-def _strip_resumable(d: dict) -> dict:
+def without_resumable(d: dict) -> dict:
+    """A config dict without the RESUMABLE_KEYS (what a resumed run may change)."""
     d = json.loads(json.dumps(d))
     for key in RESUMABLE_KEYS:
         *parents, leaf = key.split(".")
@@ -162,12 +141,13 @@ def _strip_resumable(d: dict) -> dict:
     return d
 
 
-def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Each field where two config dicts differ, as "group.field: saved A != new B"."""
     out = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{key}.")
+            out += config_differences(va, vb, f"{prefix}{key}.")
         elif va != vb:
             out.append(f"{prefix}{key}: saved {va!r} != new {vb!r}")
     return out
@@ -184,7 +164,7 @@ def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     new = config_to_dict(config)
     if os.path.exists(path):
         saved = read_json(path, "restore it, or use a new --workdir")
-        diffs = _diff(_strip_resumable(upgrade_saved_config(saved)), _strip_resumable(new))
+        diffs = config_differences(without_resumable(saved), without_resumable(new))
         if diffs:
             raise WorkdirError(
                 f"workdir {workdir!r} holds a run with a different config ({path}); "

@@ -212,7 +212,10 @@ class FoldProgram:
 
     # Training ---------------------------------------------------------------------------
 
-    def _train_step(self, state: TrainState, xs, fold: FoldInputs, data: dict):
+    def train_step(self, state: TrainState, xs, fold: FoldInputs, data: dict):
+        """One training step on the batch ``xs = (batch_idx [B] int32, step_key)`` of
+        ``data`` {"images": uint8 [N, H, W, 3], "labels": int32 [N]}.
+        Returns (state, (loss, correct))."""
         batch_idx, step_key = xs  # [B] int32, key
         cfg = self.config
         aug_key, dropout_key = jax.random.split(step_key)
@@ -272,7 +275,7 @@ class FoldProgram:
         ``epoch_plan`` (computed once per epoch, not once per step).
         Returns (state, (loss, correct))."""
         order, step_keys = plan  # [steps, B] int32, [steps] keys
-        return self._train_step(state, (order[step], step_keys[step]), fold, data)
+        return self.train_step(state, (order[step], step_keys[step]), fold, data)
 
     def end_epoch(self, state: TrainState, fold: FoldInputs, data: dict, losses, correct):
         """Epoch metrics from per-step losses/correct counts ([steps], or a tuple of ``steps``
@@ -298,7 +301,7 @@ class FoldProgram:
         order, step_keys = self.epoch_plan(fold, epoch)  # [steps, B], [steps]
 
         def step(s, xs):
-            return self._train_step(s, xs, fold, data)
+            return self.train_step(s, xs, fold, data)
 
         state, (losses, correct) = jax.lax.scan(step, state, (order, step_keys))
         return self.end_epoch(state, fold, data, losses, correct)

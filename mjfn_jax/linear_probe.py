@@ -13,12 +13,19 @@ network; nothing is tuned.
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import time
+import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mjfn_jax.folds import FoldArrays
+from mjfn_jax.workdir import LINEAR_FLOOR_FILE, write_npz
+
+log = logging.getLogger(__name__)
 
 NAME = "logistic regression on standardised pixels (C=1, L-BFGS), same folds"
 
@@ -202,3 +209,39 @@ def pool(log_probs: np.ndarray, tests: list[np.ndarray], num_classes: int) -> np
     for f, idx in enumerate(tests):
         probs[idx] = np.exp(log_probs[f, idx])
     return probs
+
+
+def run_floor(config, workdir: str, dataset, arrays: FoldArrays, memo: dict) -> dict:
+    """The linear probe's pooled predictions on the run's folds (mjfn_jax.linear_probe), kept
+    with each fold's probe (``weight`` [F, D, C], ``bias`` [F, C], ``folds`` [F]: what
+    ``predict --with-floor`` uses) in ``workdir/linear_floor.npz``: the workdir's dataset and
+    folds never change. The probe depends only on the test subjects of each fold: ``memo``
+    (test split -> the file's arrays) spares the seeds of one run that share them (LOSO) from
+    fitting it again."""
+    path = os.path.join(workdir, LINEAR_FLOOR_FILE)
+    split = tuple(
+        tuple(arrays.test_idx[f][arrays.test_mask[f]].tolist()) for f in range(arrays.num_folds)
+    )
+    shape = (len(dataset.labels), config.model.num_classes)
+    folds = [name.rsplit("/", 1)[-1] for name in arrays.names]  # without "seed<s>/"
+    saved, write = memo.get(split), True
+    if saved is None and os.path.exists(path):
+        try:
+            with np.load(path) as z:
+                saved = {k: z[k] for k in ("probs", "weight", "bias", "folds")}
+            if saved["probs"].shape != shape or saved["folds"].tolist() != folds:
+                saved = None
+            write = saved is None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            saved = None  # damaged, or from before the probes were kept: computed again
+    if saved is None:
+        start = time.perf_counter()
+        probs, _, weight, bias = fit_floor(
+            dataset.images, dataset.labels, arrays, config.model.num_classes, with_weights=True
+        )
+        log.info("linear floor: %.1f s", time.perf_counter() - start)
+        saved = {"probs": probs, "weight": weight, "bias": bias, "folds": np.asarray(folds)}
+    if write:
+        write_npz(path, y_pred=saved["probs"].argmax(-1), **saved)
+    memo[split] = saved
+    return {"method": NAME, "y_pred": saved["probs"].argmax(-1), "probs": saved["probs"]}

@@ -58,10 +58,7 @@ def load_run_config(workdir: str):
             f"{path} not found: {workdir} is not a training workdir (python -m mjfn_jax.main "
             "writes config.json there first)"
         )
-    from mjfn_jax.config_io import upgrade_saved_config
-
-    saved = read_json(path, "restore it from the run's report")
-    return ml_collections.ConfigDict(upgrade_saved_config(saved))  # today's fields
+    return ml_collections.ConfigDict(read_json(path, "restore it from the run's report"))
 
 
 def load_dataset_record(workdir: str) -> dict:
@@ -141,7 +138,7 @@ def restore_fold(workdir: str, fold: str, config, program=None):
     """
     import jax
 
-    from mjfn_jax.checkpoint import FoldCheckpointer
+    from mjfn_jax.checkpoint import FoldCheckpointer, closed_loop_reports_dropped
     from mjfn_jax.engine import FoldProgram
 
     if program is None:  # one program serves every fold of a run (--fold all)
@@ -156,7 +153,8 @@ def restore_fold(workdir: str, fold: str, config, program=None):
         epochs = ckpt.epochs()
         if not epochs:
             raise FileNotFoundError(f"fold {fold!r} has no checkpoint in {ckpt.fold_dir}")
-        state, meta = ckpt.restore(epochs[-1], like)
+        with closed_loop_reports_dropped():
+            state, meta = ckpt.restore(epochs[-1], like)
         meta = dict(meta, epoch=epochs[-1], finished=ckpt.is_done())
     finally:
         ckpt.close()

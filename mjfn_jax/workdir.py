@@ -39,7 +39,6 @@ DATASET_FILE = "dataset.json"
 EXECUTION_FILE = "execution.json"
 LINEAR_FLOOR_FILE = "linear_floor.npz"  # the linear floor's predictions and probes (train)
 FINAL_MODEL_FILE = "final.npz"  # a finished fold's model, in folds/<fold>/ (mjfn_jax.checkpoint)
-LEGACY_FINAL_DIR = "final"  # where runs before 2026-11-26 kept it (an Orbax checkpoint)
 # The execution fields that change the numbers a fold's training produces. A fold group's
 # size under 'vmap' does not: each fold's program is the same, only batched differently.
 NUMERIC_FIELDS = ("strategy", "loop", "platform", "data_shards")
@@ -50,11 +49,9 @@ class WorkdirError(ValueError):
 
 
 def has_final_model(fold_dir: str) -> bool:
-    """Whether a fold folder holds a finished fold's model (today's file or the Orbax folder of
-    older runs); here rather than in mjfn_jax.checkpoint so that asking needs no Orbax import."""
-    return os.path.exists(os.path.join(fold_dir, FINAL_MODEL_FILE)) or os.path.isdir(
-        os.path.join(fold_dir, LEGACY_FINAL_DIR)
-    )
+    """Whether a fold folder holds a finished fold's model; here rather than in
+    mjfn_jax.checkpoint so that asking needs no Orbax import."""
+    return os.path.exists(os.path.join(fold_dir, FINAL_MODEL_FILE))
 
 
 def write_json(path: str, obj) -> None:

@@ -9,7 +9,7 @@ import pytest
 from mjfn_jax.preprocess import SpotSettings, spot_apex
 from mjfn_jax.preprocess.apex import motion_score, smooth_curve
 from mjfn_jax.synthetic import clip_labels, clip_spec, render_clip, render_neutral, subject_geometry
-from mjfn_jax.synthetic.generate import _APPEARANCE
+from mjfn_jax.synthetic.generate import APPEARANCE
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def clips():
     out = []
     for subject in range(2):
         geometry = subject_geometry(5, subject, 64)
-        neutral = render_neutral(geometry, np.random.default_rng([5, _APPEARANCE, subject]))
+        neutral = render_neutral(geometry, np.random.default_rng([5, APPEARANCE, subject]))
         for clip, label in enumerate(clip_labels(5, subject, 3)):
             spec = clip_spec(5, subject, clip, label)
             out.append((spec, render_clip(neutral, geometry, spec)))
@@ -40,7 +40,7 @@ def test_detrending_removes_linear_head_drift(clips):
     """A strong head drift grows to the last frame; without detrending it wins the argmax."""
     spec, _ = clips[0]
     geometry = subject_geometry(5, 0, 64)
-    neutral = render_neutral(geometry, np.random.default_rng([5, _APPEARANCE, 0]))
+    neutral = render_neutral(geometry, np.random.default_rng([5, APPEARANCE, 0]))
     drift = dataclasses.replace(spec, head=(1.5, 1.0, 0.02, 0.02), noise_sigma=0.3)
     frames = render_clip(neutral, geometry, drift)
     assert abs(spot_apex(frames, crop="center").index - spec.apex_index) <= 1

@@ -109,12 +109,12 @@ def test_one_folds_init_is_the_runners_bit_for_bit():
     runner gives it inside a vmapped group (both compiled at engine.INIT_COMPILE)."""
     from jax.sharding import Mesh
 
-    from mjfn_jax.parallel import GroupRunner
+    from mjfn_jax.runner import GroupRunner
 
     program = _program()
     keys = jax.random.split(jax.random.key(3), 2)
     mesh = Mesh(np.array(jax.devices()[:1]), ("fold",))
-    group = GroupRunner(program, mesh, vmapped=True, scan=False).init(keys)
+    group = GroupRunner(program, mesh, vmapped=True, scan=False, clock=None).init(keys)
     for i in range(2):
         alone = jit_init(program)(keys[i])
         for name in alone.params:

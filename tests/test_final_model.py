@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mjfn_jax.checkpoint import FoldCheckpointer, _flatten
+from mjfn_jax.checkpoint import FoldCheckpointer, Writer
 from mjfn_jax.config import base_config, validate_config
 from mjfn_jax.workdir import WorkdirError
 
@@ -45,23 +45,24 @@ def test_bfloat16_final_model_halves_the_disk_and_restores_as_float32(tmp_path):
 
 def test_a_fold_groups_models_are_copied_once_and_saved_per_fold_off_the_loop(tmp_path):
     """The loop hands a group's stacked device arrays [G, ...] to the writer thread
-    (to_host_later) and each fold's save takes its item: what each file holds is its fold's
+    (Writer.copy_to_host) and each fold's save takes its item: what each file holds is its fold's
     model; a copy that fails surfaces at close(), naming nothing lost silently."""
     import concurrent.futures
 
-    from mjfn_jax.checkpoint import to_host_later
-
     models = [_model(), jax.tree.map(lambda x: x + 1, _model())]
     group = jax.tree.map(lambda *xs: jnp.stack(xs), *models)  # device arrays [2, ...]
-    host = to_host_later(group)
-    ckpts = [FoldCheckpointer(str(tmp_path / f"f{i}"), "fold") for i in range(2)]
-    for i, ckpt in enumerate(ckpts):
-        ckpt.save_final(host, i)
-    for i, ckpt in enumerate(ckpts):
-        ckpt.close()
-        restored = ckpt.restore_final(models[i])
-        for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(models[i]), strict=True):
-            np.testing.assert_array_equal(got, want)
+    with Writer() as writer:  # the run's writer thread, shared by its folds
+        host = writer.copy_to_host(group)
+        ckpts = [FoldCheckpointer(str(tmp_path / f"f{i}"), "fold", writer=writer) for i in range(2)]
+        for i, ckpt in enumerate(ckpts):
+            ckpt.save_final(host, i)
+        for i, ckpt in enumerate(ckpts):
+            ckpt.close()
+            restored = ckpt.restore_final(models[i])
+            for got, want in zip(
+                jax.tree.leaves(restored), jax.tree.leaves(models[i]), strict=True
+            ):
+                np.testing.assert_array_equal(got, want)
     failed = concurrent.futures.Future()
     failed.set_exception(RuntimeError("device lost"))
     ckpt = FoldCheckpointer(str(tmp_path / "bad"), "fold")
@@ -93,7 +94,7 @@ def test_int8_final_model_quarters_the_kernels_and_restores_within_half_a_step(t
     np.testing.assert_array_equal(restored["count"], model["count"])
     assert sizes["int8"] < 0.3 * sizes["float32"], sizes
     # The in-memory round trip (tools.repredict --final_dtypes) is what the file gives.
-    from mjfn_jax.checkpoint import round_trip_final
+    from mjfn_jax.model_file import round_trip_final
 
     again = round_trip_final(model, "int8")
     for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(restored), strict=True):
@@ -103,10 +104,10 @@ def test_int8_final_model_quarters_the_kernels_and_restores_within_half_a_step(t
 def test_copy_to_host_through_pinned_memory_gives_the_same_arrays():
     """The writer thread's copy: through the device's pinned host memory on an accelerator
     (forced here: the CPU device has such memory too), plain device_get on the CPU."""
-    from mjfn_jax.checkpoint import _has_pinned_host, copy_to_host
+    from mjfn_jax.model_file import copy_to_host, has_pinned_host
 
     group = jax.tree.map(lambda x: jnp.stack([x, x + 1]), _model())
-    assert not _has_pinned_host(jax.tree.leaves(group)[0])  # the CPU: pinned only when asked
+    assert not has_pinned_host(jax.tree.leaves(group)[0])  # the CPU: pinned only when asked
     want = jax.device_get(group)
     for pinned in (None, True):
         got = copy_to_host(group, pinned=pinned)
@@ -138,15 +139,3 @@ def test_a_damaged_or_foreign_final_model_is_one_error_naming_the_file(tmp_path)
         f.write(b"not a zip")
     with pytest.raises(WorkdirError, match="final.npz is damaged"):
         ckpt.restore_final(_model())
-
-
-def test_the_orbax_final_folder_of_older_runs_is_still_read(tmp_path):
-    import orbax.checkpoint as ocp
-
-    model = _model()
-    ckpt = FoldCheckpointer(str(tmp_path), "fold")
-    with ocp.StandardCheckpointer() as orbax:  # what save_final wrote before 2026-11-26
-        orbax.save(ckpt.legacy_final_dir, _flatten(model))
-    assert ckpt.has_final() and not os.path.exists(ckpt.final_path)
-    restored = ckpt.restore_final(model)
-    np.testing.assert_array_equal(restored["params"]["conv"], model["params"]["conv"])

@@ -10,7 +10,8 @@ from flax import nnx
 from mjfn_jax.augment import hflip_batch
 from mjfn_jax.models import MJFN
 from mjfn_jax.predict import restore_fold
-from mjfn_jax.train import input_stats, make_units, train_and_evaluate
+from mjfn_jax.train import train_and_evaluate
+from mjfn_jax.units import input_stats, make_units
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from mjfn_jax import preprocess as pp
 from mjfn_jax.synthetic import clip_spec, render_clip, render_neutral, subject_geometry, true_flow
-from mjfn_jax.synthetic.generate import _APPEARANCE
+from mjfn_jax.synthetic.generate import APPEARANCE
 
 
 def _texture(size=96, seed=0):
@@ -30,7 +30,7 @@ def synthetic_pairs():
     pairs = []
     for subject, label in [(0, 0), (1, 1), (2, 2), (3, 0), (4, 1), (5, 2)]:
         geometry = subject_geometry(7, subject)
-        neutral = render_neutral(geometry, np.random.default_rng([7, _APPEARANCE, subject]))
+        neutral = render_neutral(geometry, np.random.default_rng([7, APPEARANCE, subject]))
         spec = clip_spec(7, subject, 0, label)
         frames = render_clip(neutral, geometry, spec)
         pairs.append(

@@ -141,7 +141,11 @@ DAMAGE = {
 def test_a_damaged_checkpoint_is_named_and_skipped(interrupted, tmp_path, caplog, monkeypatch):
     """Each kind of damage to the newest step is found (the intact step restores); the run
     warns naming the step, resumes from the older one and ends with the uninterrupted results."""
-    from mjfn_jax.checkpoint import CheckpointDamaged, FoldCheckpointer
+    from mjfn_jax.checkpoint import (
+        CheckpointDamaged,
+        FoldCheckpointer,
+        closed_loop_reports_dropped,
+    )
 
     config, dataset, reference, workdir = interrupted
     likes = []  # the train-state structure a resume restores into
@@ -161,16 +165,17 @@ def test_a_damaged_checkpoint_is_named_and_skipped(interrupted, tmp_path, caplog
     _assert_same_results(results, reference)
 
     like = likes[0]
-    for i, (kind, damage) in enumerate(DAMAGE.items()):
-        copy = str(tmp_path / f"damaged{i}")
-        shutil.copytree(workdir, copy)
-        ckpt = FoldCheckpointer(copy, FOLD)
-        damage(ckpt.step_dir(2))
-        with pytest.raises(CheckpointDamaged, match="checkpoints/2 is unreadable"):
-            ckpt.restore(2, like)
-        state, meta = ckpt.restore(1, like)  # the intact step
-        assert meta["epochs_done"] == 1, kind
-        ckpt.close()
+    with closed_loop_reports_dropped():  # what a run (and predict) does around its restores
+        for i, (kind, damage) in enumerate(DAMAGE.items()):
+            copy = str(tmp_path / f"damaged{i}")
+            shutil.copytree(workdir, copy)
+            ckpt = FoldCheckpointer(copy, FOLD)
+            damage(ckpt.step_dir(2))
+            with pytest.raises(CheckpointDamaged, match="checkpoints/2 is unreadable"):
+                ckpt.restore(2, like)
+            state, meta = ckpt.restore(1, like)  # the intact step
+            assert meta["epochs_done"] == 1, kind
+            ckpt.close()
 
 
 def test_every_checkpoint_damaged_trains_the_fold_again(interrupted, tmp_path, caplog):

@@ -162,7 +162,7 @@ def test_seeds_whose_step_counts_differ_are_named(smoke_config, caplog):
     import logging
     import types
 
-    from mjfn_jax.train import make_units
+    from mjfn_jax.units import make_units
 
     counts = [1, 1, 2, 3, 8, 12]  # clips per subject
     subjects = np.repeat([f"s/{i}" for i in range(len(counts))], counts)

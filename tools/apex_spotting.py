@@ -29,7 +29,7 @@ import numpy as np
 from mjfn_jax.preprocess import process_pair
 from mjfn_jax.preprocess.apex import SpotSettings, spot_apex
 from mjfn_jax.synthetic import clip_labels, clip_spec, render_clip, render_neutral, subject_geometry
-from mjfn_jax.synthetic.generate import _APPEARANCE
+from mjfn_jax.synthetic.generate import APPEARANCE
 
 # Nuisance settings: a function of the sampled ClipSpec. "as generated" is the generator itself
 # (head drift, wobble, lighting drift, noise 0.3-1.5 grey levels, residual expression at offset).
@@ -66,7 +66,7 @@ def synthetic_clips(subjects: int, clips: int, seed: int, frame_size: int):
     """(subject index, neutral canvas, geometry, sampled ClipSpec) of every clip."""
     for subject in range(subjects):
         geometry = subject_geometry(seed, subject, frame_size)
-        neutral = render_neutral(geometry, np.random.default_rng([seed, _APPEARANCE, subject]))
+        neutral = render_neutral(geometry, np.random.default_rng([seed, APPEARANCE, subject]))
         for clip, label in enumerate(clip_labels(seed, subject, clips)):
             yield neutral, geometry, clip_spec(seed, subject, clip, label)
 

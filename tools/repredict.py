@@ -121,8 +121,8 @@ def final_dtypes(workdir: str, data_dir: str | None = None, dataset=None) -> dic
     import jax
     import jax.numpy as jnp
 
-    from mjfn_jax.checkpoint import FINAL_DTYPES, round_trip_final
     from mjfn_jax.engine import FoldProgram
+    from mjfn_jax.model_file import FINAL_DTYPES, round_trip_final
 
     config, dataset = _run(workdir, data_dir, dataset)
     if config.checkpoint.final_dtype != "float32":
@@ -156,7 +156,7 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     if args.final_dtypes:
-        from mjfn_jax.checkpoint import FINAL_DTYPES
+        from mjfn_jax.model_file import FINAL_DTYPES
 
         lines = [
             "| workdir | "

@@ -22,16 +22,15 @@ from mjfn_jax.report_md import fmt
 
 
 def _same_but_seed(configs: list[dict]) -> None:
-    """Configs equal but for the seed and what a run may change (mjfn_jax.config_io); an older
-    run's config.json read as today's fields."""
-    from mjfn_jax.config_io import _diff, _strip_resumable, upgrade_saved_config
+    """Configs equal but for the seed and what a run may change (mjfn_jax.config_io)."""
+    from mjfn_jax.config_io import config_differences, without_resumable
 
-    strip = [_strip_resumable(upgrade_saved_config(c)) for c in configs]
+    strip = [without_resumable(c) for c in configs]
     for c in strip:  # the seed, and the training seeds of one seed's folder of a several-seed run
         c.pop("seed")
         c["train"].pop("seeds")
     for other in strip[1:]:
-        diffs = _diff(strip[0], other)
+        diffs = config_differences(strip[0], other)
         if diffs:
             raise SystemExit(f"error: the runs' configs differ in more than the seed: {diffs}")
 

@@ -25,7 +25,9 @@ from mjfn_jax.workers import exit_with_parent
 # synthetic TFDS builder) can put it in their cache key.
 GENERATOR_VERSION = 1
 ANNOTATION_COLUMNS = ("subject", "clip", "onset_frame", "apex_frame", "offset_frame", "emotion")
-_GEOMETRY, _APPEARANCE, _CLIP = 1, 2, 3  # stream tags (distinct SeedSequence entropy)
+# Stream tags (distinct SeedSequence entropy); APPEARANCE is public: tools render a subject
+# neutral face as the generator does.
+_GEOMETRY, APPEARANCE, _CLIP = 1, 2, 3
 
 
 def subject_name(index: int) -> str:
@@ -66,7 +68,7 @@ def _write_subject(
     """Renders and writes one subject's clips; returns its annotation rows."""
     cv2.setNumThreads(1)  # parallelism is across subjects
     geometry = subject_geometry(seed, subject, frame_size)
-    neutral = render_neutral(geometry, np.random.default_rng([seed, _APPEARANCE, subject]))
+    neutral = render_neutral(geometry, np.random.default_rng([seed, APPEARANCE, subject]))
     name, rows = subject_name(subject), []
     for clip, label in enumerate(clip_labels(seed, subject, num_clips)):
         spec = clip_spec(seed, subject, clip, label)
