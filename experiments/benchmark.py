@@ -92,8 +92,8 @@ PRESETS = {
         alone_calls=200,
         conv_peak=dict(repeats=50, size=14, channels=256),  # the reference model's stage 3
         # No DataLoader workers: the data are in memory, and workers fork this process, which
-        # holds JAX's threads (PyTorch warned of a deadlock on the H200, 2026-11-26, where the
-        # in-process run with 4 workers did not finish in 120 s; the CLI with none took 111 s).
+        # holds JAX's threads (PyTorch warned of a deadlock on the H200, where the in-process
+        # run with 4 workers did not finish in 120 s; the CLI with none took 111 s).
         torch_workers=0,
     ),
 }

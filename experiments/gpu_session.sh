@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One lent-GPU session's measurements, in priority order, each step under its own time limit so
 # that a slow or failing step costs only its own slot and the rest still run (a lent machine
-# has no network and ~10 minutes per command: see experiments/results/nvidia-h200/README.md).
+# has no network and ~10 minutes per command; the index: experiments/results/README.md).
 #
 #   bash experiments/gpu_session.sh [OUT] [BUDGET_S] [PRESET]
 #
@@ -12,13 +12,12 @@
 # else experiments/results. Pure-Python wheels in .whl/
 # (the pinned flax/optax/orbax/ml_collections, see requirements.txt) are installed to
 # /tmp/mjfn_site first when present; if our modules fail to import with them, the machine's own
-# flax/optax/orbax are used. Results of 2026-11-26: experiments/results/nvidia-h200/README.md.
+# flax/optax/orbax are used. Results: experiments/results/nvidia-h200/.
 #
 # On a lent machine: what comes back is $OUT, at most 8 files; the script leaves 5 there (log,
 # the results tarball, 3 reports): copy nothing else into $OUT, or the tarball may be left out.
 # A later call re-copies the working tree and so overwrites tracked results files on the
-# machine: fetch the tarball from each call, or set RESULTS=$OUT/r (a fourth lease lost a
-# call's files both ways, 2026-11-26).
+# machine: fetch the tarball from each call, or set RESULTS=$OUT/r.
 set -u
 OUT=${1:-gpu_out}
 BUDGET=${2:-540}
@@ -71,8 +70,8 @@ say "machine folder: $RESULTS/$MACHINE"
 mkdir -p "$RESULTS/$MACHINE"
 B="$PY experiments/benchmark.py --preset $PRESET --machine $MACHINE --merge --out $RESULTS"
 
-# 1. Imports. Pinned wheels that fail under the machine's jax (an H200 lease, 2026-11-26: flax
-#    0.12.8 under jax 0.11.2) are dropped for the machine's own (versions in the log/results).
+# 1. Imports. Pinned wheels that fail under the machine's jax (flax 0.12.8 under jax 0.11.2
+#    did) are dropped for the machine's own (versions in the log/results).
 if ! step imports 60 $PY -c "import mjfn_jax.train, experiments.benchmark_lib"; then
     say "imports failed with the carried wheels: using the machine's flax/optax/orbax"
     rm -rf /tmp/mjfn_site/flax* /tmp/mjfn_site/optax* /tmp/mjfn_site/orbax*

@@ -67,8 +67,8 @@ def candidates(platform: str, num_devices: int, num_folds: int, group_size: int)
     out = [Choice("vmap", loops[0], num_devices) if num_devices > 1 else  # the rule
            Choice("sequential", loops[0], 0)]  # fmt: skip
     for loop in loops:
-        # One fold per device; on one device that is 'sequential' with a fold axis of 1 (an
-        # H200, 2026-11-26: as fast with 'steps', 3.7x slower with 'scan'): not tried there.
+        # One fold per device; on one device that is 'sequential' with a fold axis of 1 (on an
+        # H200 as fast with 'steps', 3.7x slower with 'scan'): not tried there.
         if num_devices > 1:
             out.append(Choice("vmap", loop, num_devices))
         if platform == "tpu" or group_size > num_devices:
@@ -145,7 +145,7 @@ def choose(
     started = [start(options[0])]
     if budget > 0 and run_fold_epochs > 0:
         # s per fold-epoch of the rule's choice: the better of two epochs (on an H200 the first
-        # epoch after the compiles ran 2.2x slower than the next, 2026-11-26)
+        # epoch after the compiles ran 2.2x slower than the next)
         rate = min(started[0][1](), started[0][1]())
         estimate = {
             "run_s": rate * run_fold_epochs,

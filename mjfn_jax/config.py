@@ -151,10 +151,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.max_to_keep = 2
     # The dtype of a finished fold's saved model (params + BN statistics): 'float32'; 'bfloat16'
     # (half the disk); or 'int8' (kernels as per-output-channel int8, the rest float32: a
-    # quarter). A 68-fold run of the 112x112 reference model: 4.59 / 2.30 / 1.16 GB. Restored
-    # as float32 for prediction and export; the rounding changes some predictions of a saved
-    # model (measured: README "Resume"), never the run's own results, which are predicted
-    # before the save.
+    # quarter; docs/performance.md#checkpoint-sizes). Restored as float32 for prediction and
+    # export; the rounding changes some predictions of a saved model
+    # (experiments/results/cpu-2core/final_dtype_predictions.md), never the run's own results,
+    # which are predicted before the save.
     c.checkpoint.final_dtype = "float32"
     return c
 
@@ -162,8 +162,8 @@ def base_config() -> ml_collections.ConfigDict:
 def small_input_recipe(config: ml_collections.ConfigDict, input_size: int):
     """The network and schedule for small flow images on a CPU (the demo's; the published
     28 px images'): a stride-1 stem, widths 8..64, dropout 0.2, 20 epochs of batch 32 at
-    2e-3 after a 1-epoch warmup, translations of up to 2 px. ~3 min of training for the
-    demo's 12 LOSO folds on 2 cores (README)."""
+    2e-3 after a 1-epoch warmup, translations of up to 2 px: a few minutes of training for
+    the demo's 12 LOSO folds on 2 cores."""
     config.model.num_classes = 3
     config.model.input_size, config.model.stem_stride = input_size, 1
     config.model.widths, config.model.dropout = (8, 16, 32, 64), 0.2

@@ -101,11 +101,10 @@ class TrainState:
     ema: optax.EmaState | None = None  # with train.ema_decay > 0: the params' moving average
 
 
-# The init runs once per fold and computes little, and XLA's default level took 13-19 s to
-# compile it (2-core CPU, 2026-11-27; level 2: 4 s). At level 0 it compiled in 3.1-3.4 s but ran
-# 20 ms a fold at the cpu benchmark model (2.1 s at the reference size), at level 1 in 3.5-4.4 s
-# and 3 ms (0.25 s). Level 1 gives every group size the same values (they differ from level 0's
-# in the last bit of some values). docs/performance.md "Fast compiles for small programs".
+# The init runs once per fold and computes little: XLA's default level compiled it several
+# times slower than level 1, and level 0 ran it several times slower (a fold's init at the
+# reference size). Level 1 gives every group size the same values (they differ from level 0's
+# in the last bit of some values). Figures: docs/performance.md#fast-compiles-for-small-programs.
 INIT_COMPILE = {"xla_backend_optimization_level": 1}
 
 
@@ -171,7 +170,7 @@ class FoldProgram:
     def bind(self, params, batch_stats, key: jax.Array, *, train: bool) -> MJFN:
         """The network with these parameters and BN statistics, in train or eval mode.
 
-        Also the way tools outside the loop (repredict, profile_step) call a fold's model."""
+        Also the way tools outside the loop (tools/repredict.py, the benchmark) call a fold's model."""
         # Each dropout stream i gets fold_in(key, i): the same function of the step key
         # in every run, so nothing random has to be checkpointed.
         leaves, treedef = jax.tree.flatten(self.rng_template)

@@ -211,8 +211,8 @@ def floor_probabilities(workdir: str, folds: list[str], image: np.ndarray) -> np
         ) from None
     except KeyError:
         raise ValueError(
-            f"{path} has the floor's predictions but not its probes (a run from before "
-            "2026-11-26): rerun the training command on this workdir to fit them (seconds)"
+            f"{path} has the floor's predictions but not its probes (an older run): rerun the "
+            "training command on this workdir to fit them (seconds)"
         ) from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(

@@ -26,7 +26,7 @@ fold's training clips in a new random order (theirs: one fixed order).
 
 On XLA:CPU the convolution is an im2col matmul and the max pool a reshape: the weight gradient
 of a 3-channel convolution ran 5x slower as a convolution, and reduce_window's gradient 4x
-slower, than these (2-core dev machine, 2026-11-26). The authors' 800 epochs take ~2.5 hours
+slower, than these (on the 2-core dev machine). The authors' 800 epochs take ~2.5 hours
 per seed on 2 cores; ``--epochs 80 --learning_rate 5e-4`` keeps their batch and the product of
 learning rate and steps (~14 min per seed).
 """

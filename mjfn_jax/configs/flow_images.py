@@ -3,12 +3,12 @@
 Usage: --config mjfn_jax/configs/flow_images.py        (the 28 px recipe)
        --config mjfn_jax/configs/flow_images.py:smoke  (tiny, for tests: imported_32)
 
-Build the dataset first (README, "Published flow-image folders"):
+Build the dataset first (docs/datasets.md#published-flow-image-folders):
     python -m data_builders build flow_images/imported_28 --manual_dir DIR --data_dir data/tfds
 
 The recipe is the demo's (mjfn_jax.config.small_input_recipe) at 28 px with the published
 STSTNet trained beside MJFN (model.ststnet_branch; the prediction averages the two networks),
-as measured in the README. The branch was chosen by nested selection (55 of 68 folds preferred
+as measured in experiments/results/cpu-2core/flow_images_28.md. The branch was chosen by nested selection (55 of 68 folds preferred
 it on validation subjects drawn from their training subjects; flow_images_28_branch.md), by a
 rule fixed before it ran; nothing was tuned on the test subjects. The branch holds five
 STSTNets (model.ststnet_copies=5), by the same kind of rule: 42 of 68 folds preferred five to

@@ -15,9 +15,9 @@ from flax import nnx
 CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 # Convolutions whose output is at most this many pixels on a side run as im2col + one matmul.
 # XLA:CPU's convolution is pathologically slow on tiny maps: a 3x3 64->64 conv on 2x2 maps
-# (batch 32), forward + backward, took 1.58 ms as a convolution and 0.37 ms as im2col + dot
-# (2-core EPYC, jax 0.10.2, 2026-11-25; the benchmark's cpu model trains 23% faster). Same
-# math, same parameters; on larger maps the convolution wins (experiments/profile_step.py).
+# (batch 32), forward + backward, ran ~4x faster as im2col + dot, and the benchmark's cpu model
+# trains ~23% faster (docs/performance.md#small-convolutions-as-matmuls). Same math, same
+# parameters; on larger maps the convolution wins.
 MATMUL_CONV_MAX_SIDE = 2
 
 
@@ -272,8 +272,8 @@ class STSTNetBranch(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # im2col: the weight gradient of a 3-channel convolution is slow on XLA:CPU (+12% on the
-        # 28 px step against +30-37% as nnx.Conv; experiments/results/cpu-2core/adhoc_2026-11-26.md)
+        # im2col: the weight gradient of a 3-channel convolution is slow on XLA:CPU (the branch
+        # costs the 28 px step ~12% this way against 30-37% as nnx.Conv)
         h = conv_as_matmul(x, self.conv.kernel[...], 1, 2) + self.conv.bias[...].astype(x.dtype)
         h = ststnet_pools(self.bn(jax.nn.relu(h)), dropout=self.dropout)  # [B, A, A, 16 copies]
         if self.copies == 1:

@@ -51,8 +51,8 @@ def count_flops(fn: Callable, *args) -> float:
     a dict; older versions returned a one-element list of dicts, accepted too.
 
     Always counted on XLA:CPU: on GPU the cost analysis leaves out the convolutions, which run
-    as cuDNN custom calls (measured on an H200, jax 0.11.2, 2026-11-26: 59.7 MFLOP per training
-    sample of the gpu benchmark model against 13.03 GFLOP on XLA:CPU).
+    as cuDNN custom calls (on an H200: 59.7 MFLOP per training sample of the gpu benchmark
+    model against 13.03 GFLOP on XLA:CPU).
     """
     with jax.default_device(jax.devices("cpu")[0]):
         cost = jax.jit(fn).lower(*args).compile().cost_analysis()

@@ -21,7 +21,7 @@ apex, turn it off (SpotSettings(detrend=False)).
 
 Cost: one flow per frame at ``work_size`` (default 64 px: enough to rank frames, not to
 classify them): Farneback ~1 ms per frame on one core, DIS ~0.6 ms; decoding the frames usually
-costs more (figures in the README and experiments/results/cpu-2core/apex_spotting.md).
+costs more (figures in experiments/results/cpu-2core/apex_spotting.md).
 """
 
 from __future__ import annotations
