@@ -170,7 +170,8 @@ class FoldProgram:
     def bind(self, params, batch_stats, key: jax.Array, *, train: bool) -> MJFN:
         """The network with these parameters and BN statistics, in train or eval mode.
 
-        Also the way tools outside the loop (tools/repredict.py, the benchmark) call a fold's model."""
+        Also the way tools outside the loop (tools/repredict.py, the benchmark) call a fold's
+        model."""
         # Each dropout stream i gets fold_in(key, i): the same function of the step key
         # in every run, so nothing random has to be checkpointed.
         leaves, treedef = jax.tree.flatten(self.rng_template)

@@ -7,15 +7,15 @@ Build the dataset first (docs/datasets.md#published-flow-image-folders):
     python -m data_builders build flow_images/imported_28 --manual_dir DIR --data_dir data/tfds
 
 The recipe is the demo's (mjfn_jax.config.small_input_recipe) at 28 px with the published
-STSTNet trained beside MJFN (model.ststnet_branch; the prediction averages the two networks),
-as measured in experiments/results/cpu-2core/flow_images_28.md. The branch was chosen by nested selection (55 of 68 folds preferred
-it on validation subjects drawn from their training subjects; flow_images_28_branch.md), by a
-rule fixed before it ran; nothing was tuned on the test subjects. The branch holds five
-STSTNets (model.ststnet_copies=5), by the same kind of rule: 42 of 68 folds preferred five to
-one on their validation subjects (flow_images_28_copies.md; 3 seeds: UF1 0.7097 +- 0.0047
-against one copy's 0.7119 +- 0.0123). ``--config.model.ststnet_copies=1`` is one STSTNet,
-``--config.model.ststnet_branch=False`` MJFN-JAX alone.
-"""
+STSTNet trained beside MJFN (model.ststnet_branch; the prediction averages the two networks), as
+measured in experiments/results/cpu-2core/flow_images_28.md. The branch was chosen by nested
+selection (55 of 68 folds preferred it on validation subjects drawn from their training
+subjects; flow_images_28_branch.md), by a rule fixed before it ran; nothing was tuned on the
+test subjects. The branch holds five STSTNets (model.ststnet_copies=5), by the same kind of
+rule: 42 of 68 folds preferred five to one on their validation subjects
+(flow_images_28_copies.md; 3 seeds: UF1 0.7097 +- 0.0047 against one copy's 0.7119 +- 0.0123).
+``--config.model.ststnet_copies=1`` is one STSTNet, ``--config.model.ststnet_branch=False``
+MJFN-JAX alone. """
 
 from mjfn_jax.config import base_config, small_input_recipe, smoke
 
