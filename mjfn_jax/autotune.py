@@ -213,9 +213,7 @@ def choose_strategy(config, units, dataset, workdir: str, runners):
         }
     num_devices = len(parallel.devices(config.parallel.num_devices))
     platform = jax.default_backend()
-    options = candidates(
-        platform, num_devices, arrays.num_folds, config.parallel.fold_group_size
-    )
+    options = candidates(platform, num_devices, arrays.num_folds, config.parallel.fold_group_size)
     fields = config_to_dict(config)
     shape = {  # what the speed of a step depends on
         "model": fields["model"],

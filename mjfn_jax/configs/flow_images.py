@@ -15,7 +15,7 @@ test subjects. The branch holds five STSTNets (model.ststnet_copies=5), by the s
 rule: 42 of 68 folds preferred five to one on their validation subjects
 (flow_images_28_copies.md; 3 seeds: UF1 0.7097 +- 0.0047 against one copy's 0.7119 +- 0.0123).
 ``--config.model.ststnet_copies=1`` is one STSTNet, ``--config.model.ststnet_branch=False``
-MJFN-JAX alone. """
+MJFN-JAX alone."""
 
 from mjfn_jax.config import base_config, small_input_recipe, smoke
 
