@@ -41,11 +41,11 @@ format: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) experiments/benchmark.py --preset cpu
 
-# The gpu preset end to end on an NVIDIA GPU, for a machine with network and time (a 15-minute
-# lease ran the prioritised subset instead: experiments/gpu_session.sh, results of 2026-11-26 in
-# experiments/results/nvidia-h200/): CUDA jaxlib and torch, then both frameworks in fp32 and bf16, every strategy
-# and the autotune choice, whole-process LOSO vs PyTorch, seeds in one run vs one per seed.
-# Results in experiments/results/<device>/ (and <device>-bf16/).
+# The gpu preset end to end on an NVIDIA GPU, for a machine with network and time (a short lent
+# session runs the prioritised subset instead: experiments/gpu_session.sh): CUDA jaxlib, then
+# both frameworks in fp32 and bf16, every strategy and the autotune choice, whole-process LOSO
+# vs PyTorch, seeds in one run vs one per seed. Results in experiments/results/<device>/ (and
+# <device>-bf16/), indexed in experiments/results/README.md.
 bench-gpu: $(VENV)/.dev
 	$(PY) -m pip install -q "jax[cuda12]==0.10.2"
 	$(PY) -c "import jax; assert jax.default_backend() == 'gpu', jax.devices()"

@@ -21,7 +21,9 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
     (wheel,) = wheels.glob("mjfn_jax-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for module in ("mjfn_jax/train.py", "mjfn_jax/preprocess/flow.py", "mjfn_jax/models/mjfn.py",
-                   "data_builders/build.py", "data_builders/casme2/checksums.tsv"):  # fmt: skip
+                   "data_builders/build.py", "data_builders/casme2/checksums.tsv",
+                   *(f"mjfn_jax/configs/{name}.py" for name in ("synthetic", "casme2", "samm",
+                     "smic", "megc2019", "flow_images", "benchmark"))):  # fmt: skip
         assert module in names, module
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
@@ -36,6 +38,8 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
     code = (
         "import sys, mjfn_jax.train, mjfn_jax.data, mjfn_jax.predict\n"
         f"assert mjfn_jax.train.__file__.startswith({str(site)!r}), mjfn_jax.train.__file__\n"
+        "from mjfn_jax.config_io import load_config\n"  # a shipped config, by name, from /tmp
+        "assert load_config('casme2:smoke').model.num_classes == 5\n"
         "assert not any(m.startswith('data_builders') for m in sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env, timeout=120)
