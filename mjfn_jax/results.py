@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from mjfn_jax.checkpoint import FoldCheckpointer
 from mjfn_jax.config_io import config_to_dict
 from mjfn_jax.linear_probe import run_floor
 from mjfn_jax.report import write_report, write_seeds_report
@@ -36,6 +37,14 @@ def pooled_predictions(dataset, fold_names, ckpts) -> dict:
         "folds": np.asarray(fold_of)[order],
         "history": history,
     }
+
+
+def seed_predictions(dataset, units: Units, seed: int) -> dict:
+    """The pooled predictions of one seed's finished units, read back from their folders."""
+    members = units.of_seed(seed)
+    names = [units.fold_names[u] for u in members]
+    readers = [FoldCheckpointer(units.roots[u], units.fold_names[u]) for u in members]
+    return pooled_predictions(dataset, names, readers)
 
 
 def write_reports(config, workdir: str, dataset, units: Units, timing: dict, pooled_of) -> dict:

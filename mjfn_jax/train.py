@@ -14,6 +14,7 @@ would make it inexact. The pooled predictions are reported by :mod:`mjfn_jax.res
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -25,10 +26,14 @@ from tqdm.auto import tqdm
 
 from mjfn_jax import autotune, distributed, parallel
 from mjfn_jax import workdir as workdir_lib
-from mjfn_jax.checkpoint import SavePolicy, UnitCheckpoints, closed_loop_reports_dropped
+from mjfn_jax.checkpoint import (
+    SavePolicy,
+    UnitCheckpoints,
+    closed_loop_reports_dropped,
+)
 from mjfn_jax.config import validate_config
 from mjfn_jax.config_io import save_or_check_config
-from mjfn_jax.results import pooled_predictions, write_reports
+from mjfn_jax.results import seed_predictions, write_reports
 from mjfn_jax.runner import Runners
 from mjfn_jax.timing import Chrono
 from mjfn_jax.units import (
@@ -82,38 +87,115 @@ def train_and_evaluate(
     dataset = _load_dataset(config) if dataset is None else dataset
     _check_dataset(config, dataset)
     units = make_units(config, dataset, workdir)
-    seeds = training_seeds(config)
     # One run per workdir (released even by kill -9); each process of a run its own lock.
     with workdir_lib.Lock(workdir, jax.process_index()):
-        # 2. The workdir's records: a rerun must be the same run.
-        save_or_check_config(config, workdir)
-        workdir_lib.check_dataset(workdir, dataset)
-        if len(seeds) > 1:  # each seed's folder is a one-seed workdir of its own
-            for s in seeds:
-                save_or_check_config(one_seed_config(config, s), seed_workdir(workdir, s))
-                workdir_lib.check_dataset(seed_workdir(workdir, s), dataset)
-        if config.select.candidates:
+        # 2. The workdir's records: a rerun must be the same run, on the same data.
+        _save_or_check_records(config, workdir, dataset)
+        if config.select.candidates:  # nested selection: a run per candidate, then choose
             return _select(config, workdir, dataset, units, after_epochs)
-        # 3. Train every pending unit, group by group; 4. report the pooled predictions.
         if config.parallel.compilation_cache:
             parallel.enable_compilation_cache()
+        chrono = Chrono()
         with Runners() as runners, closed_loop_reports_dropped():
-            timing = _train(config, workdir, dataset, units, runners, after_epochs)
-
-        def pooled_of(seed: int):
-            members = units.of_seed(seed)
-            names = [units.fold_names[u] for u in members]
-            ckpts = [_result_reader(units, u) for u in members]
-            return pooled_predictions(dataset, names, ckpts), None
-
+            # 3. Set up: the strategy ('auto': a timed trial), the runner and the dataset on its
+            # mesh, the units' checkpointers (finished units are skipped).
+            run = _set_up(config, workdir, dataset, units, runners)
+            config, runner, ckpts, data = run.config, run.runner, run.ckpts, run.data
+            total, policy = config.train.num_epochs, SavePolicy(config.checkpoint.every_epochs)
+            with _training(run, chrono):  # at the end: every write waited for
+                for members in _progress(run.groups, "fold groups"):
+                    # 4. Init the group's units, or resume them from their newest common
+                    # checkpoint.
+                    group = _init_or_resume(run, members, chrono)
+                    bar = _epoch_bar(group, total)
+                    while group.epoch < total and not group.stopped:
+                        # 5. A training call: as many epochs as fit before the next save.
+                        n = min(max(1, config.parallel.epochs_per_call), total - group.epoch)
+                        n = min(n, policy.epochs_until_save(group.epoch) or n)
+                        with chrono.phase(Chrono.TRAINING):
+                            group.states, metrics = runner.train(
+                                group.states, group.folds, data, group.epoch, n
+                            )
+                            metrics = parallel.to_host(metrics)  # waits for the device
+                        chrono.count(samples=n * group.samples_per_epoch, epochs=n)
+                        # 6. Check (a non-finite loss stops the run), record, save, log.
+                        _record_epochs(group, metrics, units.arrays.names)
+                        finished = group.epoch == total or group.stopped
+                        with chrono.phase("saves (handing over)"):
+                            match policy.what_to_save(group.epoch, finished):
+                                case "final":  # the model only (no optimizer state)
+                                    models = runner.program.export(group.states)
+                                    ckpts.save_models(models, members)
+                                case "progress":
+                                    ckpts.save_progress(
+                                        group.states, members, group.epoch, group.histories
+                                    )
+                        bar.update(n)
+                        bar.set_postfix(loss=f"{np.mean(metrics['loss'][:, -1]):.3f}")
+                        if after_epochs is not None:
+                            after_epochs(EpochsDone(group.names, group.epoch, chrono.epochs))
+                    bar.close()
+                    # 7. Predict the group's test subjects once; hand over the results (a unit
+                    # is done once they are written, after its saves).
+                    with chrono.phase("predict"):
+                        log_probs = runner.predict(group.states, data, group.test_idx)
+                        log_probs = parallel.to_host(log_probs)  # [G, max_test, C]
+                    with chrono.phase("results (handing over)"):
+                        _hand_over_results(run, group, log_probs)
+            timing = _timing(run, chrono)
+        # 8. Pool each seed's predictions in dataset order and report, beside the linear floor.
+        pooled_of = lambda seed: (seed_predictions(dataset, units, seed), None)  # noqa: E731
         return write_reports(config, workdir, dataset, units, timing, pooled_of)
 
 
-def _train(config, workdir: str, dataset, units: Units, runners: Runners, after_epochs) -> dict:
-    """Train every unit not yet finished; returns the run's timing record."""
+def _save_or_check_records(config, workdir: str, dataset) -> None:
+    """Write, or check against this run, the workdir's config and dataset records (and each
+    seed's: with several seeds each seed's folder is a one-seed workdir of its own)."""
+    save_or_check_config(config, workdir)
+    workdir_lib.check_dataset(workdir, dataset)
+    seeds = training_seeds(config)
+    if len(seeds) > 1:
+        for s in seeds:
+            save_or_check_config(one_seed_config(config, s), seed_workdir(workdir, s))
+            workdir_lib.check_dataset(seed_workdir(workdir, s), dataset)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What a run set up before its first group."""
+
+    config: ml_collections.ConfigDict  # 'auto' resolved
+    units: Units
+    dataset: object
+    runner: object  # runner.GroupRunner
+    data: dict  # the dataset on the runner's mesh
+    ckpts: UnitCheckpoints
+    execution: dict  # how it executes (workdir.check_execution)
+    pending: np.ndarray  # the units to train, int64 [P]
+    groups: list  # [members int64 [G]] (-1: padding), of units
+    group_size: int
+    auto: dict | None  # how 'auto' chose, or None
+    compile_before: dict  # the runner's compile seconds per program before the run's calls
+
+
+@dataclasses.dataclass
+class _Group:
+    """A fold group in training: its members' inputs and states, epochs done, histories."""
+
+    members: np.ndarray  # int64 [G]: units (-1: padding)
+    names: tuple[str, ...]  # the real members' names
+    folds: object  # engine.FoldInputs [G, ...], on the mesh
+    test_idx: object  # int32 [G, max_test], on the mesh
+    states: object  # engine.TrainState [G, ...], on the mesh
+    epoch: int  # epochs done
+    histories: dict  # unit -> per-epoch records
+    stopped: bool  # early stopping has stopped every real member
+    samples_per_epoch: int  # all real members together
+
+
+def _set_up(config, workdir: str, dataset, units: Units, runners: Runners) -> _Run:
     config, auto = autotune.choose_strategy(config, units, dataset, workdir, runners)
     runner, group_size, data = runners.setup(config, units.arrays, dataset)
-    compile_before, compile_by_before = runner.compile_s, dict(runner.compile_by_program)
     ckpts = UnitCheckpoints(
         units.roots,
         units.fold_names,
@@ -133,111 +215,131 @@ def _train(config, workdir: str, dataset, units: Units, runners: Runners, after_
         units.arrays.num_folds, len(pending), execution["strategy"], dict(runner.mesh.shape),
         runner.program.steps,
     )  # fmt: skip
-    chrono = Chrono()
-    groups = parallel.fold_groups(
-        len(pending), group_size, runner.mesh.size if runner.vmapped else 1
-    )
+    mesh_size = runner.mesh.size if runner.vmapped else 1
+    groups = [
+        np.where(group >= 0, pending[np.maximum(group, 0)], -1)
+        for group in parallel.fold_groups(len(pending), group_size, mesh_size)
+    ]
+    return _Run(
+        config, units, dataset, runner, data, ckpts, execution, pending, groups, group_size,
+        auto, dict(runner.compile_by_program),
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _training(run: _Run, chrono: Chrono):
+    """The training of a run's groups, timed as "wall": at the end, also after a failure,
+    every save and result handed over is waited for (completed units are kept even if a later
+    one failed); then, with several processes, every process's units are on disk."""
     with chrono.phase("wall"):
         try:
-            quiet = len(groups) < 2 or not distributed.is_main()  # multi-process: process 0 only
-            for group in tqdm(groups, desc="fold groups", unit="group", disable=quiet):
-                members = np.where(group >= 0, pending[np.maximum(group, 0)], -1)
-                _train_group(
-                    config, runner, ckpts, units, dataset, data, members, execution, chrono,
-                    after_epochs,
-                )  # fmt: skip
+            yield
         finally:
             with chrono.phase("waiting for the writes at the end"):
-                ckpts.close()  # completed folds are kept even if a later one failed
-    parallel.sync("fold results written")  # multi-process: every process's folds are on disk
-    timing = {
-        "wall_s": chrono.phases.pop("wall"),
-        "compile_s": runner.compile_s - compile_before,  # training calls compiled this run
-        "compile_by_program": {  # this run's (the trial may have compiled some)
-            name: seconds - compile_by_before.get(name, 0.0)
-            for name, seconds in runner.compile_by_program.items()
-            if seconds > compile_by_before.get(name, 0.0)
-        },
-        # where the wall time went, host seconds (compiles inside the calls that triggered them)
-        **chrono.summary(),
-        "strategy": execution["strategy"],
-        "loop": execution["loop"],
-        "fold_group_size": int(group_size),
-        "auto": auto,  # how 'auto' chose (trial results or the cache), or None
-        "mesh": {k: int(v) for k, v in runner.mesh.shape.items()},
-        "device": jax.devices()[0].device_kind,
-        "platform": execution["platform"],
-        "folds_trained_this_run": len(pending),
-    }
-    log.info("timing: %s", timing)
-    return timing
+                run.ckpts.close()
+    parallel.sync("fold results written")
 
 
-def _train_group(
-    config, runner, ckpts, units: Units, dataset, data, members, execution, chrono, after
-) -> None:
-    """Train (or resume) one group of units to the end, predict their test subjects and hand
-    their results to the checkpointers (which marks them done once written)."""
-    arrays, names = units.arrays, units.arrays.names
+def _init_or_resume(run: _Run, members: np.ndarray, chrono: Chrono) -> _Group:
+    """A group's fresh states, with its input statistics, then the newest checkpoint that all
+    its real members share restored over them (if any)."""
+    config, runner, arrays = run.config, run.runner, run.units.arrays
     real = [int(m) for m in members if m >= 0]
     with chrono.phase("init"):
-        folds = parallel.put(fold_inputs(config, dataset, units, members), runner.group_sharding)
+        folds = fold_inputs(config, run.dataset, run.units, members)
+        folds = parallel.put(folds, runner.group_sharding)
         test_idx = parallel.put(
             arrays.test_idx[np.where(members >= 0, members, real[0])], runner.group_sharding
         )  # [G, max_test]
         states = runner.init(folds.key)
         if config.model.input_standardize:
-            stats = input_stats(config, dataset, units, members)
+            stats = input_stats(config, run.dataset, run.units, members)
             states = _with_input_stats(states, stats, runner)
         jax.block_until_ready(states)
     with chrono.phase("resume"):
-        states, epoch, histories = ckpts.restore(states, members, names, runner.group_sharding)
-    total, policy = config.train.num_epochs, SavePolicy(config.checkpoint.every_epochs)
-    stopped = epoch > 0 and _all_stopped(states, members)  # resumed after the folds stopped
-    label = names[real[0]] if len(real) == 1 else f"{len(real)} folds"
-    with tqdm(  # multi-process: bars on process 0 only
-        total=total, initial=epoch, desc=label, unit="epoch", leave=False,
+        states, epoch, histories = run.ckpts.restore(
+            states, members, arrays.names, runner.group_sharding
+        )
+    return _Group(
+        members=members,
+        names=tuple(arrays.names[m] for m in real),
+        folds=folds,
+        test_idx=test_idx,
+        states=states,
+        epoch=epoch,
+        histories=histories,
+        stopped=epoch > 0 and _all_stopped(states, members),  # resumed after they stopped
+        samples_per_epoch=len(real) * runner.program.steps * config.train.batch_size,
+    )
+
+
+def _record_epochs(group: _Group, metrics: dict, names) -> None:
+    """A training call's metrics {name: host [G, n]} into the group: a non-finite loss raises
+    naming unit, epoch and step; histories grow; epochs done and early stopping advance."""
+    _check_finite(metrics, group.members, names, group.epoch)
+    for pos, m in enumerate(group.members):
+        if m >= 0:
+            group.histories[m] += _epoch_records(metrics, pos, group.epoch)
+    group.epoch += metrics["loss"].shape[1]
+    if "stopped" in metrics:  # early stopping: every real member has stopped
+        group.stopped = bool(np.all(metrics["stopped"][group.members >= 0, -1]))
+
+
+def _hand_over_results(run: _Run, group: _Group, log_probs: np.ndarray) -> None:
+    """Each real member's test predictions and summary to its checkpointer."""
+    arrays = run.units.arrays
+    for pos, m in enumerate(group.members):
+        if m >= 0:
+            mask = arrays.test_mask[m]
+            summary = {
+                "fold": run.units.fold_names[m],
+                "epochs_trained": group.epoch,
+                "history": group.histories[m],
+                "execution": run.execution,
+            }
+            run.ckpts.write_result(m, arrays.test_idx[m][mask], log_probs[pos][mask], summary)
+
+
+def _progress(groups: list, desc: str):
+    """The groups, with a bar when there are several (multi-process: on process 0 only)."""
+    quiet = len(groups) < 2 or not distributed.is_main()
+    return tqdm(groups, desc=desc, unit="group", disable=quiet)
+
+
+def _epoch_bar(group: _Group, total: int):
+    """A group's epochs bar (multi-process: on process 0 only)."""
+    label = group.names[0] if len(group.names) == 1 else f"{len(group.names)} folds"
+    return tqdm(
+        total=total, initial=group.epoch, desc=label, unit="epoch", leave=False,
         disable=not distributed.is_main(),
-    ) as bar:  # fmt: skip
-        while epoch < total and not stopped:
-            n = min(max(1, config.parallel.epochs_per_call), total - epoch)
-            n = min(n, policy.epochs_until_save(epoch) or n)
-            with chrono.phase(Chrono.TRAINING):
-                states, metrics = runner.train(states, folds, data, epoch, n)
-                metrics = parallel.to_host(metrics)  # waits for the device
-            chrono.count(
-                samples=len(real) * n * runner.program.steps * config.train.batch_size, epochs=n
-            )
-            _check_finite(metrics, members, names, epoch)
-            for pos, m in enumerate(members):
-                if m >= 0:
-                    histories[m] += _epoch_records(metrics, pos, epoch)
-            epoch += n
-            if "stopped" in metrics:  # early stopping: every real fold has stopped
-                stopped = bool(np.all(metrics["stopped"][members >= 0, -1]))
-            save = policy.what_to_save(epoch, finished=epoch == total or stopped)
-            with chrono.phase("saves (handing over)"):
-                if save == "final":  # the model only (no optimizer state)
-                    ckpts.save_models(runner.program.export(states), members)
-                elif save == "progress":
-                    ckpts.save_progress(states, members, epoch, histories)
-            bar.update(n)
-            bar.set_postfix(loss=f"{np.mean(metrics['loss'][:, -1]):.3f}")
-            if after is not None:
-                after(EpochsDone(tuple(names[m] for m in real), epoch, chrono.epochs))
-    with chrono.phase("predict"):
-        log_probs = parallel.to_host(runner.predict(states, data, test_idx))  # [G, max_test, C]
-    with chrono.phase("results (handing over)"):
-        for pos, m in enumerate(members):
-            if m >= 0:
-                mask = arrays.test_mask[m]
-                summary = {
-                    "fold": units.fold_names[m],
-                    "epochs_trained": epoch,
-                    "history": histories[m],
-                    "execution": execution,
-                }
-                ckpts.write_result(m, arrays.test_idx[m][mask], log_probs[pos][mask], summary)
+    )  # fmt: skip
+
+
+def _timing(run: _Run, chrono: Chrono) -> dict:
+    """The run's timing record (results.json "timing")."""
+    runner, before = run.runner, run.compile_before
+    this_run = {  # this run's compiles (the trial may have compiled some before)
+        name: seconds - before.get(name, 0.0)
+        for name, seconds in runner.compile_by_program.items()
+        if seconds > before.get(name, 0.0)
+    }
+    timing = {
+        "wall_s": chrono.phases.pop("wall"),
+        "compile_s": sum(this_run.values()),
+        "compile_by_program": this_run,
+        # where the wall time went, host seconds (compiles inside the calls that triggered them)
+        **chrono.summary(),
+        "strategy": run.execution["strategy"],
+        "loop": run.execution["loop"],
+        "fold_group_size": int(run.group_size),
+        "auto": run.auto,  # how 'auto' chose (trial results or the cache), or None
+        "mesh": {k: int(v) for k, v in runner.mesh.shape.items()},
+        "device": jax.devices()[0].device_kind,
+        "platform": run.execution["platform"],
+        "folds_trained_this_run": len(run.pending),
+    }
+    log.info("timing: %s", timing)
+    return timing
 
 
 def _execution(runner, group_size: int) -> dict:
@@ -249,13 +351,6 @@ def _execution(runner, group_size: int) -> dict:
         "data_shards": int(runner.mesh.shape.get("data", 1)),
         "fold_group_size": int(group_size) if runner.vmapped else 0,  # as autotune.Choice has it
     }
-
-
-def _result_reader(units: Units, unit: int):
-    """A unit's finished result, read back from its fold folder."""
-    from mjfn_jax.checkpoint import FoldCheckpointer
-
-    return FoldCheckpointer(units.roots[unit], units.fold_names[unit])
 
 
 def _with_input_stats(states, stats: dict, runner):
