@@ -33,6 +33,7 @@ from mjfn_jax.checkpoint import (
 )
 from mjfn_jax.config import validate_config
 from mjfn_jax.config_io import save_or_check_config
+from mjfn_jax.curves import Curves
 from mjfn_jax.results import seed_predictions, write_reports
 from mjfn_jax.runner import Runners
 from mjfn_jax.timing import Chrono
@@ -106,35 +107,33 @@ def train_and_evaluate(
                 for members in _progress(run.groups, "fold groups"):
                     # 4. Init the group's units, or resume them from their newest common
                     # checkpoint.
-                    group = _init_or_resume(run, members, chrono)
-                    bar = _epoch_bar(group, total)
-                    while group.epoch < total and not group.stopped:
-                        # 5. A training call: as many epochs as fit before the next save.
-                        n = min(max(1, config.parallel.epochs_per_call), total - group.epoch)
-                        n = min(n, policy.epochs_until_save(group.epoch) or n)
-                        with chrono.phase(Chrono.TRAINING):
-                            group.states, metrics = runner.train(
-                                group.states, group.folds, data, group.epoch, n
-                            )
-                            metrics = parallel.to_host(metrics)  # waits for the device
-                        chrono.count(samples=n * group.samples_per_epoch, epochs=n)
-                        # 6. Check (a non-finite loss stops the run), record, save, log.
-                        _record_epochs(group, metrics, units.arrays.names)
-                        finished = group.epoch == total or group.stopped
-                        with chrono.phase("saves (handing over)"):
-                            match policy.what_to_save(group.epoch, finished):
-                                case "final":  # the model only (no optimizer state)
-                                    models = runner.program.export(group.states)
-                                    ckpts.save_models(models, members)
-                                case "progress":
-                                    ckpts.save_progress(
-                                        group.states, members, group.epoch, group.histories
-                                    )
-                        bar.update(n)
-                        bar.set_postfix(loss=f"{np.mean(metrics['loss'][:, -1]):.3f}")
-                        if after_epochs is not None:
-                            after_epochs(EpochsDone(group.names, group.epoch, chrono.epochs))
-                    bar.close()
+                    with _init_or_resume(run, members, chrono) as group:
+                        while group.epoch < total and not group.stopped:
+                            # 5. A training call: as many epochs as fit before the next save.
+                            n = min(max(1, config.parallel.epochs_per_call), total - group.epoch)
+                            n = min(n, policy.epochs_until_save(group.epoch) or n)
+                            with chrono.phase(Chrono.TRAINING):
+                                group.states, metrics = runner.train(
+                                    group.states, group.folds, data, group.epoch, n
+                                )
+                                metrics = parallel.to_host(metrics)  # waits for the device
+                            chrono.count(samples=n * group.samples_per_epoch, epochs=n)
+                            # 6. Check (a non-finite loss stops the run), record, save, log.
+                            _record_epochs(group, metrics, units.arrays.names)
+                            finished = group.epoch == total or group.stopped
+                            with chrono.phase("saves (handing over)"):
+                                match policy.what_to_save(group.epoch, finished):
+                                    case "final":  # the model only (no optimizer state)
+                                        models = runner.program.export(group.states)
+                                        ckpts.save_models(models, members)
+                                    case "progress":
+                                        ckpts.save_progress(
+                                            group.states, members, group.epoch, group.histories
+                                        )
+                            group.bar.update(n)
+                            group.bar.set_postfix(loss=f"{np.mean(metrics['loss'][:, -1]):.3f}")
+                            if after_epochs is not None:
+                                after_epochs(EpochsDone(group.names, group.epoch, chrono.epochs))
                     # 7. Predict the group's test subjects once; hand over the results (a unit
                     # is done once they are written, after its saves).
                     with chrono.phase("predict"):
@@ -165,6 +164,7 @@ class _Run:
     """What a run set up before its first group."""
 
     config: ml_collections.ConfigDict  # 'auto' resolved
+    workdir: str
     units: Units
     dataset: object
     runner: object  # runner.GroupRunner
@@ -191,6 +191,8 @@ class _Group:
     histories: dict  # unit -> per-epoch records
     stopped: bool  # early stopping has stopped every real member
     samples_per_epoch: int  # all real members together
+    bar: object  # tqdm: the group's epochs
+    curves: Curves  # the members' TensorBoard curves
 
 
 def _set_up(config, workdir: str, dataset, units: Units, runners: Runners) -> _Run:
@@ -221,8 +223,8 @@ def _set_up(config, workdir: str, dataset, units: Units, runners: Runners) -> _R
         for group in parallel.fold_groups(len(pending), group_size, mesh_size)
     ]
     return _Run(
-        config, units, dataset, runner, data, ckpts, execution, pending, groups, group_size,
-        auto, dict(runner.compile_by_program),
+        config, workdir, units, dataset, runner, data, ckpts, execution, pending, groups,
+        group_size, auto, dict(runner.compile_by_program),
     )  # fmt: skip
 
 
@@ -240,9 +242,11 @@ def _training(run: _Run, chrono: Chrono):
     parallel.sync("fold results written")
 
 
-def _init_or_resume(run: _Run, members: np.ndarray, chrono: Chrono) -> _Group:
+@contextlib.contextmanager
+def _init_or_resume(run: _Run, members: np.ndarray, chrono: Chrono):
     """A group's fresh states, with its input statistics, then the newest checkpoint that all
-    its real members share restored over them (if any)."""
+    its real members share restored over them (if any); its progress bar and curves are
+    closed when the group ends."""
     config, runner, arrays = run.config, run.runner, run.units.arrays
     real = [int(m) for m in members if m >= 0]
     with chrono.phase("init"):
@@ -260,9 +264,10 @@ def _init_or_resume(run: _Run, members: np.ndarray, chrono: Chrono) -> _Group:
         states, epoch, histories = run.ckpts.restore(
             states, members, arrays.names, runner.group_sharding
         )
-    return _Group(
+    names = tuple(arrays.names[m] for m in real)
+    group = _Group(
         members=members,
-        names=tuple(arrays.names[m] for m in real),
+        names=names,
         folds=folds,
         test_idx=test_idx,
         states=states,
@@ -270,7 +275,15 @@ def _init_or_resume(run: _Run, members: np.ndarray, chrono: Chrono) -> _Group:
         histories=histories,
         stopped=epoch > 0 and _all_stopped(states, members),  # resumed after they stopped
         samples_per_epoch=len(real) * runner.program.steps * config.train.batch_size,
+        bar=None,
+        curves=Curves(run.workdir, names, epoch, enabled=distributed.is_main()),
     )
+    group.bar = _epoch_bar(group, config.train.num_epochs)
+    try:
+        yield group
+    finally:
+        group.bar.close()
+        group.curves.close()
 
 
 def _record_epochs(group: _Group, metrics: dict, names) -> None:
@@ -279,7 +292,9 @@ def _record_epochs(group: _Group, metrics: dict, names) -> None:
     _check_finite(metrics, group.members, names, group.epoch)
     for pos, m in enumerate(group.members):
         if m >= 0:
-            group.histories[m] += _epoch_records(metrics, pos, group.epoch)
+            records = _epoch_records(metrics, pos, group.epoch)
+            group.histories[m] += records
+            group.curves.add(names[m], records)
     group.epoch += metrics["loss"].shape[1]
     if "stopped" in metrics:  # early stopping: every real member has stopped
         group.stopped = bool(np.all(metrics["stopped"][group.members >= 0, -1]))

@@ -45,6 +45,13 @@ def test_end_to_end_results(early_stopping_run):
     assert 0 < sum(phases.values()) <= timing["wall_s"] and phases["training calls"] > 0
     with open(os.path.join(workdir, "results.json")) as f:
         assert json.load(f)["pooled"]["uf1"] == results["pooled"]["uf1"]
+    from test_curves import read_scalars  # each fold's curves, as TensorBoard reads them
+
+    for fold in set(expected):
+        curves = read_scalars(os.path.join(workdir, "tensorboard", fold))
+        history = results["history"][fold]
+        assert [step for step, _ in curves["loss"]] == [r["epoch"] for r in history]
+        assert {"loss", "accuracy", "val_loss", "val_accuracy"} == set(curves)
 
 
 def test_rerun_skips_finished_folds(early_stopping_run):
