@@ -7,6 +7,7 @@ error"; a user needs the flag and the cause. ``run(main)`` is ``absl.app.run`` w
 from __future__ import annotations
 
 import contextlib
+import errno
 
 from absl import app, flags
 
@@ -42,11 +43,18 @@ def config_flag(name: str = "config"):
 @contextlib.contextmanager
 def expected_errors():
     """Expected errors (an invalid config, a missing dataset, a workdir in use or holding
-    another run, a diverged run) end the command with ``error: <cause>``, no traceback."""
+    another run, a diverged run, a full disk) end the command with ``error: <cause>``, no
+    traceback."""
     try:
         yield
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         raise SystemExit(f"error: {e}") from None
+    except OSError as e:  # a full disk or quota, a read-only file system: the file and the cause
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or not e.filename:
+            raise
+        from mjfn_jax.workdir import save_failed
+
+        raise SystemExit(f"error: {save_failed(e.filename, e)}") from None
 
 
 def run(main) -> None:

@@ -25,7 +25,12 @@ from tqdm.auto import tqdm
 
 from mjfn_jax import autotune, distributed, parallel
 from mjfn_jax import workdir as workdir_lib
-from mjfn_jax.checkpoint import SavePolicy, UnitCheckpoints, closed_loop_reports_dropped
+from mjfn_jax.checkpoint import (
+    SavePolicy,
+    UnitCheckpoints,
+    closed_loop_reports_dropped,
+    orbax_errors_in_one_line,
+)
 from mjfn_jax.config import validate_config
 from mjfn_jax.config_io import save_or_check_config
 from mjfn_jax.results import pooled_predictions, write_reports
@@ -97,7 +102,7 @@ def train_and_evaluate(
         # 3. Train every pending unit, group by group; 4. report the pooled predictions.
         if config.parallel.compilation_cache:
             parallel.enable_compilation_cache()
-        with Runners() as runners, closed_loop_reports_dropped():
+        with Runners() as runners, closed_loop_reports_dropped(), orbax_errors_in_one_line():
             timing = _train(config, workdir, dataset, units, runners, after_epochs)
 
         def pooled_of(seed: int):
@@ -180,6 +185,7 @@ def _train_group(
     their results to the checkpointers (which marks them done once written)."""
     arrays, names = units.arrays, units.arrays.names
     real = [int(m) for m in members if m >= 0]
+    ckpts.check()  # a failed write of an earlier group stops the run before this one trains
     with chrono.phase("init"):
         folds = parallel.put(fold_inputs(config, dataset, units, members), runner.group_sharding)
         test_idx = parallel.put(
