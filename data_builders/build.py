@@ -41,7 +41,25 @@ def make_builder(
     known = [c.name for c in cls.BUILDER_CONFIGS]
     if config not in known:
         raise ValueError(f"{name}: unknown builder config {config!r}; known: {', '.join(known)}")
-    return cls(config=config, data_dir=os.fspath(data_dir), **kwargs)
+    with no_bucket_lookup():
+        return cls(config=config, data_dir=os.fspath(data_dir), **kwargs)
+
+
+@contextlib.contextmanager
+def no_bucket_lookup() -> Iterator[None]:
+    """A builder made before its dataset_info.json exists asks GCS for precomputed info
+    (``DatasetInfo.initialize_from_bucket``), which makes a temporary folder first and leaves it
+    empty in /tmp, one per fresh build. Our datasets are never on GCS: the lookup is skipped
+    while the builder is made."""
+    from tensorflow_datasets.core import dataset_info
+
+    cls = dataset_info.DatasetInfo
+    original = cls.initialize_from_bucket
+    cls.initialize_from_bucket = lambda self: None
+    try:
+        yield
+    finally:
+        cls.initialize_from_bucket = original
 
 
 def class_counts(builder) -> dict[str, dict[str, int]]:
@@ -137,6 +155,33 @@ def check_reused(builder, metadata: dict[str, Any], crop: str | None) -> None:
         )
 
 
+def check_source(builder, metadata: dict[str, Any], manual_dir, data_dir) -> None:
+    """A build is reused for a --manual_dir only if it was built from that folder's files.
+
+    Otherwise a rebuild from an edited CSV, or from a folder that does not exist, would say
+    "reused" and keep the old labels. A builder with ``source_fingerprint(manual_dir)`` (a hash
+    of its source files) is compared by content, so a moved folder still matches; the others
+    by the manual folder's path. A build that recorded neither cannot be checked.
+    """
+    if manual_dir is None:  # no source named: the build is what is asked for
+        return
+    check_manual_dir(builder, manual_dir, data_dir)
+    remedy = f"delete {builder.data_dir} to rebuild, or leave out --manual_dir to reuse it"
+    fingerprint = getattr(builder, "source_fingerprint", None)
+    if fingerprint is not None and "source_sha256" in metadata:
+        if fingerprint(Path(manual_dir)) != metadata["source_sha256"]:
+            raise ValueError(
+                f"{builder.data_dir} was built from other files than {manual_dir} holds now "
+                f"(built from {metadata.get('csv')} and {metadata.get('source_folder')}/); "
+                + remedy
+            )
+    elif "manual_dir" in metadata and metadata["manual_dir"] != str(Path(manual_dir).resolve()):
+        raise ValueError(
+            f"{builder.data_dir} was built from {metadata['manual_dir']}, not {manual_dir}; "
+            + remedy
+        )
+
+
 def check_manual_dir(builder, manual_dir: str | os.PathLike | None, data_dir) -> None:
     """A missing or empty manual folder is a FileNotFoundError with the expected layout.
 
@@ -195,8 +240,11 @@ def build_dataset(
     start = time.perf_counter()
     if already:
         check_reused(builder, dict(builder.info.metadata or {}), crop)
+        check_source(builder, dict(builder.info.metadata or {}), manual_dir, data_dir)
     else:
         check_manual_dir(builder, manual_dir, data_dir)
+        if manual_dir is not None and getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+            builder.info.metadata["manual_dir"] = str(Path(manual_dir).resolve())
         with build_lock(builder.data_dir), deterministic_records():
             builder.download_and_prepare(
                 file_format="array_record", download_config=download_config

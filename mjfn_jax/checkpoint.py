@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import glob
 import logging
 import os
 import shutil
@@ -47,9 +48,11 @@ from mjfn_jax.model_file import (
 )
 from mjfn_jax.workdir import (
     FINAL_MODEL_FILE,
+    SaveFailed,
     WorkdirError,
     has_final_model,
     read_json,
+    save_failed,
     write_json,
     write_npz,
 )
@@ -59,18 +62,31 @@ log = logging.getLogger(__name__)
 
 class Writer:
     """One background thread that runs a run's saves in the order they were handed over
-    (FIFO). Orbax's save() spends tens of ms of Python per call before its own asynchronous
-    write starts; the thread takes that off the training loop, which waits on XLA (GIL
-    released) most of the time. Started on first use; ``close()`` waits for what was handed
-    over and ends the thread."""
+    (FIFO). Orbax's save() spends tens of ms of Python per call before it writes; the thread
+    takes that and the write off the training loop, which waits on XLA (GIL released) most of
+    the time. Started on first use; ``close()`` waits for what was handed
+    over and ends the thread.
+
+    Once a task has failed (``failure``), the later ones are not run: each raises that failure.
+    Nothing is written after a failed save (a fold marked done without its model)."""
 
     def __init__(self):
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.failure: BaseException | None = None
 
     def submit(self, fn, *args, **kwargs) -> concurrent.futures.Future:
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mjfn-save")
-        return self._pool.submit(fn, *args, **kwargs)
+        return self._pool.submit(self._run, fn, args, kwargs)
+
+    def _run(self, fn, args, kwargs):
+        if self.failure is not None:
+            raise self.failure
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as e:
+            self.failure = e
+            raise
 
     def copy_to_host(self, tree) -> concurrent.futures.Future:
         """``tree``'s arrays copied to the host (``model_file.copy_to_host``) on this thread,
@@ -114,6 +130,25 @@ def closed_loop_reports_dropped():
         sys.unraisablehook = previous
 
 
+@contextlib.contextmanager
+def orbax_errors_in_one_line():
+    """While open, Orbax's error logs (the absl logger) come without their tracebacks. A failed
+    save (a full disk) logs its exception with a traceback from each of Orbax's threads it
+    passes through, dozens of lines before the run's own one-line error (SaveFailed)."""
+
+    def strip(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.exc_info:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(strip)
+    try:
+        yield
+    finally:
+        logger.removeFilter(strip)
+
+
 def _solo(key: str) -> dict:
     """Multi-process: the Orbax keyword arguments for a checkpoint that one process saves or
     restores alone (process 0 saves every fold; by default Orbax expects every process to
@@ -130,6 +165,22 @@ def _solo(key: str) -> dict:
 
 class CheckpointDamaged(Exception):
     """An in-progress checkpoint step that cannot be restored (the message names it)."""
+
+
+# What Orbax names a step folder while it writes it (renamed to the step number when complete).
+ORBAX_TMP = ".orbax-checkpoint-tmp"
+
+
+@contextlib.contextmanager
+def _saving(path: str):
+    """A failure while saving ``path`` (a full disk, a quota, Orbax's tensorstore errors) is
+    raised as SaveFailed: one line naming the path and the free space left."""
+    try:
+        yield
+    except SaveFailed:
+        raise
+    except Exception as e:
+        raise save_failed(path, e) from e
 
 
 class SavePolicy:
@@ -173,11 +224,13 @@ class FoldCheckpointer:
         self.fold_dir = os.path.abspath(os.path.join(workdir, "folds", fold_name))
         os.makedirs(self.fold_dir, exist_ok=True)
         # No best_fn: with best_fn Orbax may delete the latest step (docs/design.md#checkpoints);
-        # we only ever need the latest. Saves are asynchronous so that writing one fold's final
-        # model overlaps the next fold's training; Orbax writes into a temporary folder and
-        # renames it when complete (final.npz likewise, as a temporary file), so a killed run
-        # never resumes from a half-written step, and write_result() waits for the saves (FIFO
-        # on one thread) before it marks the fold done.
+        # we only ever need the latest. Saves run on the writer thread so that writing one
+        # fold's final model overlaps the next fold's training (Orbax's own asynchronous mode
+        # is off: a failed write then raises in the save that made it, not in Orbax's threads
+        # or at the next save); Orbax writes into a temporary folder and renames it when
+        # complete (final.npz likewise, as a temporary file), so a killed run never resumes
+        # from a half-written step, and write_result() runs after the saves (FIFO on one
+        # thread) before it marks the fold done.
         self._max_to_keep = max(1, max_to_keep)
         self._manager = None  # created on first use: a fold saved once needs none
         self._own_writer = writer is None
@@ -199,7 +252,7 @@ class FoldCheckpointer:
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=self._max_to_keep,
                 create=not solo,  # not allowed with active_processes: made below
-                enable_async_checkpointing=True,
+                enable_async_checkpointing=False,  # the writer thread is the asynchrony
                 **solo,
             )
             os.makedirs(self.checkpoints_dir, exist_ok=True)
@@ -220,14 +273,23 @@ class FoldCheckpointer:
         except FileNotFoundError:
             return False
 
-    def save(self, epochs_done: int, state, meta: dict) -> None:
+    def save(self, epochs_done: int, state, meta: dict) -> concurrent.futures.Future:
         """state: this fold's train-state pytree of HOST arrays (no fold axis); meta: JSON-able.
-        Returns at once; the save runs on the writer thread."""
+        Returns the save's Future at once; the save runs on the writer thread."""
         host_state = jax.tree.map(np.asarray, flatten(state))
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
         )
-        self._pending.append(self.writer.submit(self.manager.save, epochs_done, args=args))
+        return self._hand_over(self._save, epochs_done, args)
+
+    def _save(self, epochs_done: int, args) -> None:
+        with _saving(self.step_dir(epochs_done)):
+            self.manager.save(epochs_done, args=args)
+
+    def _hand_over(self, fn, *args) -> concurrent.futures.Future:
+        future = self.writer.submit(fn, *args)
+        self._pending.append(future)
+        return future
 
     def restore(self, epochs_done: int, like):
         """Restore into the structure of ``like`` (a pytree of arrays or ShapeDtypeStructs).
@@ -266,13 +328,13 @@ class FoldCheckpointer:
 
     # Finished folds -------------------------------------------------------------------------
 
-    def save_final(self, model_state, index: int | None = None) -> None:
+    def save_final(self, model_state, index: int | None = None) -> concurrent.futures.Future:
         """The finished fold's model {"params", "batch_stats"}: arrays, or the Future of
         ``Writer.copy_to_host``; with ``index``, item ``index`` of a fold group's stacked arrays
-        [G, ...]. Its floating arrays are saved in ``final_dtype``. Returns at once: copied,
-        converted and written on the writer thread, atomically (a temporary file, renamed
-        when complete)."""
-        self._pending.append(self.writer.submit(self._write_final, model_state, index))
+        [G, ...]. Its floating arrays are saved in ``final_dtype``. Returns the write's Future
+        at once: copied, converted and written on the writer thread, atomically (a temporary
+        file, renamed when complete)."""
+        return self._hand_over(self._write_final, model_state, index)
 
     def _write_final(self, model_state, index: int | None) -> None:
         if isinstance(model_state, concurrent.futures.Future):
@@ -280,7 +342,8 @@ class FoldCheckpointer:
         flat = flatten(model_state)
         if index is not None:
             flat = {key: np.asarray(x)[index] for key, x in flat.items()}
-        write_npz(self.final_path, **encode_final(flat, self.final_dtype))
+        with _saving(self.final_path):
+            write_npz(self.final_path, **encode_final(flat, self.final_dtype))
 
     def has_final(self) -> bool:
         return has_final_model(self.fold_dir)
@@ -308,20 +371,35 @@ class FoldCheckpointer:
     def is_done(self) -> bool:
         return os.path.exists(self.done_path)
 
-    def write_result(self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict) -> None:
+    def write_result(
+        self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict
+    ) -> concurrent.futures.Future:
         """test_idx [M] int (dataset indices), log_probs [M, C] float32; summary JSON-able.
-        Returns at once: written on the writer thread after this fold's saves (FIFO)."""
+        Returns the write's Future at once: written on the writer thread after this fold's
+        saves (FIFO)."""
         test_idx = np.asarray(test_idx, np.int64)
         log_probs = np.asarray(log_probs, np.float32)
-        self._pending.append(self.writer.submit(self._write_result, test_idx, log_probs, summary))
+        return self._hand_over(self._write_result, test_idx, log_probs, summary)
 
     def _write_result(self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict) -> None:
         self._wait_orbax()  # "done" promises complete saves (final.npz: earlier on this thread)
         path = os.path.join(self.fold_dir, "predictions.npz")
-        write_npz(path, test_idx=test_idx, log_probs=log_probs)
-        write_json(self.done_path, summary)  # atomic: a fold is done once everything is there
+        with _saving(path):
+            write_npz(path, test_idx=test_idx, log_probs=log_probs)
+        with _saving(self.done_path):
+            write_json(self.done_path, summary)  # atomic: a fold is done once all is there
         self._close_orbax()
         self.tidy()
+
+    def remove_partial(self) -> None:
+        """Remove what failed or killed saves left half written (``*.tmp`` files, Orbax's
+        temporary step folders): nothing reads them, and on a full disk they hold the space a
+        rerun needs. Only while no save of this fold is in flight."""
+        for path in glob.glob(os.path.join(glob.escape(self.fold_dir), "*.tmp*")):
+            os.unlink(path)
+        pattern = os.path.join(glob.escape(self.checkpoints_dir), f"*{ORBAX_TMP}*")
+        for path in glob.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
 
     def tidy(self) -> None:
         """A finished fold's in-progress checkpoints (optimizer state included) are spent:
@@ -390,7 +468,10 @@ class UnitCheckpoints:
     writes host numpy arrays from process 0 only: a save by another process leaves a
     checkpoint without data); the others only take part in the all-gathers that bring it the
     folds of their devices. Closing waits for every save and result (completed folds are kept
-    even if a later one failed) and ends the writer thread."""
+    even if a later one failed) and ends the writer thread.
+
+    A failed write (a full disk) stops the run at the next save point (``SaveFailed``), not at
+    its end: each save point first waits for the writes handed over at the previous one."""
 
     def __init__(self, roots, fold_names, *, max_to_keep: int, final_dtype: str):
         self.writer = Writer()
@@ -401,17 +482,34 @@ class UnitCheckpoints:
             for root, name in zip(roots, fold_names, strict=True)
         ]
         self.writes = distributed.is_main()
+        self._handed_over: list[concurrent.futures.Future] = []  # since the last save point
 
     def __getitem__(self, unit: int) -> FoldCheckpointer:
         return self.folds[unit]
 
+    def check(self) -> None:
+        """Re-raise a failed write now, without waiting for the writes in flight."""
+        if self.writer.failure is not None:
+            raise self.writer.failure
+
+    def _save_point(self) -> None:
+        """Wait for the writes handed over since the previous save point (normally long done:
+        they had a training call's time) and re-raise their failure."""
+        self.check()
+        handed_over, self._handed_over = self._handed_over, []
+        for future in handed_over:
+            future.result()
+
     def pending(self) -> np.ndarray:
         """The units still to train, int64 [P]. A finished unit's result is read now (a damaged
-        one is found before hours of training, not after) and its spent checkpoints tidied."""
+        one is found before hours of training, not after) and its spent checkpoints tidied;
+        what killed or failed saves left half written is removed."""
         for fold in self.folds:
             if fold.is_done():
                 fold.read_result()
                 fold.tidy()
+            if self.writes:
+                fold.remove_partial()
         return np.array([u for u, f in enumerate(self.folds) if not f.is_done()], np.int64)
 
     def restore(self, states, members: np.ndarray, names, sharding):
@@ -459,33 +557,47 @@ class UnitCheckpoints:
     def save_models(self, models, members: np.ndarray) -> None:
         """The finished group's models [G, ...] (never donated again), each real member's
         to its unit's final model, written in the background."""
+        self._save_point()
         if not parallel.addressable(models):  # several processes: a collective, here
             host = parallel.to_host(models)
         elif self.writes:  # one copy for the group, on the writer thread: the loop goes on
             host = self.writer.copy_to_host(models)
         for pos, m in enumerate(members):
             if m >= 0 and self.writes:
-                self.folds[m].save_final(host, pos)
+                self._handed_over.append(self.folds[m].save_final(host, pos))
 
     def save_progress(self, states, members: np.ndarray, epochs_done: int, histories) -> None:
         """The group's full train states [G, ...] as in-progress checkpoints."""
+        self._save_point()
         host_states = parallel.to_host(states)  # one batch of copies for the group
         for pos, m in enumerate(members):
             if m >= 0 and self.writes:
                 meta = {"epochs_done": epochs_done, "history": histories[m]}
-                self.folds[m].save(epochs_done, _slice(host_states, pos), meta)
+                future = self.folds[m].save(epochs_done, _slice(host_states, pos), meta)
+                self._handed_over.append(future)
 
     def write_result(self, unit: int, test_idx, log_probs, summary: dict) -> None:
         """A finished unit's test predictions and summary (marks it done, after its saves)."""
+        self.check()
         if self.writes:
-            self.folds[unit].write_result(test_idx, log_probs, summary)
+            future = self.folds[unit].write_result(test_idx, log_probs, summary)
+            self._handed_over.append(future)
 
     def close(self) -> None:
-        try:
-            for fold in self.folds:
+        """Waits for every write and ends the writer thread; after a failed write, removes what
+        it left half written and raises the first failure."""
+        errors = []
+        for fold in self.folds:
+            try:
                 fold.close()
-        finally:
-            self.writer.close()
+            except Exception as e:  # the others are still closed (their completed folds kept)
+                errors.append(e)
+        self.writer.close()
+        if self.writer.failure is not None and self.writes:
+            for fold in self.folds:
+                fold.remove_partial()
+        if errors:
+            raise self.writer.failure or errors[0]
 
     def __enter__(self) -> UnitCheckpoints:
         return self

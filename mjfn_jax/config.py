@@ -198,17 +198,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
     def check(field: str, ok: bool, why: str) -> None:
         if not ok:
-            section, name = field.split(".")
-            value = config[section][name]
+            value = config
+            for name in field.split("."):
+                value = value[name]
             raise ValueError(f"{field}={value!r}: {why}")
 
     def is_int(x) -> bool:
         return isinstance(x, int) and not isinstance(x, bool)
 
+    def is_seed(x) -> bool:
+        return is_int(x) and 0 <= x < 2**31  # int32 in the fold keys (mjfn_jax.units)
+
     def number(x) -> bool:
         return isinstance(x, int | float) and not isinstance(x, bool) and x == x
 
     t, p = config.train, config.parallel
+    check("seed", is_seed(config.seed), "needs an int in [0, 2**31)")
     check("train.num_epochs", is_int(t.num_epochs) and t.num_epochs >= 1, "needs an int >= 1")
     for name in ("batch_size", "eval_batch_size"):
         value = t[name]
@@ -239,8 +244,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         check("train.early_stopping_patience", vf > 0,
               "needs folds.val_subject_fraction > 0 (validation subjects)")  # fmt: skip
     seeds = tuple(t.seeds)
-    check("train.seeds", all(is_int(x) and x >= 0 for x in seeds) and len(set(seeds)) == len(seeds),
-          "needs distinct ints >= 0, e.g. (0, 1, 2)")  # fmt: skip
+    check("train.seeds", all(is_seed(x) for x in seeds) and len(set(seeds)) == len(seeds),
+          "needs distinct ints in [0, 2**31), e.g. (0, 1, 2)")  # fmt: skip
     mt = config.augment.max_translate
     check("augment.max_translate", is_int(mt) and mt >= 0, "needs an int >= 0")
     check("augment.hflip", isinstance(config.augment.hflip, bool), "needs True or False")

@@ -12,6 +12,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 from collections.abc import Iterable
 
 import ml_collections
@@ -113,15 +114,43 @@ def apply_overrides(
         node = config
         for part in parents:
             if part not in node:
-                raise KeyError(f"override {item!r}: no config group {part!r}")
+                hint = _near_match(node, part)
+                raise KeyError(f"override {item!r}: no config group {part!r}{hint}")
             node = node[part]
         if leaf not in node:
-            raise KeyError(f"override {item!r}: no config field {key!r}")
+            raise KeyError(f"override {item!r}: no config field {key!r}{_near_match(node, leaf)}")
         try:
             node[leaf] = _parse_value(text, node[leaf])
         except (ValueError, TypeError) as e:  # also ConfigDict's type check
             raise ValueError(f"override {item!r}: {e}") from None
     return config
+
+
+def _near_match(node: ml_collections.ConfigDict, name: str) -> str:
+    """ml_collections' own suggestion for a name ``node`` lacks (see did_you_mean)."""
+    try:
+        node[name]
+    except KeyError as e:
+        return did_you_mean(e)
+    return ""
+
+
+def unknown_name(error: BaseException) -> str | None:
+    """The field name of ml_collections' KeyError (or AttributeError wrapping one) for a field
+    a config lacks: its message is the quoted name, then its "Did you mean" line."""
+    text = error
+    while isinstance(text, BaseException) and text.args:
+        text = text.args[0]
+    if isinstance(error, KeyError | AttributeError) and isinstance(text, str):
+        match = re.match(r"'([^']+)'", text)
+        return match[1] if match else None
+    return None
+
+
+def did_you_mean(error: BaseException) -> str:
+    """' (did you mean "num_epochs"?)' from an ml_collections error's suggestion, or ''."""
+    match = re.search(r'Did you mean "([^"]+)"', str(error))
+    return f' (did you mean "{match[1]}"?)' if match else ""
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:

@@ -38,6 +38,7 @@ from mjfn_jax.predict_input import (
     flow_image_from_clip,
     flow_image_from_file,
     flow_image_from_pair,
+    no_motion_warning,
     save_flow_image,
 )
 
@@ -129,27 +130,67 @@ def preprocessing_settings(record: dict, crop: str | None = None) -> dict:
     }
 
 
+RESTORE_TRIES = 5  # reads of a fold whose checkpoints a training run keeps changing
+
+
 def restore_fold(workdir: str, fold: str, config, program=None):
     """(program, model, meta): the fold's model {"params", "batch_stats"}.
 
     A finished fold's final model (``folds/<fold>/final``); for a fold still in progress, the
     model of its latest checkpoint. Structures come from ``jax.eval_shape`` of the engine's
     own init and export, so they always match what ``mjfn_jax.train`` saved with this config.
+
+    A run still training the fold may delete the listed checkpoint before it is read (it
+    finished the fold, or moved on): the fold is read again as it is now. A checkpoint that
+    fails while nothing changed is damaged: a ValueError naming it.
     """
     import jax
 
-    from mjfn_jax.checkpoint import FoldCheckpointer, closed_loop_reports_dropped
+    from mjfn_jax.checkpoint import CheckpointDamaged
     from mjfn_jax.engine import FoldProgram
 
     if program is None:  # one program serves every fold of a run (--fold all)
         program = FoldProgram(config, steps_per_epoch=1)  # the schedule length is irrelevant
     like = jax.eval_shape(program.init, jax.random.key(0))
+    fold_dir = os.path.join(workdir, "folds", fold)
+    for _ in range(RESTORE_TRIES):
+        before = _saved_steps(fold_dir)
+        try:
+            return (program, *_restore(workdir, fold, program, like, config))
+        except (CheckpointDamaged, OSError) as e:
+            if _saved_steps(fold_dir) != before:
+                continue  # a training run moved on: read the fold as it is now
+            if isinstance(e, CheckpointDamaged):  # nothing moved: the files themselves fail
+                raise ValueError(str(e)) from None
+            raise
+    raise ValueError(
+        f"fold {fold!r} in {workdir}: its checkpoints changed {RESTORE_TRIES} times while being "
+        "read (a run is training it); try again"
+    )
+
+
+def _saved_steps(fold_dir: str) -> tuple[bool, list[str]]:
+    """(whether the fold has its final model, its checkpoint steps): what a training run
+    changes in a fold folder."""
+    try:
+        steps = sorted(e for e in os.listdir(os.path.join(fold_dir, "checkpoints")) if e.isdigit())
+    except FileNotFoundError:
+        steps = []
+    return has_final_model(fold_dir), steps
+
+
+def _restore(workdir: str, fold: str, program, like, config):
+    """(model, meta) of the fold as its folder is now (see restore_fold)."""
+    import jax
+
+    from mjfn_jax.checkpoint import FoldCheckpointer, closed_loop_reports_dropped
+
     ckpt = FoldCheckpointer(workdir, fold)
     try:
         if ckpt.has_final():
             model = ckpt.restore_final(jax.eval_shape(program.export, like))
             epoch = _epochs_trained(ckpt, config)
-            return program, model, {"epoch": epoch, "finished": ckpt.is_done()}
+            return model, {"epoch": epoch, "finished": ckpt.is_done()}
         epochs = ckpt.epochs()
         if not epochs:
             raise FileNotFoundError(f"fold {fold!r} has no checkpoint in {ckpt.fold_dir}")
@@ -158,7 +199,7 @@ def restore_fold(workdir: str, fold: str, config, program=None):
         meta = dict(meta, epoch=epochs[-1], finished=ckpt.is_done())
     finally:
         ckpt.close()
-    return program, program.export(state), meta
+    return program.export(state), meta
 
 
 def _epochs_trained(ckpt, config) -> int:
@@ -195,9 +236,12 @@ def fold_probabilities(workdir: str, folds: list[str], config, image: np.ndarray
     return np.mean(probs, axis=0), metas
 
 
-def floor_probabilities(workdir: str, folds: list[str], image: np.ndarray) -> np.ndarray:
+def floor_probabilities(
+    workdir: str, folds: list[str], image: np.ndarray, config=None
+) -> np.ndarray:
     """Mean float64 [C] probabilities of `folds`' linear floors (the probes the training run
-    kept in ``workdir/linear_floor.npz``) for one flow image."""
+    kept in ``workdir/linear_floor.npz``) for one flow image. config: the run's (says why the
+    file is missing)."""
     from mjfn_jax.linear_probe import floor_log_probs
     from mjfn_jax.workdir import LINEAR_FLOOR_FILE
 
@@ -206,9 +250,7 @@ def floor_probabilities(workdir: str, folds: list[str], image: np.ndarray) -> np
         with np.load(path) as z:
             kept = {k: z[k] for k in ("weight", "bias", "folds")}
     except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path} not found: the run fitted no linear floor (report.linear_floor=False)"
-        ) from None
+        raise FileNotFoundError(f"{path} not found: {_no_floor(workdir, config)}") from None
     except KeyError:
         raise ValueError(
             f"{path} has the floor's predictions but not its probes (an older run): rerun the "
@@ -229,6 +271,18 @@ def floor_probabilities(workdir: str, folds: list[str], image: np.ndarray) -> np
     return np.mean(probs, axis=0)
 
 
+def _no_floor(workdir: str, config) -> str:
+    """Why a run has no linear_floor.npz. It is fitted after the last fold, with the report."""
+    if config is None or not config.report.get("linear_floor", False):
+        return "the run fitted no linear floor (report.linear_floor=False)"
+    if not os.path.exists(os.path.join(workdir, "results.json")):
+        return (
+            "the run has not fitted its linear floor yet: it does once every fold has finished "
+            "training (rerun the training command if it is not running)"
+        )
+    return "rerun the training command on this workdir to fit the linear floor again (seconds)"
+
+
 def predict(
     workdir: str,
     fold: str,
@@ -246,8 +300,10 @@ def predict(
     with_floor: bool = False,
 ) -> dict:
     """Probabilities of one clip. Returns fold, epoch, class_names, probs [C], pred, settings,
-    onset, apex, the flow image (uint8 [S, S, 3]) that went into the model and, for a raw clip
-    (video / frames), what predict_input.flow_image_from_clip chose.
+    onset, apex, the flow image (uint8 [S, S, 3]) that went into the model, warnings (a flow
+    without motion: predict_input.no_motion_warning), max_flow_px (frames or a clip: the
+    longest flow vector) and, for a raw clip (video / frames), what
+    predict_input.flow_image_from_clip chose.
 
     fold: a fold name or subject id, or "all" (mean probabilities of every fold's model).
     with_floor: the report's "network + floor" model: the mean of the network's probabilities
@@ -284,7 +340,7 @@ def predict(
     if flow_image is not None:
         image = flow_image_from_file(flow_image, settings["size"])
     elif pair:
-        image = flow_image_from_pair(onset, apex, settings)
+        image, clip_info["max_flow_px"] = flow_image_from_pair(onset, apex, settings)
     else:
         image, clip_info = flow_image_from_clip(
             settings, video=video, frames=frames, onset_frame=onset_frame,
@@ -293,13 +349,15 @@ def predict(
     probs, metas = fold_probabilities(workdir, folds, config, image)
     extra = {}
     if with_floor:
-        floor = floor_probabilities(workdir, folds, image)
+        floor = floor_probabilities(workdir, folds, image, config)
         extra = {"network_probs": probs, "floor_probs": floor}
         probs = (probs + floor) / 2
     names = tuple(record["class_names"])
+    still = no_motion_warning(image, clip_info.get("max_flow_px"))
     return {
         **extra,
         **clip_info,
+        "warnings": [still] if still else [],
         "fold": "all" if fold == "all" else folds[0],
         "folds": folds,
         "epoch": min(m["epoch"] for m in metas),
@@ -339,7 +397,8 @@ def format_prediction(result: dict) -> str:
         lines += [f"{name:<14}{n:>9.4f}{f:>9.4f}{m:>9.4f}" for name, n, f, m in rows]
     else:
         lines += [f"{name:<14}{prob:.4f}" for name, prob in pairs]
-    return "\n".join(lines + [f"prediction: {result['pred']}"])
+    warnings = [f"warning: {w}" for w in result.get("warnings", ())]
+    return "\n".join([*lines, f"prediction: {result['pred']}", *warnings])
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,9 +14,33 @@ import os
 
 import numpy as np
 
+# A flow with no vector longer than this (pixels at the model's input size) shows no motion:
+# far below the motion between two consecutive frames of a clip.
+STILL_FLOW_PX = 0.01
 
-def flow_image_from_pair(onset_path: str, apex_path: str, settings: dict) -> np.ndarray:
-    """Onset and apex frame files -> uint8 [S, S, 3] flow image, as the builders make it."""
+
+def largest_motion(flow: np.ndarray) -> float:
+    """The longest vector of a flow [S, S, 2], in pixels."""
+    return float(np.hypot(flow[..., 0], flow[..., 1]).max())
+
+
+def no_motion_warning(image: np.ndarray, max_flow_px: float | None) -> str | None:
+    """A warning when the model's input shows no motion (onset equal to apex, a uniform flow
+    image): the model still gives probabilities, which then say nothing about the clip."""
+    if max_flow_px is not None:
+        still = max_flow_px < STILL_FLOW_PX
+        what = f"the flow between onset and apex is (near) zero (at most {max_flow_px:.3f} px)"
+    else:  # a saved flow image: min-max encoded, so a flow without motion is uniform
+        still = bool(np.all(image.min((0, 1)) == image.max((0, 1))))
+        what = "the flow image is uniform (no motion)"
+    return f"{what}: the clip shows no motion to classify" if still else None
+
+
+def flow_image_from_pair(
+    onset_path: str, apex_path: str, settings: dict
+) -> tuple[np.ndarray, float]:
+    """Onset and apex frame files -> (uint8 [S, S, 3] flow image, as the builders make it; its
+    longest flow vector in pixels)."""
     from mjfn_jax.preprocess import NoFaceFound, process_pair, read_frame
 
     onset, apex = read_frame(onset_path), read_frame(apex_path)  # name the file on failure
@@ -26,12 +50,13 @@ def flow_image_from_pair(onset_path: str, apex_path: str, settings: dict) -> np.
             f"{apex.shape[1]}x{apex.shape[0]}: frames of one clip must have the same size"
         )
     try:
-        return process_pair(onset, apex, **settings).flow_image
+        result = process_pair(onset, apex, **settings)
     except NoFaceFound:
         raise ValueError(
             f"no face found on the onset frame {onset_path} with --crop haar; for frames that "
             "are already face-cropped use --crop none"
         ) from None
+    return result.flow_image, largest_motion(result.flow)
 
 
 def flow_image_from_file(path: str, size: int) -> np.ndarray:
@@ -70,7 +95,10 @@ def save_flow_image(path: str, image: np.ndarray) -> None:
 
 
 def check_output_path(path: str, flag: str = "--save-flow-image") -> None:
-    """An output image: a .png in an existing folder (checked before any work is done)."""
+    """An output image: a .png in an existing folder, not a folder itself (checked before any
+    work is done)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{flag} {path} is a folder; name a .png file in it")
     if not path.lower().endswith(".png"):
         raise ValueError(f"{flag} {path}: the image is saved as PNG; name a .png")
     folder = os.path.dirname(os.path.abspath(path))
@@ -139,14 +167,15 @@ def flow_image_from_clip(
             info["spot_seconds"] = round(spot.seconds, 4)
             if apex is None:
                 apex = info["apex"] = onset + spot.index
-        image = process_pair(clip[onset], clip[apex], **settings).flow_image
+        result = process_pair(clip[onset], clip[apex], **settings)
     except NoFaceFound:
         raise ValueError(
             f"no face found on the onset frame {onset} ({names[onset]}) of {source} with "
             "--crop haar; for frames that are already face-cropped use --crop none"
         ) from None
     info["onset_name"], info["apex_name"] = names[onset], names[apex]
-    return image, info
+    info["max_flow_px"] = largest_motion(result.flow)
+    return result.flow_image, info
 
 
 def plot_motion_curve(info: dict, path: str) -> str:

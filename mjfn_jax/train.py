@@ -30,6 +30,7 @@ from mjfn_jax.checkpoint import (
     SavePolicy,
     UnitCheckpoints,
     closed_loop_reports_dropped,
+    orbax_errors_in_one_line,
 )
 from mjfn_jax.config import validate_config
 from mjfn_jax.config_io import save_or_check_config
@@ -97,7 +98,7 @@ def train_and_evaluate(
         if config.parallel.compilation_cache:
             parallel.enable_compilation_cache()
         chrono = Chrono()
-        with Runners() as runners, closed_loop_reports_dropped():
+        with Runners() as runners, closed_loop_reports_dropped(), orbax_errors_in_one_line():
             # 3. Set up: the strategy ('auto': a timed trial), the runner and the dataset on its
             # mesh, the units' checkpointers (finished units are skipped).
             run = _set_up(config, workdir, dataset, units, runners)
@@ -249,6 +250,7 @@ def _init_or_resume(run: _Run, members: np.ndarray, chrono: Chrono):
     closed when the group ends."""
     config, runner, arrays = run.config, run.runner, run.units.arrays
     real = [int(m) for m in members if m >= 0]
+    run.ckpts.check()  # a failed write of an earlier group stops the run before this one trains
     with chrono.phase("init"):
         folds = fold_inputs(config, run.dataset, run.units, members)
         folds = parallel.put(folds, runner.group_sharding)

@@ -89,6 +89,7 @@ def make_units(config, dataset, workdir: str) -> Units:
                 "folds top up their epochs from their own training clips, as always)",
                 ", ".join(f"seed {s}: {n}" for s, n in own.items()), run,
             )  # fmt: skip
+    _check_batch_size(config, arrays)
     return Units(
         arrays=arrays,
         seeds=np.asarray(unit_seeds, np.int32),
@@ -96,6 +97,18 @@ def make_units(config, dataset, workdir: str) -> Units:
         fold_names=tuple(fold_names),
         roots=tuple(roots),
     )
+
+
+def _check_batch_size(config, arrays: FoldArrays) -> None:
+    """Warn when the batch is larger than every fold's training set: each epoch's one step
+    then tops its batch up with repeated clips, compute that a smaller batch would not spend."""
+    batch, largest = config.train.batch_size, int(arrays.train_count.max())
+    if batch > largest:
+        log.warning(
+            "train.batch_size=%d exceeds the largest fold's %d training clips: each epoch is "
+            "one step of %d clips, most of them repeats (~%.0fx the compute of "
+            "train.batch_size=%d)", batch, largest, batch, batch / largest, largest,
+        )  # fmt: skip
 
 
 def seed_workdir(workdir: str, seed: int) -> str:

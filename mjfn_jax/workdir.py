@@ -27,6 +27,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import socket
 
 import numpy as np
@@ -46,6 +48,43 @@ NUMERIC_FIELDS = ("strategy", "loop", "platform", "data_shards")
 
 class WorkdirError(ValueError):
     """A workdir that cannot be used as asked (the message says why and what to do)."""
+
+
+class SaveFailed(WorkdirError):
+    """A save into the workdir failed (a full disk, a quota): the run stops at its next save
+    point, and a rerun once the cause is gone resumes from the last complete save."""
+
+
+def save_failed(path: str, error: BaseException) -> SaveFailed:
+    """The one-line error of a failed save of ``path``: the cause and the free space left."""
+    code = re.search(r"os_error_code='(\d+)'", str(error))  # tensorstore's, in an Orbax save
+    if isinstance(error, OSError) and error.strerror:
+        cause = error.strerror
+    elif code:
+        cause = os.strerror(int(code[1]))
+    else:
+        cause = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        cause = f"{type(error).__name__}: {cause[:200]}"
+    return SaveFailed(
+        f"cannot save {path}: {cause} ({free_space(path)} free there); free some space and "
+        "rerun the same command: it resumes from the last complete save"
+    )
+
+
+def free_space(path: str) -> str:
+    """The free space of the file system holding ``path`` (or its nearest existing parent)."""
+    folder = os.path.abspath(path)
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown space"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if free < 1024 or unit == "GB":
+            break
+        free /= 1024
+    return f"{free:.0f} bytes" if unit == "bytes" else f"{free:.1f} {unit}"
 
 
 def has_final_model(fold_dir: str) -> bool:
@@ -74,11 +113,17 @@ def write_json(path: str, obj) -> None:
 
 
 def write_npz(path: str, **arrays) -> None:
-    """``np.savez`` atomically (``<path>.tmp`` renamed), like write_json."""
+    """``np.savez`` atomically (``<path>.tmp`` renamed), like write_json; a failed write (a full
+    disk) removes its temporary file."""
     tmp = path + _tmp_suffix()
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _tmp_suffix() -> str:
@@ -118,8 +163,15 @@ class Lock:
         self._fd: int | None = None
 
     def __enter__(self) -> Lock:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        workdir = os.path.dirname(self.path)
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a file, a path under a file, a read-only file system
+            raise WorkdirError(
+                f"cannot use {workdir!r} as a workdir: {_unusable(workdir, e)}; "
+                "give --workdir a folder that can be created and written"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -143,6 +195,19 @@ class Lock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _unusable(workdir: str, error: OSError) -> str:
+    """Why a workdir could not be created or opened, naming the file in the way."""
+    if isinstance(error, FileExistsError) or os.path.isfile(workdir):
+        return "it is a file"
+    if isinstance(error, NotADirectoryError):
+        parent = os.path.dirname(os.path.abspath(workdir))
+        while parent != os.path.dirname(parent) and not os.path.isfile(parent):
+            parent = os.path.dirname(parent)
+        if os.path.isfile(parent):
+            return f"{parent} is a file, not a folder"
+    return error.strerror or str(error)
 
 
 def dataset_identity(dataset) -> dict:

@@ -20,6 +20,8 @@ such a dataset, only on flow images made the same way.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ def subject_id(source: str, cell: str) -> str | None:
 def read_rows(csv_path: Path) -> list[dict[str, Any]]:
     """The CSV's rows as {source, subject, clip, label, image_stem, where}; a bad cell is an
     error naming the file, the row and the field."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(read_text(csv_path), newline="") as f:
         reader = csv.DictReader(f)
         missing = {"dataset", "sub", "filename_o", "label"} - set(reader.fieldnames or ())
         if missing:
@@ -83,6 +85,19 @@ def read_rows(csv_path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file (a BOM allowed); another encoding (a sheet saved as Latin-1) is an error
+    naming the file and the row of the first byte that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        row = data[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}, row {row}: byte 0x{data[e.start]:02x} is not UTF-8; save the CSV as UTF-8"
+        ) from None
+
+
 def _label(cell: str | None, where: str) -> int:
     text = (cell or "").strip().lower()
     if text in CLASS_NAMES:
@@ -106,9 +121,17 @@ def find_images(manual_dir: Path) -> tuple[Path, Path]:
 
 
 def match_images(rows: list[dict[str, Any]], folder: Path) -> dict[tuple[str, str], Path]:
-    """{(subject, clip): image} for every row; a row without an image, or an image without a
-    row, is an error naming it."""
-    images = {p.stem.rstrip(): p for p in folder.glob("*.png")}
+    """{(subject, clip): image} for every row; a row without an image, an image without a
+    row, or two images for one row (``X .png`` and ``X.png``) is an error naming them."""
+    images = {}
+    for path in sorted(folder.glob("*.png")):
+        stem = path.stem.rstrip()  # the repositories' "X .png" is row X, as is "X.png"
+        if stem in images:  # which one the row means cannot be told
+            raise ValueError(
+                f"{folder}: two images for {stem}: {images[stem].name!r} and {path.name!r}; "
+                "remove one"
+            )
+        images[stem] = path
     found, missing = {}, []
     for row in rows:
         path = images.pop(row["image_stem"], None)
@@ -140,10 +163,18 @@ def read_image(path: Path, size: int) -> np.ndarray:
         raise ValueError(f"{path}: {channels} channel(s) of {image.dtype}; flow images are "
                          "3-channel 8-bit (u, v, strain)")  # fmt: skip
     if image.shape[:2] != (size, size):
-        raise ValueError(f"{path}: {image.shape[1]}x{image.shape[0]} pixels; this config "
-                         f"({IMPORTED}_{size}) needs {size}x{size}: build {IMPORTED}_"
-                         f"{image.shape[1]} instead")  # fmt: skip
+        height, width = image.shape[:2]
+        raise ValueError(f"{path}: {width}x{height} pixels; this config ({IMPORTED}_{size}) "
+                         f"needs {size}x{size}: {_config_for(width, height)}")  # fmt: skip
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _config_for(width: int, height: int) -> str:
+    """What to build for images of another size: the config that takes them, if one does."""
+    if width == height and width in SIZES:
+        return f"build {IMPORTED}_{width} instead"
+    configs = ", ".join(f"{IMPORTED}_{s}" for s in SIZES)
+    return f"no config takes {width}x{height} images (configs: {configs})"
 
 
 class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -186,6 +217,15 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             metadata=tfds.core.MetadataDict(),
         )
 
+    def source_fingerprint(self, manual_dir: Path) -> str:
+        """The SHA-256 of the manual folder's CSV and images (names and bytes): what a reused
+        build is checked against (data_builders.build.check_source)."""
+        csv_path, folder = find_images(manual_dir)
+        digest = hashlib.sha256(csv_path.read_bytes())
+        for path in sorted(folder.glob("*.png")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         csv_path, folder = find_images(Path(dl_manager.manual_dir))
         rows = read_rows(csv_path)
@@ -202,6 +242,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "skipped": {},
                 "source_folder": folder.name,
                 "csv": csv_path.name,
+                "source_sha256": self.source_fingerprint(Path(dl_manager.manual_dir)),
             }  # fmt: skip
         )
         return {"train": self._generate_examples(examples)}

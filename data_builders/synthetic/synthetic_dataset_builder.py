@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import fcntl
+import logging
 import os
 import re
 import shutil
@@ -11,6 +13,8 @@ from typing import Any
 
 from data_builders import common, parsing
 from data_builders.skips import SkipLog
+
+log = logging.getLogger("data_builders")
 
 CLASS_NAMES = common.THREE_CLASSES
 IDENTITY = {name: name for name in CLASS_NAMES}
@@ -25,18 +29,29 @@ def subject_id(cell: Any) -> str | None:
 
 
 def generate(cache: Path, **params: Any) -> Path:
-    """Generates the raw layout once per parameter set (cached); returns the folder."""
+    """Generates the raw layout once per parameter set (cached); returns the folder.
+
+    Builds of several configs share the cache: a lock per parameter set (held while one
+    generates, released by the kernel if it dies) makes the others wait and reuse its frames,
+    instead of deleting its half-written folder as stale."""
     from mjfn_jax.synthetic import GENERATOR_VERSION, generate_raw
 
     # The generator's version is part of the key: a changed generator never reuses stale frames.
     name = f"v{GENERATOR_VERSION}_" + "_".join(f"{k}{v}" for k, v in sorted(params.items()))
     target = cache / name
-    if not (target / "annotations.csv").is_file():
-        partial = cache / f"{name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        generate_raw(partial, **params)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(partial, target)  # Atomic: an interrupted run never leaves a half cache.
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"{name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another build to generate %s", target)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "annotations.csv").is_file():
+            partial = cache / f"{name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)  # a killed build's, with the lock held
+            generate_raw(partial, **params)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(partial, target)  # Atomic: an interrupted run never leaves a half cache.
     return target
 
 
