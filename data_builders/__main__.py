@@ -1,26 +1,24 @@
-"""CLI: python -m data_builders build NAME[/CONFIG] --data_dir DIR [--manual_dir DIR] [--workers N]
+"""mjfn-build (python -m data_builders): build a dataset's flow images as a TFDS dataset.
+
+    mjfn-build build NAME[/CONFIG] --data_dir DIR [--manual_dir DIR] [--workers N]
 
 No TensorFlow involved. Examples:
-  python -m data_builders build synthetic --data_dir data/tfds
-  python -m data_builders build megc2019/tvl1_112 --data_dir data/tfds --manual_dir ~/megc2019
+  mjfn-build build synthetic --data_dir data/tfds
+  mjfn-build build megc2019/tvl1_112 --data_dir data/tfds --manual_dir ~/megc2019
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import data_builders
+from mjfn_jax import cli
 from mjfn_jax.preprocess.face import CROP_MODES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_builders",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.ArgumentParser("mjfn-build", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build one dataset/config to array_record files")
     build.add_argument(
@@ -56,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="smic/megc2019: SMIC apex position in a clip (default 0.5, the middle)",
     )
+    parser.epilog = build.format_help()  # --help lists every flag, the subcommand's too
     return parser.parse_args(argv)
 
 
@@ -87,7 +86,7 @@ def fail(error: Exception) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging()
     from data_builders.build import build_dataset, format_summary
     from data_builders.common import NothingBuilt
 

@@ -10,29 +10,21 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app, flags
-
 from mjfn_jax import cli
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", "data/tfds", "Where the synthetic TFDS dataset lives / goes.")
-flags.DEFINE_string("workdir", "workdirs/demo", "Output directory of the training run.")
-flags.DEFINE_string("config", "mjfn_jax/configs/synthetic.py", "Config file (path.py[:arg]).")
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.ArgumentParser("python -m experiments.demo", __doc__)
+    parser.add_argument("--data_dir", default="data/tfds", help="where the dataset is, or goes")
+    parser.add_argument("--workdir", default="workdirs/demo", help="the training run's folder")
+    cli.add_config_flag(parser, required=False, default="synthetic")
+    args, config = cli.parse_with_config(parser, argv)
+    with cli.expected_errors():
+        run_demo(config, args.data_dir, args.workdir)
+    return 0
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        run_demo()
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        # Expected errors (a damaged dataset, a bad config, a diverged run): the cause, without
-        # a traceback, as mjfn_jax.main does.
-        raise SystemExit(f"error: {e}") from None
-
-
-def run_demo() -> None:
-    from mjfn_jax.config_io import load_config
+def run_demo(config, data_dir: str, workdir: str) -> None:
     from mjfn_jax.parallel import split_cpu_devices
     from mjfn_jax.report import format_results_table
     from mjfn_jax.train import setup_logging, train_and_evaluate
@@ -40,11 +32,9 @@ def run_demo() -> None:
     split_cpu_devices()
     setup_logging()
 
-    with cli.expected_errors():
-        config = load_config(FLAGS.config)
-        config.data.data_dir = FLAGS.data_dir
-        dataset, data_s = _dataset(config)
-        results = train_and_evaluate(config, FLAGS.workdir, dataset=dataset)
+    config.data.data_dir = data_dir
+    dataset, data_s = _dataset(config)
+    results = train_and_evaluate(config, workdir, dataset=dataset)
     timing = results["timing"]
     print(format_results_table(results))
     print(
@@ -52,7 +42,7 @@ def run_demo() -> None:
         f"({timing['strategy']}, compile {timing['compile_s']:.0f} s, "
         f"{timing['samples_per_s'] or 0:.0f} samples/s); "
         f"chance UF1 is about {1 / len(dataset.class_names):.2f}; "
-        f"report: {os.path.join(FLAGS.workdir, 'report.md')}"
+        f"report: {os.path.join(workdir, 'report.md')}"
     )
 
 
@@ -64,14 +54,14 @@ def _dataset(config):
     name = config.data.name
     builder_config = builder_config_name(config.data, config.model.input_size)
     try:
-        dataset = load_dataset(name, builder_config, FLAGS.data_dir)
+        dataset = load_dataset(name, builder_config, config.data.data_dir)
     except FileNotFoundError:
         from data_builders.build import build_dataset, format_summary
 
-        print(f"building {name}/{builder_config} in {FLAGS.data_dir} ...")
-        summary = build_dataset(name, builder_config=builder_config, data_dir=FLAGS.data_dir)
+        print(f"building {name}/{builder_config} in {config.data.data_dir} ...")
+        summary = build_dataset(name, builder_config=builder_config, data_dir=config.data.data_dir)
         print(format_summary(summary))
-        dataset = load_dataset(name, builder_config, FLAGS.data_dir)
+        dataset = load_dataset(name, builder_config, config.data.data_dir)
     return dataset, time.perf_counter() - start
 
 

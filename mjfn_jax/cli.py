@@ -1,73 +1,80 @@
-"""What every absl command of the package shares: flag and config-file errors in one line.
+"""What every command of the package shares: one flag convention, and errors in one line.
 
-absl prints a config file's failure as a multi-line traceback inside "FATAL Flags parsing
-error", or as a bare traceback (a missing file with an override, a syntax error, an override of
-a field the config lacks); a user needs the flag and the cause. ``run(main)`` is
-``absl.app.run`` with that.
+Every command (mjfn-train, mjfn-build, mjfn-predict, mjfn-compare, mjfn-summary, the PyTorch
+trainer, the benchmark and the tools) parses its flags with ``ArgumentParser``: flags spelled
+with underscores, ``--help`` listing them all (exit 0), a flag error as one line
+``error: ... (--help lists the flags)`` (exit 2). Commands that train or describe a model take
+``--config NAME[:ARG]`` (a shipped config) or ``--config FILE.py[:ARG]``, and any config field
+as ``--config.<group>.<field>=value`` (``parse_with_config``).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
-
-from absl import app, flags
-
-
-def one_line(error: BaseException, first: bool = True) -> str:
-    """The first (unless ``first`` is False) and the last non-empty line of an error: the
-    flag and the cause."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    return f"{lines[0]} {lines[-1]}" if first and len(lines) > 1 else lines[-1]
+import logging
+import sys
 
 
-def _parse_flags(argv: list[str], flag_values: flags.FlagValues | None = None) -> list[str]:
-    """``flag_values(argv)`` (default: absl's FLAGS), every failure one line."""
-    try:
-        return (flags.FLAGS if flag_values is None else flag_values)(argv)
-    except flags.Error as e:
-        raise SystemExit(f"error: {one_line(e)} (--helpfull lists the flags)") from None
-    except Exception as e:  # config_flags loads the file, and applies overrides, while parsing
-        raise SystemExit(f"error: {config_error(e, argv)}") from None
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the package's conventions: the module docstring as the description (its
+    layout kept), no abbreviated flags, errors in one line."""
+
+    def __init__(self, prog: str | None = None, doc: str | None = None, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("description", doc)
+        super().__init__(prog=prog, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (--help lists the flags)\n")
 
 
-def config_error(error: Exception, argv: list[str], name: str = "config") -> str:
-    """A config flag's failure while parsing: the override of a field the config lacks (with
-    ml_collections' near match), else the config file and the cause of its failure."""
-    from mjfn_jax.config_io import did_you_mean, unknown_name
+def add_config_flag(parser: argparse.ArgumentParser, *, required: bool = True, default=None):
+    """``--config`` (a shipped config's name or a config file, ``:ARG`` a variant)."""
+    from mjfn_jax.config_io import config_names
 
-    field = unknown_name(error)
-    prefix = f"--{name}."
-    for arg in argv:
-        path = arg.partition("=")[0]
-        if field and path.startswith(prefix) and field in path.removeprefix(prefix).split("."):
-            return f"{arg}: the config has no field {field!r}{did_you_mean(error)}"
-    return f"--{name}={_flag_value(argv, name)}: {one_line(error, first=False)}"
-
-
-def _flag_value(argv: list[str], name: str) -> str:
-    """The value given to flag ``name`` in ``argv`` (``--name=value`` or ``--name value``; the
-    last one, as absl takes it)."""
-    found = ""
-    for i, arg in enumerate(argv):
-        flag, sep, value = arg.lstrip("-").partition("=")
-        if flag == name and arg.startswith("-"):
-            found = value if sep else (argv[i + 1] if i + 1 < len(argv) else "")
-    return found
+    parser.add_argument(
+        "--config",
+        required=required,
+        default=default,
+        metavar="NAME[:ARG]",
+        help=f"a shipped config ({', '.join(config_names())}) or a config file FILE.py; ARG "
+        "picks a variant (e.g. synthetic:smoke). Any config field can be set after it as "
+        "--config.<group>.<field>=value (fields and defaults: mjfn_jax/config.py)",
+    )
 
 
-def config_flag(name: str = "config"):
-    """The value of a config_flags flag, loaded now: a file that fails to load (config_flags
-    loads lazily, at first use) ends the command with one line."""
-    config = flags.FLAGS[name].value
-    try:
-        config.keys()
-    except Exception as e:  # a missing file, a get_config() that raised, a syntax error
-        cause = one_line(e, first=False)
-        raise SystemExit(f"error: {flags.FLAGS[name].serialize()}: {cause}") from None
-    return config
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATE = "%H:%M:%S"
+# Third-party loggers whose INFO lines say nothing to a user: JAX's search for a TPU or GPU
+# backend on a CPU machine, TFDS's and Orbax's (absl's) per-dataset and per-save lines.
+QUIET = ("jax._src.xla_bridge", "absl", "tensorflow_datasets", "orbax")
+
+
+def setup_logging() -> None:
+    """The one log format of every command (time, level, logger: message), INFO for this
+    project's loggers, warnings only from the chatty third-party ones."""
+    root = logging.getLogger()
+    # absl's first log call (Orbax logs at import) gives the root logger a plain stream handler
+    # of Python's default format: that one takes ours; a test runner's own handlers are kept.
+    plain = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    if not root.handlers:
+        logging.basicConfig(format=LOG_FORMAT, datefmt=LOG_DATE)
+    for handler in plain:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE))
+    root.setLevel(logging.INFO)
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv=None):
+    """(args, config): the flags, and ``--config`` loaded with its ``--config.x=y`` overrides;
+    a config that fails to load, or a bad override, ends the command with one line."""
+    from mjfn_jax.config_io import load_config_or_exit, parse_args_with_overrides
+
+    args, overrides = parse_args_with_overrides(parser, argv)
+    return args, load_config_or_exit(args.config, overrides)
 
 
 @contextlib.contextmanager
@@ -88,12 +95,5 @@ def expected_errors():
 
 
 def run(main) -> None:
-    """absl.app.run with one-line flag errors. From a console script (whose __main__ is pip's
-    wrapper) the command's module docstring becomes the --help text, as with python -m."""
-    import sys
-
-    module = sys.modules.get(main.__module__)
-    entry = sys.modules.get("__main__")
-    if entry is not None and not entry.__doc__ and module is not None:
-        entry.__doc__ = module.__doc__
-    app.run(main, flags_parser=_parse_flags)
+    """A console script's entry point: ``main(argv) -> exit status``."""
+    sys.exit(main(sys.argv[1:]))

@@ -62,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Flow method of the built dataset ('tvl1', 'farneback', 'dis'); the dataset read is
     # '<name>/<flow_method>_<model.input_size>' (mjfn_jax.data.builder_config_name).
     c.data.flow_method = "tvl1"
-    c.data.data_dir = "data/tfds"  # Where `python -m data_builders build` wrote it.
+    c.data.data_dir = "data/tfds"  # Where `mjfn-build build` wrote it.
     c.data.split = "train"
     # data.name='generated': synthetic flow images made in memory (no build), for benchmarks.
     c.data.generated_subjects = 68  # Composite scale: 68 subjects ...

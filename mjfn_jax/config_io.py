@@ -1,7 +1,7 @@
 """Loading config files, command-line style overrides, and the workdir's saved config.
 
 ``load_config("synthetic:smoke")`` imports the shipped config ``mjfn_jax/configs/synthetic.py``
-and calls ``get_config("smoke")``, like ``config_flags.DEFINE_config_file`` does for the CLI; a
+and calls ``get_config("smoke")`` (big_vision's convention); a
 path to a config file (``"my_config.py:smoke"``) works the same way.
 """
 
@@ -34,6 +34,16 @@ def config_names() -> list[str]:
     )
 
 
+def config_summaries() -> dict[str, str]:
+    """{name: the first line of its docstring} of the shipped configs."""
+    out = {}
+    for name in config_names():
+        with open(os.path.join(CONFIGS_DIR, name + ".py")) as f:
+            doc = ast.get_docstring(ast.parse(f.read())) or ""
+        out[name] = doc.splitlines()[0] if doc else ""
+    return out
+
+
 def config_path(name_or_path: str) -> str:
     """A shipped config's file for its name ("casme2"), else the path as given."""
     if os.sep not in name_or_path and not name_or_path.endswith(".py"):
@@ -61,8 +71,8 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
 
 
 def parse_args_with_overrides(parser: argparse.ArgumentParser, argv=None):
-    """(args, overrides) of an argparse command that takes config overrides spelled as for
-    ``python -m mjfn_jax.main`` (absl config_flags): ``--config.<group>.<field>=value``."""
+    """(args, overrides) of an argparse command that takes config overrides:
+    ``--config.<group>.<field>=value``."""
     args, rest = parser.parse_known_args(argv)
     overrides = [a for a in rest if a.startswith("--config.") and "=" in a]
     unknown = [a for a in rest if a not in overrides]
@@ -77,7 +87,9 @@ def load_config_or_exit(spec: str, overrides: Iterable[str] = ()) -> ml_collecti
     try:
         return load_config(spec, overrides)
     except (OSError, ValueError, KeyError, AttributeError, SyntaxError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        message = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        if message.startswith("override "):  # the override is the flag at fault
+            raise SystemExit(f"error: {message.removeprefix('override ')}") from None
         raise SystemExit(f"error: --config={spec}: {message}") from None
 
 

@@ -2,7 +2,7 @@
 
 See docs/design.md#loading-data (and #fold-engine for the device side).
 
-`load_dataset` reads a split written by `python -m data_builders build` (array_record files,
+`load_dataset` reads a split written by `mjfn-build build` (array_record files,
 no TensorFlow); `Dataset.from_arrays` wraps arrays made elsewhere (benchmarks, tests).
 tensorflow_datasets and the builders are imported inside `load_dataset` only, so importing this
 module stays cheap.
@@ -172,7 +172,7 @@ class Dataset:
 
 def build_command(name: str, builder_config: str, data_dir: str | os.PathLike) -> str:
     manual = "" if name == "synthetic" else " --manual_dir /path/to/" + name
-    return f"python -m data_builders build {name}/{builder_config} --data_dir {data_dir}{manual}"
+    return f"mjfn-build build {name}/{builder_config} --data_dir {data_dir}{manual}"
 
 
 def _decode_png(data: bytes, where: str) -> np.ndarray:

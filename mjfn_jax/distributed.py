@@ -1,10 +1,10 @@
 """Multi-process runs through ``jax.distributed``: flag checks, initialization, per-process logs.
 
     # every process, same config and workdir, its own --process_id:
-    python -m mjfn_jax.main --config ... --workdir W \
+    mjfn-train --config ... --workdir W \
         --coordinator_address 10.0.0.1:1234 --num_processes 2 --process_id 0
     # or, on a TPU VM / Slurm / Open MPI job, let JAX detect the cluster:
-    python -m mjfn_jax.main --config ... --workdir W --distributed
+    mjfn-train --config ... --workdir W --distributed
 
 Without these flags nothing changes: one process. With them the devices of all processes form
 one global mesh (``jax.devices()``); on CPU the processes' collectives run over gloo.

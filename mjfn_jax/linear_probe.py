@@ -214,7 +214,7 @@ def pool(log_probs: np.ndarray, tests: list[np.ndarray], num_classes: int) -> np
 def run_floor(config, workdir: str, dataset, arrays: FoldArrays, memo: dict) -> dict:
     """The linear probe's pooled predictions on the run's folds (mjfn_jax.linear_probe), kept
     with each fold's probe (``weight`` [F, D, C], ``bias`` [F, C], ``folds`` [F]: what
-    ``predict --with-floor`` uses) in ``workdir/linear_floor.npz``: the workdir's dataset and
+    ``predict --with_floor`` uses) in ``workdir/linear_floor.npz``: the workdir's dataset and
     folds never change. The probe depends only on the test subjects of each fold: ``memo``
     (test split -> the file's arrays) spares the seeds of one run that share them (LOSO) from
     fitting it again."""

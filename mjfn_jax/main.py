@@ -1,7 +1,7 @@
-"""CLI: train and evaluate every fold of a config, then print the results table.
+"""mjfn-train: train and evaluate every fold of a config, then print the results table.
 
-    python -m mjfn_jax.main --config mjfn_jax/configs/synthetic.py --workdir workdirs/syn \
-        [--config.train.num_epochs=3 --config.parallel.strategy=vmap ...]
+    mjfn-train --config synthetic --workdir workdirs/syn [--config.train.num_epochs=3 ...]
+    mjfn-train --config my_config.py:smoke --workdir W --seeds 0 1 2
 
 Rerunning the same command resumes: finished folds are skipped, the others continue from
 their latest checkpoint. A different config in the same workdir is refused.
@@ -14,42 +14,58 @@ VM, Slurm, Open MPI). Process 0 prints; the others log to <workdir>/logs/process
 
 from __future__ import annotations
 
-from absl import app, flags
-from ml_collections import config_flags
+import argparse
 
 from mjfn_jax import cli, distributed
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (path.py[:arg]).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Output directory (checkpoints, predictions, report).")
-flags.mark_flags_as_required(["config", "workdir"])
-flags.DEFINE_string(
-    "coordinator_address", None, "Multi-process: HOST:PORT of process 0's coordinator."
-)
-flags.DEFINE_integer("num_processes", None, "Multi-process: the number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-process: this process's id, 0..num_processes-1.")
-flags.DEFINE_bool(
-    "distributed", False, "Multi-process, the cluster (TPU VM, Slurm, Open MPI) detected by JAX."
-)
-flags.DEFINE_integer(
-    "distributed_timeout",
-    distributed.DEFAULT_TIMEOUT_S,
-    "Multi-process: seconds to wait for every process to join, then end with an error.",
-)
+
+class _ListConfigs(argparse.Action):
+    """--list_configs: print the shipped configs' names and first lines, then exit."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from mjfn_jax.config_io import config_summaries
+
+        for name, line in config_summaries().items():
+            print(f"{name:12s} {line}")
+        parser.exit()
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser("mjfn-train", __doc__)
+    cli.add_config_flag(p)
+    p.add_argument("--workdir", required=True, help="output folder: checkpoints, report")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", metavar="SEED",
+        help="train these seeds in one run (config.train.seeds); seeds/<s>/ holds each",
+    )  # fmt: skip
+    p.add_argument("--list_configs", nargs=0, action=_ListConfigs, help="list the shipped configs")
+    multi = p.add_argument_group("several processes (docs/multi_host.md)")
+    multi.add_argument("--coordinator_address", help="HOST:PORT of process 0's coordinator")
+    multi.add_argument("--num_processes", type=int, help="the number of processes")
+    multi.add_argument("--process_id", type=int, help="this process's id, 0..num_processes-1")
+    multi.add_argument(
+        "--distributed", action="store_true",
+        help="the cluster (TPU VM, Slurm, Open MPI) as JAX detects it",
+    )  # fmt: skip
+    multi.add_argument(
+        "--distributed_timeout", type=int, default=distributed.DEFAULT_TIMEOUT_S,
+        help="seconds to wait for every process to join, then end with an error",
+    )  # fmt: skip
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = cli.parse_with_config(parser(), argv)
+    if args.seeds:
+        config.train.seeds = tuple(args.seeds)
     with cli.expected_errors():  # checked before anything starts
         cluster = distributed.settings(
-            FLAGS.coordinator_address,
-            FLAGS.num_processes,
-            FLAGS.process_id,
-            FLAGS.distributed,
-            FLAGS.distributed_timeout,
+            args.coordinator_address,
+            args.num_processes,
+            args.process_id,
+            args.distributed,
+            args.distributed_timeout,
         )
-    config = cli.config_flag()
     from mjfn_jax.parallel import split_cpu_devices
 
     split_cpu_devices()  # configures devices only; JAX's backends start after initialize
@@ -60,13 +76,14 @@ def main(argv: list[str]) -> None:
     with cli.expected_errors():
         distributed.initialize(cluster)
     if cluster is not None:  # (jax.process_index() starts the backends: not before checks)
-        distributed.setup_process_logging(FLAGS.workdir)
+        distributed.setup_process_logging(args.workdir)
     with cli.expected_errors():
-        results = train_and_evaluate(config, FLAGS.workdir)
+        results = train_and_evaluate(config, args.workdir)
     if cluster is not None and not distributed.is_main():
-        return  # process 0 prints the results
+        return 0  # process 0 prints the results
     print(format_results_table(results))
-    print(timing_lines(results["timing"], FLAGS.workdir))
+    print(timing_lines(results["timing"], args.workdir))
+    return 0
 
 
 def timing_lines(timing: dict, workdir: str) -> str:

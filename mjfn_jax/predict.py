@@ -1,9 +1,9 @@
-"""Class probabilities for a new clip from one fold's trained model in a workdir.
+"""mjfn-predict: class probabilities for a new clip from one fold's trained model in a workdir.
 
-    python -m mjfn_jax.predict --workdir DIR --fold SUBJECT --onset A.jpg --apex B.jpg
-    python -m mjfn_jax.predict --workdir DIR --fold SUBJECT --flow-image F.png
-    python -m mjfn_jax.predict --workdir DIR --fold all --video clip.mp4 [--plot curve.png]
-    python -m mjfn_jax.predict --workdir DIR --fold all --frames DIR [--apex-frame N]
+    mjfn-predict --workdir DIR --fold SUBJECT --onset A.jpg --apex B.jpg
+    mjfn-predict --workdir DIR --fold SUBJECT --flow_image F.png
+    mjfn-predict --workdir DIR --fold all --video clip.mp4 [--plot curve.png]
+    mjfn-predict --workdir DIR --fold all --frames DIR [--apex_frame N]
 
 The clip goes through the preprocessing of the dataset builders (``process_pair``: face crop,
 optical flow, strain, min-max encoding) with the settings the training run recorded from its
@@ -56,7 +56,7 @@ def load_run_config(workdir: str):
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"{path} not found: {workdir} is not a training workdir (python -m mjfn_jax.main "
+            f"{path} not found: {workdir} is not a training workdir (mjfn-train "
             "writes config.json there first)"
         )
     return ml_collections.ConfigDict(read_json(path, "restore it from the run's report"))
@@ -330,7 +330,7 @@ def predict(
         raise ValueError(
             f"{workdir} was trained on imported flow images ({pre.get('dataset')}), made by "
             "their publishers' own preprocessing: give a flow image made the same way "
-            "(--flow-image), not frames or a video"
+            "(--flow_image), not frames or a video"
         )
     folds = available_folds(workdir) if fold == "all" else [resolve_fold(workdir, fold)]
     if not folds:
@@ -402,9 +402,9 @@ def format_prediction(result: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m mjfn_jax.predict", description=__doc__.split("\n")[0]
-    )
+    from mjfn_jax import cli
+
+    p = cli.ArgumentParser("mjfn-predict", __doc__)
     p.add_argument("--workdir", required=True, help="training workdir (config.json, folds/)")
     p.add_argument(
         "--fold",
@@ -414,11 +414,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--onset", help="onset frame image file")
     p.add_argument("--apex", help="apex frame image file")
-    p.add_argument("--flow-image", help="an already computed flow image (PNG) instead")
+    p.add_argument("--flow_image", help="an already computed flow image (PNG) instead")
     p.add_argument("--video", help="a clip as a video file (onset first; apex spotted)")
     p.add_argument("--frames", help="a clip as a folder of frame images, in natural name order")
-    p.add_argument("--onset-frame", type=int, help="--video/--frames: onset position (default 0)")
-    p.add_argument("--apex-frame", type=int, help="--video/--frames: apex position (default: spot)")
+    p.add_argument("--onset_frame", type=int, help="--video/--frames: onset position (default 0)")
+    p.add_argument("--apex_frame", type=int, help="--video/--frames: apex position (default: spot)")
     p.add_argument("--plot", help="--video/--frames: save the motion curve, apex marked (PNG)")
     p.add_argument(
         "--spot",
@@ -427,9 +427,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--crop", choices=CROP_MODES, help="override the face crop")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--save-flow-image", help="also write the model's input flow image here")
+    p.add_argument("--save_flow_image", help="also write the model's input flow image here")
     p.add_argument(
-        "--with-floor",
+        "--with_floor",
         action="store_true",
         help="the report's network + floor model: average the network's probabilities with "
         "those of the fold's linear floor (kept by the training run)",
@@ -441,7 +441,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     pair = args.onset is not None or args.apex is not None
     given = pair + sum(x is not None for x in (args.flow_image, args.video, args.frames))
     if given != 1 or (pair and (args.onset is None or args.apex is None)):
-        parser.error("give --onset and --apex, or --flow-image, or --video, or --frames")
+        parser.error("give --onset and --apex, or --flow_image, or --video, or --frames")
     raw = args.video is not None or args.frames is not None
     for flag in ("onset_frame", "apex_frame", "plot", "spot"):
         if getattr(args, flag) is not None and not raw:
@@ -451,7 +451,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 def json_result(result: dict) -> dict:
     """The result without the image, probabilities as {class: p}; always has the keys onset,
     apex, probabilities and prediction (onset/apex: frame numbers of a raw clip, the files of
-    --onset/--apex, null for --flow-image)."""
+    --onset/--apex, null for --flow_image)."""
     out = {k: v for k, v in result.items() if k != "flow_image"}
     for key in ("probs", "network_probs", "floor_probs"):
         if key in result:

@@ -2,9 +2,9 @@
 
 An (onset, apex) pair of frame files, a saved flow image, or a raw clip (a video or a frame
 folder). Real footage has no onset/apex annotation: the onset is the clip's first frame unless
-``--onset-frame N`` says otherwise, and the apex is spotted (mjfn_jax.preprocess.spot_apex: the
+``--onset_frame N`` says otherwise, and the apex is spotted (mjfn_jax.preprocess.spot_apex: the
 peak of the face's motion relative to the onset, inside the same face box as the flow image)
-unless ``--apex-frame N`` is given. Frame numbers N are 0-based positions in the clip: the
+unless ``--apex_frame N`` is given. Frame numbers N are 0-based positions in the clip: the
 video's decoding order, or the folder's natural name order (img2 before img10).
 """
 
@@ -60,7 +60,7 @@ def flow_image_from_pair(
 
 
 def flow_image_from_file(path: str, size: int) -> np.ndarray:
-    """A saved flow image (PNG written by a builder or by --save-flow-image) -> uint8 [S, S, 3].
+    """A saved flow image (PNG written by a builder or by --save_flow_image) -> uint8 [S, S, 3].
 
     Exactly 3 uint8 channels (u, v, strain): a grayscale or RGBA file is refused rather than
     silently turned into 3 channels (u = v = strain is not a flow image)."""
@@ -73,7 +73,7 @@ def flow_image_from_file(path: str, size: int) -> np.ndarray:
     if channels != 3 or image.dtype != np.uint8:
         raise ValueError(
             f"flow image {path} has {channels} channel(s) of {image.dtype}; a flow image has 3 "
-            "uint8 channels (u, v, strain), as the builders and --save-flow-image write them"
+            "uint8 channels (u, v, strain), as the builders and --save_flow_image write them"
         )
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # RGB, like the datasets' PNGs decode
     if image.shape[:2] != (size, size):
@@ -94,7 +94,7 @@ def save_flow_image(path: str, image: np.ndarray) -> None:
     encoded.tofile(path)
 
 
-def check_output_path(path: str, flag: str = "--save-flow-image") -> None:
+def check_output_path(path: str, flag: str = "--save_flow_image") -> None:
     """An output image: a .png in an existing folder, not a folder itself (checked before any
     work is done)."""
     if os.path.isdir(path):
@@ -120,16 +120,16 @@ def load_clip(video: str | None = None, frames: str | None = None) -> tuple[list
 
 
 def check_frame_numbers(count: int, onset: int | None, apex: int | None) -> tuple[int, int | None]:
-    """Validates --onset-frame / --apex-frame against a clip of `count` frames (0..count-1)."""
+    """Validates --onset_frame / --apex_frame against a clip of `count` frames (0..count-1)."""
     onset = 0 if onset is None else int(onset)
     if not 0 <= onset <= count - 2:
         raise ValueError(
-            f"--onset-frame {onset}: out of range; the clip has frames 0..{count - 1} and the "
+            f"--onset_frame {onset}: out of range; the clip has frames 0..{count - 1} and the "
             "onset needs at least one frame after it"
         )
     if apex is not None and not onset < int(apex) <= count - 1:
         raise ValueError(
-            f"--apex-frame {apex}: out of range; it must lie after the onset frame {onset} and "
+            f"--apex_frame {apex}: out of range; it must lie after the onset frame {onset} and "
             f"at most at the last frame {count - 1}"
         )
     return onset, None if apex is None else int(apex)
@@ -190,7 +190,7 @@ def plot_motion_curve(info: dict, path: str) -> str:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.plot(frames, info["motion_curve"], ".-", color="0.6", label="motion vs onset")
     ax.plot(frames, info["motion_curve_smoothed"], "-", color="C0", label="smoothed")
-    how = "spotted" if info["apex_spotted"] else "--apex-frame"
+    how = "spotted" if info["apex_spotted"] else "--apex_frame"
     ax.axvline(info["apex"], color="C3", label=f"apex {info['apex']} ({how})")
     if not info["apex_spotted"] and info["spotted_apex"] != info["apex"]:
         ax.axvline(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 from collections.abc import Callable
 
 import jax
@@ -52,10 +53,10 @@ log = logging.getLogger(__name__)
 
 
 def setup_logging() -> None:
-    """INFO for this package; Orbax's per-save INFO lines (absl logger) only as warnings."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("mjfn_jax").setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    """The commands' log format (mjfn_jax.cli.setup_logging), for notebooks and scripts."""
+    from mjfn_jax.cli import setup_logging as setup
+
+    setup()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +143,7 @@ def train_and_evaluate(
                         log_probs = parallel.to_host(log_probs)  # [G, max_test, C]
                     with chrono.phase("results (handing over)"):
                         _hand_over_results(run, group, log_probs)
+                    _log_group(run, group)
             timing = _timing(run, chrono)
         # 8. Pool each seed's predictions in dataset order and report, beside the linear floor.
         pooled_of = lambda seed: (seed_predictions(dataset, units, seed), None)  # noqa: E731
@@ -194,6 +196,7 @@ class _Group:
     samples_per_epoch: int  # all real members together
     bar: object  # tqdm: the group's epochs
     curves: Curves  # the members' TensorBoard curves
+    last_loss: float | None = None  # the mean over members of the last epoch's, this run
 
 
 def _set_up(config, workdir: str, dataset, units: Units, runners: Runners) -> _Run:
@@ -298,6 +301,7 @@ def _record_epochs(group: _Group, metrics: dict, names) -> None:
             group.histories[m] += records
             group.curves.add(names[m], records)
     group.epoch += metrics["loss"].shape[1]
+    group.last_loss = float(np.mean(metrics["loss"][:, -1]))
     if "stopped" in metrics:  # early stopping: every real member has stopped
         group.stopped = bool(np.all(metrics["stopped"][group.members >= 0, -1]))
 
@@ -317,19 +321,34 @@ def _hand_over_results(run: _Run, group: _Group, log_probs: np.ndarray) -> None:
             run.ckpts.write_result(m, arrays.test_idx[m][mask], log_probs[pos][mask], summary)
 
 
+def _bars() -> bool:
+    """Progress bars on a terminal only (a log file gets one line per group instead), and
+    with several processes on process 0 only."""
+    return sys.stderr.isatty() and distributed.is_main()
+
+
 def _progress(groups: list, desc: str):
-    """The groups, with a bar when there are several (multi-process: on process 0 only)."""
-    quiet = len(groups) < 2 or not distributed.is_main()
-    return tqdm(groups, desc=desc, unit="group", disable=quiet)
+    """The groups, with a bar when there are several."""
+    return tqdm(groups, desc=desc, unit="group", disable=len(groups) < 2 or not _bars())
 
 
 def _epoch_bar(group: _Group, total: int):
-    """A group's epochs bar (multi-process: on process 0 only)."""
+    """A group's epochs bar."""
     label = group.names[0] if len(group.names) == 1 else f"{len(group.names)} folds"
     return tqdm(
         total=total, initial=group.epoch, desc=label, unit="epoch", leave=False,
-        disable=not distributed.is_main(),
+        disable=not _bars(),
     )  # fmt: skip
+
+
+def _log_group(run: _Run, group: _Group) -> None:
+    """Without bars, one log line per finished group: which, how far, its last loss."""
+    if _bars() or not distributed.is_main():
+        return
+    done = next(i for i, g in enumerate(run.groups) if g is group.members) + 1
+    names = ", ".join(group.names) if len(group.names) <= 4 else f"{len(group.names)} folds"
+    loss = "" if group.last_loss is None else f", loss {group.last_loss:.3f}"
+    log.info("group %d/%d done (%s): %d epochs%s", done, len(run.groups), names, group.epoch, loss)
 
 
 def _timing(run: _Run, chrono: Chrono) -> dict:
@@ -355,7 +374,11 @@ def _timing(run: _Run, chrono: Chrono) -> dict:
         "platform": run.execution["platform"],
         "folds_trained_this_run": len(run.pending),
     }
-    log.info("timing: %s", timing)
+    phases = sorted(timing["phases_s"].items(), key=lambda kv: -kv[1])
+    log.info(
+        "%.1f s: %s (all figures: results.json \"timing\")", timing["wall_s"],
+        ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases if seconds >= 0.05),
+    )  # fmt: skip
     return timing
 
 

@@ -269,7 +269,7 @@ def test_damaged_shard_names_the_file_and_the_rebuild(tmp_path, damage):
     else:
         data[64:4096] = bytes(4096 - 64)  # Zeros over the first chunk's header and records.
         shard.write_bytes(data)
-    with pytest.raises(ValueError, match="python -m data_builders build") as err:
+    with pytest.raises(ValueError, match="mjfn-build build") as err:
         load_dataset("synthetic", CONFIG, tmp_path)
     assert str(shard.parent) in str(err.value) and shard.name in str(err.value)
     assert "\n" not in str(err.value)

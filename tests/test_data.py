@@ -73,7 +73,7 @@ def test_from_arrays_prefixes_and_converts():
 
 
 def test_missing_dataset_prints_the_build_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m data_builders build megc2019/tvl1_112"):
+    with pytest.raises(FileNotFoundError, match="mjfn-build build megc2019/tvl1_112"):
         load_dataset("megc2019", "tvl1_112", tmp_path)
 
 

@@ -2,6 +2,7 @@
 imports and runs from outside the repository."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
         assert module in names, module
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for script in ("mjfn-train", "mjfn-predict", "mjfn-summary", "mjfn-build"):
+    for script in SCRIPTS:
         assert f"{script} = " in scripts
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
@@ -43,12 +44,27 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
         "assert not any(m.startswith('data_builders') for m in sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env, timeout=120)
-    help_run = subprocess.run(
-        [sys.executable, "-m", "mjfn_jax.main", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
-    )  # fmt: skip (absl's --help exits with 1)
-    assert "--workdir" in help_run.stdout and "Traceback" not in help_run.stderr
+    for script, module in SCRIPTS.items():  # what each console script runs, from /tmp
+        help_run = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+            cwd=tmp_path, env=env, timeout=120,
+        )  # fmt: skip
+        assert help_run.returncode == 0 and "Traceback" not in help_run.stderr, script
+        assert help_run.stdout.startswith(f"usage: {script}"), help_run.stdout[:200]
+        flags = set(re.findall(r"(?<![\w-])--([a-z][\w-]*)", help_run.stdout))
+        assert flags and not [f for f in flags if "-" in f], (script, flags)
+    listed = subprocess.run(
+        [sys.executable, "-m", "mjfn_jax.main", "--list_configs"], capture_output=True,
+        text=True, cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    names = [line.split()[0] for line in listed.stdout.splitlines()]
+    assert names == ["benchmark", "casme2", "flow_images", "megc2019", "samm", "smic", "synthetic"]
+
+
+SCRIPTS = {
+    "mjfn-train": "mjfn_jax.main",
+    "mjfn-predict": "mjfn_jax.predict",
+    "mjfn-summary": "mjfn_jax.models",
+    "mjfn-build": "data_builders",
+    "mjfn-compare": "mjfn_jax.compare",
+}

@@ -48,7 +48,7 @@ def test_flow_image_prediction_matches_the_engine(trained, tmp_path):
 
 
 def test_with_floor_is_the_reports_network_plus_floor(trained, tmp_path, capsys):
-    """--with-floor: the fold's linear floor (its probe, kept by the run) reproduces the run's
+    """--with_floor: the fold's linear floor (its probe, kept by the run) reproduces the run's
     floor prediction of the clip, and the result is the mean with the network's."""
     workdir, dataset, results = trained
     i = int(np.flatnonzero(dataset.subjects == "synthetic/s02")[1])
@@ -58,21 +58,21 @@ def test_with_floor_is_the_reports_network_plus_floor(trained, tmp_path, capsys)
         np.testing.assert_allclose(out["floor_probs"], z["probs"][i], atol=1e-4)
     np.testing.assert_allclose(out["network_probs"], results["probs"][i], atol=1e-5)
     np.testing.assert_allclose(out["probs"], (out["network_probs"] + out["floor_probs"]) / 2)
-    args = ["--workdir", workdir, "--fold", "synthetic__s02", "--flow-image", path]
-    assert predict_mod.main([*args, "--with-floor"]) == 0
+    args = ["--workdir", workdir, "--fold", "synthetic__s02", "--flow_image", path]
+    assert predict_mod.main([*args, "--with_floor"]) == 0
     assert "network    floor     mean" in capsys.readouterr().out
-    assert predict_mod.main([*args, "--with-floor", "--json"]) == 0
+    assert predict_mod.main([*args, "--with_floor", "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)["floor_probs"]) == set(dataset.class_names)
     # a run without the floor's probes: one line naming the file
     bare = tmp_path / "bare"
     shutil.copytree(workdir, bare)
     os.remove(bare / "linear_floor.npz")
-    assert predict_mod.main(["--workdir", str(bare), *args[2:], "--with-floor"]) == 2
+    assert predict_mod.main(["--workdir", str(bare), *args[2:], "--with_floor"]) == 2
     err = capsys.readouterr().err
     assert "linear_floor.npz not found" in err and len(err.strip().splitlines()) == 1
     # a damaged file: one line naming it, not a traceback
     (bare / "linear_floor.npz").write_bytes(b"PK\x03\x04 cut short")
-    assert predict_mod.main(["--workdir", str(bare), *args[2:], "--with-floor"]) == 2
+    assert predict_mod.main(["--workdir", str(bare), *args[2:], "--with_floor"]) == 2
     err = capsys.readouterr().err
     assert "linear_floor.npz is damaged" in err and len(err.strip().splitlines()) == 1
 
@@ -106,8 +106,8 @@ def test_cli_prints_probabilities_and_json(trained, tmp_path, capsys):
     workdir, dataset, _ = trained
     path = _write_rgb(tmp_path / "flow.png", dataset.images[0])
     saved = str(tmp_path / "input.png")
-    args = ["--workdir", workdir, "--fold", "synthetic__s01", "--flow-image", path]
-    assert predict_mod.main([*args, "--save-flow-image", saved]) == 0
+    args = ["--workdir", workdir, "--fold", "synthetic__s01", "--flow_image", path]
+    assert predict_mod.main([*args, "--save_flow_image", saved]) == 0
     text = capsys.readouterr().out
     for name in dataset.class_names:
         assert name in text
@@ -138,7 +138,7 @@ def test_errors_name_the_problem(trained, tmp_path, capsys):
         predict_mod.predict(workdir, "s01", flow_image=big)
     with pytest.raises(ValueError, match="either both onset and apex"):
         predict_mod.predict(workdir, "s01", onset=good)
-    assert predict_mod.main(["--workdir", workdir, "--fold", "s09", "--flow-image", good]) == 2
+    assert predict_mod.main(["--workdir", workdir, "--fold", "s09", "--flow_image", good]) == 2
     assert "unknown fold" in capsys.readouterr().err
 
 
@@ -158,7 +158,7 @@ def test_save_flow_image_target_is_checked_first(trained, tmp_path, capsys):
     """A missing folder or a non-PNG name: one error line, exit 2, nothing predicted."""
     workdir, dataset, _ = trained
     good = _write_rgb(tmp_path / "flow.png", dataset.images[0])
-    args = ["--workdir", workdir, "--fold", "s01", "--flow-image", good, "--save-flow-image"]
+    args = ["--workdir", workdir, "--fold", "s01", "--flow_image", good, "--save_flow_image"]
     assert predict_mod.main([*args, str(tmp_path / "missing" / "x.png")]) == 2
     captured = capsys.readouterr()
     assert "does not exist" in captured.err and "prediction:" not in captured.out
@@ -186,7 +186,7 @@ def test_preprocessing_settings_come_from_the_workdirs_dataset_record(trained, t
         f.write('{"sha256": "x", "class_names": ["a", "b"]}')
     with pytest.raises(ValueError, match="rerun its training command"):
         predict_mod.load_dataset_record(str(tmp_path / "old"))
-    imported = tmp_path / "imported"  # a run on published images: only --flow-image
+    imported = tmp_path / "imported"  # a run on published images: only --flow_image
     shutil.copytree(workdir, imported)
     record["preprocessing"]["flow_method"] = "imported"
     with open(imported / "dataset.json", "w") as f:
@@ -278,7 +278,7 @@ def test_video_cli_json_and_plot(trained, raw_clip, tmp_path, capsys, ext):
     assert out["prediction"] in dataset.class_names and len(out["motion_curve"]) == count
     assert cv2.imread(str(plot)).shape[2] == 3
     # Given frames: no spotting needed, the curve is still drawn for --plot.
-    assert predict_mod.main([*args, "--onset-frame", "1", "--apex-frame", "3"]) == 0
+    assert predict_mod.main([*args, "--onset_frame", "1", "--apex_frame", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["onset"], out["apex"], out["apex_spotted"]) == (1, 3, False)
 
@@ -303,9 +303,9 @@ def test_bad_raw_input_is_one_error_line(trained, raw_clip, tmp_path, capsys):
         ("--video", str(tmp_path / "missing.mp4")): "missing.mp4: file not found",
         ("--frames", _write_frames(tmp_path / "one", [texture])): "1 frame image(s) found",
         ("--frames", _write_frames(tmp_path / "mixed", [texture, texture[:48]])): "f1.png is 64x48",
-        ("--frames", paths["frames"], "--apex-frame", str(count)): f"--apex-frame {count}",
-        ("--frames", paths["frames"], "--apex-frame", "0"): "--apex-frame 0",
-        ("--frames", paths["frames"], "--onset-frame", "-1"): "--onset-frame -1",
+        ("--frames", paths["frames"], "--apex_frame", str(count)): f"--apex_frame {count}",
+        ("--frames", paths["frames"], "--apex_frame", "0"): "--apex_frame 0",
+        ("--frames", paths["frames"], "--onset_frame", "-1"): "--onset_frame -1",
         ("--frames", paths["frames"], "--spot", "work_size=x"): "setting 'work_size=x': 'x' is not",
         ("--frames", _write_frames(tmp_path / "blank", [texture] * 3), "--crop", "haar"): (
             "no face found on the onset frame 0 (f0.png)"
@@ -321,10 +321,10 @@ def test_bad_raw_input_is_one_error_line(trained, raw_clip, tmp_path, capsys):
     args = ["--workdir", workdir, "--fold", "s01", "--onset", blank, "--apex", blank]
     assert predict_mod.main([*args, "--crop", "haar"]) == 2
     assert "no face found on the onset frame " + blank in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # --apex-frame belongs to raw clips
-        predict_mod.main(["--workdir", workdir, "--fold", "s01", "--flow-image", "x.png",
-                          "--apex-frame", "2"])  # fmt: skip
-    assert "--apex-frame needs --video or --frames" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --apex_frame belongs to raw clips
+        predict_mod.main(["--workdir", workdir, "--fold", "s01", "--flow_image", "x.png",
+                          "--apex_frame", "2"])  # fmt: skip
+    assert "--apex_frame needs --video or --frames" in capsys.readouterr().err
 
 
 def test_cli_process_bad_video_is_one_line(trained, tmp_path):

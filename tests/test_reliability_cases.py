@@ -146,41 +146,39 @@ def test_an_unusable_workdir_is_one_line(tmp_path, monkeypatch, smoke_config, ti
     assert "Read-only file system" in _one_line(info.value)
 
 
-# Case 7: config file and override errors while absl parses the flags ------------------------
+# Case 7: config file and override errors ----------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "config, override, expected",
     [
         ("missing.py", "--config.train.num_epochs=3",
-         r"^error: --config=missing.py: \[Errno 2\] No such file"),
+         r"^error: --config=missing.py: config file not found: 'missing.py'"),
         ("bad.py", None, r"^error: --config=.*bad.py: invalid syntax \(bad.py, line 1\)"),
         ("bad.py", "--config.seed=1", r"^error: --config=.*bad.py: invalid syntax"),
         ("synthetic.py:smoke", "--config.train.num_epochz=3",
-         r"^error: --config.train.num_epochz=3: the config has no field 'num_epochz' "
+         r"^error: '--config.train.num_epochz=3': no config field 'train.num_epochz' "
          r'\(did you mean "num_epochs"\?\)$'),
         ("synthetic.py:smoke", "--config.trian.num_epochs=3",
-         r"^error: --config.trian.num_epochs=3: .*no field 'trian' \(did you mean \"train\"\?\)"),
+         r"^error: '--config.trian.num_epochs=3': no config group 'trian' "
+         r'\(did you mean "train"\?\)$'),
     ],
 )  # fmt: skip
 def test_config_flag_errors_are_one_line(tmp_path, monkeypatch, config, override, expected):
     import re
 
-    from absl import flags
-    from ml_collections import config_flags
+    from mjfn_jax import main as train_cli
 
     (tmp_path / "bad.py").write_text("def get_config(:\n")
     shutil.copy(REPO / "mjfn_jax/configs/synthetic.py", tmp_path / "synthetic.py")
     monkeypatch.chdir(tmp_path)
-    argv = ["main", "--config", config, *([override] if override else [])]
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv
-    )
+    argv = ["--config", config, "--workdir", str(tmp_path / "w"), *([override] or [])]
+    argv = [a for a in argv if a is not None]
     with pytest.raises(SystemExit) as info:
-        cli._parse_flags(argv, flag_values)
+        train_cli.main(argv)
     assert re.search(expected, str(info.value.code)), info.value.code
     assert "\n" not in str(info.value.code)
+    assert not (tmp_path / "w").exists()
 
 
 def test_config_flag_error_from_the_command_line(tmp_path):
@@ -188,10 +186,8 @@ def test_config_flag_error_from_the_command_line(tmp_path):
            "--workdir", str(tmp_path / "w"), "--config.train.num_epochs=3"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [
-        f"error: --config={tmp_path / 'missing.py'}: [Errno 2] No such file or directory: "
-        f"'{tmp_path / 'missing.py'}'"
-    ]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: --config={tmp_path / 'missing.py'}: config file not found")
 
 
 def test_load_config_overrides_suggest_the_near_field():
@@ -257,9 +253,9 @@ def test_a_batch_larger_than_the_training_set_warns(smoke_config, tiny_dataset, 
 def test_an_output_folder_is_refused_before_any_work(tmp_path, capsys):
     folder = tmp_path / "out.png"
     folder.mkdir()
-    args = ["--workdir", str(tmp_path / "nowhere"), "--fold", "s01", "--flow-image", "f.png"]
-    assert predict_mod.main([*args, "--save-flow-image", str(folder)]) == 2
-    assert f"--save-flow-image {folder} is a folder" in capsys.readouterr().err
+    args = ["--workdir", str(tmp_path / "nowhere"), "--fold", "s01", "--flow_image", "f.png"]
+    assert predict_mod.main([*args, "--save_flow_image", str(folder)]) == 2
+    assert f"--save_flow_image {folder} is a folder" in capsys.readouterr().err
     assert predict_mod.main(["--video", "v.mp4", *args[:4], "--plot", str(folder)]) == 2
     assert f"--plot {folder} is a folder" in capsys.readouterr().err
 
@@ -319,7 +315,7 @@ def test_a_checkpoint_deleted_while_predicting_is_read_again(in_progress, tmp_pa
         return restore(self, epochs_done, like)
 
     monkeypatch.setattr(FoldCheckpointer, "restore", racing)
-    args = ["--workdir", str(workdir), "--fold", "all", "--flow-image", image, "--json"]
+    args = ["--workdir", str(workdir), "--fold", "all", "--flow_image", image, "--json"]
     assert predict_mod.main(args) == 0
     out = predict_mod.predict(str(workdir), "all", flow_image=image)
     assert deleted == [2] and out["epoch"] == 1 and not out["finished"]

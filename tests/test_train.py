@@ -115,8 +115,9 @@ def test_invalid_config_is_refused_before_the_workdir_is_written(
     "args,error",
     [
         (["--config.train.batch_size=0"], "error: train.batch_size=0: needs an int >= 1"),
-        (["--config.train.num_epochs=abc"], "error: flag --config.train.num_epochs=abc:"),
-        (["--config=missing.py"], "error: --config=missing.py: [Errno 2] No such file"),
+        (["--config.train.num_epochs=abc"], "error: '--config.train.num_epochs=abc': Could not"),
+        (["--config=missing.py"], "error: --config=missing.py: config file not found"),
+        (["--bogus_flag=1"], "error: unrecognized arguments: --bogus_flag=1"),
         (["--config=mjfn_jax/configs/synthetic.py:bogus"], "unknown argument 'bogus'"),
     ],
 )
@@ -150,3 +151,28 @@ def test_generated_data_sizes_are_validated():
     with pytest.raises(ValueError, match=r"data\.generated_subjects=1: needs an int >= 2"):
         validate_config(config)
     validate_config(load_config("mjfn_jax/configs/benchmark.py:quick"))  # the real one passes
+
+
+def test_a_cli_run_logged_to_a_file_has_no_escapes_and_writes_curves(tmp_path):
+    """Output to a file (not a terminal): one line per fold group, no progress-bar escapes;
+    the workdir holds one TensorBoard series per unit; the time summary is one short line."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    workdir, log = tmp_path / "w", tmp_path / "train.log"
+    cmd = [sys.executable, "-m", "mjfn_jax.main", "--config", "benchmark:quick",
+           "--workdir", str(workdir), "--config.data.generated_subjects=3",
+           "--config.data.generated_samples=18", "--config.train.num_epochs=1",
+           "--config.parallel.strategy=sequential"]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.run(cmd, cwd=repo, stdout=out, stderr=subprocess.STDOUT, timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "\x1b[" not in text and "\r" not in text
+    assert [ln for ln in text.splitlines() if "group 3/3 done" in ln]
+    assert "timing: {" not in text and 'all figures: results.json "timing"' in text
+    runs = sorted(p.name for p in (workdir / "tensorboard").iterdir())
+    assert len(runs) == 3 and all(
+        list((workdir / "tensorboard" / r).glob("events.*")) for r in runs
+    )

@@ -318,7 +318,9 @@ def main(argv=None) -> dict:
     from mjfn_jax.config_io import load_config_or_exit, parse_args_with_overrides
 
     args, overrides = parse_args_with_overrides(parser, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from mjfn_jax.cli import setup_logging
+
+    setup_logging()
     config = load_config_or_exit(args.config, overrides)
     if args.synthetic_arrays:
         from mjfn_jax.synthetic import make_flow_arrays

@@ -1,7 +1,7 @@
 """The benchmark's shared config: composite-scale generated data (442 clips, 68 subjects, so 68
 LOSO folds), no dataset build. Both trainers run it from their own command line:
 
-    python -m mjfn_jax.main --config mjfn_jax/configs/benchmark.py:cpu --workdir W
+    mjfn-train --config benchmark:cpu --workdir W
     python experiments/pytorch_baseline/train.py --config mjfn_jax/configs/benchmark.py:cpu \
         --workdir W
 

@@ -4,7 +4,7 @@ Usage: --config mjfn_jax/configs/flow_images.py        (the 28 px recipe)
        --config mjfn_jax/configs/flow_images.py:smoke  (tiny, for tests: imported_32)
 
 Build the dataset first (docs/datasets.md#published-flow-image-folders):
-    python -m data_builders build flow_images/imported_28 --manual_dir DIR --data_dir data/tfds
+    mjfn-build build flow_images/imported_28 --manual_dir DIR --data_dir data/tfds
 
 The recipe is the demo's (mjfn_jax.config.small_input_recipe) at 28 px with the published
 STSTNet trained beside MJFN (model.ststnet_branch; the prediction averages the two networks), as
