@@ -52,8 +52,8 @@ bench-gpu: $(VENV)/.dev
 	GPU=$$($(PY) -c "from experiments.benchmark_lib import default_machine_name as d; print(d())") && \
 	$(PY) experiments/benchmark.py --preset gpu --machine $$GPU && \
 	$(PY) experiments/benchmark.py --preset gpu --machine $$GPU-bf16 --config.model.dtype=bfloat16 && \
-	$(PY) -m experiments.loso_wallclock --config mjfn_jax/configs/benchmark.py:gpu --epochs 2,10 --machine $$GPU && \
-	$(PY) -m experiments.seeds_wallclock --config mjfn_jax/configs/benchmark.py:gpu --machine $$GPU
+	$(PY) -m experiments.loso_wallclock --config benchmark:gpu --epochs 2,10 --machine $$GPU && \
+	$(PY) -m experiments.seeds_wallclock --config benchmark:gpu --machine $$GPU
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

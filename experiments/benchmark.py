@@ -21,7 +21,6 @@ Writes <out>/<machine>/benchmark.md and benchmark.json (default out: experiments
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from experiments import benchmark_lib as lib  # noqa: E402
 from experiments import benchmark_report as report  # noqa: E402
 from experiments.results_io import write_result  # noqa: E402
+from mjfn_jax import cli
 from mjfn_jax.config_io import parse_args_with_overrides  # noqa: E402
 
 # Model / data / budget per preset. 'cpu' must finish in < 15 min on the 2-core dev machine.
@@ -232,14 +232,14 @@ def _names(text: str, known: tuple, flag: str) -> tuple:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser("python experiments/benchmark.py", __doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--machine", default=None, help="results folder name (default: derived)")
     parser.add_argument("--out", default="experiments/results")
     parser.add_argument("--no_torch_compile", action="store_true")
     parser.add_argument("--skip_loso", action="store_true", help="throughput only")
     parser.add_argument("--skip_throughput", action="store_true", help="LOSO only")
-    parser.add_argument("--seeds", default="", help="comma-separated seeds (default: preset's)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the preset's)")
     parser.add_argument("--batch_sizes", default="", help="comma-separated (default: preset's)")
     parser.add_argument(
         "--step_variants", default="", help=f"comma-separated of {STEP_VARIANTS} (default: all)"
@@ -263,7 +263,7 @@ def main(argv=None) -> dict:
     args, overrides = parse_args_with_overrides(parser, argv)
     preset = dict(PRESETS[args.preset])
     if args.seeds:
-        preset["seeds"] = tuple(int(x) for x in args.seeds.split(","))
+        preset["seeds"] = tuple(args.seeds)
     if args.batch_sizes:
         try:
             preset["batch_sizes"] = tuple(int(x) for x in args.batch_sizes.split(","))

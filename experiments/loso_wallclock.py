@@ -10,7 +10,6 @@ way a user meets it. Writes experiments/results/<machine>/loso_wallclock.{json,m
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -21,6 +20,7 @@ import tempfile
 import time
 
 from experiments.results_io import write_result
+from mjfn_jax import cli
 
 COMMANDS = {
     "jax": [sys.executable, "-m", "mjfn_jax.main", "--config", "{config}", "--workdir", "{w}",
@@ -66,7 +66,7 @@ def run_cli(name: str, config: str, epochs: int, root: str, env: dict, extra=())
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser("python -m experiments.loso_wallclock", __doc__)
     parser.add_argument("--config", default="mjfn_jax/configs/benchmark.py:cpu")
     parser.add_argument("--epochs", default="2,10")
     parser.add_argument("--repeats", type=int, default=1)

@@ -12,7 +12,6 @@ Writes experiments/results/<machine>/seeds_wallclock.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
@@ -21,18 +20,19 @@ import tempfile
 
 from experiments.loso_wallclock import run_cli
 from experiments.results_io import write_result
+from mjfn_jax import cli
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser("python -m experiments.seeds_wallclock", __doc__)
     parser.add_argument("--config", default="mjfn_jax/configs/benchmark.py:cpu")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--machine", default=f"cpu-{os.cpu_count()}core")
     parser.add_argument("--out", default="experiments/results")
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = list(args.seeds)
     flag = lambda ss: f"--config.train.seeds=({', '.join(map(str, ss))},)"
     rows = []
     with tempfile.TemporaryDirectory(prefix="mjfn_seeds_") as root:

@@ -12,7 +12,6 @@ may change, and the seeds, left out).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
@@ -126,11 +125,9 @@ def write_csv(path: str, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mjfn-compare",
-        description="One table of UF1/UAR/accuracy (mean +- sd over seeds), the linear floor "
-        "and per-source UF1 across finished runs, with their config differences.",
-    )
+    from mjfn_jax import cli
+
+    parser = cli.ArgumentParser("mjfn-compare", __doc__)
     parser.add_argument("workdirs", nargs="+", help="finished runs' workdirs")
     parser.add_argument("--out", help="also write the table as markdown to this file")
     parser.add_argument("--csv", help="also write the table as CSV to this file")

@@ -14,7 +14,6 @@ Usage (from the repository root):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import os
@@ -26,6 +25,7 @@ import time
 import cv2
 import numpy as np
 
+from mjfn_jax import cli
 from mjfn_jax.preprocess import process_pair
 from mjfn_jax.preprocess.apex import SpotSettings, spot_apex
 from mjfn_jax.synthetic import clip_labels, clip_spec, render_clip, render_neutral, subject_geometry
@@ -210,7 +210,7 @@ def report(rows, by_amplitude, costs, args, clip_count: int, seconds: float) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser("python -m tools.apex_spotting", __doc__)
     parser.add_argument("--subjects", type=int, default=12)
     parser.add_argument("--clips", type=int, default=9, help="clips per subject")
     parser.add_argument("--seed", type=int, default=0)

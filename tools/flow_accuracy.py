@@ -13,7 +13,6 @@ Usage (from the repository root):
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import os
@@ -24,6 +23,7 @@ import time
 import cv2
 import numpy as np
 
+from mjfn_jax import cli
 from mjfn_jax.preprocess import FLOW_METHODS, encode_flow, process_pair, read_frame, resize_flow
 from mjfn_jax.synthetic import CLASS_NAMES, generate_raw, subject_geometry
 
@@ -111,7 +111,7 @@ def measure(pairs: list[dict], method: str, size: int, work_size: int | None) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser("python -m tools.flow_accuracy", __doc__)
     parser.add_argument("--clips", type=int, default=108)
     parser.add_argument("--subjects", type=int, default=12)
     parser.add_argument("--size", type=int, default=112)

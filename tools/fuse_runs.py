@@ -13,7 +13,6 @@ MJFN-JAX is fused with seed s of STSTNet. Writes experiments/results/<machine>/<
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import itertools
@@ -25,6 +24,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mjfn_jax import cli
 from mjfn_jax.workdir import CONFIG_FILE, read_json  # noqa: E402
 
 
@@ -109,7 +109,7 @@ def fuse(models: dict[str, np.ndarray], labels, class_names, sources=None) -> li
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser("python -m tools.fuse_runs", __doc__)
     p.add_argument("--workdir", required=True, help="a finished MJFN-JAX run")
     p.add_argument("--ststnet", required=True, help="tools/ststnet.py's results .json")
     p.add_argument("--data_dir", required=True, help="where the dataset was built")

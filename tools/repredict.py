@@ -16,12 +16,13 @@ the pooled UF1/UAR of both settings are printed and written to ``--out`` as mark
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import sys
 
 import numpy as np
+
+from mjfn_jax import cli
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -143,7 +144,7 @@ def final_dtypes(workdir: str, data_dir: str | None = None, dataset=None) -> dic
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser("python -m tools.repredict", __doc__)
     parser.add_argument("--workdir", action="append", required=True)
     parser.add_argument("--data_dir", default=None, help="where the run's dataset is now")
     parser.add_argument("--out", default=None, help="markdown file for the table")

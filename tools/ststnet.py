@@ -33,7 +33,6 @@ learning rate and steps (~14 min per seed).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import sys
@@ -44,6 +43,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mjfn_jax import cli
 from mjfn_jax.models.layers import STSTNET_FILTERS as FILTERS  # noqa: E402
 from mjfn_jax.models.layers import ststnet_map_sizes as map_sizes  # noqa: E402
 from mjfn_jax.models.layers import ststnet_pools  # noqa: E402
@@ -377,7 +377,7 @@ def plot_epochs(leaky: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser("python -m tools.ststnet", __doc__)
     p.add_argument("--data_dir", required=True, help="where the flow_images dataset was built")
     p.add_argument("--dataset", default="flow_images/imported_28", help="NAME/CONFIG, built")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])

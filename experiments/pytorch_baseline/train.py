@@ -15,7 +15,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from experiments.pytorch_baseline.data import FlowImages, augment_image  # noqa: E402, F401
 from experiments.pytorch_baseline.model import MJFNTorch, mjfn_loss_torch  # noqa: E402
+from mjfn_jax import cli
 from mjfn_jax import folds as folds_lib  # noqa: E402
 
 log = logging.getLogger("pytorch_baseline")
@@ -296,7 +296,7 @@ def dataset_from_arrays(arrays: dict):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser("python experiments/pytorch_baseline/train.py", __doc__)
     parser.add_argument(
         "--config",
         required=True,
