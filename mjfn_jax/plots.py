@@ -10,9 +10,12 @@ import matplotlib
 matplotlib.use("Agg")  # Headless: reports are written on servers and in tests.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # Curve panels: (history key, y label); the val_* twin of a key is drawn dashed when present.
-_PANELS = (("loss", "loss"), ("accuracy", "accuracy"))
+# The loss is the training objective: the weighted sum of every head's cross-entropy (the
+# backbone's, the three JFMs' and, with model.ststnet_branch, the STSTNets').
+_PANELS = (("loss", "loss (sum over the heads)"), ("accuracy", "accuracy (fused prediction)"))
 
 
 def plot_confusion(confusion, class_names: Sequence[str], path: str, title: str = "") -> str:
@@ -100,6 +103,7 @@ def plot_curves(history: Mapping[str, Sequence[Mapping]], path: str, title: str 
             if matrix is not None:
                 _draw(ax, *matrix, colors[i % len(colors)], key, key.startswith("val_"))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         if ax.lines:
             ax.legend(fontsize=8)

@@ -448,15 +448,31 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"--{flag.replace('_', '-')} needs --video or --frames")
 
 
+JSON_KEYS = {  # --json: the output's keys (one per fact), the internal result's names
+    "prediction": "pred",
+    "probabilities": "probs",
+    "network_probabilities": "network_probs",
+    "floor_probabilities": "floor_probs",
+}
+
+
 def json_result(result: dict) -> dict:
-    """The result without the image, probabilities as {class: p}; always has the keys onset,
-    apex, probabilities and prediction (onset/apex: frame numbers of a raw clip, the files of
-    --onset/--apex, null for --flow_image)."""
-    out = {k: v for k, v in result.items() if k != "flow_image"}
-    for key in ("probs", "network_probs", "floor_probs"):
-        if key in result:
-            out[key] = dict(zip(result["class_names"], map(float, result[key]), strict=True))
-    out["probabilities"], out["prediction"] = out["probs"], result["pred"]
+    """``--json``'s object: the result without the image, each fact under one key.
+
+    prediction: the class name; probabilities: {class: p} of the model used (with --with_floor
+    the mean of network_probabilities and floor_probabilities, also given); fold, folds,
+    epoch, num_epochs, finished: which models and how far they trained; class_names;
+    settings: the preprocessing; warnings: [str]; onset, apex: frame numbers of a raw clip
+    (with onset_name, apex_name, apex_spotted, spotted_apex, num_frames, motion_curve,
+    motion_curve_smoothed), the files of --onset/--apex, absent for --flow_image; max_flow_px:
+    the largest flow displacement when the flow was computed here."""
+    out = {k: v for k, v in result.items() if k != "flow_image" and k not in JSON_KEYS.values()}
+    for key, internal in JSON_KEYS.items():
+        if internal == "pred":
+            out[key] = result[internal]
+        elif internal in result:
+            values = map(float, result[internal])
+            out[key] = dict(zip(result["class_names"], values, strict=True))
     return out
 
 
@@ -486,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
             from mjfn_jax.predict_input import plot_motion_curve
 
             plot_motion_curve(result, args.plot)
+            print(f"motion curve: {args.plot}", file=sys.stderr)
+        if args.save_flow_image:
+            print(f"flow image: {args.save_flow_image}", file=sys.stderr)
     except (FileNotFoundError, ValueError, TypeError, OSError, NoFaceFound) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -199,6 +199,7 @@ def plot_motion_curve(info: dict, path: str) -> str:
     ax.axvline(onset, color="0.3", ls=":", label=f"onset {onset}")
     ax.set_xlabel("frame")
     ax.set_ylabel("strain score (detrended)")
+    ax.set_title(f"motion from the onset frame; apex {info['apex']} ({how})")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

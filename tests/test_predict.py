@@ -62,7 +62,9 @@ def test_with_floor_is_the_reports_network_plus_floor(trained, tmp_path, capsys)
     assert predict_mod.main([*args, "--with_floor"]) == 0
     assert "network    floor     mean" in capsys.readouterr().out
     assert predict_mod.main([*args, "--with_floor", "--json"]) == 0
-    assert set(json.loads(capsys.readouterr().out)["floor_probs"]) == set(dataset.class_names)
+    printed = json.loads(capsys.readouterr().out)  # one key per fact
+    assert set(printed["floor_probabilities"]) == set(dataset.class_names)
+    assert not {"probs", "pred", "floor_probs", "network_probs"} & set(printed)
     # a run without the floor's probes: one line naming the file
     bare = tmp_path / "bare"
     shutil.copytree(workdir, bare)
@@ -115,7 +117,7 @@ def test_cli_prints_probabilities_and_json(trained, tmp_path, capsys):
     np.testing.assert_array_equal(cv2.imread(saved)[..., ::-1], dataset.images[0])
     assert predict_mod.main([*args, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert sum(out["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_errors_name_the_problem(trained, tmp_path, capsys):
