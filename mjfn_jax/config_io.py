@@ -194,6 +194,47 @@ def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+# Fields that only apply when another field has a given value: (field, (condition field,
+# the values under which it applies)). config.json leaves them out otherwise.
+CONDITIONAL_FIELDS = (
+    ("data.generated_subjects", ("data.name", ("generated",))),
+    ("data.generated_samples", ("data.name", ("generated",))),
+    ("folds.num_folds", ("folds.protocol", ("kfold",))),
+)
+
+
+def applicable(d: dict) -> dict:
+    """A config dict without the fields that do not apply to its run (CONDITIONAL_FIELDS)."""
+    d = json.loads(json.dumps(d))
+
+    def get(path: str):
+        node = d
+        for part in path.split("."):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        return node
+
+    for field, (condition, values) in CONDITIONAL_FIELDS:
+        *parents, leaf = field.split(".")
+        if get(condition) not in values:
+            parent = get(".".join(parents))
+            if isinstance(parent, dict):
+                parent.pop(leaf, None)
+    return d
+
+
+def config_from_saved(saved: dict) -> ml_collections.ConfigDict:
+    """A run's config.json as a ConfigDict, with the defaults of the fields it leaves out."""
+    from mjfn_jax.config import base_config
+
+    def merge(base: dict, over: dict) -> dict:
+        return base | {
+            k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+            for k, v in over.items()
+        }
+
+    return ml_collections.ConfigDict(merge(config_to_dict(base_config()), saved))
+
+
 def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Write workdir/config.json, or refuse if a different config was saved there before.
 
@@ -202,10 +243,10 @@ def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, CONFIG_FILE)
-    new = config_to_dict(config)
+    new = applicable(config_to_dict(config))
     if os.path.exists(path):
         saved = read_json(path, "restore it, or use a new --workdir")
-        diffs = config_differences(without_resumable(saved), without_resumable(new))
+        diffs = config_differences(without_resumable(applicable(saved)), without_resumable(new))
         if diffs:
             raise WorkdirError(
                 f"workdir {workdir!r} holds a run with a different config ({path}); "

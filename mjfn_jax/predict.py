@@ -49,7 +49,6 @@ from mjfn_jax.workdir import CONFIG_FILE, DATASET_FILE, has_final_model, read_js
 
 def load_run_config(workdir: str):
     """The ConfigDict saved in ``workdir/config.json`` by the training run."""
-    import ml_collections
 
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"workdir not found: {workdir}")
@@ -59,7 +58,9 @@ def load_run_config(workdir: str):
             f"{path} not found: {workdir} is not a training workdir (mjfn-train "
             "writes config.json there first)"
         )
-    return ml_collections.ConfigDict(read_json(path, "restore it from the run's report"))
+    from mjfn_jax.config_io import config_from_saved
+
+    return config_from_saved(read_json(path, "restore it from the run's report"))
 
 
 def load_dataset_record(workdir: str) -> dict:
@@ -445,7 +446,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     raw = args.video is not None or args.frames is not None
     for flag in ("onset_frame", "apex_frame", "plot", "spot"):
         if getattr(args, flag) is not None and not raw:
-            parser.error(f"--{flag.replace('_', '-')} needs --video or --frames")
+            parser.error(f"--{flag} needs --video or --frames")
 
 
 JSON_KEYS = {  # --json: the output's keys (one per fact), the internal result's names

@@ -64,6 +64,11 @@ PUBLISHED_NOTE = (
     "that report lower numbers (STSTNet's own PyTorch port 0.7209 / 0.725; EMR about 0.59 F1 "
     "once the leak was removed). Our numbers above use no selection on the test subject."
 )
+# What else a run's folder may hold, described in the report's file list (report_md.RUN_FILES).
+RUN_FILES = (
+    "config.json", "dataset.json", "execution.json", "linear_floor.npz", "folds", "seeds",
+    "tensorboard", "logs",
+)  # fmt: skip
 COMPOSITE_SOURCES = {"smic", "casme2", "samm"}
 _VERSION_PACKAGES = (
     "numpy", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "torch",
@@ -254,6 +259,7 @@ def write_report(
     files["report"] = os.path.join(workdir, "report.md")
     files["results"] = os.path.join(workdir, "results.json")
     results["files"] = {k: os.path.basename(v) for k, v in files.items()}
+    results["run_files"] = [n for n in RUN_FILES if os.path.exists(os.path.join(workdir, n))]
     with open(files["report"], "w") as f:
         f.write(report_md.render(results))
     with open(files["results"], "w") as f:

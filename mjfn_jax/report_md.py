@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 SOURCE_NAMES = {"smic": "SMIC", "casme2": "CASME II", "samm": "SAMM", "synthetic": "synthetic"}
@@ -11,12 +10,6 @@ SOURCE_NAMES = {"smic": "SMIC", "casme2": "CASME II", "samm": "SAMM", "synthetic
 def fmt(x, spec: str = "{:.4f}") -> str:
     """A metric or a time for a table: ``spec``-formatted, "n/a" for None."""
     return "n/a" if x is None else spec.format(x)
-
-
-def _value(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return json.dumps(v) if isinstance(v, dict | list) else str(v)
 
 
 def _table(header: list[str], rows: list[list], align: str | None = None) -> list[str]:
@@ -135,6 +128,61 @@ def _per_fold(r: Mapping) -> list[str]:
     return out + _table(header, rows, "l" + ("" if loso else "l") + "rrrrl")
 
 
+RUN_FILES = {  # what each of a run's other files and folders is (mjfn_jax.report.RUN_FILES)
+    "config.json": "the run's config",
+    "dataset.json": "the dataset it trained on",
+    "execution.json": "how it executed: strategy, loop, platform",
+    "linear_floor.npz": "the linear floor's predictions and per-fold probes",
+    "folds": "each fold's model final.npz, test predictions and history",
+    "seeds": "each seed's own one-seed workdir",
+    "tensorboard": "per-epoch curves of every unit: tensorboard --logdir",
+    "logs": "the logs of processes other than 0",
+}
+
+
+def timing_rows(timing: Mapping) -> list[list[str]]:
+    """A run's timing record as table rows a person reads: seconds per phase and per compiled
+    program on rows of their own, the strategy choice in words, the rest as values (nested
+    records beyond these are in results.json)."""
+    rows = []
+    for key, value in timing.items():
+        if key in ("phases_s", "compile_by_program") and isinstance(value, Mapping):
+            what = "phase" if key == "phases_s" else "compile"
+            for name, seconds in sorted(value.items(), key=lambda kv: -kv[1]):
+                rows.append([f"{what}: {name}", f"{seconds:.2f} s"])
+        elif key == "auto":
+            rows.append(["strategy choice (auto)", _auto_text(value)])
+        elif key == "mesh" and isinstance(value, Mapping):
+            rows.append(["mesh", ", ".join(f"{axis} {size}" for axis, size in value.items())])
+        elif key == "candidates" and isinstance(value, list):
+            rows.append(["candidates (nested selection)", f"{len(value)} runs, in results.json"])
+        elif isinstance(value, Mapping | list):
+            rows.append([key, "in results.json"])
+        elif isinstance(value, float):
+            seconds = key.endswith("_s") and not key.endswith("_per_s")
+            rows.append([key, f"{value:.2f} s" if seconds else f"{value:.4g}"])
+        else:
+            rows.append([key, "n/a" if value is None else str(value)])
+    return rows
+
+
+def _auto_text(auto: Mapping | None) -> str:
+    """How parallel.strategy='auto' chose, in words."""
+    if not auto:
+        return "not used (the strategy was given)"
+    choice = auto.get("choice")
+    what = (
+        f"{choice['strategy']}, loop {choice['loop']}, {choice['fold_group_size']} folds a group"
+        if choice
+        else "the platform rule"
+    )
+    if auto.get("cached"):
+        return f"{what} (cached from an earlier trial)"
+    if "reason" in auto:
+        return f"{what} ({auto['reason']})"
+    return f"{what} (timed trial, {auto.get('trial_s', 0):.1f} s)"
+
+
 def _curves_and_timing(r: Mapping) -> list[str]:
     out = []
     if "curves" in r.get("files", {}):
@@ -145,8 +193,7 @@ def _curves_and_timing(r: Mapping) -> list[str]:
         out += _table(["field", "value"], rows)
     if r.get("timing"):
         out += ["## Timing", ""]
-        rows = [[k, _value(v)] for k, v in r["timing"].items()]
-        out += _table(["field", "value"], rows, "ll")
+        out += _table(["field", "value"], timing_rows(r["timing"]), "ll")
     return out
 
 
@@ -202,7 +249,9 @@ def render(r: Mapping) -> str:
     for section in (_selection, _curves_and_timing, _published):
         out += section(r)
     files = ", ".join(f"`{v}`" for v in r.get("files", {}).values())
-    out += ["## Files", "", f"Written beside this report: {files}.", ""]
+    out += ["## Files", "", f"Written beside this report: {files}."]
+    run = [f"`{n}{'/' if '.' not in n else ''}` ({RUN_FILES[n]})" for n in r.get("run_files", ())]
+    out += [f"The run's folder also holds: {', '.join(run)}." if run else "", ""]
     return "\n".join(out)
 
 
@@ -254,6 +303,5 @@ def render_seeds(r: Mapping) -> str:
     out += _published(r)
     if r.get("timing"):
         out += ["## Timing (the whole run, every seed)", ""]
-        rows = [[k, _value(v)] for k, v in r["timing"].items()]
-        out += _table(["field", "value"], rows, "ll")
+        out += _table(["field", "value"], timing_rows(r["timing"]), "ll")
     return "\n".join(out)

@@ -199,3 +199,29 @@ def test_report_and_metrics_import_neither_jax_nor_torch():
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_the_timing_table_is_read_by_a_person_and_the_file_list_is_complete(tmp_path):
+    """No raw JSON in the timing table's cells: phases and compiles on rows of their own, the
+    strategy choice in words; the file list names the run's records that exist."""
+    from mjfn_jax.report_md import timing_rows
+
+    timing = {
+        "wall_s": 12.5, "samples_per_s": 80.0, "phases_s": {"init": 1.0, "training calls": 9.0},
+        "compile_by_program": {"the init": 0.5}, "mesh": {"fold": 2}, "strategy": "vmap",
+        "auto": {"choice": {"strategy": "vmap", "loop": "steps", "fold_group_size": 2},
+                 "cached": True},
+    }  # fmt: skip
+    rows = dict(map(tuple, timing_rows(timing)))
+    assert rows["wall_s"] == "12.50 s" and rows["samples_per_s"] == "80"
+    assert rows["phase: training calls"] == "9.00 s" and rows["compile: the init"] == "0.50 s"
+    assert rows["mesh"] == "fold 2" and "cached" in rows["strategy choice (auto)"]
+    assert not [v for v in rows.values() if "{" in v or "[" in v]
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "folds").mkdir()
+    write_report(str(tmp_path), **_run(), timing=timing)
+    report = (tmp_path / "report.md").read_text()
+    assert "| phase: init | 1.00 s |" in report
+    line = next(ln for ln in report.splitlines() if ln.startswith("The run's folder also holds"))
+    assert "`config.json` (the run's config)" in line and "`folds/`" in line
+    assert "dataset.json" not in line  # only what is there

@@ -45,6 +45,10 @@ def test_end_to_end_results(early_stopping_run):
     assert 0 < sum(phases.values()) <= timing["wall_s"] and phases["training calls"] > 0
     with open(os.path.join(workdir, "results.json")) as f:
         assert json.load(f)["pooled"]["uf1"] == results["pooled"]["uf1"]
+    with open(os.path.join(workdir, "config.json")) as f:  # only what applies to this run
+        saved = json.load(f)
+    assert "num_folds" not in saved["folds"] and "generated_samples" not in saved["data"]
+    assert saved["folds"]["protocol"] == "loso" and saved["train"]["num_epochs"] == 2
     from test_curves import read_scalars  # each fold's curves, as TensorBoard reads them
 
     for fold in set(expected):
