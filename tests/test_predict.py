@@ -349,8 +349,9 @@ def test_cli_process_bad_video_is_one_line(trained, tmp_path):
 
 
 def test_resolve_fold_of_a_leave_one_dataset_out_run(tmp_path):
-    for name in ("lodo__casme2", "lodo__samm"):
-        os.makedirs(tmp_path / "folds" / name / "final")
+    for name in ("lodo__casme2", "lodo__samm"):  # finished folds (their model files)
+        os.makedirs(tmp_path / "folds" / name)
+        (tmp_path / "folds" / name / "final.npz").write_bytes(b"")
     workdir = str(tmp_path)
     assert predict_mod.resolve_fold(workdir, "casme2/sub01") == "lodo__casme2"
     assert predict_mod.resolve_fold(workdir, "samm") == "lodo__samm"
