@@ -5,6 +5,8 @@ scripts that tests run in subprocesses (``tests/kill_driver.py``, test_strategie
 """
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -27,6 +29,34 @@ def make_smoke_config(*overrides: str):
         os.path.join(REPO, "mjfn_jax/configs/synthetic.py") + ":smoke",
         ["parallel.strategy=sequential", "train.num_epochs=2", *overrides],
     )
+
+
+def pytest_configure(config):
+    """XLA's persistent compilation cache, one folder for the whole session: every test and
+    every process a test starts (through the JAX_* variables, read when jax is imported) loads
+    a program that another already compiled instead of compiling it again. Every compile is
+    kept (minimum compile time 0). A folder set by the user is used as it is; otherwise a fresh
+    one, removed at the end."""
+    global _XLA_CACHE_OWNED
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mjfn_jax_test_xla_")
+        _XLA_CACHE_OWNED = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    import sys
+
+    if "jax" in sys.modules:  # imported before this hook (a plugin): set it directly too
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+_XLA_CACHE_OWNED = None
+
+
+def pytest_unconfigure(config):
+    if _XLA_CACHE_OWNED:
+        shutil.rmtree(_XLA_CACHE_OWNED, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -139,6 +139,7 @@ def test_compilation_cache_goes_under_the_cache_root_per_machine(tmp_path, monke
     from mjfn_jax.parallel import enable_compilation_cache
 
     before = jax.config.jax_compilation_cache_dir
+    min_time = jax.config.jax_persistent_cache_min_compile_time_secs  # (the suite's: 0)
     monkeypatch.setenv("MJFN_JAX_CACHE_DIR", str(tmp_path))
     try:
         jax.config.update("jax_compilation_cache_dir", None)
@@ -149,6 +150,7 @@ def test_compilation_cache_goes_under_the_cache_root_per_machine(tmp_path, monke
         assert enable_compilation_cache() is None  # a cache already set (e.g. by the user) stays
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
 
 
 def test_save_policy():
