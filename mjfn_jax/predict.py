@@ -184,7 +184,8 @@ def _restore(workdir: str, fold: str, program, like, config):
     """(model, meta) of the fold as its folder is now (see restore_fold)."""
     import jax
 
-    from mjfn_jax.checkpoint import FoldCheckpointer, closed_loop_reports_dropped
+    from mjfn_jax.checkpoint import FoldCheckpointer
+    from mjfn_jax.writer import closed_loop_reports_dropped
 
     ckpt = FoldCheckpointer(workdir, fold)
     try:

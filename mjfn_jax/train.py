@@ -27,18 +27,14 @@ from tqdm.auto import tqdm
 
 from mjfn_jax import autotune, distributed, parallel
 from mjfn_jax import workdir as workdir_lib
-from mjfn_jax.checkpoint import (
-    SavePolicy,
-    UnitCheckpoints,
-    closed_loop_reports_dropped,
-    orbax_errors_in_one_line,
-)
+from mjfn_jax.checkpoint import SavePolicy
 from mjfn_jax.config import validate_config
 from mjfn_jax.config_io import save_or_check_config
 from mjfn_jax.curves import Curves
 from mjfn_jax.results import seed_predictions, write_reports
 from mjfn_jax.runner import Runners
 from mjfn_jax.timing import Chrono
+from mjfn_jax.unit_checkpoints import UnitCheckpoints
 from mjfn_jax.units import (
     Units,
     fold_inputs,
@@ -48,6 +44,7 @@ from mjfn_jax.units import (
     seed_workdir,
     training_seeds,
 )
+from mjfn_jax.writer import closed_loop_reports_dropped, orbax_errors_in_one_line
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mjfn_jax.checkpoint import FoldCheckpointer, Writer
+from mjfn_jax.checkpoint import FoldCheckpointer
 from mjfn_jax.config import base_config, validate_config
 from mjfn_jax.workdir import WorkdirError
+from mjfn_jax.writer import Writer
 
 
 def _model():

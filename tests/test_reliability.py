@@ -141,11 +141,8 @@ DAMAGE = {
 def test_a_damaged_checkpoint_is_named_and_skipped(interrupted, tmp_path, caplog, monkeypatch):
     """Each kind of damage to the newest step is found (the intact step restores); the run
     warns naming the step, resumes from the older one and ends with the uninterrupted results."""
-    from mjfn_jax.checkpoint import (
-        CheckpointDamaged,
-        FoldCheckpointer,
-        closed_loop_reports_dropped,
-    )
+    from mjfn_jax.checkpoint import CheckpointDamaged, FoldCheckpointer
+    from mjfn_jax.writer import closed_loop_reports_dropped
 
     config, dataset, reference, workdir = interrupted
     likes = []  # the train-state structure a resume restores into
