@@ -14,8 +14,11 @@ $(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+# torch's CPU wheels (requirements-dev.txt pins the version).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(VENV)/.dev: requirements-dev.txt requirements.txt $(VENV)/.runtime
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt --extra-index-url $(TORCH_INDEX)
 	touch $@
 
 setup: $(VENV)/.runtime

@@ -195,7 +195,7 @@ def test_features_shapes_dtypes_and_ids(built):
 
 def test_second_build_is_reused(built):
     _, first, data_dir = built["casme2"]
-    again = build_dataset(f"casme2/{CONFIG}", data_dir=data_dir, manual_dir=Path("/nonexistent"))
+    again = build_dataset(f"casme2/{CONFIG}", data_dir=data_dir)  # no --manual_dir: reused
     assert again["status"].startswith("already built")
     assert again["class_counts"] == first["class_counts"]
     assert again["skipped"] == first["skipped"]

@@ -266,25 +266,6 @@ def test_summary_cli_prints_table():
     assert bad.returncode == 1 and bad.stderr.strip().startswith("error: model.fusion")
 
 
-def test_a_config_saved_before_backbone_pool_resumes(tmp_path):
-    """A workdir's config.json from before model.backbone_pool reads as 'mean' (same run);
-    asking that workdir for 'flatten' is refused as another experiment."""
-    import json
-
-    from mjfn_jax.config import base_config
-    from mjfn_jax.config_io import config_to_dict, save_or_check_config
-    from mjfn_jax.workdir import WorkdirError
-
-    old = config_to_dict(base_config())
-    del old["model"]["backbone_pool"]
-    (tmp_path / "config.json").write_text(json.dumps(old))
-    save_or_check_config(base_config(), str(tmp_path))  # no difference
-    flat = base_config()
-    flat.model.backbone_pool = "flatten"
-    with pytest.raises(WorkdirError, match="backbone_pool"):
-        save_or_check_config(flat, str(tmp_path))
-
-
 @pytest.mark.parametrize("copies", [1, 3])
 def test_ststnet_branch_is_the_published_network_and_half_the_prediction(copies):
     """model.ststnet_branch: the fifth head computes STSTNet as its authors define it (checked

@@ -33,10 +33,6 @@ def run(name, strategy, *extra, after=None):
                  "mesh": r["timing"]["mesh"], "trained": r["timing"]["folds_trained_this_run"],
                  "strategy": r["timing"]["strategy"], "auto": r["timing"]["auto"]}
 run("vmap", "vmap")
-run("vmap_grouped", "vmap", "parallel.fold_group_size=8")  # 2 folds (or dummies) per device
-run("auto_short", "auto")  # 3 folds x 2 epochs: the trial is not worth it (not cached) ...
-run("auto", "auto", "parallel.auto_trial_budget=0")  # ... the timed trial, always ...
-run("auto_cached", "auto")  # ... then its cached choice
 run("sequential", "sequential")
 run("sequential_scan", "sequential", "parallel.loop=scan", "parallel.epochs_per_call=2")
 try:  # vmap group interrupted after its first epoch, then resumed
@@ -45,19 +41,23 @@ try:  # vmap group interrupted after its first epoch, then resumed
 except Killed:
     pass
 run("vmap_resumed", "vmap")
-run("vmap_ema", "vmap", "train.ema_decay=0.5")  # a group's moving averages, exported at once
-run("sequential_ema", "sequential", "train.ema_decay=0.5")
-# seeds x folds: 2 seeds x 3 folds = 6 members of the fold axis, in 2 groups of 4 devices
-config = smoke_config(*common, "parallel.strategy=vmap", "train.seeds=(0, 1)")
-r = train_and_evaluate(config, f"{sys.argv[1]}/vmap_seeds", dataset=dataset)
-out["vmap_seeds"] = {str(s): r["per_seed"][s]["probs"].tolist() for s in (0, 1)}
+if sys.argv[2] == "all":  # the slow tests' runs
+    run("vmap_grouped", "vmap", "parallel.fold_group_size=8")  # 2 folds (or dummies) a device
+    run("auto_short", "auto")  # 3 folds x 2 epochs: the trial is not worth it (not cached) ...
+    run("auto", "auto", "parallel.auto_trial_budget=0")  # ... the timed trial, always ...
+    run("auto_cached", "auto")  # ... then its cached choice
+    run("vmap_ema", "vmap", "train.ema_decay=0.5")  # a group's moving averages, exported at once
+    run("sequential_ema", "sequential", "train.ema_decay=0.5")
+    # seeds x folds: 2 seeds x 3 folds = 6 members of the fold axis, in 2 groups of 4 devices
+    config = smoke_config(*common, "parallel.strategy=vmap", "train.seeds=(0, 1)")
+    r = train_and_evaluate(config, f"{sys.argv[1]}/vmap_seeds", dataset=dataset)
+    out["vmap_seeds"] = {str(s): r["per_seed"][s]["probs"].tolist() for s in (0, 1)}
 with open(f"{sys.argv[1]}/out.json", "w") as f:
     json.dump(out, f)
 """
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def _run_script(tmp_path_factory, which: str) -> dict:
     workdir = tmp_path_factory.mktemp("strategies")
     env = dict(
         os.environ,
@@ -66,7 +66,7 @@ def runs(tmp_path_factory):
         MJFN_JAX_CACHE_DIR=str(workdir / "cache"),
     )
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(workdir)],
+        [sys.executable, "-c", SCRIPT, str(workdir), which],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -76,6 +76,18 @@ def runs(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(workdir / "out.json") as f:
         return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """vmap, sequential, scan and a resumed vmap group: the fast suite's equivalences."""
+    return _run_script(tmp_path_factory, "core")
+
+
+@pytest.fixture(scope="module")
+def all_runs(tmp_path_factory):
+    """Also grouped vmap, 'auto' (trial, cache, skipped trial), EMA and seeds (slow)."""
+    return _run_script(tmp_path_factory, "all")
 
 
 def test_meshes(runs):
@@ -92,17 +104,21 @@ def test_vmap_and_sequential_agree(runs):
     assert np.ptp(vmap, axis=0).max() > 1e-3
 
 
-def test_grouped_vmap_and_auto_agree_with_sequential(runs):
+@pytest.mark.slow  # its runs: the whole script again (~2 min)
+def test_grouped_vmap_and_auto_agree_with_sequential(all_runs):
     """A real vmap over 2 folds per device, and 'auto' (on CPU: one fold per device)."""
+    runs = all_runs
     seq = np.array(runs["sequential"]["probs"])
     for name in ("vmap_grouped", "auto"):
         assert runs[name]["y_pred"] == runs["sequential"]["y_pred"], name
         np.testing.assert_allclose(np.array(runs[name]["probs"]), seq, rtol=0, atol=1e-4)
 
 
-def test_auto_trial_on_simulated_devices_then_its_cache(runs):
+@pytest.mark.slow  # its runs: the whole script again (~2 min)
+def test_auto_trial_on_simulated_devices_then_its_cache(all_runs):
     """'auto' timed both CPU candidates on the real program, kept the faster, and the next run
     took the cached choice without a trial."""
+    runs = all_runs
     record = runs["auto"]["auto"]
     assert not record["cached"]
     trial = {(t["strategy"], t["fold_group_size"]): t for t in record["trial"]}
@@ -130,26 +146,32 @@ def test_vmap_group_resumes_exactly(runs):
     )
 
 
-def test_moving_average_under_vmap_and_sequential(runs):
+@pytest.mark.slow  # its runs: the whole script again (~2 min)
+def test_moving_average_under_vmap_and_sequential(all_runs):
     """train.ema_decay: a vmap group's models (exported together) predict what sequential
     training's do, and not what the last step's parameters predict."""
+    runs = all_runs
     ema, seq = np.array(runs["vmap_ema"]["probs"]), np.array(runs["sequential_ema"]["probs"])
     np.testing.assert_allclose(ema, seq, atol=1e-4)
     assert np.abs(ema - np.array(runs["vmap"]["probs"])).max() > 1e-3
 
 
-def test_seeds_share_the_fold_axis(runs):
+@pytest.mark.slow  # its runs: the whole script again (~2 min)
+def test_seeds_share_the_fold_axis(all_runs):
     """Seed 0's members of a 2-seed vmap run (mixed with seed 1's in the same groups) give
     what the one-seed vmap run gives; seed 1 differs."""
+    runs = all_runs
     np.testing.assert_allclose(
         np.array(runs["vmap_seeds"]["0"]), np.array(runs["vmap"]["probs"]), rtol=0, atol=1e-6
     )
     assert np.abs(np.array(runs["vmap_seeds"]["1"]) - np.array(runs["vmap"]["probs"])).max() > 1e-3
 
 
-def test_auto_skips_a_trial_that_costs_more_than_its_budget(runs):
+@pytest.mark.slow  # its runs: the whole script again (~2 min)
+def test_auto_skips_a_trial_that_costs_more_than_its_budget(all_runs):
     """3 folds x 2 epochs: the rule's choice (one fold per device) timed for one epoch, the
     trial judged too dear for the run, nothing cached (the next run still had its trial)."""
+    runs = all_runs
     record = runs["auto_short"]["auto"]
     assert record["reason"].startswith("the trial's estimated cost") and not record["cached"]
     estimate = record["estimate"]
