@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import io
 import logging
 import os
 import shutil
@@ -200,6 +201,22 @@ def check_manual_dir(builder, manual_dir: str | os.PathLike | None, data_dir) ->
         )
 
 
+@contextlib.contextmanager
+def _tfds_quiet():
+    """TFDS's lines that say nothing about a manual build ("Downloading and preparing dataset
+    Unknown size", "... downloaded and prepared", printed to stdout; "Variant folder ... has no
+    dataset_info.json", a warning for every fresh build) stay out of the output; its errors
+    pass. The build's own summary says where the dataset went."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl.setLevel(level)
+
+
 def build_dataset(
     name: str,
     *,
@@ -222,15 +239,16 @@ def build_dataset(
     import tensorflow_datasets as tfds
 
     name, builder_config = parse_name(name, builder_config)
-    builder = make_builder(
-        name,
-        builder_config=builder_config,
-        data_dir=data_dir,
-        workers=workers,
-        crop=crop,
-        apex=apex,
-        **(builder_kwargs or {}),
-    )
+    with _tfds_quiet():
+        builder = make_builder(
+            name,
+            builder_config=builder_config,
+            data_dir=data_dir,
+            workers=workers,
+            crop=crop,
+            apex=apex,
+            **(builder_kwargs or {}),
+        )
     already = builder.is_prepared()
     tfds.disable_progress_bar()  # Ours (tqdm, per flow pair) replaces tfds's own bars.
     download_config = tfds.download.DownloadConfig(
@@ -245,7 +263,7 @@ def build_dataset(
         check_manual_dir(builder, manual_dir, data_dir)
         if manual_dir is not None and getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
             builder.info.metadata["manual_dir"] = str(Path(manual_dir).resolve())
-        with build_lock(builder.data_dir), deterministic_records():
+        with build_lock(builder.data_dir), deterministic_records(), _tfds_quiet():
             builder.download_and_prepare(
                 file_format="array_record", download_config=download_config
             )

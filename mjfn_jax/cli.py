@@ -66,6 +66,17 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _KnownNoise) for f in absl.filters):
+        absl.addFilter(_KnownNoise())
+
+
+class _KnownNoise(logging.Filter):
+    """TFDS's warning for every fresh build of a manual dataset (a builder made before its
+    dataset_info.json exists): it says nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has no dataset_info.json" not in record.getMessage()
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv=None):

@@ -13,6 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # ~80-110 s: make bench end to end; its parts have fast tests below
 def test_quick_benchmark_end_to_end(tmp_path):
     # The GPU image has no tensorflow_datasets: a stand-in that fails on import proves that
     # the benchmark never imports it.

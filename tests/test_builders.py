@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import csv
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -278,6 +278,7 @@ def test_moving_average_of_the_parameters_is_the_model():
     )
 
 
+@pytest.mark.slow  # ~20-40 s of step compiles; EMA alone and early stopping alone are fast
 def test_early_stopping_keeps_the_moving_average_it_validated():
     """With train.ema_decay and early stopping, the validation scores the averaged model and an
     improvement keeps that model (not the last step's parameters)."""

@@ -94,6 +94,7 @@ def test_cli_error_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no image in")
 
 
+@pytest.mark.slow  # ~40 s; the import, the STSTNet branch and standardisation have fast tests
 def test_the_28px_recipe_trains_on_imported_images(built, tmp_path):
     """mjfn_jax/configs/flow_images.py (MJFN with the branch of five STSTNets) runs LOSO on the
     imported images end to end: every clip predicted once, the branch in each fold's model.

@@ -74,6 +74,7 @@ def test_every_report_shows_the_floor(tmp_path, smoke_config, tiny_dataset, capl
     assert fused == want and f"UF1 {fused['uf1']:.4f}" in text
     assert "network + floor (mean probability)" in format_results_table(results)
     caplog.set_level(logging.INFO, logger="mjfn_jax")
+    caplog.clear()  # only the rerun's lines (an earlier test may have set INFO already)
     again = train_and_evaluate(config, str(tmp_path), dataset=dataset)  # kept, not refitted
     assert again["linear_floor"] == floor and "linear floor:" not in caplog.text
     assert again["with_linear_floor"] == fused
