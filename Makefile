@@ -28,7 +28,7 @@ demo: $(VENV)/.runtime
 	$(PY) -m experiments.demo --data_dir $(DATA_DIR) --workdir $(WORKDIR)
 
 test: $(VENV)/.dev
-	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(PY) -m pytest -q -m "not slow and not gpu" --durations=10
 
 test-all: $(VENV)/.dev
 	$(PY) -m pytest -q -m "not gpu"
