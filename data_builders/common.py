@@ -16,6 +16,7 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -89,7 +90,11 @@ def generate_examples(
     """Computes every clip's flow in a process pool (tfds itself generates in one process)."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(clips) or 1))
     jobs = [(clip, flow_method, size) for clip in clips]
-    bar = tqdm(total=len(jobs), desc=desc, unit="pair", dynamic_ncols=True)
+    # A bar on a terminal; a log file gets the build's summary instead of \r-separated updates.
+    bar = tqdm(
+        total=len(jobs), desc=desc, unit="pair", dynamic_ncols=True,
+        disable=not sys.stderr.isatty(),
+    )  # fmt: skip
     if workers == 1:
         init_worker()
         results: Iterator = map(process_clip, jobs)
