@@ -14,11 +14,15 @@ $(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-# torch's CPU wheels (requirements-dev.txt pins the version).
+# torch's CPU wheel, the version requirements-dev.txt pins, from PyTorch's CPU index (PyPI's
+# Linux wheel is the CUDA build); where that index cannot be reached, the next line installs
+# torch from PyPI.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH := $(shell grep '^torch==' requirements-dev.txt)
 
 $(VENV)/.dev: requirements-dev.txt requirements.txt $(VENV)/.runtime
-	$(PY) -m pip install -q -r requirements-dev.txt --extra-index-url $(TORCH_INDEX)
+	-$(PY) -m pip install -q --retries 1 --no-deps --index-url $(TORCH_INDEX) "$(TORCH)"
+	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
 setup: $(VENV)/.runtime
