@@ -35,7 +35,7 @@ test: $(VENV)/.dev
 	$(PY) -m pytest -q -m "not slow and not gpu" --durations=10
 
 test-all: $(VENV)/.dev
-	$(PY) -m pytest -q -m "not gpu"
+	MJFN_JAX_TEST_OPTIMIZED=1 $(PY) -m pytest -q -m "not gpu"
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .

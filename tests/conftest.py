@@ -31,6 +31,18 @@ def make_smoke_config(*overrides: str):
     )
 
 
+# LLVM's optimisation of XLA:CPU code off: the suite compiles hundreds of programs, most of them
+# run a few times (an init, a few steps of a tiny network), and at level 0 a compile costs a
+# fraction of its optimised time (docs/performance.md#the-test-suite). The programs compute the
+# same functions; `make test-all` (MJFN_JAX_TEST_OPTIMIZED=1) runs the suite with XLA's default.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(*flags: str) -> str:
+    """XLA_FLAGS for a process a test starts: the session's flags plus ``flags``."""
+    return " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+
+
 def pytest_configure(config):
     """XLA's persistent compilation cache, one folder for the whole session: every test and
     every process a test starts (through the JAX_* variables, read when jax is imported) loads
@@ -42,6 +54,10 @@ def pytest_configure(config):
         os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mjfn_jax_test_xla_")
         _XLA_CACHE_OWNED = os.environ["JAX_COMPILATION_CACHE_DIR"]
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    if os.environ.get("MJFN_JAX_TEST_OPTIMIZED") != "1" and FAST_COMPILE not in os.environ.get(
+        "XLA_FLAGS", ""
+    ):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
     import sys
 
     if "jax" in sys.modules:  # imported before this hook (a plugin): set it directly too

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 from mjfn_jax import workdir as workdir_lib
 
@@ -63,7 +64,7 @@ def _env(devices: int, cache) -> dict:
         os.environ,
         JAX_PLATFORMS="cpu",
         PYTHONPATH=REPO,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"),
         MJFN_JAX_CACHE_DIR=str(cache),
     )
 

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +62,7 @@ def _run_script(tmp_path_factory, which: str) -> dict:
     workdir = tmp_path_factory.mktemp("strategies")
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=4"),
         PYTHONPATH=REPO,
         MJFN_JAX_CACHE_DIR=str(workdir / "cache"),
     )
