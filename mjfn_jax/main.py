@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         config.train.seeds = tuple(args.seeds)
     with cli.expected_errors():  # checked before anything starts
+        from mjfn_jax.config import validate_config
+
+        validate_config(config)
         cluster = distributed.settings(
             args.coordinator_address,
             args.num_processes,

@@ -5,17 +5,24 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # Headless: reports are written on servers and in tests.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
 
 # Curve panels: (history key, y label); the val_* twin of a key is drawn dashed when present.
 # The loss is the training objective: the weighted sum of every head's cross-entropy (the
 # backbone's, the three JFMs' and, with model.ststnet_branch, the STSTNets').
 _PANELS = (("loss", "loss (sum over the heads)"), ("accuracy", "accuracy (fused prediction)"))
+
+
+def pyplot():
+    """matplotlib.pyplot with the headless Agg backend (reports are written on servers and in
+    tests). Imported on first use, not with this module: pyplot's import is about a second of
+    every command's start-up, and most commands draw nothing until their report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_confusion(confusion, class_names: Sequence[str], path: str, title: str = "") -> str:
@@ -26,6 +33,7 @@ def plot_confusion(confusion, class_names: Sequence[str], path: str, title: str 
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.where(support > 0, cm / np.maximum(support, 1), np.nan)
     c = len(class_names)
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(4.2 * 2 + 1, 3.6 + 0.15 * c))
     panels = ((axes[0], cm, "counts", "{:d}"), (axes[1], norm, "row-normalised (recall)", "{:.2f}"))
     for ax, values, subtitle, fmt in panels:
@@ -96,6 +104,9 @@ def plot_curves(history: Mapping[str, Sequence[Mapping]], path: str, title: str 
     drawn = [[(k, _curve_matrix(history, k)) for k in keys] for _, _, keys in panels]
     if not any(m is not None for panel in drawn for _, m in panel):
         return None
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (_, label, _), series in zip(axes, panels, drawn, strict=True):

@@ -180,11 +180,9 @@ def flow_image_from_clip(
 
 def plot_motion_curve(info: dict, path: str) -> str:
     """Writes the onset->frame motion curve with the chosen apex marked (PNG); returns path."""
-    import matplotlib
+    from mjfn_jax.plots import pyplot
 
-    matplotlib.use("Agg")  # headless
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     onset = info["onset"]
     frames = onset + np.arange(len(info["motion_curve"]))
     fig, ax = plt.subplots(figsize=(7, 3.2))

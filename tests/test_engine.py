@@ -263,7 +263,7 @@ def test_moving_average_of_the_parameters_is_the_model():
     for name in state.params:  # same training
         np.testing.assert_array_equal(ema_state.params[name], state.params[name])
     n, d = len(history), 0.9
-    exported = averaged.export(ema_state)
+    exported = jax.jit(averaged.export)(ema_state)
     for name in state.params:
         expected = sum(d ** (n - 1 - t) * (1 - d) * p[name] for t, p in enumerate(history))
         np.testing.assert_allclose(
@@ -274,7 +274,7 @@ def test_moving_average_of_the_parameters_is_the_model():
         np.testing.assert_array_equal(exported["batch_stats"][name], state.batch_stats[name])
     idx = jnp.arange(16, dtype=jnp.int32)
     np.testing.assert_array_equal(
-        averaged.predict(ema_state, data, idx), plain.predict(exported, data, idx)
+        jax.jit(averaged.predict)(ema_state, data, idx), jax.jit(plain.predict)(exported, data, idx)
     )
 
 

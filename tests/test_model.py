@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import run_cli
 from flax import nnx
 
 from mjfn_jax.config import base_model_config
@@ -243,7 +244,7 @@ def test_summary_counts_and_flops():
     assert summary["flops_per_sample"] > 2 * 32 * 32 * 27 * 4
 
 
-def test_summary_cli_prints_table():
+def test_summary_cli_prints_table(capsys):
     import json
     import subprocess
     import sys
@@ -262,8 +263,10 @@ def test_summary_cli_prints_table():
         assert part in printed
     summary = json.loads(printed[printed.index("\n{") :])
     assert f"{summary['params']['total']:,}" in printed
-    bad = subprocess.run(cmd + ["--config.model.fusion=bogus"], capture_output=True, text=True)
-    assert bad.returncode == 1 and bad.stderr.strip().startswith("error: model.fusion")
+    from mjfn_jax.models.__main__ import main
+
+    status, _, stderr = run_cli(main, cmd[3:] + ["--config.model.fusion=bogus"], capsys)
+    assert status == 1 and stderr.strip().startswith("error: model.fusion")
 
 
 @pytest.mark.parametrize("copies", [1, 3])

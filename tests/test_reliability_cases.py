@@ -10,8 +10,6 @@ import errno
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -20,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from data_builders.build import build_dataset
 from data_builders.flow_images.dummy_data.make_dummy_data import CSV_NAME, IMAGES, make
@@ -181,12 +180,14 @@ def test_config_flag_errors_are_one_line(tmp_path, monkeypatch, config, override
     assert not (tmp_path / "w").exists()
 
 
-def test_config_flag_error_from_the_command_line(tmp_path):
-    cmd = [sys.executable, "-m", "mjfn_jax.main", "--config", str(tmp_path / "missing.py"),
-           "--workdir", str(tmp_path / "w"), "--config.train.num_epochs=3"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
+def test_config_flag_error_from_the_command_line(tmp_path, capsys):
+    argv = ["--config", str(tmp_path / "missing.py"), "--workdir", str(tmp_path / "w"),
+            "--config.train.num_epochs=3"]  # fmt: skip
+    from mjfn_jax import main as train_cli
+
+    status, _, stderr = run_cli(train_cli.main, argv, capsys)
+    assert status != 0
+    (line,) = stderr.strip().splitlines()
     assert line.startswith(f"error: --config={tmp_path / 'missing.py'}: config file not found")
 
 

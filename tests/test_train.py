@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from mjfn_jax.config_io import load_config
 from mjfn_jax.folds import balanced_class_weights
@@ -125,25 +126,13 @@ def test_invalid_config_is_refused_before_the_workdir_is_written(
         (["--config=mjfn_jax/configs/synthetic.py:bogus"], "unknown argument 'bogus'"),
     ],
 )
-def test_cli_reports_a_bad_config_in_one_line(tmp_path, args, error):
-    import subprocess
-    import sys
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, args, error, capsys):
+    from mjfn_jax.main import main
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config = "mjfn_jax/configs/benchmark.py:quick"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mjfn_jax.main",
-        "--config",
-        config,
-        "--workdir",
-        str(tmp_path / "w"),
-    ]
-    cmd += args
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode != 0 and len(lines) == 1 and error in lines[0], proc.stderr[-2000:]
+    argv = ["--config", "benchmark:quick", "--workdir", str(tmp_path / "w"), *args]
+    status, _, stderr = run_cli(main, argv, capsys)
+    lines = stderr.strip().splitlines()
+    assert status != 0 and len(lines) == 1 and error in lines[0], stderr[-2000:]
     assert lines[0].startswith("error: ")
     assert not (tmp_path / "w").exists()
 
