@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mjfn_jax.views import ONE_VIEW, Layout, direction_table
 
@@ -31,7 +32,8 @@ def hflip_batch(images: jax.Array, layout: Layout = ONE_VIEW) -> jax.Array:
     for k, source in enumerate(layout):
         if source is not None:
             if table is None:  # [256 * 256, 3] colours, indexed u * 256 + v
-                table = jnp.asarray(direction_table().reshape(-1, 3), images.dtype) / 255.0
+                table = direction_table().reshape(-1, 3).astype(np.float32) / np.float32(255)
+                table = jnp.asarray(table, images.dtype)  # divided here: XLA would multiply
             uv = jnp.round(mirrored[..., 3 * source : 3 * source + 2] * 255.0).astype(jnp.int32)
             colours = table[jnp.clip(uv[..., 0], 0, 255) * 256 + jnp.clip(uv[..., 1], 0, 255)]
             mirrored = mirrored.at[..., 3 * k : 3 * k + 3].set(colours)

@@ -179,5 +179,5 @@ def hflip_views_float(image: np.ndarray, layout: Layout = ONE_VIEW) -> np.ndarra
         if source is not None:
             flow = np.rint(flipped[..., 3 * source : 3 * source + 2] * 255.0).astype(np.int64)
             rgb = direction_table()[flow[..., 0], flow[..., 1]]
-            flipped[..., 3 * k : 3 * k + 3] = rgb.astype(flipped.dtype) / flipped.dtype.type(255)
+            flipped[..., 3 * k : 3 * k + 3] = rgb.astype(np.float32) / np.float32(255)
     return flipped

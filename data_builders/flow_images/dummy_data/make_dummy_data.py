@@ -37,6 +37,7 @@ def make(out_dir: str | Path, size: int = 28, seed: int = 0, rows=ROWS, views: i
     out = Path(out_dir)
     (out / IMAGES).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    views_rng = np.random.default_rng([seed, 1])  # its own: view 0 is the one-view folder's
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
     blob = np.exp(-(xx**2 + yy**2) / 0.05)
     with open(out / CSV_NAME, "w", newline="") as f:
@@ -54,7 +55,7 @@ def make(out_dir: str | Path, size: int = 28, seed: int = 0, rows=ROWS, views: i
             rgb = (image * 255).round().astype(np.uint8)
             assert cv2.imwrite(str(out / IMAGES / f"{sub}_{clip} .png"), rgb[..., ::-1])
             if views == 4:
-                _more_views(out / IMAGES / f"{sub}_{clip}", rgb, rng)
+                _more_views(out / IMAGES / f"{sub}_{clip}", rgb, views_rng)
     return out
 
 
