@@ -49,9 +49,7 @@ def test_four_views_build_and_stack_in_the_documented_order(built):
         image = cv2.imread(str(manual / IMAGES / f"006_006_1_3{suffix} .png"))[..., ::-1]
         np.testing.assert_array_equal(data.images[row, ..., 3 * k : 3 * k + 3], image)
     # the generated direction maps are what mjfn_jax.views says they are
-    np.testing.assert_array_equal(
-        data.images[..., 6:9], views.direction_map(data.images[..., 0:3])
-    )
+    np.testing.assert_array_equal(data.images[..., 6:9], views.direction_map(data.images[..., 0:3]))
 
 
 def test_the_first_view_alone_is_the_one_view_input(built):
@@ -75,8 +73,9 @@ def test_a_missing_view_is_one_error_naming_the_clip_the_view_and_the_file(tmp_p
         build_dataset(f"flow_images/{FOUR}", data_dir=tmp_path / "tfds", manual_dir=manual)
     message = str(info.value)
     assert "\n" not in message
-    assert re.search(r"no image in .* for .*row 5 \(clip casme2/sub02/EP03_02f, view 2 "
-                     r"\(onset->apex flow direction\): sub02_EP03_02f_2 .png\)", message)  # fmt: skip
+    expected = (r"no image in .* for .*row 5 \(clip casme2/sub02/EP03_02f, view 2 "
+                r"\(onset->apex flow direction\): sub02_EP03_02f_2 .png\)")  # fmt: skip
+    assert re.search(expected, message)
     # the same folder as one view: its other views are named, and what to build instead
     with pytest.raises(ValueError, match="without a CSV row: .*build the config imported_<size>"):
         build_dataset("flow_images/imported_28", data_dir=tmp_path / "t1", manual_dir=manual)
@@ -102,6 +101,11 @@ def test_the_flip_of_each_view(built):
     jitted = np.asarray(hflip_batch(jnp.asarray(x), LAYOUT))
     np.testing.assert_array_equal(np.rint(jitted * 255), flipped)
     np.testing.assert_array_equal(views.hflip_views_float(x, LAYOUT), jitted)
+    pytest.importorskip("torch")
+    from experiments.pytorch_baseline.data import augment_image  # the twin's, per sample
+
+    twin = augment_image(x[1], flip=True, shift=(0, 0), pad=0, layout=LAYOUT)
+    np.testing.assert_array_equal(twin, jitted[1])
     # one view: the flip it always was
     one = np.asarray(hflip_batch(jnp.asarray(x[..., :3])))
     np.testing.assert_array_equal(np.rint(one * 255), views.hflip_views(images[..., :3]))
