@@ -16,6 +16,9 @@ def base_model_config() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     m.num_classes = 3  # 3 for SMIC / MEGC2019 / synthetic, 5 for CASME II and SAMM.
     m.input_size = 112  # Square flow image side, pixels.
+    # Input channels: 3 per flow view read (data.views), stacked as channels: 3 for one view
+    # (u, v, strain), 12 for the four views of flow_images/imported_<S>_4views.
+    m.input_channels = 3
     m.stem_stride = 2  # 3x3 conv stem stride: 2 at 112x112, 1 for small inputs such as 48x48.
     m.widths = (64, 128, 256, 512)  # Channels of backbone stages 1..4.
     m.blocks_per_stage = (2, 2, 2, 2)  # BasicBlocks per stage (ResNet-18 layout).
@@ -64,6 +67,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.flow_method = "tvl1"
     c.data.data_dir = "data/tfds"  # Where `mjfn-build build` wrote it.
     c.data.split = "train"
+    # Views per clip of the built dataset (mjfn_jax.views.DATASET_VIEWS): 1, the dataset
+    # '<flow_method>_<input_size>'; 4, '<flow_method>_<input_size>_4views' (flow_images' four-view
+    # folders: onset->apex flow, apex->offset flow, their direction maps).
+    c.data.dataset_views = 1
+    # The views the model reads, stacked as channels in this order (model.input_channels = 3
+    # per view): () all the dataset's views; (0,) the first (onset->apex flow) only.
+    c.data.views = ()
     # data.name='generated': synthetic flow images made in memory (no build), for benchmarks.
     c.data.generated_subjects = 68  # Composite scale: 68 subjects ...
     c.data.generated_samples = 442  # ... and 442 clips.
@@ -285,8 +295,32 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         # flow_images: published images imported as they are (data_builders/flow_images).
         methods = ("imported",) if config.data.name == "flow_images" else FLOW_METHODS
         check("data.flow_method", config.data.flow_method in methods, f"must be one of {methods}")
+    check_views(config)
     if config.data.name == GENERATED:
         for name in ("generated_subjects", "generated_samples"):
             value = config.data[name]
             check(f"data.{name}", is_int(value) and value >= 2, "needs an int >= 2")
     validate_model(config.model)
+
+
+def check_views(config: ml_collections.ConfigDict) -> None:
+    """data.dataset_views, data.views and model.input_channels agree (mjfn_jax.views)."""
+    from mjfn_jax import views
+
+    data = config.data
+    flips = config.augment.hflip or config.augment.test_hflip
+    why = views.check(data.dataset_views, tuple(data.views), flips)
+    if why:
+        raise ValueError(why)
+    if data.dataset_views > 1 and data.name != "flow_images":
+        raise ValueError(
+            f"data.dataset_views={data.dataset_views}: only flow_images (its multi-view folders) "
+            f"builds datasets of several views; data.name={data.name!r} has 1"
+        )
+    channels = views.input_channels(data.dataset_views, tuple(data.views))
+    if config.model.input_channels != channels:
+        raise ValueError(
+            f"model.input_channels={config.model.input_channels!r}: data.views="
+            f"{tuple(data.views)!r} of a dataset of {data.dataset_views} view(s) are {channels} "
+            f"channels (3 per view); set --config.model.input_channels={channels}"
+        )

@@ -19,6 +19,8 @@ import numpy as np
 
 # Decoded by us (cv2) or not at all: tfds would also decode the unused onset/apex images.
 _UNDECODED = ("flow_image", "onset", "apex", "flow")
+# A multi-view dataset's further views (mjfn_jax.views.DATASET_VIEWS), stacked after flow_image.
+_VIEW_FEATURES = ("flow_image_1", "flow_image_2", "flow_image_3")
 
 
 def _check_strings(name: str, values: np.ndarray, n: int) -> None:
@@ -32,7 +34,8 @@ def _check_strings(name: str, values: np.ndarray, n: int) -> None:
 class Dataset:
     """One split in host memory, one row per clip.
 
-    images: uint8 [N, H, W, 3] flow images; labels: int32 [N] in [0, num_classes);
+    images: uint8 [N, H, W, 3] flow images (or [N, H, W, 3 V]: V views of each clip stacked as
+    channels, mjfn_jax.views); labels: int32 [N] in [0, num_classes);
     subjects: str [N], canonical and source-prefixed ("casme2/sub01"); sources: str [N]
     ("casme2"); clips: str [N]; class_names: the label names, index = label.
     """
@@ -55,8 +58,11 @@ class Dataset:
                 f"Dataset.images: expected a uint8 numpy array, got {type(images)} "
                 f"{getattr(images, 'dtype', '')}"
             )
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"Dataset.images: expected shape [N, H, W, 3], got {images.shape}")
+        if images.ndim != 4 or images.shape[-1] % 3 or not images.shape[-1]:
+            raise ValueError(
+                f"Dataset.images: expected shape [N, H, W, 3] (or 3 channels per view), got "
+                f"{images.shape}"
+            )
         n = images.shape[0]
         if not isinstance(labels, np.ndarray) or labels.dtype != np.int32:
             raise TypeError(
@@ -266,21 +272,37 @@ def load_dataset(
             f"{name}/{builder_config}: no split {split!r}; have {list(builder.info.splits)}"
         )
     features = builder.info.features
-    decoders = {key: tfds.decode.SkipDecoding() for key in _UNDECODED if key in features}
+    undecoded = _UNDECODED + _VIEW_FEATURES
+    decoders = {key: tfds.decode.SkipDecoding() for key in undecoded if key in features}
     size = int(builder.info.features["flow_image"].shape[0])
+    views = ("flow_image",) + tuple(key for key in _VIEW_FEATURES if key in features)
     try:
         source = builder.as_data_source(split=split, decoders=decoders)
         records = source.__getitems__(range(len(source))) if len(source) else []
         subjects = [_text(r["subject"]) for r in records]
         clips = [_text(r["clip"]) for r in records]
         order = sorted(range(len(records)), key=lambda i: (subjects[i], clips[i]))
-        images = np.zeros((len(records), size, size, 3), np.uint8)  # [N, S, S, 3] uint8
+        # [N, S, S, 3 V] uint8: the views stacked as channels, in their order
+        images = np.zeros((len(records), size, size, 3 * len(views)), np.uint8)
         for row, i in enumerate(order):
-            images[row] = _decode_png(records[i]["flow_image"], f"{subjects[i]}/{clips[i]}")
+            for k, view in enumerate(views):
+                where = f"{subjects[i]}/{clips[i]}" + (f" ({view})" if k else "")
+                images[row, ..., 3 * k : 3 * k + 3] = _decode_png(records[i][view], where)
     except (RuntimeError, ValueError, TypeError, KeyError, OSError) as err:
         raise damaged_dataset_error(builder, name, builder_config, split, data_dir, err) from err
     pick = lambda values: np.asarray([values[i] for i in order], dtype=str)
     metadata = dict(builder.info.metadata or {})
+    preprocessing = {
+        "dataset": f"{name}/{builder_config}",
+        "flow_method": builder_config.rsplit("_", 1)[0],
+        "size": size,
+        "encoding": "uvs",  # the builders' encoding (u, v, strain)
+        "crop": dict(metadata.get("crop", {})),
+        "apex": dict(metadata.get("apex", {"mode": "annotated"})),
+    }
+    if len(views) > 1:  # '<method>_<size>_<n>views'
+        preprocessing["flow_method"] = builder_config.rsplit("_", 2)[0]
+        preprocessing["views"] = list(views)
     return Dataset(
         images=images,
         labels=np.asarray([records[i]["label"] for i in order], np.int32),
@@ -288,14 +310,7 @@ def load_dataset(
         sources=pick([_text(r["source"]) for r in records]),
         clips=pick(clips),
         class_names=tuple(builder.info.features["label"].names),
-        preprocessing={
-            "dataset": f"{name}/{builder_config}",
-            "flow_method": builder_config.rsplit("_", 1)[0],
-            "size": size,
-            "encoding": "uvs",  # the builders' encoding (u, v, strain)
-            "crop": dict(metadata.get("crop", {})),
-            "apex": dict(metadata.get("apex", {"mode": "annotated"})),
-        },
+        preprocessing=preprocessing,
     )
 
 
@@ -318,15 +333,42 @@ def dataset_from_config(data_config, input_size: int, seed: int) -> Dataset:
             num_samples=data_config.generated_samples,
         )
         return Dataset.from_synthetic_arrays(arrays)
-    return load_dataset(
+    dataset = load_dataset(
         data_config.name,
         builder_config_name(data_config, input_size),
         data_config.data_dir,
         split=data_config.split,
     )
+    return select_views(dataset, data_config)
+
+
+def select_views(dataset: Dataset, data_config) -> Dataset:
+    """The views ``data.views`` picks of a dataset of ``data.dataset_views`` views, stacked as
+    channels in that order (mjfn_jax.views); all of them: the dataset itself."""
+    from mjfn_jax import views
+
+    dataset_views = data_config.get("dataset_views", 1)
+    chosen = tuple(data_config.get("views", ()))
+    have = dataset.images.shape[-1] // views.CHANNELS_PER_VIEW
+    if have != dataset_views:
+        raise ValueError(
+            f"dataset {dataset.preprocessing.get('dataset', '')} has {have} view(s) per clip; "
+            f"the config reads {dataset_views} (data.dataset_views)"
+        )
+    images = views.select_channels(dataset.images, dataset_views, chosen)
+    if images is dataset.images:
+        return dataset
+    preprocessing = dict(dataset.preprocessing)
+    if "views" in preprocessing:
+        preprocessing["views"] = [preprocessing["views"][v] for v in views.selected(have, chosen)]
+    return dataclasses.replace(dataset, images=images, preprocessing=preprocessing)
 
 
 def builder_config_name(data_config, input_size: int) -> str:
-    """The built dataset's config, '<data.flow_method>_<model.input_size>' (e.g. 'tvl1_48'):
-    derived, so the image size is stated once, in the model config."""
-    return f"{data_config.flow_method}_{int(input_size)}"
+    """The built dataset's config, '<data.flow_method>_<model.input_size>' (e.g. 'tvl1_48'),
+    '_<n>views' after it for a dataset of n > 1 views per clip (``data.dataset_views``, e.g.
+    'imported_28_4views'): derived, so the image size is stated once, in the model config."""
+    from mjfn_jax.views import builder_suffix
+
+    suffix = builder_suffix(data_config.get("dataset_views", 1))
+    return f"{data_config.flow_method}_{int(input_size)}{suffix}"

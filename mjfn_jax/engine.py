@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding
 from mjfn_jax.augment import augment_batch, hflip_batch, mixup
 from mjfn_jax.folds import epoch_batches
 from mjfn_jax.models import MJFN, mjfn_loss
+from mjfn_jax.views import config_layout
 
 
 def make_optimizer(train: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -223,7 +224,11 @@ class FoldProgram:
         if self.data_sharding is not None:
             images = jax.lax.with_sharding_constraint(images, self.data_sharding)
         images = augment_batch(
-            aug_key, images, hflip=cfg.augment.hflip, max_translate=cfg.augment.max_translate
+            aug_key,
+            images,
+            hflip=cfg.augment.hflip,
+            max_translate=cfg.augment.max_translate,
+            layout=config_layout(cfg.data),  # the views' flip (mjfn_jax.views)
         )
         labels = data["labels"][batch_idx]  # [B] int32
         class_weights = fold.class_weights if cfg.loss.class_weights != "none" else None
@@ -351,13 +356,14 @@ class FoldProgram:
         model_key = jax.random.key(0)  # dropout is off in eval mode; any key will do
 
         mirror = self.config.augment.test_hflip
+        layout = config_layout(self.config.data)
 
         def one(chunk_idx):  # [chunk] -> [chunk, C]
             model = self.bind(params, batch_stats, model_key, train=False)
             images = data["images"][chunk_idx].astype(jnp.float32) / 255.0
             log_probs = model(images)["fused"]
             if mirror:  # log of the mean of the two probabilities
-                both = jnp.stack([log_probs, model(hflip_batch(images))["fused"]])
+                both = jnp.stack([log_probs, model(hflip_batch(images, layout))["fused"]])
                 log_probs = jax.nn.logsumexp(both, axis=0) - jnp.log(2.0)
             return log_probs
 

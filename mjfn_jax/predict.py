@@ -319,6 +319,13 @@ def predict(
             "folder"
         )
     config = load_run_config(workdir)
+    channels = config.model.get("input_channels", 3)
+    if channels != 3:  # predict makes one flow view (onset->apex) of a clip
+        raise ValueError(
+            f"{workdir} trained a model of {channels} input channels "
+            f"({channels // 3} flow views per clip, data.views); predict makes one flow view "
+            "(onset->apex) of a clip: it predicts with one-view models only"
+        )
     seeds = tuple(config.train.get("seeds", ()))
     if len(seeds) > 1:
         raise ValueError(

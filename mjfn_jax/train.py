@@ -452,11 +452,12 @@ def _load_dataset(config):
 
 def _check_dataset(config, dataset) -> None:
     n, h, w, c = dataset.images.shape
-    size = config.model.input_size
-    if (h, w, c) != (size, size, 3) or dataset.images.dtype != np.uint8:
+    size, channels = config.model.input_size, config.model.input_channels
+    if (h, w, c) != (size, size, channels) or dataset.images.dtype != np.uint8:
         raise ValueError(
             f"dataset images are {dataset.images.dtype} [{n}, {h}, {w}, {c}]; the config "
-            f"(model.input_size={size}) needs uint8 [N, {size}, {size}, 3]"
+            f"(model.input_size={size}, model.input_channels={channels}) needs uint8 "
+            f"[N, {size}, {size}, {channels}]"
         )
     if len(dataset.class_names) != config.model.num_classes:
         raise ValueError(

@@ -154,20 +154,30 @@ def fold_inputs(config, dataset, units: Units, members: np.ndarray) -> FoldInput
 
 
 def input_stats(config, dataset, units: Units, members: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-pixel, per-channel mean and standard deviation [G, S, S, 3] of each member's training
+    """Per-pixel, per-channel mean and standard deviation [G, S, S, C] of each member's training
     clips (images / 255), for ``model.input_standardize``. With ``augment.hflip`` they are the
     statistics of the clips and their flow-aware mirror images together, so that a flipped clip
-    is standardised as it would be unflipped. The standard deviation is at least 1/255."""
+    is standardised as it would be unflipped (several views with direction maps, whose flip is
+    not affine: the mirror images themselves, mjfn_jax.views.hflip_views). The standard
+    deviation is at least 1/255."""
+    from mjfn_jax import views
+
+    layout = views.config_layout(config.data)
     arrays = units.arrays
     real = members[members >= 0]
     means, stds = [], []
     for f in np.where(members >= 0, members, real[0]):
         images = dataset.images[arrays.train_idx[f, : arrays.train_count[f]]]
+        directions = any(source is not None for source in layout)
+        if config.augment.hflip and directions:  # the clips and their mirror images
+            images = np.concatenate([images, views.hflip_views(images, layout)])
         images = images.astype(np.float64) / 255.0
         mean, var = images.mean(0), images.var(0)
-        if config.augment.hflip:  # an equal mixture of the clips and their mirror images
+        if config.augment.hflip and not directions:
+            # an equal mixture of the clips and their mirror images
             mirrored_mean = mean[:, ::-1, :].copy()  # augment.hflip_batch: mirror, u -> 1 - u
-            mirrored_mean[..., 0] = 1.0 - mirrored_mean[..., 0]
+            u = [3 * k for k in range(len(layout))]  # every view's u (all flow views here)
+            mirrored_mean[..., u] = 1.0 - mirrored_mean[..., u]
             mirrored_var = var[:, ::-1, :]
             var = (var + mirrored_var) / 2 + ((mean - mirrored_mean) / 2) ** 2
             mean = (mean + mirrored_mean) / 2

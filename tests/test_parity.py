@@ -53,7 +53,8 @@ def twin_pair(cfg, seed: int = 0) -> tuple[MJFNTorch, MJFN]:
 
 def inputs(cfg, n: int = 4, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return rng.uniform(size=(n, cfg.input_size, cfg.input_size, 3)).astype(np.float32)
+    channels = cfg.get("input_channels", 3)  # 3 per flow view (mjfn_jax.views)
+    return rng.uniform(size=(n, cfg.input_size, cfg.input_size, channels)).astype(np.float32)
 
 
 def assert_outputs_close(torch_out, jax_out, tol=TOL):

@@ -15,11 +15,19 @@ name. Subjects get our canonical ids ('casme2/sub01', 'samm/006', 'smic/s01'), s
 the names of the composite we build from raw frames. How the images were made (their flow
 method, crop, normalisation) is the publishers': predict on raw clips is not possible with
 such a dataset, only on flow images made the same way.
+
+Multi-view folders (configs ``imported_<size>_4views``): CausalNet's
+``datasets/STSNet_whole_norm_u_v_os/`` (github.com/tony19980810/CausalNet) holds four PNGs per
+row, ``<sub>_<filename_o><suffix> .png`` with suffixes '', '_1', '_2', '_3': the onset->apex flow,
+the apex->offset flow and the two flows' direction maps (mjfn_jax.views.DATASET_VIEWS), stored
+as the features ``flow_image``, ``flow_image_1``, ``flow_image_2``, ``flow_image_3``. A row
+missing one of them is an error naming the row, the clip, the view and the file expected.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import re
@@ -31,6 +39,7 @@ import tensorflow_datasets as tfds
 
 from data_builders import common
 from data_builders.flow_worker import encode_png
+from mjfn_jax.views import DATASET_VIEWS, View, builder_suffix
 
 CLASS_NAMES = common.THREE_CLASSES
 SIZES = (28, 32, 48, 64, 112)
@@ -40,7 +49,17 @@ INSTRUCTIONS = """
     <manual_dir>/<one>.csv                     columns dataset, sub, filename_o, label
     <manual_dir>/<images>/<sub>_<filename_o> .png   one 3-channel PNG per row (or without the
                                                     space before .png)
+    (imported_<size>_4views: four PNGs per row, <sub>_<filename_o><view> .png with <view> '',
+     _1, _2, _3: onset->apex flow, apex->offset flow, their two direction maps)
 """
+MULTI_VIEW = 4  # the views of the multi-view configs (CausalNet's folder)
+
+
+@dataclasses.dataclass
+class ViewsConfig(common.FlowConfig):
+    """A multi-view config: ``views`` flow images per clip (mjfn_jax.views.DATASET_VIEWS)."""
+
+    views: int = 1
 
 
 def subject_id(source: str, cell: str) -> str | None:
@@ -120,9 +139,13 @@ def find_images(manual_dir: Path) -> tuple[Path, Path]:
     return csvs[0], folders[0]
 
 
-def match_images(rows: list[dict[str, Any]], folder: Path) -> dict[tuple[str, str], Path]:
-    """{(subject, clip): image} for every row; a row without an image, an image without a
-    row, or two images for one row (``X .png`` and ``X.png``) is an error naming them."""
+def match_images(
+    rows: list[dict[str, Any]], folder: Path, views: tuple[View, ...] = DATASET_VIEWS[1]
+) -> dict[tuple[str, str], tuple[Path, ...]]:
+    """{(subject, clip): (one image per view)} for every row; a row without an image (of one of
+    its ``views``: file ``<stem><view.suffix> .png``), an image without a row, an image that two
+    rows would read, or two images for one row (``X .png`` and ``X.png``) is an error naming
+    them."""
     images = {}
     for path in sorted(folder.glob("*.png")):
         stem = path.stem.rstrip()  # the repositories' "X .png" is row X, as is "X.png"
@@ -132,13 +155,26 @@ def match_images(rows: list[dict[str, Any]], folder: Path) -> dict[tuple[str, st
                 "remove one"
             )
         images[stem] = path
-    found, missing = {}, []
+    found, missing, owner = {}, [], {}
     for row in rows:
-        path = images.pop(row["image_stem"], None)
-        if path is None:
-            missing.append(f"{row['where']} ({row['image_stem']} .png)")
-        else:
-            found[(row["subject"], row["clip"])] = path
+        paths = []
+        for number, view in enumerate(views):
+            stem = row["image_stem"] + view.suffix
+            if stem in owner:  # clip X's view '_2' is clip X_2's view 0: which one is it?
+                raise ValueError(
+                    f"{folder}: {stem} .png is {owner[stem]} and {_view_of(row, number, views)}"
+                )
+            owner[stem] = _view_of(row, number, views)
+            path = images.pop(stem, None)
+            if path is None:
+                missing.append(
+                    f"{row['where']} ({row['image_stem']} .png)"
+                    if len(views) == 1
+                    else f"{row['where']} (clip {row['subject']}/{row['clip']}, "
+                    f"{_view_of(row, number, views, who=False)}: {stem} .png)"
+                )
+            paths.append(path)
+        found[(row["subject"], row["clip"])] = tuple(paths)
     if missing:
         shown = "; ".join(missing[:3]) + (
             f"; ... ({len(missing)} in all)" if len(missing) > 3 else ""
@@ -147,12 +183,29 @@ def match_images(rows: list[dict[str, Any]], folder: Path) -> dict[tuple[str, st
     if images:
         extra = sorted(p.name for p in images.values())
         raise ValueError(f"{folder}: image(s) without a CSV row: {', '.join(extra[:5])}"
-                         + (f" ... ({len(extra)} in all)" if len(extra) > 5 else ""))  # fmt: skip
+                         + (f" ... ({len(extra)} in all)" if len(extra) > 5 else "")
+                         + _views_hint(rows, images, views))  # fmt: skip
     return found
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
-    """uint8 RGB [size, size, 3]; another size, channel count or depth is an error naming it."""
+def _view_of(row: dict[str, Any], number: int, views: tuple[View, ...], who=True) -> str:
+    view = f"view {number} ({views[number].name})"
+    return f"{view} of clip {row['subject']}/{row['clip']} ({row['where']})" if who else view
+
+
+def _views_hint(rows, extra: dict[str, Path], views: tuple[View, ...]) -> str:
+    """A one-view build of a folder whose extra images are the rows' other views: what to build."""
+    stems = {row["image_stem"] for row in rows}
+    suffixes = [v.suffix for v in DATASET_VIEWS[MULTI_VIEW][1:]]
+    other = lambda stem: any(stem.endswith(x) and stem[: -len(x)] in stems for x in suffixes)
+    if len(views) == 1 and all(other(stem) for stem in extra):
+        return f"; a folder of {MULTI_VIEW} views per clip: build the config imported_<size>_4views"
+    return ""
+
+
+def read_image(path: Path, size: int, views: int = 1) -> np.ndarray:
+    """uint8 RGB [size, size, 3]; another size, channel count or depth is an error naming it
+    (and the config that takes the size: of ``views`` views)."""
     import cv2
 
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -164,16 +217,17 @@ def read_image(path: Path, size: int) -> np.ndarray:
                          "3-channel 8-bit (u, v, strain)")  # fmt: skip
     if image.shape[:2] != (size, size):
         height, width = image.shape[:2]
-        raise ValueError(f"{path}: {width}x{height} pixels; this config ({IMPORTED}_{size}) "
-                         f"needs {size}x{size}: {_config_for(width, height)}")  # fmt: skip
+        suffix = builder_suffix(views)
+        raise ValueError(f"{path}: {width}x{height} pixels; this config ({IMPORTED}_{size}{suffix})"
+                         f" needs {size}x{size}: {_config_for(width, height, suffix)}")  # fmt: skip
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _config_for(width: int, height: int) -> str:
+def _config_for(width: int, height: int, suffix: str = "") -> str:
     """What to build for images of another size: the config that takes them, if one does."""
     if width == height and width in SIZES:
-        return f"build {IMPORTED}_{width} instead"
-    configs = ", ".join(f"{IMPORTED}_{s}" for s in SIZES)
+        return f"build {IMPORTED}_{width}{suffix} instead"
+    configs = ", ".join(f"{IMPORTED}_{s}{suffix}" for s in SIZES)
     return f"no config takes {width}x{height} images (configs: {configs})"
 
 
@@ -190,6 +244,16 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             description=f"published {size}x{size} flow images, imported",
         )  # fmt: skip
         for size in SIZES
+    ] + [
+        ViewsConfig(
+            name=f"{IMPORTED}_{size}{builder_suffix(MULTI_VIEW)}",
+            flow_method=IMPORTED,
+            size=size,
+            views=MULTI_VIEW,
+            description=f"published {size}x{size} flow images, {MULTI_VIEW} views per clip, "
+            "imported",
+        )  # fmt: skip
+        for size in SIZES
     ]
     DEFAULT_BUILDER_CONFIG_NAME = f"{IMPORTED}_28"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Manual folder layout:{INSTRUCTIONS}"
@@ -200,12 +264,18 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if crop is not None or apex != "annotated":
             raise ValueError("flow_images: --crop and --apex do not apply to imported images")
 
+    @property
+    def views(self) -> tuple[View, ...]:
+        """The config's views, in their order (mjfn_jax.views.DATASET_VIEWS)."""
+        return DATASET_VIEWS[getattr(self.builder_config, "views", 1)]
+
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.size
+        image = lambda: tfds.features.Image(shape=(size, size, 3), encoding_format="png")
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
-                    "flow_image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+                    **{view.feature: image() for view in self.views},
                     "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
                     "emotion": tfds.features.Text(),
                     "subject": tfds.features.Text(),
@@ -229,31 +299,35 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         csv_path, folder = find_images(Path(dl_manager.manual_dir))
         rows = read_rows(csv_path)
-        images = match_images(rows, folder)
+        views = self.views
+        images = match_images(rows, folder, views)
         size = self.builder_config.size
         examples = []
         for row in rows:
-            image = read_image(images[(row["subject"], row["clip"])], size)
-            examples.append((row, image))
-        self.info.metadata.update(
-            {
-                "clips": len(examples),
-                "crop": {IMPORTED: len(examples)},
-                "skipped": {},
-                "source_folder": folder.name,
-                "csv": csv_path.name,
-                "source_sha256": self.source_fingerprint(Path(dl_manager.manual_dir)),
-            }  # fmt: skip
-        )
+            paths = images[(row["subject"], row["clip"])]
+            examples.append((row, [read_image(path, size, len(views)) for path in paths]))
+        metadata = {
+            "clips": len(examples),
+            "crop": {IMPORTED: len(examples)},
+            "skipped": {},
+            "source_folder": folder.name,
+            "csv": csv_path.name,
+            "source_sha256": self.source_fingerprint(Path(dl_manager.manual_dir)),
+        }
+        if len(views) > 1:  # the one-view dataset's metadata stays what it was
+            metadata["views"] = [f"{v.feature}: {v.name} (<clip>{v.suffix} .png)" for v in views]
+        self.info.metadata.update(metadata)
         return {"train": self._generate_examples(examples)}
 
     def _generate_examples(self, examples):
-        for row, image in examples:
+        views = self.views
+        for row, images in examples:
             key = f"{row['subject']}/{row['clip']}"
             yield (
                 key,
                 {
-                    "flow_image": encode_png(image),  # PNG bytes from OpenCV: no TensorFlow
+                    # PNG bytes from OpenCV: no TensorFlow
+                    **{v.feature: encode_png(im) for v, im in zip(views, images, strict=True)},
                     "label": row["label"],
                     "emotion": CLASS_NAMES[row["label"]],
                     "subject": row["subject"],

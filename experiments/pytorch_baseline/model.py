@@ -4,7 +4,8 @@ Module names mirror the JAX model so that ``mjfn_jax.torch_interop`` maps state 
 JAX ``stages.0.1.conv1.conv.kernel`` [3, 3, I, O] <-> torch ``stages.0.1.conv1.conv.weight``
 [O, I, 3, 3]; BN scale/bias/mean/var <-> weight/bias/running_mean/running_var.
 
-Input layout: ``forward`` takes NHWC float32 [B, H, W, 3] in [0, 1] like the JAX model, and
+Input layout: ``forward`` takes NHWC float32 [B, H, W, 3] in [0, 1] like the JAX model (3
+channels per flow view: ``model.input_channels``, 12 for four views), and
 permutes to NCHW inside (PyTorch convolutions are NCHW). Outputs: the same dict of [B, C]
 logits per head and ``fused`` log-probabilities.
 """
@@ -75,6 +76,7 @@ class MJFNTorch(nn.Module):
         super().__init__()
         widths, num_classes = tuple(model_config.widths), int(model_config.num_classes)
         self.input_size = int(model_config.input_size)
+        self.input_channels = int(model_config.get("input_channels", 3))
         self.fusion = model_config.fusion
         if self.fusion not in ("mean_prob", "mean_logit", "learned"):
             raise ValueError(f"unknown fusion {self.fusion!r}")
@@ -84,7 +86,7 @@ class MJFNTorch(nn.Module):
             raise ValueError("model.ststnet_branch=True has no PyTorch twin (JAX only)")
         if (copies := model_config.get("ststnet_copies", 1)) != 1:
             raise ValueError(f"model.ststnet_copies={copies} has no PyTorch twin (JAX only)")
-        self.stem = ConvBN(3, widths[0], 3, int(model_config.stem_stride))
+        self.stem = ConvBN(self.input_channels, widths[0], 3, int(model_config.stem_stride))
         stages, in_ch = [], widths[0]
         for width, blocks, stride in zip(
             widths, model_config.blocks_per_stage, STAGE_STRIDES, strict=True
@@ -111,8 +113,11 @@ class MJFNTorch(nn.Module):
             self.fusion_logits = nn.Parameter(torch.zeros(len(HEADS)))
 
     def forward(self, x_nhwc: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x_nhwc.ndim != 4 or x_nhwc.shape[-1] != 3:
-            raise ValueError(f"MJFNTorch expects NHWC [B, H, W, 3]; got {tuple(x_nhwc.shape)}")
+        if x_nhwc.ndim != 4 or x_nhwc.shape[-1] != self.input_channels:
+            raise ValueError(
+                f"MJFNTorch expects NHWC [B, H, W, {self.input_channels}] (model.input_channels); "
+                f"got {tuple(x_nhwc.shape)}"
+            )
         if tuple(x_nhwc.shape[1:3]) != (self.input_size, self.input_size):
             raise ValueError(
                 f"MJFNTorch was built for {self.input_size}x{self.input_size} inputs; "

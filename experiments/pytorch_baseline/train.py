@@ -32,6 +32,7 @@ from experiments.pytorch_baseline.data import FlowImages, augment_image  # noqa:
 from experiments.pytorch_baseline.model import MJFNTorch, mjfn_loss_torch  # noqa: E402
 from mjfn_jax import cli
 from mjfn_jax import folds as folds_lib  # noqa: E402
+from mjfn_jax.views import config_layout  # noqa: E402
 
 log = logging.getLogger("pytorch_baseline")
 
@@ -146,6 +147,7 @@ def train_fold(config, dataset, fold, steps_per_epoch: int, *, seed: int, opts: 
         train_labels,
         hflip=aug.hflip,
         max_translate=aug.max_translate,
+        layout=config_layout(config.data),
     )
     batch = int(config.train.batch_size)
     sampler = RandomSampler(train_set, num_samples=steps_per_epoch * batch)

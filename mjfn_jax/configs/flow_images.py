@@ -2,9 +2,12 @@
 
 Usage: --config mjfn_jax/configs/flow_images.py        (the 28 px recipe)
        --config mjfn_jax/configs/flow_images.py:smoke  (tiny, for tests: imported_32)
+       --config mjfn_jax/configs/flow_images.py:4views (the same recipe on the four views of
+                                                        imported_28_4views: 12 channels)
 
 Build the dataset first (docs/datasets.md#published-flow-image-folders):
     mjfn-build build flow_images/imported_28 --manual_dir DIR --data_dir data/tfds
+    mjfn-build build flow_images/imported_28_4views --manual_dir DIR --data_dir data/tfds  (4views)
 
 The recipe is the demo's (mjfn_jax.config.small_input_recipe) at 28 px with the published
 STSTNet trained beside MJFN (model.ststnet_branch; the prediction averages the two networks), as
@@ -15,7 +18,9 @@ test subjects. The branch holds five STSTNets (model.ststnet_copies=5), by the s
 rule: 42 of 68 folds preferred five to one on their validation subjects
 (flow_images_28_copies.md; 3 seeds: UF1 0.7097 +- 0.0047 against one copy's 0.7119 +- 0.0123).
 ``--config.model.ststnet_copies=1`` is one STSTNet, ``--config.model.ststnet_branch=False``
-MJFN-JAX alone."""
+MJFN-JAX alone. ``4views`` reads CausalNet's four views per clip (onset->apex and
+apex->offset flow, their direction maps; docs/datasets.md#multi-view-folders) stacked as 12
+channels; ``--config.data.views=(0,) --config.model.input_channels=3`` its first view alone."""
 
 from mjfn_jax.config import base_config, small_input_recipe, smoke
 
@@ -29,6 +34,11 @@ def get_config(arg=None):
     config.model.ststnet_copies = 5
     if arg == "smoke":
         smoke(config, num_epochs=1)
+    elif arg == "4views":  # the dataset flow_images/imported_28_4views, all four views
+        config.data.dataset_views, config.data.views = 4, ()
+        config.model.input_channels = 12
     elif arg not in (None, ""):
-        raise ValueError(f"flow_images config: unknown argument {arg!r} (expected none or 'smoke')")
+        raise ValueError(
+            f"flow_images config: unknown argument {arg!r} (expected none, 'smoke' or '4views')"
+        )
     return config

@@ -227,7 +227,8 @@ class STSTNetBranch(nnx.Module):
     """STSTNet as a head of MJFN: a 3x3 convolution of the input with 16 filters (padding 2,
     with bias), ReLU, BatchNorm, STSTNet's pools with dropout 0.5 between them, one linear layer
     on the flattened A x A x 16 map (5x5 at 28 px: it keeps where on the face the motion is).
-    x [B, S, S, 3] -> logits [B, copies, num_classes]. flax's default initialisation.
+    x [B, S, S, 3] (or ``input_channels``: 3 per flow view) -> logits [B, copies, num_classes].
+    flax's default initialisation.
 
     ``copies`` > 1: that many STSTNets, each with its own parameters (drawn one after another
     from ``rngs``), computed as one: their convolutions are one of 16 x copies filters (BatchNorm
@@ -243,10 +244,11 @@ class STSTNetBranch(nnx.Module):
         dtype: jnp.dtype,
         rngs: nnx.Rngs,
         copies: int = 1,
+        input_channels: int = 3,
     ):
         self.copies = int(copies)
         self.conv = nnx.Conv(
-            3,
+            int(input_channels),
             STSTNET_FILTERS * self.copies,
             (3, 3),
             padding=((2, 2), (2, 2)),

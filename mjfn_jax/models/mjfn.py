@@ -68,6 +68,11 @@ def _validate_config(cfg) -> None:
         raise ValueError(
             f"model.backbone_pool must be one of {BACKBONE_POOLS}, got {cfg.backbone_pool!r}"
         )
+    channels = cfg.get("input_channels", 3)
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 3 or channels % 3:
+        raise ValueError(
+            f"model.input_channels must be 3 per flow view (3, 6, 9, 12, ...), got {channels!r}"
+        )
     copies = cfg.ststnet_copies
     if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1:
         raise ValueError(f"model.ststnet_copies must be an integer >= 1, got {copies!r}")
@@ -78,7 +83,8 @@ def _validate_config(cfg) -> None:
 
 
 class MJFN(nnx.Module):
-    """MJFN. ``model(x)`` with x float32 [B, S, S, 3] (S = model_config.input_size) returns
+    """MJFN. ``model(x)`` with x float32 [B, S, S, 3] (S = model_config.input_size; 3 channels
+    per flow view, ``model_config.input_channels``, mjfn_jax.views) returns
     ``{"backbone", "jfm1", "jfm2", "jfm3": logits [B, C] float32, "fused": log-probs [B, C]}``.
 
     ``model.train()`` / ``model.eval()`` switch BatchNorm (batch vs running statistics) and
@@ -99,10 +105,13 @@ class MJFN(nnx.Module):
         _validate_config(model_config)
         self.num_classes = int(model_config.num_classes)
         self.input_size = int(model_config.input_size)
+        self.input_channels = int(model_config.get("input_channels", 3))
         self.fusion = model_config.fusion
         self.dtype = DTYPES[model_config.dtype]
         dt, widths = self.dtype, tuple(model_config.widths)
-        self.stem = ConvBN(3, widths[0], 3, model_config.stem_stride, dtype=dt, rngs=rngs)
+        self.stem = ConvBN(
+            self.input_channels, widths[0], 3, model_config.stem_stride, dtype=dt, rngs=rngs
+        )
         stages, in_ch = [], widths[0]
         for width, blocks, stride in zip(
             widths, model_config.blocks_per_stage, STAGE_STRIDES, strict=True
@@ -144,22 +153,25 @@ class MJFN(nnx.Module):
                 dtype=dt,
                 rngs=rngs,
                 copies=model_config.ststnet_copies,
+                input_channels=self.input_channels,
             )
             if model_config.ststnet_branch
             else None
         )
         self.standardize = bool(model_config.input_standardize)
         if self.standardize:  # per-pixel statistics, set per fold by training (not learned)
-            shape = (self.input_size, self.input_size, 3)
+            shape = (self.input_size, self.input_size, self.input_channels)
             self.input_mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32))
             self.input_std = nnx.BatchStat(jnp.ones(shape, jnp.float32))
 
     def _check_input(self, x: jax.Array) -> None:
         if x.ndim != 4:
             raise ValueError(f"MJFN expects NHWC input [B, H, W, 3]; got shape {tuple(x.shape)}")
-        if x.shape[-1] != 3:
+        if x.shape[-1] != self.input_channels:
+            what = "(u, v, strain)" if self.input_channels == 3 else "(3 per flow view)"
             raise ValueError(
-                f"MJFN expects 3 channels (u, v, strain) last (NHWC); got shape {tuple(x.shape)}"
+                f"MJFN expects {self.input_channels} channels {what} last (NHWC, "
+                f"model.input_channels); got shape {tuple(x.shape)}"
             )
         if x.shape[1:3] != (self.input_size, self.input_size):
             raise ValueError(

@@ -68,7 +68,7 @@ def model_summary(model_config, batch_size: int = 1) -> dict:
 
     The model is built abstractly (``nnx.eval_shape``): no weights are allocated, nothing runs.
     Returns {"params": {part: n, "total": n}, "batch_stats": n, "flops_per_sample": float,
-    "input_shape": [S, S, 3], "dtype": str}.
+    "input_shape": [S, S, model.input_channels], "dtype": str}.
     """
     abstract = nnx.eval_shape(lambda: MJFN(model_config, rngs=nnx.Rngs(0)))
     abstract.eval()
@@ -77,7 +77,8 @@ def model_summary(model_config, batch_size: int = 1) -> dict:
     n_stats = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(stats))
     graphdef, state = nnx.split(abstract)
     size = int(model_config.input_size)
-    x = jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32)
+    channels = int(model_config.get("input_channels", 3))
+    x = jax.ShapeDtypeStruct((batch_size, size, size, channels), jnp.float32)
 
     def forward(state, x):
         return nnx.merge(graphdef, state)(x)["fused"]
@@ -88,7 +89,7 @@ def model_summary(model_config, batch_size: int = 1) -> dict:
         "params": params,
         "batch_stats": n_stats,
         "flops_per_sample": flops,
-        "input_shape": [size, size, 3],
+        "input_shape": [size, size, channels],
         "dtype": str(model_config.dtype),
     }
 

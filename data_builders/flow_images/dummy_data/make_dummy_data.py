@@ -1,7 +1,9 @@
 """A generated stand-in for a published flow-image folder: a CSV in the composite's format and
-one 3-channel PNG per row, named as the public repositories name them (``<sub>_<clip> .png``).
+one 3-channel PNG per row, named as the public repositories name them (``<sub>_<clip> .png``);
+with ``views=4``, CausalNet's four per row (``<sub>_<clip><view> .png``, <view> '', _1, _2, _3:
+two flow views and their direction maps, mjfn_jax.views).
 
-    python -m data_builders.flow_images.dummy_data.make_dummy_data OUT_DIR [--size 28]
+    python -m data_builders.flow_images.dummy_data.make_dummy_data OUT_DIR [--size 28] [--views 4]
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ CSV_NAME = "combined_3_class2_for_optical_flow.csv"
 IMAGES = "STSNet_whole_norm_u_v_os"
 
 
-def make(out_dir: str | Path, size: int = 28, seed: int = 0, rows=ROWS) -> Path:
+def make(out_dir: str | Path, size: int = 28, seed: int = 0, rows=ROWS, views: int = 1) -> Path:
     """Writes OUT_DIR/<CSV_NAME> and OUT_DIR/<IMAGES>/*.png; returns OUT_DIR. Each image is a
-    smooth blob whose (u, v) direction depends on the label, plus noise."""
+    smooth blob whose (u, v) direction depends on the label, plus noise. ``views=4``: per row
+    also the apex->offset flow (another draw, direction reversed: ``_1``) and both flows'
+    direction maps (``_2``, ``_3``: mjfn_jax.views.direction_map); the one-view images are
+    the same bytes either way."""
     out = Path(out_dir)
     (out / IMAGES).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    views_rng = np.random.default_rng([seed, 1])  # its own: view 0 is the one-view folder's
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
     blob = np.exp(-(xx**2 + yy**2) / 0.05)
     with open(out / CSV_NAME, "w", newline="") as f:
@@ -48,12 +54,29 @@ def make(out_dir: str | Path, size: int = 28, seed: int = 0, rows=ROWS) -> Path:
             image = (image - image.min((0, 1))) / np.ptp(image, (0, 1))
             rgb = (image * 255).round().astype(np.uint8)
             assert cv2.imwrite(str(out / IMAGES / f"{sub}_{clip} .png"), rgb[..., ::-1])
+            if views == 4:
+                _more_views(out / IMAGES / f"{sub}_{clip}", rgb, views_rng)
     return out
+
+
+def _more_views(stem: Path, onset_apex: np.ndarray, rng: np.random.Generator) -> None:
+    """Writes <stem>_1 .png (apex->offset flow: the onset->apex u, v reversed, other noise),
+    <stem>_2 .png and <stem>_3 .png (the two flows' direction maps)."""
+    from mjfn_jax.views import direction_map
+
+    noise = rng.integers(-12, 13, onset_apex.shape)
+    back = onset_apex.astype(np.int64)
+    back[..., :2] = 255 - back[..., :2]  # minmax(-x) = 1 - minmax(x)
+    apex_offset = np.clip(back + noise, 0, 255).astype(np.uint8)
+    for suffix, image in (("_1", apex_offset), ("_2", direction_map(onset_apex)),
+                          ("_3", direction_map(apex_offset))):  # fmt: skip
+        assert cv2.imwrite(f"{stem}{suffix} .png", image[..., ::-1])
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--views", type=int, default=1, choices=(1, 4))
     args = parser.parse_args()
-    print(make(args.out_dir, args.size))
+    print(make(args.out_dir, args.size, views=args.views))
