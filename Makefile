@@ -32,7 +32,7 @@ demo: $(VENV)/.runtime
 	$(PY) -m experiments.demo --data_dir $(DATA_DIR) --workdir $(WORKDIR)
 
 test: $(VENV)/.dev
-	$(PY) -m pytest -q -m "not slow and not gpu" --durations=10
+	$(PY) -m pytest -q -m "not slow and not gpu" --durations=10 -n auto --dist loadfile --no-loadscope-reorder
 
 test-all: $(VENV)/.dev
 	MJFN_JAX_TEST_OPTIMIZED=1 $(PY) -m pytest -q -m "not gpu"

@@ -93,6 +93,29 @@ def pytest_unconfigure(config):
         shutil.rmtree(_XLA_CACHE_OWNED, ignore_errors=True)
 
 
+# The fast suite's longest files, longest first. `make test` runs a file to a worker
+# (pytest -n auto --dist loadfile --no-loadscope-reorder), handing out files in collection order:
+# these start first, so that no long file starts while the other workers are running out of
+# work. (xdist's own order, most tests first, started these last.)
+LONGEST_FILES = (
+    "test_strategies.py",
+    "test_distributed_engine.py",
+    "test_fault_injection.py",
+    "test_seeds.py",
+    "test_train.py",
+    "test_engine.py",
+    "test_reliability.py",
+    "test_distributed.py",
+    "test_predict.py",
+    "test_model.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as found
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset():
     """tiny_dataset(num_subjects=4, clips=3) -> Dataset (see make_tiny_dataset)."""

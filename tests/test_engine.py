@@ -260,8 +260,8 @@ def test_moving_average_of_the_parameters_is_the_model():
         state = plain_step(state, fold, data, plan, step)[0]
         ema_state = averaged_step(ema_state, fold, data, plan, step)[0]
         history.append(state.params)
-    for name in state.params:  # same training
-        np.testing.assert_array_equal(ema_state.params[name], state.params[name])
+    for name in state.params:  # same training (two programs: their last bits may differ)
+        np.testing.assert_allclose(ema_state.params[name], state.params[name], rtol=0, atol=1e-6)
     n, d = len(history), 0.9
     exported = jax.jit(averaged.export)(ema_state)
     for name in state.params:
@@ -270,11 +270,16 @@ def test_moving_average_of_the_parameters_is_the_model():
             exported["params"][name], expected / (1 - d**n), rtol=1e-5, atol=1e-6
         )
     assert any(not np.allclose(exported["params"][k], state.params[k]) for k in state.params)
-    for name in state.batch_stats:
-        np.testing.assert_array_equal(exported["batch_stats"][name], state.batch_stats[name])
+    for name in state.batch_stats:  # the running statistics, as the plain program's
+        np.testing.assert_allclose(
+            exported["batch_stats"][name], state.batch_stats[name], rtol=0, atol=1e-6
+        )
     idx = jnp.arange(16, dtype=jnp.int32)
-    np.testing.assert_array_equal(
-        jax.jit(averaged.predict)(ema_state, data, idx), jax.jit(plain.predict)(exported, data, idx)
+    np.testing.assert_allclose(  # two programs: XLA may fuse them apart (last bits)
+        jax.jit(averaged.predict)(ema_state, data, idx),
+        jax.jit(plain.predict)(exported, data, idx),
+        rtol=1e-6,
+        atol=1e-7,
     )
 
 

@@ -53,16 +53,18 @@ def test_batch_statistics_ignore_padding_rows():
 
 def test_loso_run_predicts_every_clip_once_and_reproduces():
     dataset = make_tiny_dataset(num_subjects=4, clips=6)
-    kwargs = dict(epochs=30, learning_rate=3e-3, batch_size=8)
-    run = ststnet.train_and_predict(dataset, seed=0, **kwargs)
+    kwargs = dict(learning_rate=3e-3, batch_size=8)
+    run = ststnet.train_and_predict(dataset, seed=0, epochs=30, **kwargs)
     probs = run["probs"]
     assert probs.shape == (len(dataset), 3)
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)  # every clip predicted
     assert run["train_accuracy"] > 0.9  # it learns its training clips (1 epoch: 0.60)
-    again = ststnet.train_and_predict(dataset, seed=0, **kwargs)
-    np.testing.assert_array_equal(again["probs"], probs)
-    other = ststnet.train_and_predict(dataset, seed=1, **kwargs)
-    assert not np.array_equal(other["probs"], probs)
+    # the same seed gives the same bits, another seed other ones (short runs: same programs)
+    short = ststnet.train_and_predict(dataset, seed=0, epochs=2, **kwargs)["probs"]
+    again = ststnet.train_and_predict(dataset, seed=0, epochs=2, **kwargs)
+    np.testing.assert_array_equal(again["probs"], short)
+    other = ststnet.train_and_predict(dataset, seed=1, epochs=2, **kwargs)
+    assert not np.array_equal(other["probs"], short)
 
 
 def test_missing_dataset_is_one_line(tmp_path, capsys):
