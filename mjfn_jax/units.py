@@ -163,12 +163,12 @@ def input_stats(config, dataset, units: Units, members: np.ndarray) -> dict[str,
     from mjfn_jax import views
 
     layout = views.config_layout(config.data)
+    directions = any(source is not None for source in layout)
     arrays = units.arrays
     real = members[members >= 0]
     means, stds = [], []
     for f in np.where(members >= 0, members, real[0]):
         images = dataset.images[arrays.train_idx[f, : arrays.train_count[f]]]
-        directions = any(source is not None for source in layout)
         if config.augment.hflip and directions:  # the clips and their mirror images
             images = np.concatenate([images, views.hflip_views(images, layout)])
         images = images.astype(np.float64) / 255.0

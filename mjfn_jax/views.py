@@ -156,28 +156,28 @@ def hflip_views(images: np.ndarray, layout: Layout = ONE_VIEW) -> np.ndarray:
     from its mirrored flow view."""
     if images.shape[-1] != CHANNELS_PER_VIEW * len(layout):
         raise ValueError(f"{len(layout)} view(s) need {3 * len(layout)} channels: {images.shape}")
-    flipped = np.array(images[..., ::-1, :], copy=True)
-    for k, source in enumerate(layout):
-        if source is None:
-            flipped[..., 3 * k] = 255 - flipped[..., 3 * k]
-    for k, source in enumerate(layout):
-        if source is not None:
-            flipped[..., 3 * k : 3 * k + 3] = direction_map(
-                flipped[..., 3 * source : 3 * source + 3]
-            )
-    return flipped
+    return _hflip(images, layout, 255, direction_map)
 
 
 def hflip_views_float(image: np.ndarray, layout: Layout = ONE_VIEW) -> np.ndarray:
     """:func:`hflip_views` on float views in [0, 1] (image / 255) [..., H, W, 3 V], as the
     jitted flip computes it: u -> 1 - u; a direction map from its flow view's 8-bit (u, v)."""
-    flipped = np.array(image[..., ::-1, :], copy=True)
+
+    def directions(flow: np.ndarray) -> np.ndarray:
+        uv = np.rint(flow[..., :2] * 255.0).astype(np.int64)
+        return direction_table()[uv[..., 0], uv[..., 1]].astype(np.float32) / np.float32(255)
+
+    return _hflip(image, layout, 1.0, directions)
+
+
+def _hflip(images: np.ndarray, layout: Layout, top, directions) -> np.ndarray:
+    """Mirror along W; a flow view's u -> top - u; a direction map -> ``directions`` of its
+    mirrored flow view's three channels."""
+    flipped = np.array(images[..., ::-1, :], copy=True)
     for k, source in enumerate(layout):
         if source is None:
-            flipped[..., 3 * k] = 1.0 - flipped[..., 3 * k]
+            flipped[..., 3 * k] = top - flipped[..., 3 * k]
     for k, source in enumerate(layout):
         if source is not None:
-            flow = np.rint(flipped[..., 3 * source : 3 * source + 2] * 255.0).astype(np.int64)
-            rgb = direction_table()[flow[..., 0], flow[..., 1]]
-            flipped[..., 3 * k : 3 * k + 3] = rgb.astype(np.float32) / np.float32(255)
+            flipped[..., 3 * k : 3 * k + 3] = directions(flipped[..., 3 * source : 3 * source + 3])
     return flipped
