@@ -20,6 +20,7 @@ from mjfn_jax.config_io import config_to_dict
 from mjfn_jax.engine import INIT_COMPILE, FoldProgram
 from mjfn_jax.folds import steps_per_epoch
 from mjfn_jax.units import fold_inputs
+from mjfn_jax.views import config_layout
 
 
 def _lift(fn, vmapped: bool, in_axes: tuple, mesh):
@@ -233,6 +234,7 @@ class Runners:
         scan = parallel.resolve_loop(config.parallel.loop) == "scan"
         program_config = {k: v for k, v in config_to_dict(config).items() if k not in _NOT_PROGRAM}
         program_config["train"].pop("seeds", None)  # the seeds are inputs, not the program
+        program_config["views"] = config_layout(config.data)  # the flips read it (engine)
         placement = [vmapped, mesh.axis_names, [d.id for d in mesh.devices.flat]]
         key = json.dumps([program_config, steps, placement], sort_keys=True)
         if key not in self._runners:

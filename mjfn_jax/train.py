@@ -72,6 +72,7 @@ def train_and_evaluate(
     dataset=None,
     *,
     after_epochs: Callable[[EpochsDone], None] | None = None,
+    runners: Runners | None = None,
 ) -> dict:
     """Train every unit (resuming from ``workdir``), evaluate once per test sample, report.
 
@@ -79,6 +80,9 @@ def train_and_evaluate(
     after_epochs: called after every training call of a fold group (see EpochsDone), after
     its checkpoints were handed over; an exception it raises stops the run there, and the
     checkpoints and finished folds written so far are kept (tests simulate a kill this way).
+    runners: an open ``mjfn_jax.runner.Runners`` that several runs in one process share (its
+    owner closes it): a run reuses the programs an earlier run traced and compiled for the same
+    program config, instead of tracing them again. Default: the run's own, closed at its end.
     Returns the dict of ``mjfn_jax.report.write_report`` (pooled metrics under "pooled") plus
     "y_true", "y_pred" int [N], "probs" float [N, C], "folds" str [N], "history" and "timing".
     """
@@ -92,11 +96,12 @@ def train_and_evaluate(
         # 2. The workdir's records: a rerun must be the same run, on the same data.
         _save_or_check_records(config, workdir, dataset)
         if config.select.candidates:  # nested selection: a run per candidate, then choose
-            return _select(config, workdir, dataset, units, after_epochs)
+            return _select(config, workdir, dataset, units, after_epochs, runners)
         if config.parallel.compilation_cache:
             parallel.enable_compilation_cache()
         chrono = Chrono()
-        with Runners() as runners, closed_loop_reports_dropped(), orbax_errors_in_one_line():
+        own = contextlib.nullcontext(runners) if runners is not None else Runners()
+        with own as runners, closed_loop_reports_dropped(), orbax_errors_in_one_line():
             # 3. Set up: the strategy ('auto': a timed trial), the runner and the dataset on its
             # mesh, the units' checkpointers (finished units are skipped).
             run = _set_up(config, workdir, dataset, units, runners)
@@ -466,12 +471,14 @@ def _check_dataset(config, dataset) -> None:
         )
 
 
-def _select(config, workdir: str, dataset, units: Units, after_epochs) -> dict:
+def _select(config, workdir: str, dataset, units: Units, after_epochs, runners) -> dict:
     """``select.candidates``: nested model selection (mjfn_jax.select), per (seed, fold)."""
     from mjfn_jax.select import choose_and_pool, train_candidates
 
     def train_fn(candidate, candidate_dir, data):
-        return train_and_evaluate(candidate, candidate_dir, data, after_epochs=after_epochs)
+        return train_and_evaluate(
+            candidate, candidate_dir, data, after_epochs=after_epochs, runners=runners
+        )
 
     runs = train_candidates(config, workdir, dataset, train_fn)
     timing = {"candidates": [r["timing"] for r in runs]}

@@ -32,6 +32,24 @@ def make_smoke_config(*overrides: str):
     )
 
 
+_RUNNERS = None  # this test process's mjfn_jax.runner.Runners, opened on first use
+
+
+def train_and_evaluate(config, workdir, dataset=None, **kwargs):
+    """``mjfn_jax.train.train_and_evaluate`` sharing one ``Runners`` per test process (its
+    ``runners`` argument): a run reuses the programs that an earlier test's run of the same
+    program config traced and compiled, as several runs in one user's process do. Tracing and
+    lowering this network's programs is most of a tiny run's time; the numbers are the same
+    (tests/test_train.py checks a run with its own Runners against one sharing them)."""
+    global _RUNNERS
+    from mjfn_jax.runner import Runners
+    from mjfn_jax.train import train_and_evaluate as run
+
+    if _RUNNERS is None:
+        _RUNNERS = Runners().__enter__()
+    return run(config, workdir, dataset, runners=_RUNNERS, **kwargs)
+
+
 def run_cli(main, argv: list[str], capsys) -> tuple[int, str, str]:
     """A console script's ``main(argv)`` in this process: (exit status, stdout, stderr) as a
     shell would see them. For a command's expected errors, which end it before any work: a
@@ -89,6 +107,8 @@ _XLA_CACHE_OWNED = None
 
 
 def pytest_unconfigure(config):
+    if _RUNNERS is not None:
+        _RUNNERS.__exit__(None, None, None)
     if _XLA_CACHE_OWNED:
         shutil.rmtree(_XLA_CACHE_OWNED, ignore_errors=True)
 

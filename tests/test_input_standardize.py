@@ -5,12 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import train_and_evaluate
 from flax import nnx
 
 from mjfn_jax.augment import hflip_batch
 from mjfn_jax.models import MJFN
 from mjfn_jax.predict import restore_fold
-from mjfn_jax.train import train_and_evaluate
 from mjfn_jax.units import input_stats, make_units
 
 

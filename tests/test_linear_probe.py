@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import train_and_evaluate
 
 from mjfn_jax.folds import make_folds, pad_folds
 from mjfn_jax.linear_probe import fit_floor, floor_log_probs, linear_floor
 from mjfn_jax.report import format_results_table, with_linear_floor
-from mjfn_jax.train import train_and_evaluate
 
 
 def _problem(seed=0, subjects=5, clips=8, size=4):

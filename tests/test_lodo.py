@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
+from conftest import train_and_evaluate
 
 from mjfn_jax.folds import make_folds
-from mjfn_jax.train import train_and_evaluate
 
 SOURCES = ("casme2", "samm", "smic")
 FOLDS = ["lodo__casme2", "lodo__samm", "lodo__smic"]

@@ -7,9 +7,9 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from conftest import train_and_evaluate
 
 from mjfn_jax import predict as predict_mod
-from mjfn_jax import train
 from mjfn_jax.config_io import load_config
 
 
@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
         ["parallel.strategy=sequential", "train.num_epochs=1", "report.linear_floor=True"],
     )
     workdir = str(tmp_path_factory.mktemp("run"))
-    results = train.train_and_evaluate(config, workdir, dataset=dataset)
+    results = train_and_evaluate(config, workdir, dataset=dataset)
     return workdir, dataset, results
 
 

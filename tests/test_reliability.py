@@ -10,10 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import train_and_evaluate
 
 from mjfn_jax import workdir as workdir_lib
 from mjfn_jax.data import Dataset
-from mjfn_jax.train import _check_finite, train_and_evaluate
+from mjfn_jax.train import _check_finite
 from mjfn_jax.workdir import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

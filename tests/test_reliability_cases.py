@@ -18,13 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, train_and_evaluate
 
 from data_builders.build import build_dataset
 from data_builders.flow_images.dummy_data.make_dummy_data import CSV_NAME, IMAGES, make
 from mjfn_jax import cli
 from mjfn_jax import predict as predict_mod
-from mjfn_jax.train import train_and_evaluate
 from mjfn_jax.workdir import Lock, SaveFailed, WorkdirError
 
 REPO = Path(__file__).resolve().parents[1]

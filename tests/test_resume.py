@@ -4,8 +4,7 @@ import os
 
 import numpy as np
 import pytest
-
-from mjfn_jax.train import train_and_evaluate
+from conftest import train_and_evaluate
 
 
 class Killed(Exception):

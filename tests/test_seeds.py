@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import train_and_evaluate
 
 from mjfn_jax.config import validate_config
 from mjfn_jax.report import format_results_table, mean_sd
-from mjfn_jax.train import train_and_evaluate
 
 COMMON = ("train.num_epochs=2", "report.linear_floor=True", "folds.val_subject_fraction=0.34")
 

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
+from conftest import train_and_evaluate
 
 from mjfn_jax.config import validate_config
-from mjfn_jax.train import train_and_evaluate
 
 CANDIDATES = ("train.learning_rate=1e-4", "train.learning_rate=3e-3,augment.max_translate=0")
 

@@ -16,6 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = r"""
 import json, sys
 import jax
+from mjfn_jax.runner import Runners
 from mjfn_jax.train import train_and_evaluate
 sys.path.insert(0, "tests")
 from conftest import make_smoke_config as smoke_config, make_tiny_dataset as tiny_dataset
@@ -27,9 +28,11 @@ class Killed(Exception):
     pass
 def kill_after_first(done):
     raise Killed(done)
+runners = Runners().__enter__()  # the runs share their programs (the resumed vmap: vmap's)
 def run(name, strategy, *extra, after=None):
     config = smoke_config(*common, f"parallel.strategy={strategy}", *extra)
-    r = train_and_evaluate(config, f"{sys.argv[1]}/{name}", dataset=dataset, after_epochs=after)
+    r = train_and_evaluate(config, f"{sys.argv[1]}/{name}", dataset=dataset, after_epochs=after,
+                           runners=runners)
     out[name] = {"probs": r["probs"].tolist(), "y_pred": r["y_pred"].tolist(),
                  "mesh": r["timing"]["mesh"], "trained": r["timing"]["folds_trained_this_run"],
                  "strategy": r["timing"]["strategy"], "auto": r["timing"]["auto"]}
@@ -51,7 +54,7 @@ if sys.argv[2] == "all":  # the slow tests' runs
     run("sequential_ema", "sequential", "train.ema_decay=0.5")
     # seeds x folds: 2 seeds x 3 folds = 6 members of the fold axis, in 2 groups of 4 devices
     config = smoke_config(*common, "parallel.strategy=vmap", "train.seeds=(0, 1)")
-    r = train_and_evaluate(config, f"{sys.argv[1]}/vmap_seeds", dataset=dataset)
+    r = train_and_evaluate(config, f"{sys.argv[1]}/vmap_seeds", dataset=dataset, runners=runners)
     out["vmap_seeds"] = {str(s): r["per_seed"][s]["probs"].tolist() for s in (0, 1)}
 with open(f"{sys.argv[1]}/out.json", "w") as f:
     json.dump(out, f)

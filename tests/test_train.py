@@ -5,11 +5,10 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, train_and_evaluate
 
 from mjfn_jax.config_io import load_config
 from mjfn_jax.folds import balanced_class_weights
-from mjfn_jax.train import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +168,20 @@ def test_a_cli_run_logged_to_a_file_has_no_escapes_and_writes_curves(tmp_path):
     assert len(runs) == 3 and all(
         list((workdir / "tensorboard" / r).glob("events.*")) for r in runs
     )
+
+
+def test_a_run_sharing_compiled_programs_equals_a_run_with_its_own(tmp_path, smoke_config):
+    """train_and_evaluate(runners=...): the second run of a config in a shared Runners reuses
+    the programs the first traced and compiled (none of its own) and predicts the same."""
+    from conftest import make_tiny_dataset
+
+    from mjfn_jax.runner import Runners
+    from mjfn_jax.train import train_and_evaluate as product_train
+
+    config, dataset = smoke_config("train.num_epochs=1"), make_tiny_dataset(2, 2)
+    with Runners() as runners:
+        first = product_train(config, str(tmp_path / "a"), dataset, runners=runners)
+        second = product_train(config, str(tmp_path / "b"), dataset, runners=runners)
+    assert first["timing"]["compile_s"] > 0 and second["timing"]["compile_s"] == 0
+    np.testing.assert_array_equal(second["probs"], first["probs"])
+    assert second["history"] == first["history"]
