@@ -242,7 +242,7 @@ def save_or_check_config(config: ml_collections.ConfigDict, workdir: str | os.Pa
     Resuming with a different model, data, fold or training setting would silently mix two
     experiments in one results table; only the RESUMABLE_KEYS may differ.
     """
-    storage.as_path(workdir).mkdir(parents=True, exist_ok=True)
+    storage.makedirs(workdir)
     path = os.path.join(workdir, CONFIG_FILE)
     new = applicable(config_to_dict(config))
     exists = storage.as_path(path).exists()

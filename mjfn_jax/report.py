@@ -204,7 +204,7 @@ def write_report(
     sources = per_sample_strings(sources, "sources", n)
     clips = per_sample_strings(clips, "clips", n)
     folds = per_sample_strings(folds, "folds", n)
-    storage.as_path(workdir).mkdir(parents=True, exist_ok=True)
+    storage.makedirs(workdir)
     config_dict = json_safe(config) if config is not None else None
     lodo = fold_protocol(config_dict) == "lodo"
     if published is None:

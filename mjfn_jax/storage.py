@@ -39,6 +39,14 @@ def is_local(path: PathLike) -> bool:
     return "://" not in os.fspath(path)
 
 
+def makedirs(path: PathLike) -> None:
+    """Make the folder ``path`` (and its parents) on a local file system. Object storage has no
+    folders (an object's name holds its path), so nothing is made there: with gcsfs, making
+    ``gs://bucket/...`` would even create a missing bucket."""
+    if is_local(path):
+        os.makedirs(path, exist_ok=True)
+
+
 def write_with(
     path: PathLike, write: Callable[[IO[bytes]], None], *, tmp_suffix: str = ".tmp", fsync=False
 ) -> None:

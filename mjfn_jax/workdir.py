@@ -25,6 +25,7 @@ import datetime
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -107,8 +108,16 @@ def write_json(path: str | os.PathLike, obj) -> None:
     (mjfn_jax.storage). The temporary file has a fixed name, so one left by a kill -9 is
     overwritten by the next write instead of piling up (the workdir lock rules out two
     writers)."""
-    text = json.dumps(obj, indent=1, sort_keys=True)
-    storage.write_text(path, text, tmp_suffix=_tmp_suffix(), fsync=True)
+
+    def dump(f) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8")
+        try:
+            json.dump(obj, text, indent=1, sort_keys=True)
+            text.flush()
+        finally:
+            text.detach()  # leaves f open: storage.write_with closes it
+
+    storage.write_with(path, dump, tmp_suffix=_tmp_suffix(), fsync=True)
 
 
 def write_npz(path: str | os.PathLike, **arrays) -> None:
