@@ -27,6 +27,8 @@ METRICS = ("uf1", "uar", "accuracy")
 def seed_results(workdir: str) -> list[dict]:
     """The results.json of each seed of a finished run (one for a one-seed run)."""
     path = os.path.join(workdir, "results.json")
+    if reason := storage.unreachable(workdir):
+        raise WorkdirError(f"cannot read workdir {workdir}: {reason}")
     if not storage.as_path(path).is_file():
         raise WorkdirError(f"{workdir}: no results.json (not a finished run's workdir)")
     results = read_json(path)

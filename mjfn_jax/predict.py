@@ -51,6 +51,8 @@ from mjfn_jax.workdir import CONFIG_FILE, DATASET_FILE, has_final_model, read_js
 def load_run_config(workdir: str):
     """The ConfigDict saved in ``workdir/config.json`` by the training run."""
 
+    if reason := storage.unreachable(workdir):
+        raise ValueError(f"cannot read workdir {workdir}: {reason}")
     if not storage.as_path(workdir).is_dir():
         raise FileNotFoundError(f"workdir not found: {workdir}")
     path = os.path.join(workdir, CONFIG_FILE)

@@ -39,6 +39,18 @@ def is_local(path: PathLike) -> bool:
     return "://" not in os.fspath(path)
 
 
+def unreachable(path: PathLike) -> str | None:
+    """Why ``path``'s storage cannot be reached from this environment (its fsspec package is
+    not installed: gcsfs for ``gs://``, s3fs for ``s3://``), or None."""
+    if is_local(path):
+        return None
+    try:
+        as_path(path).exists()
+    except ImportError as e:
+        return f"{e} (pip install gcsfs for gs://, s3fs for s3://)"
+    return None
+
+
 def makedirs(path: PathLike) -> None:
     """Make the folder ``path`` (and its parents) on a local file system. Object storage has no
     folders (an object's name holds its path), so nothing is made there: with gcsfs, making

@@ -164,6 +164,8 @@ class Lock:
     def __enter__(self) -> Lock:
         workdir = os.path.dirname(self.path)
         if not storage.is_local(workdir):
+            if reason := storage.unreachable(workdir):
+                raise WorkdirError(f"cannot use {workdir!r} as a workdir: {reason}")
             _warn_unlocked(workdir)
             return self
         try:

@@ -6,6 +6,7 @@ TensorFlow is not installed) without a network or gcsfs. It has no rename and no
 GCS has none that the code may rely on."""
 
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -203,6 +204,16 @@ def test_object_storage_has_no_lock_only_a_warning(gcs, caplog, monkeypatch):
     warnings = [r.getMessage() for r in caplog.records if "no file lock" in r.getMessage()]
     assert len(warnings) == 1 and "do not start two runs on this workdir" in warnings[0]
     assert BUCKET in warnings[0] and _objects(gcs) == []
+
+
+def test_a_missing_gcsfs_is_one_line(tmp_path, monkeypatch):
+    """Without the fake (and without gcsfs), a gs:// workdir is refused by name, not with
+    fsspec's ImportError traceback."""
+    if importlib.util.find_spec("gcsfs"):
+        pytest.skip("gcsfs is installed: gs:// would reach a real bucket")
+    type(epath_backend.fsspec_backend)._get_filesystem.cache_clear()
+    with pytest.raises(WorkdirError, match=r"^cannot use 'gs://bucket/run' as a workdir: .*gcsfs"):
+        Lock(BUCKET).__enter__()
 
 
 def test_a_local_workdir_is_still_locked(tmp_path):
