@@ -166,7 +166,11 @@ class Lock:
         if not storage.is_local(workdir):
             if reason := storage.unreachable(workdir):
                 raise WorkdirError(f"cannot use {workdir!r} as a workdir: {reason}")
-            _warn_unlocked(workdir)
+            log.warning(
+                "workdir %s is on object storage, which has no file lock: nothing stops a "
+                "second run on it, so do not start two runs on this workdir at once",
+                workdir,
+            )
             return self
         try:
             os.makedirs(workdir, exist_ok=True)
@@ -199,20 +203,6 @@ class Lock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
-
-
-_warned_unlocked: set[str] = set()
-
-
-def _warn_unlocked(workdir: str) -> None:
-    """The one warning of a run on object storage, where no lock can be taken."""
-    if workdir not in _warned_unlocked:
-        _warned_unlocked.add(workdir)
-        log.warning(
-            "workdir %s is on object storage, which has no file lock: nothing stops a second "
-            "run on it, so do not start two runs on this workdir at once",
-            workdir,
-        )
 
 
 def _unusable(workdir: str, error: OSError) -> str:
