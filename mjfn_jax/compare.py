@@ -16,6 +16,7 @@ import csv
 import os
 import sys
 
+from mjfn_jax import storage
 from mjfn_jax.config_io import config_differences, without_resumable
 from mjfn_jax.report import mean_sd
 from mjfn_jax.workdir import WorkdirError, read_json
@@ -26,7 +27,9 @@ METRICS = ("uf1", "uar", "accuracy")
 def seed_results(workdir: str) -> list[dict]:
     """The results.json of each seed of a finished run (one for a one-seed run)."""
     path = os.path.join(workdir, "results.json")
-    if not os.path.isfile(path):
+    if reason := storage.unreachable(workdir):
+        raise WorkdirError(f"cannot read workdir {workdir}: {reason}")
+    if not storage.as_path(path).is_file():
         raise WorkdirError(f"{workdir}: no results.json (not a finished run's workdir)")
     results = read_json(path)
     if "seeds" not in results:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import ml_collections
 
+from mjfn_jax import storage
 from mjfn_jax.workdir import CONFIG_FILE, WorkdirError, read_json, write_json
 
 # Settings that change HOW a run executes, not WHAT it computes: a resumed run may change them
@@ -235,16 +236,17 @@ def config_from_saved(saved: dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(merge(config_to_dict(base_config()), saved))
 
 
-def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def save_or_check_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
     """Write workdir/config.json, or refuse if a different config was saved there before.
 
     Resuming with a different model, data, fold or training setting would silently mix two
     experiments in one results table; only the RESUMABLE_KEYS may differ.
     """
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     path = os.path.join(workdir, CONFIG_FILE)
     new = applicable(config_to_dict(config))
-    if os.path.exists(path):
+    exists = storage.as_path(path).exists()
+    if exists:
         saved = read_json(path, "restore it, or use a new --workdir")
         diffs = config_differences(without_resumable(applicable(saved)), without_resumable(new))
         if diffs:
@@ -252,5 +254,5 @@ def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> Non
                 f"workdir {workdir!r} holds a run with a different config ({path}); "
                 "use a new --workdir or the same config. Differences:\n  " + "\n  ".join(diffs)
             )
-    if not os.path.exists(path) or saved != new:  # e.g. another data.data_dir
+    if not exists or saved != new:  # e.g. another data.data_dir
         write_json(path, new)

@@ -33,6 +33,8 @@ import threading
 
 import jax
 
+from mjfn_jax import storage
+
 DEFAULT_TIMEOUT_S = 300
 # JAX's own timeout is this much longer than the watchdog's, so that the watchdog's one-line
 # error comes first (JAX aborted ~5 s after its initialization_timeout, measured).
@@ -261,12 +263,13 @@ def log_path(workdir: str, index: int) -> str:
 def setup_process_logging(workdir: str) -> str | None:
     """Process 0 logs as a single process does (call after train.setup_logging). Any other
     process logs to ``<workdir>/logs/process_<i>.log`` instead of the console; returns that
-    path (None for process 0)."""
+    path (None for process 0). On object storage (``gs://``), where a file cannot be appended
+    to, the others log to their own stderr, each line naming its process (returns None)."""
     index = process_index()
     if index == 0:
         return None
-    path = log_path(workdir, index)
-    handler = _LazyFileHandler(path, delay=True)
+    path = log_path(workdir, index) if storage.is_local(workdir) else None
+    handler = _LazyFileHandler(path, delay=True) if path else logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s [process {index}] %(name)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):

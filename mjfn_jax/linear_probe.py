@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mjfn_jax import storage
 from mjfn_jax.folds import FoldArrays
 from mjfn_jax.workdir import LINEAR_FLOOR_FILE, write_npz
 
@@ -225,9 +226,9 @@ def run_floor(config, workdir: str, dataset, arrays: FoldArrays, memo: dict) -> 
     shape = (len(dataset.labels), config.model.num_classes)
     folds = [name.rsplit("/", 1)[-1] for name in arrays.names]  # without "seed<s>/"
     saved, write = memo.get(split), True
-    if saved is None and os.path.exists(path):
+    if saved is None and storage.as_path(path).exists():
         try:
-            with np.load(path) as z:
+            with storage.load_npz(path) as z:
                 saved = {k: z[k] for k in ("probs", "weight", "bias", "folds")}
             if saved["probs"].shape != shape or saved["folds"].tolist() != folds:
                 saved = None

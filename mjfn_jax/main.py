@@ -9,7 +9,8 @@ their latest checkpoint. A different config in the same workdir is refused.
 Several processes (one global mesh over all their devices; mjfn_jax.distributed): start one
 per process, same config and workdir, with --coordinator_address HOST:PORT (process 0's)
 --num_processes N --process_id I; or --distributed where JAX detects the cluster itself (TPU
-VM, Slurm, Open MPI). Process 0 prints; the others log to <workdir>/logs/process_<i>.log.
+VM, Slurm, Open MPI). Process 0 prints; the others log to <workdir>/logs/process_<i>.log (to
+their stderr when the workdir is on object storage, gs://...).
 """
 
 from __future__ import annotations

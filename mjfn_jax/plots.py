@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mjfn_jax.storage import save_figure
+
 # Curve panels: (history key, y label); the val_* twin of a key is drawn dashed when present.
 # The loss is the training objective: the weighted sum of every head's cross-entropy (the
 # backbone's, the three JFMs' and, with model.ststnet_branch, the STSTNets').
@@ -54,7 +56,7 @@ def plot_confusion(confusion, class_names: Sequence[str], path: str, title: str 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -121,7 +123,7 @@ def plot_curves(history: Mapping[str, Sequence[Mapping]], path: str, title: str 
         ax.grid(alpha=0.3)
     fig.suptitle(title or f"training curves ({len(history)} folds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

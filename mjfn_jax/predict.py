@@ -33,6 +33,7 @@ import zipfile
 
 import numpy as np
 
+from mjfn_jax import storage
 from mjfn_jax.predict_input import (
     check_output_path,
     flow_image_from_clip,
@@ -50,10 +51,12 @@ from mjfn_jax.workdir import CONFIG_FILE, DATASET_FILE, has_final_model, read_js
 def load_run_config(workdir: str):
     """The ConfigDict saved in ``workdir/config.json`` by the training run."""
 
-    if not os.path.isdir(workdir):
+    if reason := storage.unreachable(workdir):
+        raise ValueError(f"cannot read workdir {workdir}: {reason}")
+    if not storage.as_path(workdir).is_dir():
         raise FileNotFoundError(f"workdir not found: {workdir}")
     path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    if not storage.as_path(path).is_file():
         raise FileNotFoundError(
             f"{path} not found: {workdir} is not a training workdir (mjfn-train "
             "writes config.json there first)"
@@ -67,7 +70,7 @@ def load_dataset_record(workdir: str) -> dict:
     """The workdir's record of its dataset (``dataset.json``, mjfn_jax.workdir): class names
     and how the flow images were made."""
     path = os.path.join(workdir, DATASET_FILE)
-    record = read_json(path) if os.path.isfile(path) else {}
+    record = read_json(path) if storage.as_path(path).is_file() else {}
     if not record.get("preprocessing") or not record.get("class_names"):
         raise ValueError(
             f"{path} does not record how the dataset's flow images were made (a run older than "
@@ -79,14 +82,14 @@ def load_dataset_record(workdir: str) -> dict:
 
 def available_folds(workdir: str) -> list[str]:
     """Fold names under ``workdir/folds`` that hold a final model or a checkpoint."""
-    root = os.path.join(workdir, "folds")
-    if not os.path.isdir(root):
+    root = storage.as_path(workdir, "folds")
+    if not root.is_dir():
         return []
     names = []
-    for name in sorted(os.listdir(root)):
-        ckpt_dir = os.path.join(root, name, "checkpoints")
+    for name in sorted(p.name for p in root.iterdir()):
+        ckpt_dir = root / name / "checkpoints"
         if has_final_model(os.path.join(root, name)) or (
-            os.path.isdir(ckpt_dir) and any(e.isdigit() for e in os.listdir(ckpt_dir))
+            ckpt_dir.is_dir() and any(e.name.isdigit() for e in ckpt_dir.iterdir())
         ):
             names.append(name)
     return names
@@ -174,7 +177,8 @@ def _saved_steps(fold_dir: str) -> tuple[bool, list[str]]:
     """(whether the fold has its final model, its checkpoint steps): what a training run
     changes in a fold folder."""
     try:
-        steps = sorted(e for e in os.listdir(os.path.join(fold_dir, "checkpoints")) if e.isdigit())
+        entries = storage.as_path(fold_dir, "checkpoints").iterdir()
+        steps = sorted(e.name for e in entries if e.name.isdigit())
     except FileNotFoundError:
         steps = []
     return has_final_model(fold_dir), steps
@@ -249,7 +253,7 @@ def floor_probabilities(
 
     path = os.path.join(workdir, LINEAR_FLOOR_FILE)
     try:
-        with np.load(path) as z:
+        with storage.load_npz(path) as z:
             kept = {k: z[k] for k in ("weight", "bias", "folds")}
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: {_no_floor(workdir, config)}") from None
@@ -277,7 +281,7 @@ def _no_floor(workdir: str, config) -> str:
     """Why a run has no linear_floor.npz. It is fitted after the last fold, with the report."""
     if config is None or not config.report.get("linear_floor", False):
         return "the run fitted no linear floor (report.linear_floor=False)"
-    if not os.path.exists(os.path.join(workdir, "results.json")):
+    if not storage.as_path(workdir, "results.json").exists():
         return (
             "the run has not fitted its linear floor yet: it does once every fold has finished "
             "training (rerun the training command if it is not running)"

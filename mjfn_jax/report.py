@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mjfn_jax import plots, report_md
+from mjfn_jax import plots, report_md, storage
 from mjfn_jax.metrics import (
     check_predictions,
     per_fold_table,
@@ -147,14 +148,15 @@ def _history_summary(history: Mapping[str, Sequence[Mapping]]) -> dict:
 def _write_predictions_csv(path, names, y_true, y_pred, probs, subjects, sources, clips, folds):
     header = ["clip", "subject", "source", "fold", "label", "pred", "label_name", "pred_name"]
     header += [f"prob_{name}" for name in names] if probs is not None else []
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for i in range(y_true.size):
-            row = [clips[i], subjects[i], sources[i], folds[i], int(y_true[i]), int(y_pred[i])]
-            row += [names[y_true[i]], names[y_pred[i]]]
-            row += [f"{v:.6f}" for v in probs[i]] if probs is not None else []
-            writer.writerow(row)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    for i in range(y_true.size):
+        row = [clips[i], subjects[i], sources[i], folds[i], int(y_true[i]), int(y_pred[i])]
+        row += [names[y_true[i]], names[y_pred[i]]]
+        row += [f"{v:.6f}" for v in probs[i]] if probs is not None else []
+        writer.writerow(row)
+    storage.write_text(path, text.getvalue())
 
 
 def write_report(
@@ -202,7 +204,7 @@ def write_report(
     sources = per_sample_strings(sources, "sources", n)
     clips = per_sample_strings(clips, "clips", n)
     folds = per_sample_strings(folds, "folds", n)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     config_dict = json_safe(config) if config is not None else None
     lodo = fold_protocol(config_dict) == "lodo"
     if published is None:
@@ -247,23 +249,20 @@ def write_report(
     title = results["title"]
     plots.plot_confusion(results["pooled"]["confusion"], names, files["confusion"], title)
     if not history or plots.plot_curves(history, files["curves"], title) is None:
-        if os.path.exists(files["curves"]):
-            os.remove(files["curves"])  # a stale figure of an earlier report in this workdir
+        # A stale figure of an earlier report in this workdir.
+        storage.as_path(files["curves"]).unlink(missing_ok=True)
         files.pop("curves")
     if history:
         files["history"] = os.path.join(workdir, "history.json")
-        with open(files["history"], "w") as f:
-            json.dump(json_safe(history), f)
+        storage.write_text(files["history"], json.dumps(json_safe(history)))
     files["predictions"] = os.path.join(workdir, "predictions.csv")
     _write_predictions_csv(files["predictions"], names, yt, yp, p, subjects, sources, clips, folds)
     files["report"] = os.path.join(workdir, "report.md")
     files["results"] = os.path.join(workdir, "results.json")
     results["files"] = {k: os.path.basename(v) for k, v in files.items()}
-    results["run_files"] = [n for n in RUN_FILES if os.path.exists(os.path.join(workdir, n))]
-    with open(files["report"], "w") as f:
-        f.write(report_md.render(results))
-    with open(files["results"], "w") as f:
-        json.dump(results, f, indent=1)
+    results["run_files"] = [n for n in RUN_FILES if storage.as_path(workdir, n).exists()]
+    storage.write_text(files["report"], report_md.render(results))
+    storage.write_text(files["results"], json.dumps(results, indent=1))
     return results
 
 
@@ -335,10 +334,8 @@ def write_seeds_report(
     if first.get("published"):
         results["published"] = first["published"]
     results["files"] = {"report": "report.md", "results": "results.json"}
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write(report_md.render_seeds(results))
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    storage.write_text(os.path.join(workdir, "report.md"), report_md.render_seeds(results))
+    storage.write_text(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
     return results
 
 
@@ -408,8 +405,7 @@ def format_results_table(results: Mapping) -> str:
 
 
 def load_results(workdir_or_file: str) -> dict:
-    path = workdir_or_file
-    if os.path.isdir(path):
-        path = os.path.join(path, "results.json")
-    with open(path) as f:
-        return json.load(f)
+    path = storage.as_path(workdir_or_file)
+    if path.is_dir():
+        path = path / "results.json"
+    return json.loads(path.read_bytes().decode())

@@ -15,7 +15,8 @@ numbers an uninterrupted one would, or refuse with the reason:
 Every JSON file the engine writes goes through :func:`write_json` (and every .npz through
 :func:`write_npz`; atomic: a kill leaves the old file or the new one) and is read through
 :func:`read_json` (a damaged file is an error naming the file and the remedy, not a bare
-JSONDecodeError).
+JSONDecodeError). A workdir may be on object storage (``gs://bucket/run``; mjfn_jax.storage):
+writes stay atomic there (one upload per file), but there is no lock.
 """
 
 from __future__ import annotations
@@ -24,14 +25,18 @@ import datetime
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
 import socket
+import sys
 
 import numpy as np
+
+from mjfn_jax import storage
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ class SaveFailed(WorkdirError):
     point, and a rerun once the cause is gone resumes from the last complete save."""
 
 
-def save_failed(path: str, error: BaseException) -> SaveFailed:
+def save_failed(path: str | os.PathLike, error: BaseException) -> SaveFailed:
     """The one-line error of a failed save of ``path``: the cause and the free space left."""
     code = re.search(r"os_error_code='(\d+)'", str(error))  # tensorstore's, in an Orbax save
     if isinstance(error, OSError) and error.strerror:
@@ -71,8 +76,11 @@ def save_failed(path: str, error: BaseException) -> SaveFailed:
     )
 
 
-def free_space(path: str) -> str:
-    """The free space of the file system holding ``path`` (or its nearest existing parent)."""
+def free_space(path: str | os.PathLike) -> str:
+    """The free space of the file system holding ``path`` (or its nearest existing parent);
+    "unknown space" on object storage."""
+    if not storage.is_local(path):
+        return "unknown space"
     folder = os.path.abspath(path)
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
@@ -93,54 +101,44 @@ def has_final_model(fold_dir: str) -> bool:
     return os.path.exists(os.path.join(fold_dir, FINAL_MODEL_FILE))
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str | os.PathLike, obj) -> None:
     """Write JSON atomically: a reader (or a run killed mid-write) sees the old file or the new.
 
-    The temporary file has a fixed name (``<path>.tmp``), so one left by a kill -9 is
+    On a local file system through ``<path>.tmp`` renamed; on object storage as one upload
+    (mjfn_jax.storage). The temporary file has a fixed name, so one left by a kill -9 is
     overwritten by the next write instead of piling up (the workdir lock rules out two
     writers)."""
-    tmp = path + _tmp_suffix()
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def dump(f) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8")
+        try:
+            json.dump(obj, text, indent=1, sort_keys=True)
+            text.flush()
+        finally:
+            text.detach()  # leaves f open: storage.write_with closes it
+
+    storage.write_with(path, dump, tmp_suffix=_tmp_suffix(), fsync=True)
 
 
-def write_npz(path: str, **arrays) -> None:
-    """``np.savez`` atomically (``<path>.tmp`` renamed), like write_json; a failed write (a full
-    disk) removes its temporary file."""
-    tmp = path + _tmp_suffix()
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_npz(path: str | os.PathLike, **arrays) -> None:
+    """``np.savez`` atomically (``<path>.tmp`` renamed, or one upload), like write_json; a
+    failed write (a full disk) removes its temporary file."""
+    storage.write_with(path, lambda f: np.savez(f, **arrays), tmp_suffix=_tmp_suffix())
 
 
 def _tmp_suffix() -> str:
     """``.tmp``; ``.tmp.process_<i>`` in process i > 0 of a multi-process run, whose processes
     may write the same record (config.json, dataset.json, execution.json) at once: with one
     temporary name one process's os.replace would find the file gone."""
-    import jax
-
-    index = jax.process_index() if jax.distributed.is_initialized() else 0  # no backend start
+    jax = sys.modules.get("jax")  # not imported: no jax.distributed (the PyTorch baseline)
+    index = jax.process_index() if jax and jax.distributed.is_initialized() else 0
     return ".tmp" if index == 0 else f".tmp.process_{index}"
 
 
-def read_json(path: str, remedy: str = ""):
+def read_json(path: str | os.PathLike, remedy: str = ""):
     """The JSON in ``path``; a damaged file raises WorkdirError naming it (and ``remedy``)."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(storage.as_path(path).read_bytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         hint = f"; {remedy}" if remedy else ""
         raise WorkdirError(f"{path} is damaged ({type(e).__name__}: {e}){hint}") from None
@@ -151,10 +149,11 @@ class Lock:
 
     flock(2) is released by the kernel when the holding process ends, however it ends, so a
     killed run never leaves a stale lock. (On network file systems without flock support the
-    lock may not exclude runs on other machines.)
+    lock may not exclude runs on other machines.) Object storage (``gs://``) has no lock at all:
+    the run warns once that nothing stops a second run on the same workdir, and goes on.
     """
 
-    def __init__(self, workdir: str, process: int = 0):
+    def __init__(self, workdir: str | os.PathLike, process: int = 0):
         """process: the jax.distributed process index. Each process of a multi-process run
         locks its own file (``.lock``, ``.lock.process_<i>``): the processes of one run share
         the workdir, and a second run's process i still finds it in use."""
@@ -164,6 +163,15 @@ class Lock:
 
     def __enter__(self) -> Lock:
         workdir = os.path.dirname(self.path)
+        if not storage.is_local(workdir):
+            if reason := storage.unreachable(workdir):
+                raise WorkdirError(f"cannot use {workdir!r} as a workdir: {reason}")
+            log.warning(
+                "workdir %s is on object storage, which has no file lock: nothing stops a "
+                "second run on it, so do not start two runs on this workdir at once",
+                workdir,
+            )
+            return self
         try:
             os.makedirs(workdir, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -242,7 +250,7 @@ def check_dataset(workdir: str, dataset) -> None:
     """
     path = os.path.join(workdir, DATASET_FILE)
     identity = dataset_identity(dataset)
-    if os.path.exists(path):
+    if storage.as_path(path).exists():
         saved = read_json(path, "delete it only if you are sure the data did not change")
         if saved.get("sha256") != identity["sha256"]:
             changed = [
@@ -263,7 +271,7 @@ def check_dataset(workdir: str, dataset) -> None:
 
 def recorded_execution(workdir: str) -> dict | None:
     path = os.path.join(workdir, EXECUTION_FILE)
-    return read_json(path) if os.path.exists(path) else None
+    return read_json(path) if storage.as_path(path).exists() else None
 
 
 def check_execution(workdir: str, execution: dict, in_progress: list[str]) -> None:
