@@ -211,11 +211,14 @@ _NOT_PROGRAM = ("data", "folds", "checkpoint", "seed")
 
 
 class Runners:
-    """A run's group runners (hence compiled programs), reused by later requests with the same
-    program-relevant config, step count and placement: the run reuses the programs that
-    ``parallel.strategy=auto``'s trial compiled. A context manager: it opens the CompileClock
-    that times their compiles, and drops the runners on exit (a later run in the same process
-    loads its executables from JAX's persistent cache: parallel.enable_compilation_cache)."""
+    """A run's group runners (hence traced and compiled programs), reused by later requests
+    with the same program-relevant config, step count and placement: the run reuses the
+    programs that ``parallel.strategy=auto``'s trial compiled, and several runs in one process
+    reuse each other's when they share one (``train_and_evaluate(runners=...)``: tracing and
+    lowering this network's programs is most of a small run's start; a new process instead
+    loads the executables from JAX's persistent cache, parallel.enable_compilation_cache, but
+    traces them again). A context manager: it opens the CompileClock that times their
+    compiles, and drops the runners on exit."""
 
     def __init__(self):
         self.clock = CompileClock()
