@@ -1,11 +1,13 @@
 """The engine under jax.distributed (docs/design.md#multi-host): a lock per process; two
 processes x 2 CPU devices on 127.0.0.1 give the predictions of one process with 4 devices
-(vmap and sequential); a process killed mid-run, then both processes run again, finishes with
+(vmap and sequential), each process writing its own folds with no train state gathered
+(tests/gather_probe.py); a process killed mid-run, then both processes run again, finishes with
 the same predictions. The fast suite runs the first and the vmap pair (~90 s: three training
 runs of the smoke config); the others are marked slow."""
 
 import csv
 import glob
+import json
 import os
 import socket
 import subprocess
@@ -19,6 +21,7 @@ from conftest import xla_flags
 from mjfn_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GATHER_PROBE = os.path.join(REPO, "tests", "gather_probe.py")
 
 
 def test_each_process_of_a_run_locks_its_own_file(tmp_path):
@@ -43,9 +46,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _command(workdir, strategy: str, *extra: str) -> list[str]:
+def _command(workdir, strategy: str, *extra: str, probe=None) -> list[str]:
+    """mjfn-train's command; with ``probe`` (a JSON path), run through tests/gather_probe.py."""
+    main = ["-m", "mjfn_jax.main"] if probe is None else [GATHER_PROBE, str(probe)]
     return [
-        sys.executable, "-m", "mjfn_jax.main",
+        sys.executable, *main,
         "--config", "mjfn_jax/configs/synthetic.py:smoke",
         "--config.data.name=generated",
         "--config.data.generated_subjects=4",
@@ -95,11 +100,11 @@ def one_process(tmp_path_factory):
     return workdir
 
 
-def _start_two(workdir, strategy: str, cache) -> list[subprocess.Popen]:
+def _start_two(workdir, strategy: str, cache, probes=(None, None)) -> list[subprocess.Popen]:
     port = _free_port()
     return [
         subprocess.Popen(
-            _command(workdir, strategy)
+            _command(workdir, strategy, probe=probes[i])
             + ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
             + ["--process_id", str(i), "--distributed_timeout", "60"],
             cwd=REPO,
@@ -128,7 +133,8 @@ def _finish_all(procs) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("strategy", ["vmap", pytest.param("sequential", marks=pytest.mark.slow)])
 def test_two_processes_give_the_predictions_of_one(tmp_path, one_process, strategy):
     workdir = tmp_path / "two"
-    outs = _finish_all(_start_two(workdir, strategy, tmp_path / "cache"))
+    probes = [tmp_path / f"gathers_{i}.json" for i in range(2)]
+    outs = _finish_all(_start_two(workdir, strategy, tmp_path / "cache", probes))
     # Process 0 prints the results; gloo itself prints "[Gloo] Rank i is connected to n peer
     # ranks. ..." from its own threads, and two such writes can interleave mid-line (seen in CI:
     # a line "2 is connected to 3 peer ranks. ..." and, in another CI run, a blank line where two
@@ -144,6 +150,18 @@ def test_two_processes_give_the_predictions_of_one(tmp_path, one_process, strate
     ids_two, probs_two = _predictions(workdir)
     assert ids_two == ids_one
     np.testing.assert_allclose(probs_two, probs_one, atol=ONE_VS_TWO_ATOL)
+    # No process held a gathered copy of the states: nothing as large as a train state's
+    # largest leaf went through an all-gather (metrics and predictions did).
+    for probe in probes:
+        record = json.loads(probe.read_text())
+        assert record["progress_saves"] > 0 and record["largest_gathered"] > 0, record
+        assert record["largest_gathered"] < record["largest_state_leaf"], record
+    # Each process wrote its own folds' files (vmap: two folds on each process's devices;
+    # sequential: the one holding replica 0, process 0): every fold has its model.
+    folds = list((workdir / "folds").iterdir())
+    assert folds and all((fold / "model").is_dir() for fold in folds)
+    if strategy == "vmap":  # Orbax keeps a writing process's own subfolder: process 1 wrote some
+        assert any((fold / "model" / "ocdbt.process_1").is_dir() for fold in folds)
 
 
 @pytest.mark.slow  # ~60 s; one process's kills and reruns: test_fault_injection
