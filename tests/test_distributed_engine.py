@@ -166,12 +166,18 @@ def test_two_processes_give_the_predictions_of_one(tmp_path, one_process, strate
 
 @pytest.mark.slow  # ~60 s; one process's kills and reruns: test_fault_injection
 def test_a_killed_process_then_both_again_resumes(tmp_path, one_process):
-    """kill -9 of process 1 after the first checkpoint; process 0, left waiting in a collective,
-    is killed too (as a cluster scheduler would); the same two commands again resume."""
+    """kill -9 of process 1 once every fold has its first checkpoint (each process writes its
+    own folds'); process 0, left waiting in a collective, is killed too (as a cluster scheduler
+    would); the same two commands again resume."""
     workdir = tmp_path / "two"
     procs = _start_two(workdir, "vmap", tmp_path / "cache")
     deadline = time.monotonic() + 240
-    while not glob.glob(str(workdir / "folds" / "*" / "checkpoints" / "[0-9]*")):
+
+    def checkpointed() -> int:  # folds with a complete step (Orbax renames it to its number)
+        steps = glob.glob(str(workdir / "folds" / "*" / "checkpoints" / "[0-9]*"))
+        return len({os.path.dirname(p) for p in steps if os.path.basename(p).isdigit()})
+
+    while checkpointed() < 4:  # the smoke config's 4 generated subjects: 4 folds
         assert time.monotonic() < deadline and procs[1].poll() is None, "no checkpoint came"
         time.sleep(0.05)
     procs[1].kill()
