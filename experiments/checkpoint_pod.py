@@ -121,7 +121,20 @@ def run_two(root: str, epochs: int, subjects: int) -> list[dict]:
     for out in outs:
         with open(out) as f:
             records.append(json.load(f))
+    folds = os.path.join(root, "run", "folds")
+    models = [os.path.join(folds, fold, name) for fold in os.listdir(folds)
+              for name in ("model", "final.npz")]  # fmt: skip
+    sizes = [_disk(path) for path in models if os.path.exists(path)]  # after / before
+    for r in records:
+        r["model_bytes_per_fold"] = sum(sizes) / max(1, len(sizes))
     return records
+
+
+def _disk(path: str) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
 def table(runs: dict) -> list[str]:
@@ -129,8 +142,8 @@ def table(runs: dict) -> list[str]:
     lines = [
         "| code | process | progress saves: received per save (all-gathered) | their time on "
         "the training thread, mean (max) | model saves: received per save (all-gathered) | "
-        "their time, mean (max) | peak RSS | wall |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "their time, mean (max) | peak RSS | wall | a fold's model on disk |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
     for label, records in runs.items():
@@ -149,7 +162,8 @@ def table(runs: dict) -> list[str]:
                 ]
             lines.append(
                 f"| {label} | {r['process']} | {' | '.join(cells)} | "
-                f"{r['peak_rss_bytes'] / 2**30:.2f} GiB | {r['wall_s']:.0f} s |"
+                f"{r['peak_rss_bytes'] / 2**30:.2f} GiB | {r['wall_s']:.0f} s | "
+                f"{mb(r['model_bytes_per_fold'])} |"
             )
     return lines
 

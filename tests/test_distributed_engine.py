@@ -1,8 +1,8 @@
 """The engine under jax.distributed (docs/design.md#multi-host): a lock per process; two
 processes x 2 CPU devices on 127.0.0.1 give the predictions of one process with 4 devices
 (vmap and sequential), each process writing its own folds with no train state gathered
-(tests/gather_probe.py); a process killed mid-run, then both processes run again, finishes with
-the same predictions. The fast suite runs the first and the vmap pair (~90 s: three training
+(tests/gather_probe.py); a process killed mid-run, then both processes run again (killed
+again), then one process, finishes with the same predictions. The fast suite runs the first and the vmap pair (~90 s: three training
 runs of the smoke config); the others are marked slow."""
 
 import csv
@@ -164,30 +164,37 @@ def test_two_processes_give_the_predictions_of_one(tmp_path, one_process, strate
         assert any((fold / "model" / "ocdbt.process_1").is_dir() for fold in folds)
 
 
-@pytest.mark.slow  # ~60 s; one process's kills and reruns: test_fault_injection
-def test_a_killed_process_then_both_again_resumes(tmp_path, one_process):
+@pytest.mark.slow  # ~80 s; one process's kills and reruns: test_fault_injection
+def test_a_killed_process_then_both_again_resumes_then_one_process_finishes(tmp_path, one_process):
     """kill -9 of process 1 once every fold has its first checkpoint (each process writes its
     own folds'); process 0, left waiting in a collective, is killed too (as a cluster scheduler
-    would); the same two commands again resume."""
-    workdir = tmp_path / "two"
-    procs = _start_two(workdir, "vmap", tmp_path / "cache")
+    would); the same two commands again resume, and are killed after the second checkpoints;
+    one process with 4 devices then resumes the two processes' checkpoints (every checkpoint is
+    one fold's: any process count reads it) and finishes with the one-process predictions."""
+    workdir, cache = tmp_path / "two", tmp_path / "cache"
     deadline = time.monotonic() + 240
 
-    def checkpointed() -> int:  # folds with a complete step (Orbax renames it to its number)
-        steps = glob.glob(str(workdir / "folds" / "*" / "checkpoints" / "[0-9]*"))
-        return len({os.path.dirname(p) for p in steps if os.path.basename(p).isdigit()})
+    def kill_at(procs, epoch: int) -> list[str]:
+        """Kill both once every fold (the smoke config's 4 subjects) has a complete checkpoint
+        of ``epoch`` epochs (Orbax renames a step to its number when complete); stderrs."""
+        while len(glob.glob(str(workdir / "folds" / "*" / "checkpoints" / str(epoch)))) < 4:
+            assert time.monotonic() < deadline and procs[1].poll() is None, "no checkpoint came"
+            time.sleep(0.05)
+        procs[1].kill()
+        errs = [procs[1].communicate()[1]]
+        time.sleep(1.0)
+        procs[0].kill()
+        return [procs[0].communicate()[1], *errs]
 
-    while checkpointed() < 4:  # the smoke config's 4 generated subjects: 4 folds
-        assert time.monotonic() < deadline and procs[1].poll() is None, "no checkpoint came"
-        time.sleep(0.05)
-    procs[1].kill()
-    procs[1].communicate()
-    time.sleep(1.0)
-    procs[0].kill()
-    procs[0].communicate()
+    kill_at(_start_two(workdir, "vmap", cache), 1)
     assert not (workdir / "results.json").exists()  # killed mid-run
-    outs = _finish_all(_start_two(workdir, "vmap", tmp_path / "cache"))
-    assert "resumed folds" in outs[0][1], outs[0][1][-3000:]
+    errs = kill_at(_start_two(workdir, "vmap", cache), 2)
+    assert "resumed folds" in errs[0] and not (workdir / "results.json").exists(), errs[0][-3000:]
+    one = subprocess.run(
+        _command(workdir, "vmap"), cwd=REPO, env=_env(4, cache), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert one.returncode == 0 and "from epoch 2" in one.stderr, one.stderr[-3000:]
     ids_one, probs_one = _predictions(one_process("vmap"))
     ids_two, probs_two = _predictions(workdir)
     assert ids_two == ids_one
