@@ -126,10 +126,10 @@ class FoldCheckpointer:
         # we only ever need the latest. Saves run on the writer thread so that writing one
         # fold's final model overlaps the next fold's training (Orbax's own asynchronous mode
         # is off: a failed write then raises in the save that made it, not in Orbax's threads
-        # or at the next save); Orbax writes into a temporary folder and renames it when
-        # complete (the model likewise), so a killed run never resumes
-        # from a half-written step, and write_result() runs after the saves (FIFO on one
-        # thread) before it marks the fold done.
+        # or at the next save); Orbax writes a step or the model into a temporary folder and
+        # renames it when complete, so a killed run never resumes from a half-written step,
+        # and write_result() runs after the saves (FIFO on one thread) before it marks the
+        # fold done.
         self._max_to_keep = max(1, max_to_keep)
         self._manager = None  # created on first use: a fold saved once needs none
         self._own_writer = writer is None

@@ -2,8 +2,9 @@
 processes x 2 CPU devices on 127.0.0.1 give the predictions of one process with 4 devices
 (vmap and sequential), each process writing its own folds with no train state gathered
 (tests/gather_probe.py); a process killed mid-run, then both processes run again (killed
-again), then one process, finishes with the same predictions. The fast suite runs the first and the vmap pair (~90 s: three training
-runs of the smoke config); the others are marked slow."""
+again), then one process, finishes with the same predictions. The fast suite runs the first
+and the vmap pair (~90 s: three training runs of the smoke config); the others are marked
+slow."""
 
 import csv
 import glob
