@@ -5,9 +5,16 @@ Layout under the workdir::
 
     folds/<fold>/checkpoints/<epoch>/   Orbax: {"state": flat train state, "meta": JSON}; only
                                         while the fold is in progress (deleted when it is done)
-    folds/<fold>/final.npz              the finished fold's model (mjfn_jax.model_file)
+    folds/<fold>/model/                 Orbax: the finished fold's model, {"params": {...},
+                                        "batch_stats": {...}} (mjfn_jax.model_file); plain
+                                        ``ocp.StandardCheckpointer().restore(path)`` reads it
     folds/<fold>/predictions.npz        test indices + log-probs (written when the fold ends)
     folds/<fold>/done.json              history; written last, so its presence means "finished"
+
+Each fold's files are written by one process, the one whose devices hold the fold's rows
+(replica 0), from its own shards, alone (mjfn_jax.orbax_io): nothing is gathered across
+processes, and every checkpoint is a fold's own, so any process count restores it. Several
+hosts need one shared workdir (a network file system, or cloud storage).
 
 The step number of a checkpoint is the number of COMPLETED epochs. The train state is saved as
 a flat {key path: array} dict, which round-trips any pytree (nnx.State, optax states) exactly.
@@ -34,15 +41,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mjfn_jax import parallel
 from mjfn_jax.model_file import (
     FINAL_DTYPES,
-    WrongShape,
     abstract,
-    decode_final,
-    encode_final,
     flatten,
+    restore_model,
+    save_model,
     unflatten_like,
 )
+from mjfn_jax.orbax_io import ORBAX_TMP, restore_args, solo, tree_handler
 from mjfn_jax.workdir import (
     FINAL_MODEL_FILE,
     SaveFailed,
@@ -58,26 +66,8 @@ from mjfn_jax.writer import Writer
 log = logging.getLogger(__name__)
 
 
-def _solo(key: str) -> dict:
-    """Multi-process: the Orbax keyword arguments for a checkpoint that one process saves or
-    restores alone (process 0 saves every fold; by default Orbax expects every process to
-    call save and meets them at barriers, so a save by one process would wait for the others
-    forever). Empty with one process: Orbax's defaults."""
-    if jax.process_count() == 1:
-        return {}
-    me = jax.process_index()
-    options = ocp.options.MultiprocessingOptions(
-        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"{key}@{me}"
-    )
-    return {"multiprocessing_options": options}
-
-
 class CheckpointDamaged(Exception):
     """An in-progress checkpoint step that cannot be restored (the message names it)."""
-
-
-# What Orbax names a step folder while it writes it (renamed to the step number when complete).
-ORBAX_TMP = ".orbax-checkpoint-tmp"
 
 
 @contextlib.contextmanager
@@ -136,10 +126,10 @@ class FoldCheckpointer:
         # we only ever need the latest. Saves run on the writer thread so that writing one
         # fold's final model overlaps the next fold's training (Orbax's own asynchronous mode
         # is off: a failed write then raises in the save that made it, not in Orbax's threads
-        # or at the next save); Orbax writes into a temporary folder and renames it when
-        # complete (final.npz likewise, as a temporary file), so a killed run never resumes
-        # from a half-written step, and write_result() runs after the saves (FIFO on one
-        # thread) before it marks the fold done.
+        # or at the next save); Orbax writes a step or the model into a temporary folder and
+        # renames it when complete, so a killed run never resumes from a half-written step,
+        # and write_result() runs after the saves (FIFO on one thread) before it marks the
+        # fold done.
         self._max_to_keep = max(1, max_to_keep)
         self._manager = None  # created on first use: a fold saved once needs none
         self._own_writer = writer is None
@@ -157,15 +147,21 @@ class FoldCheckpointer:
     @property
     def manager(self) -> ocp.CheckpointManager:
         if self._manager is None:
-            solo = _solo(self.fold_dir)
+            key = self.checkpoints_dir
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=self._max_to_keep,
-                create=not solo,  # not allowed with active_processes: made below
+                create=jax.process_count() == 1,  # not allowed with active_processes: made below
                 enable_async_checkpointing=False,  # the writer thread is the asynchrony
-                **solo,
+                multiprocessing_options=solo(key),
             )
             os.makedirs(self.checkpoints_dir, exist_ok=True)
-            self._manager = ocp.CheckpointManager(self.checkpoints_dir, options=options)
+            handlers = {
+                "state": tree_handler(key),
+                "meta": ocp.JsonCheckpointHandler(multiprocessing_options=solo(key)),
+            }
+            self._manager = ocp.CheckpointManager(
+                self.checkpoints_dir, options=options, item_handlers=handlers
+            )
         return self._manager
 
     def epochs(self) -> list[int]:
@@ -187,7 +183,7 @@ class FoldCheckpointer:
         Returns the save's Future at once; the save runs on the writer thread."""
         host_state = jax.tree.map(np.asarray, flatten(state))
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
+            state=ocp.args.PyTreeSave(host_state), meta=ocp.args.JsonSave(meta)
         )
         return self._hand_over(self._save, epochs_done, args)
 
@@ -209,19 +205,33 @@ class FoldCheckpointer:
             restored = self.manager.restore(
                 epochs_done,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract(like)), meta=ocp.args.JsonRestore()
+                    state=restore_args(abstract(like)), meta=ocp.args.JsonRestore()
                 ),
             )
             state, meta = unflatten_like(like, restored["state"]), dict(restored["meta"])
             if not isinstance(meta.get("history"), list):
                 raise KeyError("meta has no 'history' list")
         except Exception as e:  # Orbax/tensorstore raise many types; all mean "unreadable"
-            cause = (str(e).strip().splitlines() or [""])[0][:200]
-            raise CheckpointDamaged(
-                f"checkpoint {self.step_dir(epochs_done)} is unreadable "
-                f"({type(e).__name__}: {cause})"
-            ) from e
+            raise self._damaged(epochs_done, e) from e
         return state, meta
+
+    def restore_meta(self, epochs_done: int) -> dict:
+        """The meta of a checkpoint alone (JSON: epochs done, history), without its state."""
+        try:
+            meta = self.manager.restore(
+                epochs_done, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )["meta"]
+            if not isinstance(meta.get("history"), list):
+                raise KeyError("meta has no 'history' list")
+        except Exception as e:
+            raise self._damaged(epochs_done, e) from e
+        return dict(meta)
+
+    def _damaged(self, epochs_done: int, e: Exception) -> CheckpointDamaged:
+        cause = (str(e).strip().splitlines() or [""])[0][:200]
+        return CheckpointDamaged(
+            f"checkpoint {self.step_dir(epochs_done)} is unreadable ({type(e).__name__}: {cause})"
+        )
 
     def step_dir(self, epochs_done: int) -> str:
         return os.path.join(self.checkpoints_dir, str(epochs_done))
@@ -237,22 +247,22 @@ class FoldCheckpointer:
 
     # Finished folds -------------------------------------------------------------------------
 
-    def save_final(self, model_state, index: int | None = None) -> concurrent.futures.Future:
+    def save_final(self, model_state, row: int | None = None) -> concurrent.futures.Future:
         """The finished fold's model {"params", "batch_stats"}: arrays, or the Future of
-        ``Writer.copy_to_host``; with ``index``, item ``index`` of a fold group's stacked arrays
-        [G, ...]. Its floating arrays are saved in ``final_dtype``. Returns the write's Future
-        at once: copied, converted and written on the writer thread, atomically (a temporary
-        file, renamed when complete)."""
-        return self._hand_over(self._write_final, model_state, index)
+        ``Writer.copy_to_host``; with ``row``, row ``row`` of a fold group's blocks
+        (``parallel.owned_blocks``: {first row: arrays [rows, ...]}). Its floating arrays are
+        saved in ``final_dtype``. Returns the write's Future at once: copied, converted and
+        written on the writer thread, atomically (Orbax renames a temporary folder when the
+        model is complete)."""
+        return self._hand_over(self._write_final, model_state, row)
 
-    def _write_final(self, model_state, index: int | None) -> None:
+    def _write_final(self, model_state, row: int | None) -> None:
         if isinstance(model_state, concurrent.futures.Future):
             model_state = model_state.result()  # done: submitted before this task (FIFO)
-        flat = flatten(model_state)
-        if index is not None:
-            flat = {key: np.asarray(x)[index] for key, x in flat.items()}
+        if row is not None:
+            model_state = parallel.take_row(model_state, row)
         with _saving(self.final_path):
-            write_npz(self.final_path, **encode_final(flat, self.final_dtype))
+            save_model(self.final_path, model_state, self.final_dtype, key=self.final_path)
 
     def has_final(self) -> bool:
         return has_final_model(self.fold_dir)
@@ -260,18 +270,8 @@ class FoldCheckpointer:
     def restore_final(self, like):
         """The finished fold's model into the structure and dtypes of ``like`` (a model saved
         in bfloat16 comes back as float32 where ``like`` says so). A damaged or mismatched
-        file raises WorkdirError naming it."""
-        try:
-            with np.load(self.final_path) as z:
-                flat = decode_final(z, abstract(like))
-        except WrongShape as e:
-            raise WorkdirError(f"{self.final_path}: {e}") from None
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            raise WorkdirError(
-                f"{self.final_path} is damaged or is not this config's model "
-                f"({type(e).__name__}: {e})"
-            ) from None
-        return unflatten_like(like, flat)
+        model raises WorkdirError naming its folder."""
+        return restore_model(self.final_path, like, key=self.final_path)
 
     @property
     def done_path(self) -> str:
@@ -291,7 +291,7 @@ class FoldCheckpointer:
         return self._hand_over(self._write_result, test_idx, log_probs, summary)
 
     def _write_result(self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict) -> None:
-        self._wait_orbax()  # "done" promises complete saves (final.npz: earlier on this thread)
+        self._wait_orbax()  # "done" promises complete saves (the model: earlier on this thread)
         path = os.path.join(self.fold_dir, "predictions.npz")
         with _saving(path):
             write_npz(path, test_idx=test_idx, log_probs=log_probs)
@@ -302,13 +302,13 @@ class FoldCheckpointer:
 
     def remove_partial(self) -> None:
         """Remove what failed or killed saves left half written (``*.tmp`` files, Orbax's
-        temporary step folders): nothing reads them, and on a full disk they hold the space a
-        rerun needs. Only while no save of this fold is in flight."""
+        temporary folders of steps and of the model): nothing reads them, and on a full disk
+        they hold the space a rerun needs. Only while no save of this fold is in flight."""
         for path in glob.glob(os.path.join(glob.escape(self.fold_dir), "*.tmp*")):
             os.unlink(path)
-        pattern = os.path.join(glob.escape(self.checkpoints_dir), f"*{ORBAX_TMP}*")
-        for path in glob.glob(pattern):
-            shutil.rmtree(path, ignore_errors=True)
+        for folder in (self.fold_dir, self.checkpoints_dir):
+            for path in glob.glob(os.path.join(glob.escape(folder), f"*{ORBAX_TMP}*")):
+                shutil.rmtree(path, ignore_errors=True)
 
     def tidy(self) -> None:
         """A finished fold's in-progress checkpoints (optimizer state included) are spent:

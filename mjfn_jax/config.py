@@ -159,9 +159,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 5  # Periodic Orbax save per fold; the latest is always kept.
     c.checkpoint.max_to_keep = 2
-    # The dtype of a finished fold's saved model (params + BN statistics): 'float32'; 'bfloat16'
-    # (half the disk); or 'int8' (kernels as per-output-channel int8, the rest float32: a
-    # quarter; docs/performance.md#checkpoint-sizes). Restored as float32 for prediction and
+    # The dtype of a finished fold's saved model (params + BN statistics, an Orbax checkpoint):
+    # 'float32', or 'bfloat16' (half the disk; docs/performance.md#checkpoint-sizes). No int8:
+    # Orbax has no per-output-channel quantized type, and a model plain Orbax restores cannot
+    # need a codec of ours (docs/design.md#checkpoints). Restored as float32 for prediction and
     # export; the rounding changes some predictions of a saved model
     # (experiments/results/cpu-2core/final_dtype_predictions.md), never the run's own results,
     # which are predicted before the save.

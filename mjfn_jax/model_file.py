@@ -1,21 +1,31 @@
-"""A finished fold's model on disk: ``folds/<fold>/final.npz``, its params and BatchNorm
-statistics as {key path: array}, in ``checkpoint.final_dtype`` (float32, bfloat16 or int8).
+"""A finished fold's model on disk: ``folds/<fold>/model/``, an Orbax checkpoint of the plain
+nested dict ``{"params": {module path: array}, "batch_stats": {module path: array}}``, its
+floating arrays in ``checkpoint.final_dtype`` (float32 or bfloat16, stored as such by Orbax).
+Plain Orbax reads it without this package::
 
-The model is one .npz rather than an Orbax checkpoint because Orbax's fixed cost per save was a
-quarter of a CPU LOSO run's loop (docs/performance.md#checkpoints); it is also readable without
-JAX (``numpy.load``). Writing it (atomically, on a run's writer thread) is
-mjfn_jax.checkpoint's job; this module is the format and the copy to the host.
+    import orbax.checkpoint as ocp
+    model = ocp.StandardCheckpointer().restore("W/folds/<fold>/model")  # numpy arrays
+
+There is no int8: Orbax stores arrays of one dtype, and a per-output-channel quantized kernel
+(int8 values with float32 scales) would need a codec of ours to read (docs/design.md#checkpoints).
+Saving it (on a run's writer thread, by the process that holds the fold) is
+mjfn_jax.checkpoint's job; this module is the format, the copy to the host, and the flat
+{key path: array} form of any pytree that in-progress checkpoints store.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
-FINAL_DTYPES = ("float32", "bfloat16", "int8")  # checkpoint.final_dtype
-_BF16_KEYS = "__bfloat16_keys__"  # the entries of final.npz stored as bfloat16 bit patterns
-_INT8_SCALE = "__int8_scale__"  # + key: the per-output-channel scales of an int8 entry
+from mjfn_jax import orbax_io
+from mjfn_jax.workdir import WorkdirError
+
+FINAL_DTYPES = ("float32", "bfloat16")  # checkpoint.final_dtype
 
 
 class WrongShape(ValueError):
@@ -23,7 +33,7 @@ class WrongShape(ValueError):
 
 
 def flatten(tree) -> dict[str, jax.Array]:
-    """A pytree as {key path: leaf}: what checkpoints and final.npz store (any pytree, nnx.State
+    """A pytree as {key path: leaf}: what in-progress checkpoints store (any pytree, nnx.State
     or optax state, round-trips exactly through ``unflatten_like``)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
@@ -40,51 +50,67 @@ def unflatten_like(like, flat: dict):
     return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
 
-def encode_final(flat: dict, final_dtype: str) -> dict[str, np.ndarray]:
-    """The entries of final.npz for a model as a flat {key path: host array}. Floating arrays
-    are stored in ``final_dtype``: float32; bfloat16 (as uint16 bit patterns, rounded to
-    nearest); or int8, where kernels (2 or more axes, output channels last: HWIO convolutions,
-    [in, out] dense layers) become symmetric per-output-channel int8 (x ~ q * max|x| / 127, the
-    scales kept in float32) and 1-axis arrays (biases, BatchNorm) stay float32."""
-    arrays, bf16 = {}, []
-    for key, x in flat.items():
+def in_dtype(model, final_dtype: str):
+    """``model``'s arrays on the host, the floating ones in ``final_dtype`` (rounded to
+    nearest), the others as they are: what a saved model holds."""
+    dtype = jnp.dtype(final_dtype)
+
+    def one(x):
         x = np.asarray(x)
-        if np.issubdtype(x.dtype, np.floating) and final_dtype == "bfloat16":
-            x = x.astype(jnp.bfloat16).view(np.uint16)  # .npy has no bfloat16
-            bf16.append(key)
-        elif np.issubdtype(x.dtype, np.floating) and final_dtype == "int8" and x.ndim >= 2:
-            x32 = x.astype(np.float32)
-            scale = np.abs(x32).reshape(-1, x.shape[-1]).max(axis=0) / 127.0  # [out]
-            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-            x = np.clip(np.rint(x32 / scale), -127, 127).astype(np.int8)
-            arrays[_INT8_SCALE + key] = scale
-        arrays[key] = x
-    arrays[_BF16_KEYS] = np.asarray(bf16, dtype=str)
-    return arrays
+        return x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x
 
-
-def decode_final(arrays, wanted: dict) -> dict[str, np.ndarray]:
-    """``encode_final``'s entries (a dict, or an open .npz) back to {key path: array} in the
-    shapes and dtypes of ``wanted`` ({key: ShapeDtypeStruct}). A missing entry raises
-    KeyError, a wrong shape WrongShape naming the key."""
-    bf16 = set(arrays[_BF16_KEYS].tolist())
-    flat = {}
-    for key, spec in wanted.items():
-        x = arrays[key]
-        if key in bf16:
-            x = x.view(jnp.bfloat16)
-        elif x.dtype == np.int8 and _INT8_SCALE + key in arrays:
-            x = x.astype(np.float32) * arrays[_INT8_SCALE + key]
-        if x.shape != spec.shape:
-            raise WrongShape(f"{key} has shape {x.shape}, this config's model {spec.shape}")
-        flat[key] = x.astype(spec.dtype)
-    return flat
+    return jax.tree.map(one, model)
 
 
 def round_trip_final(model, final_dtype: str):
-    """``model`` as a saved final.npz of ``final_dtype`` would give it back (host arrays)."""
-    flat = decode_final(encode_final(flatten(model), final_dtype), abstract(model))
-    return unflatten_like(model, flat)
+    """``model`` as a model saved in ``final_dtype`` gives it back (host arrays of ``model``'s
+    dtypes)."""
+    return jax.tree.map(lambda x, y: np.asarray(y).astype(np.asarray(x).dtype), model,
+                        in_dtype(model, final_dtype))  # fmt: skip
+
+
+def save_model(path: str, model: dict, final_dtype: str, key: str) -> None:
+    """Write ``model`` ({"params": {name: array}, "batch_stats": {...}}) to the Orbax checkpoint
+    ``path``, its floating arrays in ``final_dtype``; by this process alone (``key``: for
+    Orbax's barrier names). Orbax writes a temporary folder and renames it when complete; a
+    model already there (a fold retrained after a kill) is replaced."""
+    host = _plain(in_dtype(model, final_dtype))
+    with orbax_io.checkpointer(key) as ckptr:
+        ckptr.save(path, args=ocp.args.PyTreeSave(host), force=True)
+
+
+def _plain(tree):
+    """Mappings as plain dicts (what a bare Orbax restore gives back), leaves as they are."""
+    if isinstance(tree, Mapping):
+        return {key: _plain(value) for key, value in tree.items()}
+    return tree
+
+
+def restore_model(path: str, like, key: str):
+    """The model at ``path`` in the structure and dtypes of ``like`` (a pytree of arrays or
+    ShapeDtypeStructs; a model saved in bfloat16 comes back as float32 where ``like`` says so),
+    host arrays. A damaged or mismatched model raises WorkdirError naming ``path``."""
+    try:
+        with orbax_io.checkpointer(key) as ckptr:
+            saved = ckptr.restore(path)
+        flat_saved, flat_like = flatten(saved), abstract(like)
+        if set(flat_saved) != set(flat_like):
+            missing = sorted(set(flat_like) - set(flat_saved))[:3]
+            raise KeyError(f"no {', '.join(missing) or 'match'} among its entries")
+        for name, spec in flat_like.items():
+            if flat_saved[name].shape != spec.shape:
+                raise WrongShape(
+                    f"{name} has shape {flat_saved[name].shape}, this config's model {spec.shape}"
+                )
+    except WrongShape as e:
+        raise WorkdirError(f"{path}: {e}") from None
+    except KeyError as e:
+        raise WorkdirError(f"{path} is not this config's model ({e.args[0]})") from None
+    except Exception as e:  # Orbax/tensorstore raise many types; all mean "unreadable"
+        cause = (str(e).strip().splitlines() or [""])[0][:200]
+        raise WorkdirError(f"{path} is damaged ({type(e).__name__}: {cause})") from None
+    flat = {name: np.asarray(flat_saved[name]).astype(x.dtype) for name, x in flat_like.items()}
+    return unflatten_like(like, flat)
 
 
 def copy_to_host(tree, pinned: bool | None = None):

@@ -194,6 +194,91 @@ def to_host(tree):
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
+def _first_row(index: tuple) -> int:
+    return (index[0].start or 0) if index else 0
+
+
+def owned_blocks(tree) -> dict[int, object]:
+    """This process's share of ``tree``'s leading (fold) axis, found without a collective:
+    {first row: ``tree`` of device arrays [rows, ...]} for the shards whose replica 0 is on this
+    process's devices. Sharded over the fold axis ('vmap') each row lives on one device, so
+    exactly one process owns it; replicated ('sequential') the process holding replica 0 owns
+    every row. With one process: every row. Every leaf must be sharded alike."""
+    leaves, treedef = jax.tree.flatten(tree)
+    per_leaf = [
+        {_first_row(s.index): s.data for s in x.addressable_shards if s.replica_id == 0}
+        for x in leaves
+    ]
+    starts = sorted(per_leaf[0]) if per_leaf else []
+    if any(sorted(blocks) != starts for blocks in per_leaf):
+        raise ValueError("the leaves of a fold group are not sharded alike over its fold axis")
+    return {start: treedef.unflatten([blocks[start] for blocks in per_leaf]) for start in starts}
+
+
+def rows_of(blocks: dict) -> list[int]:
+    """The rows of ``owned_blocks``' blocks (device or host arrays)."""
+    sizes = {start: jax.tree.leaves(block)[0].shape[0] for start, block in blocks.items()}
+    return [start + i for start, size in sizes.items() for i in range(size)]
+
+
+def take_row(blocks: dict, row: int):
+    """Row ``row`` of ``owned_blocks``' blocks, without the fold axis (views of host arrays)."""
+    for start, block in blocks.items():
+        if start <= row < start + jax.tree.leaves(block)[0].shape[0]:
+            return jax.tree.map(lambda x, i=row - start: x[i], block)
+    raise KeyError(f"row {row} is not among this process's rows")
+
+
+def local_rows(tree) -> list[int]:
+    """The rows of ``tree``'s leading axis that this process's devices hold (any replica)."""
+    x = jax.tree.leaves(tree)[0]
+    rows = set()
+    for shard in x.addressable_shards:
+        rows.update(range(*shard.index[0].indices(x.shape[0])) if shard.index else [0])
+    return sorted(rows)
+
+
+def local_row(tree, row: int):
+    """Row ``row`` of ``tree`` as host arrays, from a shard on this process's devices."""
+
+    def one(x):
+        for shard in x.addressable_shards:
+            start = _first_row(shard.index)
+            if start <= row < start + shard.data.shape[0]:
+                return np.asarray(shard.data)[row - start]
+        raise KeyError(f"row {row} is not on this process's devices")
+
+    return jax.tree.map(one, tree)
+
+
+def from_rows(rows: dict, like, sharding: NamedSharding):
+    """Global arrays shaped like ``like`` ([G, ...] leaves) with ``sharding``, from host rows
+    {row: pytree of arrays without the fold axis}. Only the rows on this process's devices are
+    needed (``local_rows``): jax.make_array_from_callback asks for nothing else, so each process
+    places the folds it will train, and no process holds another's."""
+    like_leaves, treedef = jax.tree.flatten(like)
+    row_leaves = {row: jax.tree.leaves(tree) for row, tree in rows.items()}
+
+    def leaf(k: int, x):
+        def block(index):
+            wanted = range(*index[0].indices(x.shape[0])) if index else [0]
+            return np.stack([row_leaves[r][k] for r in wanted])[(slice(None), *index[1:])]
+
+        return jax.make_array_from_callback(x.shape, sharding, block, dtype=x.dtype)
+
+    return treedef.unflatten([leaf(k, x) for k, x in enumerate(like_leaves)])
+
+
+def everywhere(flag: bool) -> bool:
+    """Whether ``flag`` holds in every process (an all-gather of one bool; no collective with
+    one process)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.array([flag]))))
+
+
 def sync(name: str) -> None:
     """A barrier across processes (nothing with one process)."""
     if jax.process_count() > 1:

@@ -133,7 +133,7 @@ RUN_FILES = {  # what each of a run's other files and folders is (mjfn_jax.repor
     "dataset.json": "the dataset it trained on",
     "execution.json": "how it executed: strategy, loop, platform",
     "linear_floor.npz": "the linear floor's predictions and per-fold probes",
-    "folds": "each fold's model final.npz, test predictions and history",
+    "folds": "each fold's model (model/, Orbax), test predictions and history",
     "seeds": "each seed's own one-seed workdir",
     "tensorboard": "per-epoch curves of every unit: tensorboard --logdir",
     "logs": "the logs of processes other than 0",

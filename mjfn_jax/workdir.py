@@ -45,7 +45,7 @@ CONFIG_FILE = "config.json"  # the run's config (mjfn_jax.config_io.save_or_chec
 DATASET_FILE = "dataset.json"
 EXECUTION_FILE = "execution.json"
 LINEAR_FLOOR_FILE = "linear_floor.npz"  # the linear floor's predictions and probes (train)
-FINAL_MODEL_FILE = "final.npz"  # a finished fold's model, in folds/<fold>/ (mjfn_jax.checkpoint)
+FINAL_MODEL_FILE = "model"  # a finished fold's model (an Orbax folder), in folds/<fold>/
 # The execution fields that change the numbers a fold's training produces. A fold group's
 # size under 'vmap' does not: each fold's program is the same, only batched differently.
 NUMERIC_FIELDS = ("strategy", "loop", "platform", "data_shards")
@@ -98,7 +98,7 @@ def free_space(path: str | os.PathLike) -> str:
 def has_final_model(fold_dir: str) -> bool:
     """Whether a fold folder holds a finished fold's model; here rather than in
     mjfn_jax.checkpoint so that asking needs no Orbax import."""
-    return os.path.exists(os.path.join(fold_dir, FINAL_MODEL_FILE))
+    return os.path.isdir(os.path.join(fold_dir, FINAL_MODEL_FILE))  # Orbax renames it complete
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

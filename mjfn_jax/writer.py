@@ -46,8 +46,8 @@ class Writer:
     def copy_to_host(self, tree) -> concurrent.futures.Future:
         """``tree``'s arrays copied to the host (``model_file.copy_to_host``) on this thread,
         after everything handed to it before: the training thread goes on (to the predictions,
-        the next fold group) while a GPU copies a finished group's models. One process only:
-        with several, the copy is a collective that every process joins (``parallel.to_host``)."""
+        the next fold group) while a GPU copies a finished group's models. Arrays of this
+        process's devices only (``parallel.owned_blocks``): no collective."""
         return self.submit(copy_to_host, tree)
 
     def close(self) -> None:

@@ -82,6 +82,6 @@ def test_random_kills_then_rerun_equal_an_uninterrupted_run(reference, tmp_path,
     for fold in os.listdir(os.path.join(workdir, "folds")):  # finished folds keep the model only
         assert sorted(os.listdir(os.path.join(workdir, "folds", fold))) == [
             "done.json",
-            "final.npz",
+            "model",
             "predictions.npz",
         ]

@@ -1,19 +1,25 @@
-"""A finished fold's model (final.npz): checkpoint.final_dtype (bfloat16 takes about half the
-disk and comes back as float32, equal to the float32 model rounded to bfloat16; int8 kernels a
-quarter), damaged files,
-and the Orbax folder of runs from before 2026-11-26."""
+"""A finished fold's model (folds/<fold>/model/, an Orbax checkpoint): checkpoint.final_dtype
+(bfloat16 is stored as bfloat16 by Orbax, takes about half the disk and comes back as float32,
+equal to the float32 model rounded to bfloat16), a fold group's models saved per fold off the
+loop, and damaged or foreign models."""
 
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
+from mjfn_jax import parallel
 from mjfn_jax.checkpoint import FoldCheckpointer
 from mjfn_jax.config import base_config, validate_config
 from mjfn_jax.workdir import WorkdirError
 from mjfn_jax.writer import Writer
+
+
+def _disk(path) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
 def _model():
@@ -32,7 +38,10 @@ def test_bfloat16_final_model_halves_the_disk_and_restores_as_float32(tmp_path):
         ckpt = FoldCheckpointer(str(tmp_path / dtype), "fold", final_dtype=dtype)
         ckpt.save_final(model)
         ckpt.close()
-        sizes[dtype] = os.path.getsize(ckpt.final_path)
+        sizes[dtype] = _disk(ckpt.final_path)
+        plain = ocp.StandardCheckpointer().restore(ckpt.final_path)  # as Orbax stores it
+        assert plain["params"]["conv"].dtype == jnp.dtype(dtype)
+        assert plain["count"].dtype == np.int32
         restored = ckpt.restore_final(model)
         assert restored["params"]["conv"].dtype == np.float32
         np.testing.assert_array_equal(restored["count"], model["count"])
@@ -41,19 +50,22 @@ def test_bfloat16_final_model_halves_the_disk_and_restores_as_float32(tmp_path):
             expected = np.asarray(jnp.asarray(expected, jnp.bfloat16).astype(jnp.float32))
             assert not np.array_equal(expected, model["params"]["conv"])  # it did round
         np.testing.assert_array_equal(restored["params"]["conv"], expected)
-    assert sizes["bfloat16"] < 0.55 * sizes["float32"], sizes
+    assert sizes["bfloat16"] < 0.6 * sizes["float32"], sizes
 
 
 def test_a_fold_groups_models_are_copied_once_and_saved_per_fold_off_the_loop(tmp_path):
-    """The loop hands a group's stacked device arrays [G, ...] to the writer thread
-    (Writer.copy_to_host) and each fold's save takes its item: what each file holds is its fold's
-    model; a copy that fails surfaces at close(), naming nothing lost silently."""
+    """The loop hands this process's blocks of a group's stacked device arrays [G, ...]
+    (parallel.owned_blocks) to the writer thread (Writer.copy_to_host) and each fold's save
+    takes its row: what each model holds is its fold's; a copy that fails surfaces at close(),
+    naming nothing lost silently."""
     import concurrent.futures
 
     models = [_model(), jax.tree.map(lambda x: x + 1, _model())]
     group = jax.tree.map(lambda *xs: jnp.stack(xs), *models)  # device arrays [2, ...]
     with Writer() as writer:  # the run's writer thread, shared by its folds
-        host = writer.copy_to_host(group)
+        blocks = parallel.owned_blocks(group)
+        assert parallel.rows_of(blocks) == [0, 1]  # one process: every row
+        host = writer.copy_to_host(blocks)
         ckpts = [FoldCheckpointer(str(tmp_path / f"f{i}"), "fold", writer=writer) for i in range(2)]
         for i, ckpt in enumerate(ckpts):
             ckpt.save_final(host, i)
@@ -73,35 +85,6 @@ def test_a_fold_groups_models_are_copied_once_and_saved_per_fold_off_the_loop(tm
     assert not os.path.exists(ckpt.final_path)
 
 
-def test_int8_final_model_quarters_the_kernels_and_restores_within_half_a_step(tmp_path):
-    """checkpoint.final_dtype='int8': kernels as per-output-channel int8 (each channel's step
-    max|w| / 127), 1-axis arrays (BatchNorm, biases) and integers exactly as they were."""
-    model = _model()
-    model["params"]["conv"][..., 5] = 0.0  # an all-zero channel stays zero
-    sizes = {}
-    for dtype in ("float32", "int8"):
-        ckpt = FoldCheckpointer(str(tmp_path / dtype), "fold", final_dtype=dtype)
-        ckpt.save_final(model)
-        ckpt.close()
-        sizes[dtype] = os.path.getsize(ckpt.final_path)
-    restored = ckpt.restore_final(model)
-    w, got = model["params"]["conv"], restored["params"]["conv"]
-    assert got.dtype == np.float32 and got.shape == w.shape
-    step = np.abs(w).reshape(-1, 64).max(axis=0) / 127  # per output channel
-    assert np.all(np.abs(got - w) <= step / 2 + 1e-7)
-    assert np.all(got[..., 5] == 0)
-    assert len(np.unique(got[..., 0])) > 100  # not collapsed onto a few values
-    np.testing.assert_array_equal(restored["batch_stats"]["mean"], model["batch_stats"]["mean"])
-    np.testing.assert_array_equal(restored["count"], model["count"])
-    assert sizes["int8"] < 0.3 * sizes["float32"], sizes
-    # The in-memory round trip (tools.repredict --final_dtypes) is what the file gives.
-    from mjfn_jax.model_file import round_trip_final
-
-    again = round_trip_final(model, "int8")
-    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(restored), strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_copy_to_host_through_pinned_memory_gives_the_same_arrays():
     """The writer thread's copy: through the device's pinned host memory on an accelerator
     (forced here: the CPU device has such memory too), plain device_get on the CPU."""
@@ -118,25 +101,30 @@ def test_copy_to_host_through_pinned_memory_gives_the_same_arrays():
             np.testing.assert_array_equal(g, w)
 
 
-def test_unknown_final_dtype_is_refused():
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_unknown_final_dtype_is_refused(dtype):
+    """int8 is gone with the .npz model: Orbax has no per-output-channel quantized type."""
     config = base_config()
-    config.checkpoint.final_dtype = "float16"
+    config.checkpoint.final_dtype = dtype
     with pytest.raises(ValueError, match="checkpoint.final_dtype"):
         validate_config(config)
 
 
-def test_a_damaged_or_foreign_final_model_is_one_error_naming_the_file(tmp_path):
+def test_a_damaged_or_foreign_final_model_is_one_error_naming_the_folder(tmp_path):
     ckpt = FoldCheckpointer(str(tmp_path), "fold")
     ckpt.save_final(_model())
     ckpt.close()
     bigger = _model()
     bigger["params"]["conv"] = np.zeros((3, 3, 64, 128), np.float32)
-    with pytest.raises(WorkdirError, match=r"final.npz: \['params'\]\['conv'\] has shape"):
+    with pytest.raises(WorkdirError, match=r"fold/model: \['params'\]\['conv'\] has shape"):
         ckpt.restore_final(bigger)
     other = {"params": {"dense": np.zeros(3, np.float32)}}
-    with pytest.raises(WorkdirError, match="is not this config's model"):
+    with pytest.raises(WorkdirError, match="fold/model is not this config's model"):
         ckpt.restore_final(other)
-    with open(ckpt.final_path, "wb") as f:
-        f.write(b"not a zip")
-    with pytest.raises(WorkdirError, match="final.npz is damaged"):
+    for d, _, files in os.walk(ckpt.final_path):  # every file of the checkpoint cut short
+        for name in files:
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(b"not orbax")
+    with pytest.raises(WorkdirError, match="fold/model is damaged") as e:
         ckpt.restore_final(_model())
+    assert len(str(e.value).splitlines()) == 1

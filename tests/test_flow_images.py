@@ -8,6 +8,7 @@ import sys
 
 import cv2
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from data_builders.build import build_dataset
@@ -118,10 +119,11 @@ def test_the_28px_recipe_trains_on_imported_images(built, tmp_path):
     assert results["pooled"]["n"] == len(ROWS)
     predictions = (workdir / "predictions.csv").read_text().splitlines()
     assert len(predictions) == len(ROWS) + 1  # header + one row per clip
-    finals = sorted((workdir / "folds").glob("*/final.npz"))
+    finals = sorted((workdir / "folds").glob("*/model"))
     assert len(finals) == 6  # one per subject
-    with np.load(finals[0]) as model:
-        assert sum("['branch']" in key for key in model.files) == 8  # conv, BN, head; BN stats
+    model = ocp.StandardCheckpointer().restore(finals[0])  # {"params": {..}, "batch_stats": {..}}
+    names = [*model["params"], *model["batch_stats"]]
+    assert sum("['branch']" in key for key in names) == 8  # conv, BN, head; BN stats
     # each network of the run alone, re-predicted from the saved fold models
     from tools.repredict import networks
 

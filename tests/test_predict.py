@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -45,6 +47,53 @@ def test_flow_image_prediction_matches_the_engine(trained, tmp_path):
     assert out["class_names"] == tuple(dataset.class_names)
     np.testing.assert_allclose(out["probs"], results["probs"][i], atol=1e-5)
     assert out["pred"] == dataset.class_names[int(results["y_pred"][i])]
+
+
+# Run by a bare interpreter: plain Orbax, and not this package (checked at its end).
+BARE_RESTORE = """
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+model = ocp.StandardCheckpointer().restore(sys.argv[1])
+arrays = {f"{part}/{name}": x for part, tree in model.items() for name, x in tree.items()}
+np.savez(sys.argv[2], **arrays)
+assert "mjfn_jax" not in sys.modules, sorted(m for m in sys.modules if m.startswith("mjfn"))
+"""
+
+
+def test_a_folds_model_restores_with_plain_orbax_and_predicts_as_the_run(trained, tmp_path):
+    """A finished fold's model/ is read by ocp.StandardCheckpointer().restore(path) in a process
+    that never imports mjfn_jax; built from those arrays, the model predicts the fold's test
+    clips as the run did, and a clip as mjfn-predict does."""
+    import jax
+    import jax.numpy as jnp
+
+    from mjfn_jax.engine import FoldProgram
+
+    workdir, dataset, results = trained
+    out = tmp_path / "arrays.npz"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run(
+        [sys.executable, "-c", BARE_RESTORE,
+         os.path.join(workdir, "folds", "synthetic__s02", "model"), str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    model = {"params": {}, "batch_stats": {}}
+    with np.load(out) as z:
+        for key in z.files:
+            part, name = key.split("/", 1)
+            model[part][name] = z[key]
+    program = FoldProgram(predict_mod.load_run_config(workdir), steps_per_epoch=1)
+    test = np.flatnonzero(dataset.subjects == "synthetic/s02")
+    data = {"images": jnp.asarray(dataset.images), "labels": jnp.asarray(dataset.labels)}
+    probs = np.exp(np.asarray(jax.jit(program.predict)(model, data, jnp.asarray(test, jnp.int32))))
+    np.testing.assert_allclose(probs, results["probs"][test], atol=1e-5)
+    path = _write_rgb(tmp_path / "flow.png", dataset.images[test[1]])
+    cli = predict_mod.predict(workdir, "synthetic/s02", flow_image=path)
+    np.testing.assert_allclose(probs[1], cli["probs"], atol=1e-5)
 
 
 def test_with_floor_is_the_reports_network_plus_floor(trained, tmp_path, capsys):
@@ -331,8 +380,6 @@ def test_bad_raw_input_is_one_error_line(trained, raw_clip, tmp_path, capsys):
 
 def test_cli_process_bad_video_is_one_line(trained, tmp_path):
     """As a process: the stderr (FFmpeg's own log included) is exactly one error line."""
-    import subprocess
-    import sys
 
     workdir, _, _ = trained
     empty = tmp_path / "empty.mp4"
@@ -351,7 +398,7 @@ def test_cli_process_bad_video_is_one_line(trained, tmp_path):
 def test_resolve_fold_of_a_leave_one_dataset_out_run(tmp_path):
     for name in ("lodo__casme2", "lodo__samm"):  # finished folds (their model files)
         os.makedirs(tmp_path / "folds" / name)
-        (tmp_path / "folds" / name / "final.npz").write_bytes(b"")
+        os.makedirs(tmp_path / "folds" / name / "model")
     workdir = str(tmp_path)
     assert predict_mod.resolve_fold(workdir, "casme2/sub01") == "lodo__casme2"
     assert predict_mod.resolve_fold(workdir, "samm") == "lodo__samm"
@@ -379,10 +426,10 @@ def test_repredict_final_dtypes_counts_what_each_saved_dtype_changes(trained):
 
     workdir, dataset, results = trained
     out = final_dtypes(workdir, dataset=dataset)
-    assert set(out) == {"float32", "bfloat16", "int8"}
+    assert set(out) == {"float32", "bfloat16"}
     assert out["float32"]["confusion"] == results["pooled"]["confusion"]
     assert out["float32"]["changed"] == 0
-    for name in ("bfloat16", "int8"):
+    for name in ("bfloat16",):
         m = out[name]
         assert m["n"] == results["pooled"]["n"] and 0 <= m["changed"] <= m["n"]
         if m["changed"] == 0:  # the same predicted class for every clip: the same confusion

@@ -412,13 +412,19 @@ def test_a_full_disk_stops_at_the_first_failed_save_and_resumes(
     assert {d.folds for d in seen} == {(FOLD,)} and max(d.epoch for d in seen) <= 3
     assert _partial_files(workdir) == []
 
-    def savez_without_space(file, **arrays):
-        file.write(b"PK\3\4")  # a few bytes, then the disk is full
-        raise _no_space(getattr(file, "name", "?"))
+    save_model = ocp.Checkpointer.save
+
+    def model_without_space(self, directory, *args, **kwargs):
+        if not str(directory).endswith("model"):
+            return save_model(self, directory, *args, **kwargs)
+        tmp = Path(f"{directory}.orbax-checkpoint-tmp-{time.time_ns()}")  # left half written
+        (tmp / "d").mkdir(parents=True)
+        (tmp / "d" / "x").write_bytes(b"\0" * 100)
+        raise _no_space(tmp / "d" / "x")
 
     with monkeypatch.context() as patch:
-        patch.setattr(np, "savez", savez_without_space)
-        with pytest.raises(SaveFailed, match=r"cannot save .*synthetic__s01/final.npz: No space"):
+        patch.setattr(ocp.Checkpointer, "save", model_without_space)
+        with pytest.raises(SaveFailed, match=r"cannot save .*synthetic__s01/model: No space"):
             train_and_evaluate(config, workdir, dataset=dataset)
     assert _partial_files(workdir) == []
     assert not os.path.exists(os.path.join(workdir, "folds", FOLD, "done.json"))

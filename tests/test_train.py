@@ -35,8 +35,8 @@ def test_end_to_end_results(early_stopping_run):
         records = results["history"][fold]
         assert 1 <= len(records) <= 2 and {"loss", "accuracy", "val_loss"} <= set(records[0])
         assert os.path.exists(os.path.join(workdir, "folds", fold, "done.json"))
-        # a finished fold keeps its model (final.npz) but no optimizer state (checkpoints/)
-        assert os.path.getsize(os.path.join(workdir, "folds", fold, "final.npz")) > 0
+        # a finished fold keeps its model (model/, Orbax) but no optimizer state (checkpoints/)
+        assert os.listdir(os.path.join(workdir, "folds", fold, "model"))
         assert not os.path.exists(os.path.join(workdir, "folds", fold, "checkpoints"))
     timing = results["timing"]
     assert timing["strategy"] == "sequential" and timing["samples_per_s"] > 0

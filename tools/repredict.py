@@ -2,8 +2,9 @@
 flips (``augment.test_hflip``) off and on: what the flip gives on that run, without training.
 With ``--networks`` (a run with ``model.ststnet_branch``): each of its two networks alone (MJFN's
 four heads fused; the STSTNet branch) beside their average, what the run predicted. With
-``--final_dtypes`` (a run saved in float32): each fold's model as a final.npz of each
-``checkpoint.final_dtype`` would give it back, and how many test predictions that changes.
+``--final_dtypes`` (a run saved in float32): each fold's model as a model saved in each
+``checkpoint.final_dtype`` (float32, bfloat16) would give it back, and how many test predictions
+that changes.
 
     python -m tools.repredict --workdir W [--workdir W2 ...] [--data_dir DIR] [--out FILE.md]
         [--networks | --final_dtypes]
@@ -118,7 +119,7 @@ def networks(workdir: str, data_dir: str | None = None, dataset=None) -> dict:
 def final_dtypes(workdir: str, data_dir: str | None = None, dataset=None) -> dict:
     """{final_dtype: pooled metrics, and "changed": the number of test clips whose predicted
     class differs from float32's} of a finished run saved in float32, each fold's model
-    rounded through each ``checkpoint.final_dtype`` (``checkpoint.round_trip_final``)."""
+    rounded through each ``checkpoint.final_dtype`` (``model_file.round_trip_final``)."""
     import jax
     import jax.numpy as jnp
 
