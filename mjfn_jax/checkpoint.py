@@ -31,17 +31,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import glob
 import logging
 import os
-import shutil
 import zipfile
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mjfn_jax import parallel
+from mjfn_jax import parallel, storage
 from mjfn_jax.model_file import (
     FINAL_DTYPES,
     abstract,
@@ -120,8 +118,8 @@ class FoldCheckpointer:
         if final_dtype not in FINAL_DTYPES:
             raise ValueError(f"checkpoint.final_dtype must be one of {FINAL_DTYPES}")
         self.final_dtype = final_dtype
-        self.fold_dir = os.path.abspath(os.path.join(workdir, "folds", fold_name))
-        os.makedirs(self.fold_dir, exist_ok=True)
+        self.fold_dir = storage.absolute(os.path.join(os.fspath(workdir), "folds", fold_name))
+        storage.makedirs(self.fold_dir)
         # No best_fn: with best_fn Orbax may delete the latest step (docs/design.md#checkpoints);
         # we only ever need the latest. Saves run on the writer thread so that writing one
         # fold's final model overlaps the next fold's training (Orbax's own asynchronous mode
@@ -154,7 +152,7 @@ class FoldCheckpointer:
                 enable_async_checkpointing=False,  # the writer thread is the asynchrony
                 multiprocessing_options=solo(key),
             )
-            os.makedirs(self.checkpoints_dir, exist_ok=True)
+            storage.makedirs(self.checkpoints_dir)
             handlers = {
                 "state": tree_handler(key),
                 "meta": ocp.JsonCheckpointHandler(multiprocessing_options=solo(key)),
@@ -167,16 +165,13 @@ class FoldCheckpointer:
     def epochs(self) -> list[int]:
         """Completed-epoch counts that have an in-progress checkpoint."""
         self._wait()
-        if self._manager is None and not os.path.isdir(self.checkpoints_dir):
+        if self._manager is None and not storage.is_dir(self.checkpoints_dir):
             return []
         return sorted(self.manager.all_steps())
 
     def has_progress(self) -> bool:
         """Whether an in-progress checkpoint folder exists (cheap: no Orbax)."""
-        try:
-            return any(name.isdigit() for name in os.listdir(self.checkpoints_dir))
-        except FileNotFoundError:
-            return False
+        return any(name.isdigit() for name in storage.listdir(self.checkpoints_dir))
 
     def save(self, epochs_done: int, state, meta: dict) -> concurrent.futures.Future:
         """state: this fold's train-state pytree of HOST arrays (no fold axis); meta: JSON-able.
@@ -241,7 +236,7 @@ class FoldCheckpointer:
         ones, or ones other folds of the group lack): training writes them again."""
         for step in self.epochs():
             if step > epochs_done:
-                shutil.rmtree(self.step_dir(step), ignore_errors=True)
+                storage.remove(self.step_dir(step))
         if self._manager is not None:
             self._manager.reload()
 
@@ -278,7 +273,7 @@ class FoldCheckpointer:
         return os.path.join(self.fold_dir, "done.json")
 
     def is_done(self) -> bool:
-        return os.path.exists(self.done_path)
+        return storage.exists(self.done_path)
 
     def write_result(
         self, test_idx: np.ndarray, log_probs: np.ndarray, summary: dict
@@ -304,17 +299,17 @@ class FoldCheckpointer:
         """Remove what failed or killed saves left half written (``*.tmp`` files, Orbax's
         temporary folders of steps and of the model): nothing reads them, and on a full disk
         they hold the space a rerun needs. Only while no save of this fold is in flight."""
-        for path in glob.glob(os.path.join(glob.escape(self.fold_dir), "*.tmp*")):
-            os.unlink(path)
+        for path in storage.glob(self.fold_dir, "*.tmp*"):
+            storage.remove(path)
         for folder in (self.fold_dir, self.checkpoints_dir):
-            for path in glob.glob(os.path.join(glob.escape(folder), f"*{ORBAX_TMP}*")):
-                shutil.rmtree(path, ignore_errors=True)
+            for path in storage.glob(folder, f"*{ORBAX_TMP}*"):
+                storage.remove(path)
 
     def tidy(self) -> None:
         """A finished fold's in-progress checkpoints (optimizer state included) are spent:
         deleted when it finishes, or by the next run if a kill came in between."""
         if self.is_done() and self.has_final():
-            shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
+            storage.remove(self.checkpoints_dir)
 
     def read_result(self) -> tuple[np.ndarray, np.ndarray, dict]:
         """(test_idx, log_probs, summary) of a finished fold. A damaged file raises
@@ -322,7 +317,7 @@ class FoldCheckpointer:
         remedy = f"delete {self.done_path} to train fold {os.path.basename(self.fold_dir)} again"
         path = os.path.join(self.fold_dir, "predictions.npz")
         try:
-            with np.load(path) as z:
+            with storage.load_npz(path) as z:
                 test_idx, log_probs = z["test_idx"], z["log_probs"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise WorkdirError(f"{path} is damaged ({type(e).__name__}: {e}); {remedy}") from None

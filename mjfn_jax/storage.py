@@ -110,3 +110,41 @@ def load_npz(path: PathLike):
     if is_local(path):
         return np.load(os.fspath(path))
     return np.load(io.BytesIO(as_path(path).read_bytes()))
+
+
+def absolute(path: PathLike) -> str:
+    """``path`` made absolute on a local file system; a URI as it is."""
+    return os.path.abspath(path) if is_local(path) else os.fspath(path)
+
+
+def exists(path: PathLike) -> bool:
+    return as_path(path).exists()
+
+
+def is_dir(path: PathLike) -> bool:
+    return as_path(path).is_dir()
+
+
+def listdir(path: PathLike) -> list[str]:
+    """The names in the folder ``path`` ([] if there is none)."""
+    folder = as_path(path)
+    try:
+        return [child.name for child in folder.iterdir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def glob(folder: PathLike, pattern: str) -> list[str]:
+    """The paths in ``folder`` whose names match ``pattern`` (fnmatch, one level)."""
+    if not is_dir(folder):
+        return []
+    return [os.fspath(p) for p in as_path(folder).glob(pattern)]
+
+
+def remove(path: PathLike) -> None:
+    """Delete the file or folder ``path`` if it is there (a folder with what it holds)."""
+    target = as_path(path)
+    if target.is_dir():
+        target.rmtree(missing_ok=True)
+    else:
+        target.unlink(missing_ok=True)

@@ -45,6 +45,7 @@ CONFIG_FILE = "config.json"  # the run's config (mjfn_jax.config_io.save_or_chec
 DATASET_FILE = "dataset.json"
 EXECUTION_FILE = "execution.json"
 LINEAR_FLOOR_FILE = "linear_floor.npz"  # the linear floor's predictions and probes (train)
+ORBAX_COMMIT_FILE = "commit_success.txt"  # Orbax's "complete" mark of a folder on GCS
 FINAL_MODEL_FILE = "model"  # a finished fold's model (an Orbax folder), in folds/<fold>/
 # The execution fields that change the numbers a fold's training produces. A fold group's
 # size under 'vmap' does not: each fold's program is the same, only batched differently.
@@ -98,7 +99,11 @@ def free_space(path: str | os.PathLike) -> str:
 def has_final_model(fold_dir: str) -> bool:
     """Whether a fold folder holds a finished fold's model; here rather than in
     mjfn_jax.checkpoint so that asking needs no Orbax import."""
-    return os.path.isdir(os.path.join(fold_dir, FINAL_MODEL_FILE))  # Orbax renames it complete
+    model = os.path.join(os.fspath(fold_dir), FINAL_MODEL_FILE)
+    if not model.startswith(("gs://", "gcs://")):  # Orbax renames the folder into place
+        return storage.is_dir(model)  # once it is complete
+    # GCS: Orbax writes the folder in place (no rename there), then this file last
+    return storage.exists(os.path.join(model, ORBAX_COMMIT_FILE))
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -220,3 +220,41 @@ def test_a_local_workdir_is_still_locked(tmp_path):
     with Lock(str(tmp_path)):
         with pytest.raises(WorkdirError, match="is in use by another run"):
             Lock(str(tmp_path)).__enter__()
+
+
+def test_a_folds_files_outside_orbax(workdir):
+    """A fold's result files, its in-progress steps as listed and tidied, and what a killed
+    save left (mjfn_jax.checkpoint): the same on a local folder and on gs://. (Orbax writes the
+    checkpoints and the model itself, through tensorstore; on GCS it marks a complete folder
+    with a commit file instead of renaming it, which is what "has a model" asks there.)"""
+    from mjfn_jax.checkpoint import FoldCheckpointer
+
+    def put(*parts: str) -> None:
+        path = os.path.join(*parts)
+        storage.makedirs(os.path.dirname(path))
+        storage.write_text(path, "{}")
+
+    ckpt = FoldCheckpointer(workdir, "s01")
+    try:
+        fold = ckpt.fold_dir
+        assert not ckpt.has_progress() and not ckpt.is_done() and not ckpt.has_final()
+        for name in ("checkpoints/1/meta", "checkpoints/2.orbax-checkpoint-tmp-9/x"):
+            put(fold, name)
+        put(fold, "done.json.tmp")
+        assert ckpt.has_progress()
+        ckpt.remove_partial()  # a killed save's leftovers go, the complete step stays
+        assert storage.listdir(ckpt.checkpoints_dir) == ["1"]
+        assert "done.json.tmp" not in storage.listdir(fold)
+        model = os.path.join(fold, "model")
+        put(model, "_METADATA")
+        if workdir.startswith("gs://"):  # written in place: complete once Orbax commits it
+            assert not ckpt.has_final()
+            put(model, "commit_success.txt")
+        assert ckpt.has_final()
+        ckpt.write_result(np.arange(3), np.zeros((3, 2), np.float32), {"history": []}).result()
+        assert ckpt.is_done() and not ckpt.has_progress()  # done: the steps are spent
+        test_idx, log_probs, summary = ckpt.read_result()
+        assert test_idx.tolist() == [0, 1, 2] and log_probs.shape == (3, 2) and summary
+    finally:
+        ckpt.close()
+    assert workdir_lib.has_final_model(fold)
