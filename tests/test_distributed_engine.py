@@ -55,7 +55,7 @@ def _command(workdir, strategy: str, *extra: str, probe=None) -> list[str]:
         "--config", "mjfn_jax/configs/synthetic.py:smoke",
         "--config.data.name=generated",
         "--config.data.generated_subjects=4",
-        "--config.data.generated_samples=16",
+        "--config.data.generated_samples=12",
         "--config.train.num_epochs=3",
         "--config.checkpoint.every_epochs=1",
         "--config.report.linear_floor=False",

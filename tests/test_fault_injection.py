@@ -62,7 +62,8 @@ def reference(tmp_path_factory):
     return outputs(workdir)
 
 
-# Seed 0 in the fast suite; the other two kill schedules with the slow tests (`make test-all`).
+# Seed 0 (one kill) in the fast suite; two more schedules of two kills each with the slow tests
+# (`make test-all`).
 @pytest.mark.parametrize(
     "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
 )
@@ -70,7 +71,8 @@ def test_random_kills_then_rerun_equal_an_uninterrupted_run(reference, tmp_path,
     rng = np.random.default_rng(seed)
     workdir, log = str(tmp_path / "run"), str(tmp_path / "log.txt")
     killed = 0
-    for _ in range(2):  # two kills at random points, each followed by a rerun that continues
+    kills = 1 if seed == 0 else 2  # the fast suite's schedule is one kill, sized down
+    for _ in range(kills):  # kills at random points, each followed by a rerun that continues
         killed += run_driver(workdir, log, int(rng.integers(0, 11)), float(rng.uniform(0, 0.4)))
     run_driver(workdir, log)  # the last rerun finishes
     assert killed >= 1, "no kill landed: the test did not test anything"

@@ -4,8 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, f1_score, recall_score
-from sklearn.metrics import confusion_matrix as sk_confusion
 
 from mjfn_jax.metrics import per_fold_table, per_group_metrics, pooled_metrics
 
@@ -39,6 +37,10 @@ def test_class_never_predicted_has_zero_f1_and_no_precision():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_sklearn_macro_on_random_pooled_predictions(seed):
+    # (sklearn imported here, not at the top: a second of every test worker's collection)
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
     rng = np.random.default_rng(seed)
     n, c = 300, 5
     y_true = rng.integers(0, c, n)
@@ -54,6 +56,8 @@ def test_matches_sklearn_macro_on_random_pooled_predictions(seed):
 
 def test_absent_class_reported_and_averaged_over_present_classes():
     """Documented choice: UF1/UAR over classes present in y_true; the absent one is listed."""
+    from sklearn.metrics import f1_score, recall_score
+
     rng = np.random.default_rng(7)
     y_true = rng.integers(0, 2, 80)  # class 2 ('surprise') never occurs ...
     y_pred = rng.integers(0, 3, 80)  # ... but is predicted sometimes
