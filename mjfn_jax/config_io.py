@@ -245,7 +245,7 @@ def save_or_check_config(config: ml_collections.ConfigDict, workdir: str | os.Pa
     storage.makedirs(workdir)
     path = os.path.join(workdir, CONFIG_FILE)
     new = applicable(config_to_dict(config))
-    exists = storage.as_path(path).exists()
+    exists = storage.exists(path)
     if exists:
         saved = read_json(path, "restore it, or use a new --workdir")
         diffs = config_differences(without_resumable(applicable(saved)), without_resumable(new))

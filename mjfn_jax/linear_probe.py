@@ -245,7 +245,7 @@ def run_floor(config, workdir: str, dataset, arrays: FoldArrays, memo: dict) -> 
     shape = (len(dataset.labels), config.model.num_classes)
     folds = [name.rsplit("/", 1)[-1] for name in arrays.names]  # without "seed<s>/"
     saved, write = memo.get(split), True
-    if saved is None and storage.as_path(path).exists():
+    if saved is None and storage.exists(path):
         try:
             with storage.load_npz(path) as z:
                 saved = {k: z[k] for k in ("probs", "weight", "bias", "folds")}

@@ -65,8 +65,8 @@ def in_dtype(model, final_dtype: str):
 def round_trip_final(model, final_dtype: str):
     """``model`` as a model saved in ``final_dtype`` gives it back (host arrays of ``model``'s
     dtypes)."""
-    return jax.tree.map(lambda x, y: np.asarray(y).astype(np.asarray(x).dtype), model,
-                        in_dtype(model, final_dtype))  # fmt: skip
+    saved = in_dtype(model, final_dtype)
+    return jax.tree.map(lambda x, y: np.asarray(y).astype(np.asarray(x).dtype), model, saved)
 
 
 def save_model(path: str, model: dict, final_dtype: str, key: str) -> None:

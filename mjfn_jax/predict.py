@@ -53,7 +53,7 @@ def load_run_config(workdir: str):
 
     if reason := storage.unreachable(workdir):
         raise ValueError(f"cannot read workdir {workdir}: {reason}")
-    if not storage.as_path(workdir).is_dir():
+    if not storage.is_dir(workdir):
         raise FileNotFoundError(f"workdir not found: {workdir}")
     path = os.path.join(workdir, CONFIG_FILE)
     if not storage.as_path(path).is_file():
@@ -281,7 +281,7 @@ def _no_floor(workdir: str, config) -> str:
     """Why a run has no linear_floor.npz. It is fitted after the last fold, with the report."""
     if config is None or not config.report.get("linear_floor", False):
         return "the run fitted no linear floor (report.linear_floor=False)"
-    if not storage.as_path(workdir, "results.json").exists():
+    if not storage.exists(workdir, "results.json"):
         return (
             "the run has not fitted its linear floor yet: it does once every fold has finished "
             "training (rerun the training command if it is not running)"

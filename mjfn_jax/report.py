@@ -260,7 +260,7 @@ def write_report(
     files["report"] = os.path.join(workdir, "report.md")
     files["results"] = os.path.join(workdir, "results.json")
     results["files"] = {k: os.path.basename(v) for k, v in files.items()}
-    results["run_files"] = [n for n in RUN_FILES if storage.as_path(workdir, n).exists()]
+    results["run_files"] = [n for n in RUN_FILES if storage.exists(workdir, n)]
     storage.write_text(files["report"], report_md.render(results))
     storage.write_text(files["results"], json.dumps(results, indent=1))
     return results

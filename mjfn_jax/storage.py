@@ -117,12 +117,12 @@ def absolute(path: PathLike) -> str:
     return os.path.abspath(path) if is_local(path) else os.fspath(path)
 
 
-def exists(path: PathLike) -> bool:
-    return as_path(path).exists()
+def exists(path: PathLike, *parts: str) -> bool:
+    return as_path(path, *parts).exists()
 
 
-def is_dir(path: PathLike) -> bool:
-    return as_path(path).is_dir()
+def is_dir(path: PathLike, *parts: str) -> bool:
+    return as_path(path, *parts).is_dir()
 
 
 def listdir(path: PathLike) -> list[str]:

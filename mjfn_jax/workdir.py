@@ -255,7 +255,7 @@ def check_dataset(workdir: str, dataset) -> None:
     """
     path = os.path.join(workdir, DATASET_FILE)
     identity = dataset_identity(dataset)
-    if storage.as_path(path).exists():
+    if storage.exists(path):
         saved = read_json(path, "delete it only if you are sure the data did not change")
         if saved.get("sha256") != identity["sha256"]:
             changed = [
@@ -276,7 +276,7 @@ def check_dataset(workdir: str, dataset) -> None:
 
 def recorded_execution(workdir: str) -> dict | None:
     path = os.path.join(workdir, EXECUTION_FILE)
-    return read_json(path) if storage.as_path(path).exists() else None
+    return read_json(path) if storage.exists(path) else None
 
 
 def check_execution(workdir: str, execution: dict, in_progress: list[str]) -> None:

@@ -242,19 +242,6 @@ def test_a_damaged_workdir_file_is_named(finished, tmp_path, path, damage):
         train_and_evaluate(config, workdir, dataset=dataset)
 
 
-def test_json_files_are_replaced_atomically(tmp_path, monkeypatch):
-    path = str(tmp_path / "config.json")
-    workdir_lib.write_json(path, {"old": 1})
-
-    def fail(*args, **kwargs):
-        raise KeyboardInterrupt  # a Ctrl-C mid-write
-
-    monkeypatch.setattr(workdir_lib.json, "dump", fail)
-    with pytest.raises(KeyboardInterrupt):
-        workdir_lib.write_json(path, {"new": 2})
-    assert workdir_lib.read_json(path) == {"old": 1} and os.listdir(tmp_path) == ["config.json"]
-
-
 # Case 16: messages -----------------------------------------------------------------------------
 
 
