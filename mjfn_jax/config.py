@@ -155,6 +155,8 @@ def base_config() -> ml_collections.ConfigDict:
     # The pooled UF1/UAR of a logistic regression on the same images and folds, beside the
     # network's (mjfn_jax.linear_probe; ~30 s for the 442-clip composite at 28 px on 2 cores).
     c.report.linear_floor = True
+    # confusion.png and curves.png beside report.md (matplotlib; about a second a report).
+    c.report.figures = True
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 5  # Periodic Orbax save per fold; the latest is always kept.
@@ -187,11 +189,13 @@ def small_input_recipe(config: ml_collections.ConfigDict, input_size: int):
 
 def smoke(config: ml_collections.ConfigDict, num_epochs: int) -> ml_collections.ConfigDict:
     """The tiny variant of an experiment config (``FILE.py:smoke``), for tests: 32x32 inputs,
-    widths 4..16, one block per stage, batch 8, ``num_epochs`` epochs."""
+    widths 4..16, one block per stage, batch 8, ``num_epochs`` epochs; no linear floor and no
+    figures in its report."""
     config.model.input_size, config.model.stem_stride = 32, 1
     config.model.widths, config.model.blocks_per_stage = (4, 8, 8, 16), (1, 1, 1, 1)
     config.train.num_epochs, config.train.batch_size = num_epochs, 8
     config.report.linear_floor = False  # its own test covers it; a compile per test otherwise
+    config.report.figures = False  # the report tests draw them; a second per run otherwise
     return config
 
 
@@ -277,6 +281,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 raise ValueError(f"select.candidates entry {text!r}: {cause}") from None
     ok = isinstance(config.report.linear_floor, bool)
     check("report.linear_floor", ok, "needs True or False")
+    check("report.figures", isinstance(config.report.figures, bool), "needs True or False")
     check("parallel.strategy", p.strategy in STRATEGIES, f"must be one of {STRATEGIES}")
     check("parallel.loop", p.loop in LOOPS, f"must be one of {LOOPS}")
     ok = isinstance(p.auto_trial_budget, int | float) and p.auto_trial_budget >= 0

@@ -178,6 +178,7 @@ def write_report(
     published: bool | None = None,
     linear_floor: Mapping | None = None,
     selection: Mapping | None = None,
+    figures: bool = True,
 ) -> dict:
     """Writes results.json, report.md, confusion.png, curves.png, predictions.csv into workdir.
 
@@ -195,6 +196,8 @@ def write_report(
         mjfn_jax.linear_probe on the same folds, reported beside the headline (with probs and
         the network's probs also their fixed fusion, ``with_linear_floor``); or None.
       selection: what nested model selection chose (mjfn_jax.select), or None.
+      figures: draw confusion.png and curves.png (config ``report.figures``); without them,
+        figures left by an earlier report in workdir are removed.
     Returns the results dict (as in results.json) with ``files`` naming what was written.
     """
     yt, yp, names = check_predictions(y_true, y_pred, class_names)
@@ -247,11 +250,15 @@ def write_report(
         }
     files = plots.figure_paths(workdir)
     title = results["title"]
-    plots.plot_confusion(results["pooled"]["confusion"], names, files["confusion"], title)
-    if not history or plots.plot_curves(history, files["curves"], title) is None:
-        # A stale figure of an earlier report in this workdir.
-        storage.as_path(files["curves"]).unlink(missing_ok=True)
-        files.pop("curves")
+    drawn = set()
+    if figures:
+        plots.plot_confusion(results["pooled"]["confusion"], names, files["confusion"], title)
+        drawn.add("confusion")
+        if history and plots.plot_curves(history, files["curves"], title) is not None:
+            drawn.add("curves")
+    for name in sorted(set(files) - drawn):  # a stale figure of an earlier report in workdir
+        storage.as_path(files[name]).unlink(missing_ok=True)
+        files.pop(name)
     if history:
         files["history"] = os.path.join(workdir, "history.json")
         storage.write_text(files["history"], json.dumps(json_safe(history)))

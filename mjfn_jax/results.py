@@ -95,5 +95,6 @@ def _report(config, workdir, dataset, arrays, pooled, timing, selection, floor_m
         framework="jax",
         linear_floor=floor,
         selection=selection,
+        figures=config.report.figures,
     )
     return results | pooled | {"timing": timing}

@@ -17,11 +17,13 @@ from conftest import make_smoke_config, make_tiny_dataset  # noqa: E402
 from mjfn_jax.train import train_and_evaluate  # noqa: E402
 
 
-def main(workdir: str, *overrides: str) -> None:
+def main(workdir: str, *overrides: str, run=train_and_evaluate) -> None:
+    """The run; ``run`` is ``train_and_evaluate`` or a stand-in with its signature (the test's
+    uninterrupted reference runs in the test process, through conftest's)."""
     config = make_smoke_config(*overrides)
     dataset = make_tiny_dataset(4, 3)
     print("START", flush=True)
-    results = train_and_evaluate(
+    results = run(
         config,
         workdir,
         dataset=dataset,

@@ -57,8 +57,12 @@ def outputs(workdir: str) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
+    """The uninterrupted run: kill_driver's, in this process (nothing kills it)."""
+    import kill_driver
+    from conftest import train_and_evaluate
+
     workdir = str(tmp_path_factory.mktemp("reference"))
-    run_driver(workdir, os.path.join(workdir, "log.txt"))
+    kill_driver.main(workdir, *OVERRIDES, run=train_and_evaluate)
     return outputs(workdir)
 
 

@@ -153,8 +153,9 @@ def test_model_and_twin_agree_at_12_channels():
     from flax import nnx
 
     from mjfn_jax.models import MJFN
-    from tests.test_parity import assert_eval_twins_match, tiny_config
+    from tests.test_parity import assert_eval_twins_match, import_torch, tiny_config
 
+    import_torch()
     cfg = tiny_config(16)
     cfg.input_channels = 12
     jax_model = assert_eval_twins_match(cfg)

@@ -101,8 +101,9 @@ def test_the_fusion_is_the_mean_probability():
         with_linear_floor(y, net, floor[:3], ["a", "b", "c"])
 
 
+@pytest.mark.parametrize("field", ["report.linear_floor", "report.figures"])
 @pytest.mark.parametrize("value", ["yes", "1", "none"])
-def test_a_switch_takes_true_or_false_only(smoke_config, value):
+def test_a_switch_takes_true_or_false_only(smoke_config, field, value):
     with pytest.raises(ValueError, match="is not True or False"):
-        smoke_config(f"report.linear_floor={value}")
-    assert smoke_config("report.linear_floor=false").report.linear_floor is False
+        smoke_config(f"{field}={value}")
+    assert smoke_config(f"{field}=true").report[field.split(".")[1]] is True

@@ -15,10 +15,21 @@ from mjfn_jax.config import base_model_config
 from mjfn_jax.models import HEADS, MJFN, count_params, mjfn_loss
 from mjfn_jax.torch_interop import load_torch_state_dict, to_torch_state_dict
 
-torch = pytest.importorskip("torch")
-from experiments.pytorch_baseline.model import MJFNTorch, mjfn_loss_torch  # noqa: E402
-
 TOL = 1e-4
+
+
+def import_torch():
+    """torch and the twin, imported when a test needs them, not when pytest collects this file
+    (every xdist worker collects every file; one runs these). Other files that use these
+    helpers call it first."""
+    global torch, MJFNTorch, mjfn_loss_torch
+    torch = pytest.importorskip("torch")
+    from experiments.pytorch_baseline.model import MJFNTorch, mjfn_loss_torch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch():
+    import_torch()
 
 
 def tiny_config(size=32, blocks=(1, 1, 1, 1), fusion="mean_prob"):

@@ -7,20 +7,27 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 
-from experiments.pytorch_baseline.train import (
-    augment_image,
-    dataset_from_arrays,
-    lr_lambda,
-    make_optimizer,
-    train_loso_torch,
-)
 from mjfn_jax.augment import hflip_batch, translate
 from mjfn_jax.config_io import load_config
 from mjfn_jax.synthetic import make_flow_arrays
 
 SMOKE = "mjfn_jax/configs/synthetic.py:smoke"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch():
+    """torch and the baseline, imported when this file's tests run, not when pytest collects
+    it: every xdist worker collects every file, and only one runs these."""
+    global torch, augment_image, dataset_from_arrays, lr_lambda, make_optimizer, train_loso_torch
+    torch = pytest.importorskip("torch")
+    from experiments.pytorch_baseline.train import (
+        augment_image,
+        dataset_from_arrays,
+        lr_lambda,
+        make_optimizer,
+        train_loso_torch,
+    )
 
 
 @pytest.mark.parametrize("flip,shift", [(True, (0, 0)), (False, (1, -2)), (True, (-2, 2))])

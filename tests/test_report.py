@@ -187,6 +187,19 @@ def test_non_finite_history_gives_valid_json_and_no_stale_curves(tmp_path):
     assert not (tmp_path / "curves.png").exists()
 
 
+def test_a_report_without_figures_leaves_none_and_links_none(tmp_path):
+    """report.figures=False (the smoke configs'): no PNG written, an earlier report's removed,
+    none named in results.json or linked from report.md; the rest of the report as with them."""
+    with_figures = write_report(str(tmp_path), **_run())
+    assert {"confusion", "curves"} <= set(with_figures["files"])
+    results = write_report(str(tmp_path), **_run(), figures=False)
+    assert not list(tmp_path.glob("*.png"))
+    assert not {"confusion", "curves"} & set(results["files"])
+    assert ".png" not in (tmp_path / "report.md").read_text()
+    assert results["pooled"] == with_figures["pooled"]
+    assert results["per_fold"] == with_figures["per_fold"]
+
+
 def test_report_and_metrics_import_neither_jax_nor_torch():
     """The PyTorch baseline writes its report with this code: it must not pull in jax."""
     import subprocess

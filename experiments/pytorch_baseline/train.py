@@ -287,6 +287,7 @@ def train_loso_torch(
         timing=timing,
         framework="pytorch",
         title="MJFN (PyTorch baseline)",
+        figures=bool(config.report.get("figures", True)),
     )
 
 
