@@ -17,6 +17,7 @@ dicts, the optimizer state, with early stopping the ``EarlyStopping`` record, wi
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import flax.struct
@@ -109,9 +110,18 @@ class TrainState:
 INIT_COMPILE = {"xla_backend_optimization_level": 1}
 
 
+def init_compile_options() -> dict:
+    """The init's compiler options: INIT_COMPILE, unless XLA_FLAGS sets
+    ``--xla_backend_optimization_level`` itself. A level in XLA_FLAGS is the user's choice for
+    every program (the test suite's fast compiles set 0), and the init follows it."""
+    if "--xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    return dict(INIT_COMPILE)
+
+
 def jit_init(program: FoldProgram):
     """``program.init`` for one fold, jitted as the engine's runner compiles it."""
-    return jax.jit(program.init, compiler_options=INIT_COMPILE)
+    return jax.jit(program.init, compiler_options=init_compile_options())
 
 
 # Prediction chunks traced as straight-line code up to this count, else a lax.map (a while

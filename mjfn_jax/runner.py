@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from mjfn_jax import parallel
 from mjfn_jax.config_io import config_to_dict
-from mjfn_jax.engine import INIT_COMPILE, FoldProgram
+from mjfn_jax.engine import FoldProgram, init_compile_options
 from mjfn_jax.folds import steps_per_epoch
 from mjfn_jax.units import fold_inputs
 from mjfn_jax.views import config_layout
@@ -55,7 +55,7 @@ def _lift(fn, vmapped: bool, in_axes: tuple, mesh):
 
 
 # Programs that run once per epoch with little compute (the epoch's batch plan, the epoch-end
-# metrics): compiled without XLA's backend optimisations (the init: engine.INIT_COMPILE).
+# metrics): compiled without XLA's backend optimisations (the init: engine.init_compile_options).
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 # GroupRunner's programs that run before or after a fold group's training calls (the others
@@ -140,7 +140,9 @@ class GroupRunner:
 
             return call
 
-        self._init = jit("the init", program.init, (0,), options=INIT_COMPILE, out_shardings=group)
+        self._init = jit(
+            "the init", program.init, (0,), options=init_compile_options(), out_shardings=group
+        )
         self._predict = jit("the prediction", program.predict, (0, None, 0))
         self._train = jit(
             "the training call", program.train_epochs, (0, 0, None, None),
