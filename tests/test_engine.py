@@ -106,7 +106,7 @@ def test_train_state_is_flat_and_exports_the_model_only():
 
 def test_one_folds_init_is_the_runners_bit_for_bit():
     """engine.jit_init (what tools and tests call) gives a fold the bits that the engine's
-    runner gives it inside a vmapped group (both compiled at engine.INIT_COMPILE)."""
+    runner gives it inside a vmapped group (both compiled with engine.init_compile_options)."""
     from jax.sharding import Mesh
 
     from mjfn_jax.runner import GroupRunner
@@ -120,6 +120,19 @@ def test_one_folds_init_is_the_runners_bit_for_bit():
         for name in alone.params:
             np.testing.assert_array_equal(group.params[name][i], alone.params[name], name)
     assert any(not np.array_equal(v[0], v[1]) for v in group.params.values())  # 2 folds, 2 inits
+
+
+def test_the_init_compiles_at_level_1_unless_xla_flags_set_a_level(monkeypatch):
+    from mjfn_jax.engine import INIT_COMPILE, init_compile_options
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert init_compile_options() == INIT_COMPILE == {"xla_backend_optimization_level": 1}
+    monkeypatch.delenv("XLA_FLAGS")
+    assert init_compile_options() == INIT_COMPILE
+    monkeypatch.setenv(
+        "XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0"
+    )
+    assert init_compile_options() == {}  # XLA_FLAGS' level, as for every other program
 
 
 def test_generated_dataset_from_config():
