@@ -113,34 +113,21 @@ def pytest_unconfigure(config):
         shutil.rmtree(_XLA_CACHE_OWNED, ignore_errors=True)
 
 
-# The fast suite's longest files, longest first (per-file sums of pytest's durations on the
-# 2-core machine). `make test` runs a file to a worker (pytest -n auto --dist loadfile
-# --no-loadscope-reorder), handing out files in collection order: these start first, so that
-# the files left at the end are short ones and both workers run out of work together. (xdist's
-# own order, most tests first, started the long ones last; the files not listed here, about 5 s
-# or less each, follow in alphabetical order.)
+# The fast suite's longest files, longest first. `make test` runs a file to a worker
+# (pytest -n auto --dist loadfile --no-loadscope-reorder), handing out files in collection order:
+# these start first, so that no long file starts while the other workers are running out of
+# work. (xdist's own order, most tests first, started these last.)
 LONGEST_FILES = (
     "test_strategies.py",
-    "test_fault_injection.py",
     "test_distributed_engine.py",
+    "test_fault_injection.py",
+    "test_seeds.py",
     "test_train.py",
     "test_engine.py",
-    "test_predict.py",
-    "test_distributed.py",
-    "test_model.py",
-    "test_seeds.py",
-    "test_ststnet.py",
     "test_reliability.py",
-    "test_parity.py",
-    "test_select.py",
-    "test_input_standardize.py",
-    "test_linear_probe.py",
-    "test_builder_reliability.py",
-    "test_pytorch_baseline.py",
-    "test_package.py",
-    "test_lodo.py",
-    "test_flow_views.py",
-    "test_resume.py",
+    "test_distributed.py",
+    "test_predict.py",
+    "test_model.py",
 )
 
 
