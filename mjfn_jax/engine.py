@@ -17,6 +17,7 @@ dicts, the optimizer state, with early stopping the ``EarlyStopping`` record, wi
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -202,6 +203,19 @@ class FoldProgram:
         )
         model.train() if train else model.eval()
         return model
+
+    @functools.cached_property
+    def state_structure(self) -> TrainState:
+        """The train state's shapes and dtypes (``jax.eval_shape`` of ``init``): what a checkpoint
+        restores into. Traced once per program: ``mjfn-predict --fold all`` restores every fold
+        of a run into it."""
+        return jax.eval_shape(self.init, jax.random.key(0))
+
+    @functools.cached_property
+    def model_structure(self) -> dict:
+        """The exported model's shapes and dtypes (``export`` of ``state_structure``): what a
+        finished fold's ``model/`` restores into."""
+        return jax.eval_shape(self.export, self.state_structure)
 
     def init(self, fold_key: jax.Array) -> TrainState:
         """A fresh train state from the fold's key (init key = fold_in(fold_key, 0))."""

@@ -142,20 +142,20 @@ def restore_fold(workdir: str, fold: str, config, program=None):
 
     A finished fold's final model (``folds/<fold>/final``); for a fold still in progress, the
     model of its latest checkpoint. Structures come from ``jax.eval_shape`` of the engine's
-    own init and export, so they always match what ``mjfn_jax.train`` saved with this config.
+    own init and export (``FoldProgram.state_structure``, ``model_structure``: traced once per
+    program), so they always match what ``mjfn_jax.train`` saved with this config.
 
     A run still training the fold may delete the listed checkpoint before it is read (it
     finished the fold, or moved on): the fold is read again as it is now. A checkpoint that
     fails while nothing changed is damaged: a ValueError naming it.
     """
-    import jax
 
     from mjfn_jax.checkpoint import CheckpointDamaged
     from mjfn_jax.engine import FoldProgram
 
     if program is None:  # one program serves every fold of a run (--fold all)
         program = FoldProgram(config, steps_per_epoch=1)  # the schedule length is irrelevant
-    like = jax.eval_shape(program.init, jax.random.key(0))
+    like = program.state_structure
     fold_dir = os.path.join(workdir, "folds", fold)
     for _ in range(RESTORE_TRIES):
         before = _saved_steps(fold_dir)
@@ -186,7 +186,6 @@ def _saved_steps(fold_dir: str) -> tuple[bool, list[str]]:
 
 def _restore(workdir: str, fold: str, program, like, config):
     """(model, meta) of the fold as its folder is now (see restore_fold)."""
-    import jax
 
     from mjfn_jax.checkpoint import FoldCheckpointer
     from mjfn_jax.writer import closed_loop_reports_dropped
@@ -194,7 +193,7 @@ def _restore(workdir: str, fold: str, program, like, config):
     ckpt = FoldCheckpointer(workdir, fold)
     try:
         if ckpt.has_final():
-            model = ckpt.restore_final(jax.eval_shape(program.export, like))
+            model = ckpt.restore_final(program.model_structure)
             epoch = _epochs_trained(ckpt, config)
             return model, {"epoch": epoch, "finished": ckpt.is_done()}
         epochs = ckpt.epochs()

@@ -315,6 +315,21 @@ def test_frame_folder_spots_the_apex_and_all_folds_average(trained, raw_clip):
     assert f"apex frame {out['apex']} (img" in predict_mod.format_prediction(out)
 
 
+def test_all_folds_restore_into_one_structure_traced_once(trained, monkeypatch):
+    """--fold all: every fold's model restores into the structures of one program, whose init
+    is traced once (jax.eval_shape), not once per fold."""
+    from mjfn_jax.engine import FoldProgram
+
+    workdir, dataset, _ = trained
+    traced, init = [], FoldProgram.init
+    monkeypatch.setattr(FoldProgram, "init", lambda self, key: traced.append(1) or init(self, key))
+    config = predict_mod.load_run_config(workdir)
+    folds = predict_mod.available_folds(workdir)
+    probs, metas = predict_mod.fold_probabilities(workdir, folds, config, dataset.images[0])
+    assert len(folds) == len(metas) == 2 and len(traced) == 1
+    assert probs.shape == (3,) and abs(probs.sum() - 1) < 1e-6
+
+
 @pytest.mark.parametrize("ext", ["mp4", "avi"])
 def test_video_cli_json_and_plot(trained, raw_clip, tmp_path, capsys, ext):
     workdir, dataset, _ = trained
