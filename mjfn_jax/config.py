@@ -199,6 +199,13 @@ def smoke(config: ml_collections.ConfigDict, num_epochs: int) -> ml_collections.
     return config
 
 
+# What names the dataset a run reads (data.views only picks among its views): the same for every
+# candidate of a nested selection.
+DATASET_KEYS = ("data.name", "data.flow_method", "data.data_dir", "data.split",
+                "data.dataset_views", "data.generated_subjects", "data.generated_samples",
+                "model.input_size")  # fmt: skip
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the first invalid field (``section.field=value: why``).
 
@@ -275,7 +282,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
         for text in sel.candidates:
             try:
-                validate_config(candidate_config(config, text))
+                candidate = candidate_config(config, text)
+                validate_config(candidate)
+                for key in DATASET_KEYS:  # the run reads the dataset once, for every candidate
+                    section, name = key.split(".")
+                    if candidate[section].get(name) != config[section].get(name):
+                        raise ValueError(f"{key}: every candidate reads the run's dataset")
+                views = tuple(candidate.data.views)
+                if views != tuple(config.data.views) and tuple(config.data.views):
+                    raise ValueError(
+                        f"data.views={views!r}: a choice of views needs the run to read every "
+                        "view (data.views=())"
+                    )
             except (ValueError, KeyError) as e:
                 cause = e.args[0] if isinstance(e, KeyError) else e
                 raise ValueError(f"select.candidates entry {text!r}: {cause}") from None

@@ -473,9 +473,12 @@ def _check_dataset(config, dataset) -> None:
 
 def _select(config, workdir: str, dataset, units: Units, after_epochs, runners) -> dict:
     """``select.candidates``: nested model selection (mjfn_jax.select), per (seed, fold)."""
+    from mjfn_jax.data import select_views
     from mjfn_jax.select import choose_and_pool, train_candidates
 
     def train_fn(candidate, candidate_dir, data):
+        if tuple(candidate.data.views) != tuple(config.data.views):  # a choice of input views
+            data = select_views(data, candidate.data)  # (the run reads them all: validated)
         return train_and_evaluate(
             candidate, candidate_dir, data, after_epochs=after_epochs, runners=runners
         )

@@ -138,12 +138,21 @@ def test_inconsistent_view_settings_are_named(overrides, expected):
 
 
 def test_the_config_arg_convention():
+    from mjfn_jax.config import validate_config
+    from mjfn_jax.select import candidate_configs
+
     config = load_config("flow_images:4views")
     assert (config.data.dataset_views, config.data.views) == (4, ())
     assert config.model.input_channels == 12 and config.model.ststnet_copies == 5
     default = load_config("flow_images")
     assert (default.data.dataset_views, default.model.input_channels) == (1, 3)
-    with pytest.raises(ValueError, match="unknown argument '3views' .*'smoke' or '4views'"):
+    select = load_config("flow_images:4views_select")  # each fold: four views, or the first
+    validate_config(select)
+    assert select.data.views == () and select.folds.val_subject_fraction > 0
+    assert [(c.data.views, c.model.input_channels) for c in candidate_configs(select)] == [
+        ((), 12), ((0,), 3),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown argument '3views' .*'4views' or '4views_sel"):
         load_config("flow_images:3views")
 
 

@@ -10,17 +10,40 @@ from conftest import train_and_evaluate
 
 from mjfn_jax.config import validate_config
 
-CANDIDATES = ("train.learning_rate=1e-4", "train.learning_rate=3e-3,augment.max_translate=0")
+# Over a four-view dataset: the run's 12 channels at one learning rate, or the first view alone
+# at another (a choice of input views is a candidate like any other).
+CANDIDATES = (
+    "train.learning_rate=1e-4",
+    "data.views=(0,),model.input_channels=3,train.learning_rate=3e-3,augment.max_translate=0",
+)
+FOUR_VIEWS = ("data.name=flow_images", "data.flow_method=imported", "data.dataset_views=4",
+              "model.input_channels=12", "folds.val_subject_fraction=0.34")  # fmt: skip
+
+
+def _four_view_dataset(tiny_dataset):
+    """tiny_dataset() with three more views per clip (12 channels), each view different."""
+    import dataclasses
+
+    data = tiny_dataset()
+    images = np.concatenate([np.roll(data.images, 3 * k, axis=2) for k in range(4)], axis=-1)
+    views = ["flow_image", "apex_offset_flow", "onset_apex_direction", "apex_offset_direction"]
+    preprocessing = data.preprocessing | {"views": views}
+    return dataclasses.replace(data, images=images, preprocessing=preprocessing)
 
 
 def test_each_fold_keeps_its_best_candidate_on_validation(tmp_path, smoke_config, tiny_dataset):
-    config = smoke_config("folds.val_subject_fraction=0.34", f"select.candidates={CANDIDATES}")
-    dataset = tiny_dataset()
+    from mjfn_jax.data import select_views
+    from mjfn_jax.select import split_overrides
+
+    config = smoke_config(*FOUR_VIEWS, f"select.candidates={CANDIDATES}")
+    dataset = _four_view_dataset(tiny_dataset)
     results = train_and_evaluate(config, str(tmp_path), dataset=dataset)
     runs = []  # each candidate is a finished run of its own: rerunning it trains nothing
     for i, text in enumerate(CANDIDATES):
-        candidate = smoke_config("folds.val_subject_fraction=0.34", *text.split(","))
-        run = train_and_evaluate(candidate, str(tmp_path / "candidates" / str(i)), dataset=dataset)
+        candidate = smoke_config(*FOUR_VIEWS, *split_overrides(text))
+        data = select_views(dataset, candidate.data)  # candidate 1: the first view's 3 channels
+        assert data.images.shape[-1] == (12, 3)[i]
+        run = train_and_evaluate(candidate, str(tmp_path / "candidates" / str(i)), dataset=data)
         assert run["timing"]["folds_trained_this_run"] == 0
         runs.append(run)
     selection = results["selection"]
@@ -56,6 +79,12 @@ def test_each_fold_keeps_its_best_candidate_on_validation(tmp_path, smoke_config
         (("folds.val_subject_fraction=0.34", "select.candidates=('train.num_epochs=0', 'seed=1')"),
          "entry 'train.num_epochs=0': train.num_epochs=0"),
         (("select.metric=test_uf1",), "select.metric"),
+        ((*FOUR_VIEWS, "data.views=(0,)", "model.input_channels=3",
+          "select.candidates=('data.views=(1,),model.input_channels=3', 'seed=1')"),
+         r"entry 'data.views=\(1,\),model.input_channels=3': data.views=\(1,\): a choice of views "
+         r"needs the run to read every view \(data.views=\(\)\)"),
+        (("folds.val_subject_fraction=0.34", "select.candidates=('model.input_size=16', 'seed=1')"),
+         "entry 'model.input_size=16': model.input_size: every candidate reads the run's dataset"),
     ],
 )  # fmt: skip
 def test_bad_selection_settings_are_named(smoke_config, overrides, match):

@@ -4,6 +4,8 @@ Usage: --config mjfn_jax/configs/flow_images.py        (the 28 px recipe)
        --config mjfn_jax/configs/flow_images.py:smoke  (tiny, for tests: imported_32)
        --config mjfn_jax/configs/flow_images.py:4views (the same recipe on the four views of
                                                         imported_28_4views: 12 channels)
+       --config mjfn_jax/configs/flow_images.py:4views_select (each fold's choice of the four
+                                                        views or the first, on validation subjects)
 
 Build the dataset first (docs/datasets.md#published-flow-image-folders):
     mjfn-build build flow_images/imported_28 --manual_dir DIR --data_dir data/tfds
@@ -20,9 +22,15 @@ rule: 42 of 68 folds preferred five to one on their validation subjects
 ``--config.model.ststnet_copies=1`` is one STSTNet, ``--config.model.ststnet_branch=False``
 MJFN-JAX alone. ``4views`` reads CausalNet's four views per clip (onset->apex and
 apex->offset flow, their direction maps; docs/datasets.md#multi-view-folders) stacked as 12
-channels; ``--config.data.views=(0,) --config.model.input_channels=3`` its first view alone."""
+channels; ``--config.data.views=(0,) --config.model.input_channels=3`` its first view alone.
+``4views_select`` lets each fold choose between the two by nested selection (mjfn_jax.select):
+10% of its training subjects held out for validation, each input trained on the rest, the lower
+validation loss kept; nothing about the test subject enters the choice."""
 
 from mjfn_jax.config import base_config, small_input_recipe, smoke
+
+# 4views_select's candidates: the recipe on the four views (12 channels), or on the first alone.
+FOUR_OR_FIRST_VIEW = ("data.views=()", "data.views=(0,),model.input_channels=3")
 
 
 def get_config(arg=None):
@@ -34,11 +42,15 @@ def get_config(arg=None):
     config.model.ststnet_copies = 5
     if arg == "smoke":
         smoke(config, num_epochs=1)
-    elif arg == "4views":  # the dataset flow_images/imported_28_4views, all four views
+    elif arg in ("4views", "4views_select"):  # flow_images/imported_28_4views, all four views
         config.data.dataset_views, config.data.views = 4, ()
         config.model.input_channels = 12
+        if arg == "4views_select":  # each fold chooses: the four views, or the first alone
+            config.folds.val_subject_fraction = 0.1
+            config.select.candidates = FOUR_OR_FIRST_VIEW
     elif arg not in (None, ""):
         raise ValueError(
-            f"flow_images config: unknown argument {arg!r} (expected none, 'smoke' or '4views')"
+            f"flow_images config: unknown argument {arg!r} (expected none, 'smoke', '4views' or "
+            "'4views_select')"
         )
     return config
