@@ -37,7 +37,6 @@ def run(name, strategy, *extra, after=None):
                  "mesh": r["timing"]["mesh"], "trained": r["timing"]["folds_trained_this_run"],
                  "strategy": r["timing"]["strategy"], "auto": r["timing"]["auto"]}
 run("vmap", "vmap")
-run("sequential", "sequential")
 run("sequential_scan", "sequential", "parallel.loop=scan", "parallel.epochs_per_call=2")
 try:  # vmap group interrupted after its first epoch, then resumed
     run("vmap_resumed", "vmap", after=kill_after_first)
@@ -46,6 +45,7 @@ except Killed:
     pass
 run("vmap_resumed", "vmap")
 if sys.argv[2] == "all":  # the slow tests' runs
+    run("sequential", "sequential")  # steps: the loop of every 1-device test
     run("vmap_grouped", "vmap", "parallel.fold_group_size=8")  # 2 folds (or dummies) a device
     run("auto_short", "auto")  # 3 folds x 2 epochs: the trial is not worth it (not cached) ...
     run("auto", "auto", "parallel.auto_trial_budget=0")  # ... the timed trial, always ...
@@ -84,7 +84,7 @@ def _run_script(tmp_path_factory, which: str) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """vmap, sequential, scan and a resumed vmap group: the fast suite's equivalences."""
+    """vmap, sequential (scan epochs) and a resumed vmap group: the fast suite's equivalences."""
     return _run_script(tmp_path_factory, "core")
 
 
@@ -96,12 +96,15 @@ def all_runs(tmp_path_factory):
 
 def test_meshes(runs):
     assert runs["vmap"]["mesh"] == {"fold": 4}  # 3 folds + 1 dummy, one per device
-    assert runs["sequential"]["mesh"] == {"data": 4}  # batch of 8 over 4 devices
+    assert runs["sequential_scan"]["mesh"] == {"data": 4}  # batch of 8 over 4 devices
 
 
 def test_vmap_and_sequential_agree(runs):
-    vmap, seq = (np.array(runs[k]["probs"]) for k in ("vmap", "sequential"))
-    assert runs["vmap"]["y_pred"] == runs["sequential"]["y_pred"]
+    """vmap's steps and sequential's scan epochs: the fast suite's one sequential run on 4
+    devices is the scan loop (the steps loop is every 1-device test's, and the slow tests
+    compare it on 4 devices too)."""
+    vmap, seq = (np.array(runs[k]["probs"]) for k in ("vmap", "sequential_scan"))
+    assert runs["vmap"]["y_pred"] == runs["sequential_scan"]["y_pred"]
     # Same math, different op order (grouped vs plain convolutions, sharded batch statistics)
     np.testing.assert_allclose(vmap, seq, rtol=0, atol=1e-4)
     # the models did learn something fold-specific: predictions are not all equal
@@ -135,8 +138,11 @@ def test_auto_trial_on_simulated_devices_then_its_cache(all_runs):
     assert runs["auto_cached"]["y_pred"] == runs["auto"]["y_pred"]
 
 
-def test_scan_loop_matches_step_loop(runs):
-    """Epochs as one lax.scan call == one call per step (the CPU default)."""
+@pytest.mark.slow  # its runs: the whole script again (~2 min)
+def test_scan_loop_matches_step_loop(all_runs):
+    """Epochs as one lax.scan call == one call per step (the CPU default), both sequential."""
+    runs = all_runs
+    assert runs["sequential"]["mesh"] == {"data": 4}
     assert runs["sequential_scan"]["y_pred"] == runs["sequential"]["y_pred"]
     np.testing.assert_allclose(
         np.array(runs["sequential_scan"]["probs"]), np.array(runs["sequential"]["probs"]), atol=1e-4
