@@ -227,20 +227,6 @@ def class_probabilities(program, state, flow_image: np.ndarray, predict_fn=None)
     return np.exp(np.asarray(log_probs, np.float64)[0])
 
 
-def fold_probabilities(workdir: str, folds: list[str], config, image: np.ndarray) -> tuple:
-    """(mean float64 [C] probabilities over `folds`' models, their metas): the ensemble of
-    --fold all, and the one fold's probabilities otherwise."""
-    import jax
-
-    program, predict_fn, probs, metas = None, None, [], []
-    for fold in folds:
-        program, state, meta = restore_fold(workdir, fold, config, program)
-        predict_fn = predict_fn or jax.jit(program.predict)
-        probs.append(class_probabilities(program, state, image, predict_fn))
-        metas.append(meta)
-    return np.mean(probs, axis=0), metas
-
-
 def floor_probabilities(
     workdir: str, folds: list[str], image: np.ndarray, config=None
 ) -> np.ndarray:
@@ -288,31 +274,133 @@ def _no_floor(workdir: str, config) -> str:
     return "rerun the training command on this workdir to fit the linear floor again (seconds)"
 
 
-def predict(
-    workdir: str,
-    fold: str,
-    *,
-    onset: str | None = None,
-    apex: str | None = None,
-    flow_image: str | None = None,
-    crop: str | None = None,
-    video: str | None = None,
-    frames: str | None = None,
-    onset_frame: int | None = None,
-    apex_frame: int | None = None,
-    want_curve: bool = False,
-    spot: str | None = None,
-    with_floor: bool = False,
-) -> dict:
-    """Probabilities of one clip. Returns fold, epoch, class_names, probs [C], pred, settings,
-    onset, apex, the flow image (uint8 [S, S, 3]) that went into the model, warnings (a flow
-    without motion: predict_input.no_motion_warning), max_flow_px (frames or a clip: the
-    longest flow vector) and, for a raw clip (video / frames), what
-    predict_input.flow_image_from_clip chose.
+class Predictor:
+    """A run's fold model(s), restored once, to predict many clips::
 
-    fold: a fold name or subject id, or "all" (mean probabilities of every fold's model).
-    with_floor: the report's "network + floor" model: the mean of the network's probabilities
-    and those of the same fold's linear floor (``network_probs`` and ``floor_probs`` too)."""
+        predictor = Predictor("workdirs/casme2", "all")
+        results = [predictor.predict(video=path) for path in videos]
+
+    ``predict(workdir, fold, ...)`` is one Predictor's one prediction. A Predictor restores the
+    fold's model (every fold's for "all") and compiles the prediction at its first clip and
+    keeps them: each further clip costs its preprocessing and a forward pass. The models are
+    those on disk at the first clip (for a fold still training, its checkpoint of then).
+
+    fold: a fold name or subject id, or "all" (mean probabilities of every fold's model)."""
+
+    def __init__(self, workdir: str, fold: str):
+        config = load_run_config(workdir)
+        channels = config.model.get("input_channels", 3)
+        if channels != 3:  # predict makes one flow view (onset->apex) of a clip
+            raise ValueError(
+                f"{workdir} trained a model of {channels} input channels "
+                f"({channels // 3} flow views per clip, data.views); predict makes one flow view "
+                "(onset->apex) of a clip: it predicts with one-view models only"
+            )
+        seeds = tuple(config.train.get("seeds", ()))
+        if len(seeds) > 1:
+            raise ValueError(
+                f"{workdir} trained {len(seeds)} seeds in one run; give one seed's workdir, "
+                f"--workdir {os.path.join(workdir, 'seeds', str(seeds[0]))} (seeds: "
+                f"{', '.join(map(str, seeds))})"
+            )
+        self.workdir, self.config = workdir, config
+        self.record = load_dataset_record(workdir)
+        self.fold = fold
+        self.folds = available_folds(workdir) if fold == "all" else [resolve_fold(workdir, fold)]
+        if not self.folds:
+            raise ValueError(f"--fold all: no fold with a checkpoint in {workdir}")
+        self._restored = None  # (program, jitted predict, [(model, meta)] per fold): 1st clip
+
+    def _models(self) -> tuple:
+        """(program, its jitted predict, [(model, meta)] of the folds), restored once."""
+        if self._restored is None:
+            import jax
+
+            program, models = None, []
+            for fold in self.folds:  # one program serves every fold of a run
+                program, model, meta = restore_fold(self.workdir, fold, self.config, program)
+                models.append((model, meta))
+            self._restored = program, jax.jit(program.predict), models
+        return self._restored
+
+    def probabilities(self, image: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        """(mean float64 [C] probabilities over the folds' models, their metas) of one uint8
+        [S, S, 3] flow image: the ensemble of "all", and the one fold's probabilities
+        otherwise."""
+        program, predict_fn, models = self._models()
+        probs = [class_probabilities(program, model, image, predict_fn) for model, _ in models]
+        return np.mean(probs, axis=0), [meta for _, meta in models]
+
+    def predict(
+        self,
+        *,
+        onset: str | None = None,
+        apex: str | None = None,
+        flow_image: str | None = None,
+        crop: str | None = None,
+        video: str | None = None,
+        frames: str | None = None,
+        onset_frame: int | None = None,
+        apex_frame: int | None = None,
+        want_curve: bool = False,
+        spot: str | None = None,
+        with_floor: bool = False,
+    ) -> dict:
+        """Probabilities of one clip. Returns fold, epoch, class_names, probs [C], pred,
+        settings, onset, apex, the flow image (uint8 [S, S, 3]) that went into the model,
+        warnings (a flow without motion: predict_input.no_motion_warning), max_flow_px (frames
+        or a clip: the longest flow vector) and, for a raw clip (video / frames), what
+        predict_input.flow_image_from_clip chose.
+
+        with_floor: the report's "network + floor" model: the mean of the network's
+        probabilities and those of the same fold's linear floor (``network_probs`` and
+        ``floor_probs`` too)."""
+        pair = _check_clip(onset, apex, flow_image, video, frames)
+        pre = self.record["preprocessing"]
+        if pre["flow_method"] == "imported" and flow_image is None:
+            raise ValueError(
+                f"{self.workdir} was trained on imported flow images ({pre.get('dataset')}), "
+                "made by their publishers' own preprocessing: give a flow image made the same "
+                "way (--flow_image), not frames or a video"
+            )
+        settings = preprocessing_settings(self.record, crop)
+        clip_info = {"onset": onset, "apex": apex}
+        if flow_image is not None:
+            image = flow_image_from_file(flow_image, settings["size"])
+        elif pair:
+            image, clip_info["max_flow_px"] = flow_image_from_pair(onset, apex, settings)
+        else:
+            image, clip_info = flow_image_from_clip(
+                settings, video=video, frames=frames, onset_frame=onset_frame,
+                apex_frame=apex_frame, want_curve=want_curve, spot=spot,
+            )  # fmt: skip
+        probs, metas = self.probabilities(image)
+        extra = {}
+        if with_floor:
+            floor = floor_probabilities(self.workdir, self.folds, image, self.config)
+            extra = {"network_probs": probs, "floor_probs": floor}
+            probs = (probs + floor) / 2
+        names = tuple(self.record["class_names"])
+        still = no_motion_warning(image, clip_info.get("max_flow_px"))
+        return {
+            **extra,
+            **clip_info,
+            "warnings": [still] if still else [],
+            "fold": "all" if self.fold == "all" else self.folds[0],
+            "folds": self.folds,
+            "epoch": min(m["epoch"] for m in metas),
+            "finished": all(m["finished"] for m in metas),
+            "num_epochs": int(self.config.train.num_epochs),
+            "class_names": names,
+            "probs": probs,
+            "pred": names[int(np.argmax(probs))],
+            "settings": settings,
+            "flow_image": image,
+        }
+
+
+def _check_clip(onset, apex, flow_image, video, frames) -> bool:
+    """Exactly one input: a pair of frames (returns True), a flow image, a video or frames."""
     pair = onset is not None or apex is not None
     if (onset is None) != (apex is None) or pair + (flow_image is not None) + (
         video is not None
@@ -321,66 +409,15 @@ def predict(
             "give either both onset and apex frames, or one flow image, or a video, or a frame "
             "folder"
         )
-    config = load_run_config(workdir)
-    channels = config.model.get("input_channels", 3)
-    if channels != 3:  # predict makes one flow view (onset->apex) of a clip
-        raise ValueError(
-            f"{workdir} trained a model of {channels} input channels "
-            f"({channels // 3} flow views per clip, data.views); predict makes one flow view "
-            "(onset->apex) of a clip: it predicts with one-view models only"
-        )
-    seeds = tuple(config.train.get("seeds", ()))
-    if len(seeds) > 1:
-        raise ValueError(
-            f"{workdir} trained {len(seeds)} seeds in one run; give one seed's workdir, "
-            f"--workdir {os.path.join(workdir, 'seeds', str(seeds[0]))} (seeds: "
-            f"{', '.join(map(str, seeds))})"
-        )
-    record = load_dataset_record(workdir)
-    pre = record["preprocessing"]
-    if pre["flow_method"] == "imported" and flow_image is None:
-        raise ValueError(
-            f"{workdir} was trained on imported flow images ({pre.get('dataset')}), made by "
-            "their publishers' own preprocessing: give a flow image made the same way "
-            "(--flow_image), not frames or a video"
-        )
-    folds = available_folds(workdir) if fold == "all" else [resolve_fold(workdir, fold)]
-    if not folds:
-        raise ValueError(f"--fold all: no fold with a checkpoint in {workdir}")
-    settings = preprocessing_settings(record, crop)
-    clip_info = {"onset": onset, "apex": apex}
-    if flow_image is not None:
-        image = flow_image_from_file(flow_image, settings["size"])
-    elif pair:
-        image, clip_info["max_flow_px"] = flow_image_from_pair(onset, apex, settings)
-    else:
-        image, clip_info = flow_image_from_clip(
-            settings, video=video, frames=frames, onset_frame=onset_frame,
-            apex_frame=apex_frame, want_curve=want_curve, spot=spot,
-        )  # fmt: skip
-    probs, metas = fold_probabilities(workdir, folds, config, image)
-    extra = {}
-    if with_floor:
-        floor = floor_probabilities(workdir, folds, image, config)
-        extra = {"network_probs": probs, "floor_probs": floor}
-        probs = (probs + floor) / 2
-    names = tuple(record["class_names"])
-    still = no_motion_warning(image, clip_info.get("max_flow_px"))
-    return {
-        **extra,
-        **clip_info,
-        "warnings": [still] if still else [],
-        "fold": "all" if fold == "all" else folds[0],
-        "folds": folds,
-        "epoch": min(m["epoch"] for m in metas),
-        "finished": all(m["finished"] for m in metas),
-        "num_epochs": int(config.train.num_epochs),
-        "class_names": names,
-        "probs": probs,
-        "pred": names[int(np.argmax(probs))],
-        "settings": settings,
-        "flow_image": image,
-    }
+    return pair
+
+
+def predict(workdir: str, fold: str, **clip) -> dict:
+    """Probabilities of one clip from ``workdir``'s fold (a name, a subject id or "all"):
+    ``Predictor(workdir, fold).predict(**clip)`` (see Predictor.predict for the clip's
+    arguments and the result). For many clips, keep a Predictor: it restores once."""
+    _check_clip(*(clip.get(k) for k in ("onset", "apex", "flow_image", "video", "frames")))
+    return Predictor(workdir, fold).predict(**clip)
 
 
 def format_prediction(result: dict) -> str:

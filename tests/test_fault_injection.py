@@ -55,14 +55,21 @@ def outputs(workdir: str) -> dict:
         return dict(z)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run: kill_driver's, in this process (nothing kills it)."""
+def finish(workdir: str) -> None:
+    """kill_driver's run to its end in this process: the uninterrupted reference, and the rerun
+    after the kills (it reads only what the killed processes left on disk; the programs it runs
+    are the ones the reference compiled, as a rerun's are from XLA's persistent cache)."""
     import kill_driver
     from conftest import train_and_evaluate
 
-    workdir = str(tmp_path_factory.mktemp("reference"))
     kill_driver.main(workdir, *OVERRIDES, run=train_and_evaluate)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run (nothing kills it)."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    finish(workdir)
     return outputs(workdir)
 
 
@@ -78,7 +85,7 @@ def test_random_kills_then_rerun_equal_an_uninterrupted_run(reference, tmp_path,
     kills = 1 if seed == 0 else 2  # the fast suite's schedule is one kill, sized down
     for _ in range(kills):  # kills at random points, each followed by a rerun that continues
         killed += run_driver(workdir, log, int(rng.integers(0, 11)), float(rng.uniform(0, 0.4)))
-    run_driver(workdir, log)  # the last rerun finishes
+    finish(workdir)  # the last rerun finishes
     assert killed >= 1, "no kill landed: the test did not test anything"
     resumed = outputs(workdir)
     np.testing.assert_array_equal(resumed["epochs"], reference["epochs"])  # early stopping too

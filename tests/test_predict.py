@@ -32,21 +32,28 @@ def trained(tmp_path_factory):
     return workdir, dataset, results
 
 
+@pytest.fixture(scope="module")
+def s02(trained):
+    """One Predictor of fold synthetic__s02 for the tests that predict its clips (restored and
+    compiled once, as a user predicting many clips keeps one)."""
+    return predict_mod.Predictor(trained[0], "synthetic/s02")
+
+
 def _write_rgb(path, image):
     assert cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1]))
     return str(path)
 
 
-def test_flow_image_prediction_matches_the_engine(trained, tmp_path):
-    """The clip's own fold reproduces the engine's test prediction for that clip."""
-    workdir, dataset, results = trained
-    i = int(np.flatnonzero(dataset.subjects == "synthetic/s02")[1])
-    path = _write_rgb(tmp_path / "flow.png", dataset.images[i])
-    out = predict_mod.predict(workdir, "synthetic/s02", flow_image=path)
-    assert out["fold"] == "synthetic__s02" and out["epoch"] == 1 and out["finished"]
-    assert out["class_names"] == tuple(dataset.class_names)
-    np.testing.assert_allclose(out["probs"], results["probs"][i], atol=1e-5)
-    assert out["pred"] == dataset.class_names[int(results["y_pred"][i])]
+def test_flow_image_prediction_matches_the_engine(trained, s02, tmp_path):
+    """The clips' own fold reproduces the engine's test prediction for each of them."""
+    _, dataset, results = trained
+    for i in np.flatnonzero(dataset.subjects == "synthetic/s02"):
+        path = _write_rgb(tmp_path / f"flow{i}.png", dataset.images[i])
+        out = s02.predict(flow_image=path)
+        assert out["fold"] == "synthetic__s02" and out["epoch"] == 1 and out["finished"]
+        assert out["class_names"] == tuple(dataset.class_names)
+        np.testing.assert_allclose(out["probs"], results["probs"][i], atol=1e-5)
+        assert out["pred"] == dataset.class_names[int(results["y_pred"][i])]
 
 
 # Run by a bare interpreter: plain Orbax, and not this package (checked at its end).
@@ -63,7 +70,7 @@ assert "mjfn_jax" not in sys.modules, sorted(m for m in sys.modules if m.startsw
 """
 
 
-def test_a_folds_model_restores_with_plain_orbax_and_predicts_as_the_run(trained, tmp_path):
+def test_a_folds_model_restores_with_plain_orbax_and_predicts_as_the_run(trained, s02, tmp_path):
     """A finished fold's model/ is read by ocp.StandardCheckpointer().restore(path) in a process
     that never imports mjfn_jax; built from those arrays, the model predicts the fold's test
     clips as the run did, and a clip as mjfn-predict does."""
@@ -92,17 +99,16 @@ def test_a_folds_model_restores_with_plain_orbax_and_predicts_as_the_run(trained
     probs = np.exp(np.asarray(jax.jit(program.predict)(model, data, jnp.asarray(test, jnp.int32))))
     np.testing.assert_allclose(probs, results["probs"][test], atol=1e-5)
     path = _write_rgb(tmp_path / "flow.png", dataset.images[test[1]])
-    cli = predict_mod.predict(workdir, "synthetic/s02", flow_image=path)
-    np.testing.assert_allclose(probs[1], cli["probs"], atol=1e-5)
+    np.testing.assert_allclose(probs[1], s02.predict(flow_image=path)["probs"], atol=1e-5)
 
 
-def test_with_floor_is_the_reports_network_plus_floor(trained, tmp_path, capsys):
+def test_with_floor_is_the_reports_network_plus_floor(trained, s02, tmp_path, capsys):
     """--with_floor: the fold's linear floor (its probe, kept by the run) reproduces the run's
     floor prediction of the clip, and the result is the mean with the network's."""
     workdir, dataset, results = trained
     i = int(np.flatnonzero(dataset.subjects == "synthetic/s02")[1])
     path = _write_rgb(tmp_path / "flow.png", dataset.images[i])
-    out = predict_mod.predict(workdir, "synthetic/s02", flow_image=path, with_floor=True)
+    out = s02.predict(flow_image=path, with_floor=True)
     with np.load(os.path.join(workdir, "linear_floor.npz")) as z:
         np.testing.assert_allclose(out["floor_probs"], z["probs"][i], atol=1e-4)
     np.testing.assert_allclose(out["network_probs"], results["probs"][i], atol=1e-5)
@@ -315,19 +321,23 @@ def test_frame_folder_spots_the_apex_and_all_folds_average(trained, raw_clip):
     assert f"apex frame {out['apex']} (img" in predict_mod.format_prediction(out)
 
 
-def test_all_folds_restore_into_one_structure_traced_once(trained, monkeypatch):
+def test_a_predictor_restores_every_fold_once_and_traces_once(trained, monkeypatch):
     """--fold all: every fold's model restores into the structures of one program, whose init
-    is traced once (jax.eval_shape), not once per fold."""
+    is traced once (jax.eval_shape), not once per fold; a Predictor keeps them, so its further
+    clips restore and trace nothing."""
     from mjfn_jax.engine import FoldProgram
 
     workdir, dataset, _ = trained
     traced, init = [], FoldProgram.init
     monkeypatch.setattr(FoldProgram, "init", lambda self, key: traced.append(1) or init(self, key))
-    config = predict_mod.load_run_config(workdir)
-    folds = predict_mod.available_folds(workdir)
-    probs, metas = predict_mod.fold_probabilities(workdir, folds, config, dataset.images[0])
-    assert len(folds) == len(metas) == 2 and len(traced) == 1
-    assert probs.shape == (3,) and abs(probs.sum() - 1) < 1e-6
+    restored, restore = [], predict_mod.restore_fold
+    spy = lambda *args: restored.append(args[1]) or restore(*args)  # noqa: E731
+    monkeypatch.setattr(predict_mod, "restore_fold", spy)
+    predictor = predict_mod.Predictor(workdir, "all")
+    for image in dataset.images[[0, 4]]:
+        probs, metas = predictor.probabilities(image)
+        assert probs.shape == (3,) and abs(probs.sum() - 1) < 1e-6 and len(metas) == 2
+    assert restored == ["synthetic__s01", "synthetic__s02"] and len(traced) == 1
 
 
 @pytest.mark.parametrize("ext", ["mp4", "avi"])
